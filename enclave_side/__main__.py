@@ -1,0 +1,3 @@
+from enclave_side.cli import main
+
+raise SystemExit(main())

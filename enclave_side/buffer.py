@@ -1,0 +1,274 @@
+"""The agent's bounded memory: batches being filled, waiting, and sent-but-unacked.
+
+In an enclave, RAM is also the disk, so everything the agent holds counts against
+one cap (``max_bytes``). A batch is freed only when the relay acks it. What happens
+when the cap is reached depends on who is adding:
+
+- ``Policy.BLOCK``: the records are taken, and the source must wait in
+  ``wait_for_room()`` before reading more (the child blocks on its pipe, a tailed
+  file pauses: the file is the buffer). The cap may be overshot by one read per
+  source, never more.
+- ``Policy.DROP_OLDEST``: room is made first by dropping the oldest records that were
+  never sent (sealed batches, then batches still filling, then the new records
+  themselves). Every dropped record is counted, and a report goes downstream as soon
+  as the link is back, in a batch that is itself never dropped.
+
+Batches are PackedForward frames whose ``chunk`` is the boot id and the batch's
+sequence number, so the relay can spot a resent batch and a gap in the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
+
+__all__ = ["Batch", "Buffer", "BufferStats", "Policy"]
+
+#: Tag of the agent's own diagnostics and drop reports.
+DIAG_TAG = "agent.log"
+
+
+class Policy(StrEnum):
+    """What a source does when the buffer is full."""
+
+    BLOCK = "block"
+    DROP_OLDEST = "drop_oldest"
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """A sealed PackedForward frame and what the buffer needs to know about it."""
+
+    seq: int
+    tag: str
+    chunk: str
+    frame: bytes
+    count: int
+    protected: bool = False
+    sends: int = 0  # how many times it was written to a connection
+
+    @property
+    def size(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(slots=True)
+class _Open:
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    count: int = 0
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """A snapshot for metrics and logs."""
+
+    used_bytes: int
+    max_bytes: int
+    open_records: int
+    queued_batches: int
+    unacked_batches: int
+    sealed_batches: int
+    acked_batches: int
+    acked_records: int
+    dropped_records: int
+    dropped_bytes: int
+
+
+class Buffer:
+    """Bounded batches between the sources and the shipper.
+
+    Args:
+        boot_id: 8 random bytes naming this agent run (the chunk id's first half).
+        max_bytes: the memory cap for everything held.
+        batch_bytes: seal a batch once its entries reach this size.
+        flush_interval: seal a batch once its oldest record is this old (seconds).
+    """
+
+    def __init__(self, *, boot_id: bytes, max_bytes: int, batch_bytes: int,
+                 flush_interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.boot_id = boot_id
+        self.max_bytes = max_bytes
+        self.batch_bytes = batch_bytes
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._open: dict[tuple[str, bool], _Open] = {}
+        self._queue: collections.deque[Batch] = collections.deque()
+        self._unacked: dict[str, Batch] = {}
+        self._next_seq = 1
+        self._used = 0
+        self._changed = asyncio.Event()
+        self._sealed = self._acked = self._acked_records = 0
+        self.dropped_records = self.dropped_bytes = 0
+        self._unreported_records = self._unreported_bytes = 0
+
+    # -- sources --------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        """Bytes held: filling, queued and unacked."""
+        return self._used
+
+    def has_room(self) -> bool:
+        return self._used < self.max_bytes
+
+    async def wait_for_room(self) -> None:
+        """Return once the buffer is below its cap."""
+        while self._used >= self.max_bytes:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def add(self, tag: str, entries: bytes, count: int, *,
+            policy: Policy = Policy.BLOCK, protected: bool = False) -> int:
+        """Take ``count`` packed entries for ``tag``; return how many were kept.
+
+        ``protected`` records (lifecycle, drop reports) are never dropped and never
+        wait: they are small and rare.
+        """
+        if not count:
+            return 0
+        size = len(entries)
+        if policy is Policy.DROP_OLDEST and not protected:
+            self._make_room(size)
+            if self._used + size > self.max_bytes:
+                self._count_drop(count, size)
+                return 0
+        key = (tag, protected)
+        batch = self._open.get(key)
+        if batch is None:
+            batch = self._open[key] = _Open(since=self._clock())
+        batch.parts.append(entries)
+        batch.size += size
+        batch.count += count
+        self._used += size
+        if batch.size >= self.batch_bytes:
+            self._seal(key)
+        return count
+
+    def add_record(self, tag: str, entry_time_ns: int, record: dict[str, object]) -> None:
+        """Add one protected record (lifecycle events, diagnostics): never dropped."""
+        self.add(tag, pack_entry(EventTime.from_ns(entry_time_ns), record), 1, protected=True)
+
+    def _count_drop(self, records: int, size: int) -> None:
+        self.dropped_records += records
+        self.dropped_bytes += size
+        self._unreported_records += records
+        self._unreported_bytes += size
+
+    def _make_room(self, size: int) -> None:
+        """Drop the oldest never-sent records until ``size`` more bytes fit."""
+        if self._used + size <= self.max_bytes:
+            return
+        for batch in list(self._queue):
+            if self._used + size <= self.max_bytes:
+                return
+            if batch.protected or batch.sends:
+                continue
+            self._queue.remove(batch)
+            self._used -= batch.size
+            self._count_drop(batch.count, batch.size)
+        for key, opened in sorted(self._open.items(), key=lambda kv: kv[1].since):
+            if self._used + size <= self.max_bytes:
+                return
+            if key[1]:
+                continue
+            del self._open[key]
+            self._used -= opened.size
+            self._count_drop(opened.count, opened.size)
+
+    # -- sealing --------------------------------------------------------------------
+
+    def _seal(self, key: tuple[str, bool]) -> None:
+        opened = self._open.pop(key)
+        seq = self._next_seq
+        self._next_seq += 1
+        chunk = chunk_id(self.boot_id, seq)
+        entries = b"".join(opened.parts)
+        frame = encode_packed_forward(key[0], entries, {"chunk": chunk, "size": opened.count})
+        batch = Batch(seq, key[0], chunk, frame, opened.count, key[1])
+        self._used += batch.size - opened.size
+        self._queue.append(batch)
+        self._sealed += 1
+        self._changed.set()
+
+    def seal_due(self) -> None:
+        """Seal every batch whose oldest record has waited ``flush_interval``."""
+        deadline = self._clock() - self.flush_interval
+        for key in [k for k, b in self._open.items() if b.since <= deadline]:
+            self._seal(key)
+
+    def seal_all(self) -> None:
+        """Seal everything still filling (before a drain)."""
+        for key in list(self._open):
+            self._seal(key)
+
+    # -- the shipper ----------------------------------------------------------------
+
+    async def next_batch(self, window: int) -> Batch:
+        """Wait for a batch to send while fewer than ``window`` are unacked; mark it sent."""
+        while True:
+            if len(self._unacked) < window:
+                if self._unreported_records:
+                    self._queue_drop_report()
+                if self._queue:
+                    break
+            self._changed.clear()
+            await self._changed.wait()
+        batch = self._queue.popleft()
+        batch.sends += 1
+        self._unacked[batch.chunk] = batch
+        return batch
+
+    def _queue_drop_report(self) -> None:
+        records, size = self._unreported_records, self._unreported_bytes
+        self._unreported_records = self._unreported_bytes = 0
+        self.add_record(DIAG_TAG, time.time_ns(), {
+            "log": f"buffer full: dropped {records} records ({size} bytes) under drop_oldest",
+            "level": "warning", "event": "dropped", "records": records, "bytes": size})
+        self._seal((DIAG_TAG, True))
+        # The report goes first: it explains the gap the relay is about to see.
+        self._queue.rotate(1)
+
+    def ack(self, chunk: str | bytes) -> Batch | None:
+        """Free the batch ``chunk`` names; None if it is unknown (a stale or bogus ack)."""
+        batch = self._unacked.pop(chunk, None) if isinstance(chunk, str) else None
+        if batch is None:
+            return None
+        self._used -= batch.size
+        self._acked += 1
+        self._acked_records += batch.count
+        self._changed.set()
+        return batch
+
+    def requeue_unacked(self) -> int:
+        """After a lost connection: put every unacked batch back in front, oldest first."""
+        batches = sorted(self._unacked.values(), key=lambda b: b.seq)
+        self._unacked.clear()
+        self._queue.extendleft(reversed(batches))
+        if batches:
+            self._changed.set()
+        return len(batches)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing filling, queued or unacked."""
+        return not (self._open or self._queue or self._unacked or self._unreported_records)
+
+    async def wait_empty(self) -> None:
+        """Return once everything was acked."""
+        while not self.empty:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def stats(self) -> BufferStats:
+        return BufferStats(self._used, self.max_bytes,
+                           sum(b.count for b in self._open.values()), len(self._queue),
+                           len(self._unacked), self._sealed, self._acked, self._acked_records,
+                           self.dropped_records, self.dropped_bytes)

@@ -1,0 +1,197 @@
+"""Lines to packed entries, in batches of bytes (the agent's hot path).
+
+A read of up to 256 KiB becomes one ``bytes`` of concatenated msgpack entries
+``[EventTime, {"log": line, ...}]`` with a handful of C-level calls: split on
+newlines, look up each line's str header, interleave with two constant byte
+strings, join. No object per line beyond the line itself.
+
+Non-UTF-8 bytes: a record's ``log`` is always valid UTF-8. A line that is not valid
+UTF-8 is sent with every backslash doubled and every byte that is not part of valid
+UTF-8 written as ``\\xNN``, and the record carries ``"escaped": true``. Reverse it
+with ``unescape_line``. Lines that are valid UTF-8 are sent exactly as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeAlias
+
+from fluent_forward.codec import event_time_bytes
+
+__all__ = [
+    "ESCAPED",
+    "PARTIAL",
+    "TRUNCATED",
+    "EntryEncoder",
+    "Item",
+    "LineSplitter",
+    "escape_line",
+    "str_header",
+    "unescape_line",
+]
+
+TRUNCATED = 1  # the line was longer than max_line_bytes; the rest was dropped
+PARTIAL = 2  # the line had no newline yet when it was flushed
+ESCAPED = 4  # the line was not valid UTF-8 and is escaped
+
+#: A line, or a line with flags (rare: over-long, partial, escaped).
+Item: TypeAlias = "bytes | tuple[bytes, int]"
+
+_STR_HEADERS = [bytes((0xA0 | n,)) for n in range(32)] + [bytes((0xD9, n)) for n in range(32, 256)]
+_STR_HEADERS += [b"\xda" + n.to_bytes(2, "big") for n in range(256, 4096)]
+_TABLE = len(_STR_HEADERS)
+
+
+def str_header(n: int) -> bytes:
+    """The msgpack str header for ``n`` bytes."""
+    if n < _TABLE:
+        return _STR_HEADERS[n]
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big")
+    return b"\xdb" + n.to_bytes(4, "big")
+
+
+def _headers(lines: list[bytes]) -> list[bytes]:
+    table, table_len = _STR_HEADERS, _TABLE
+    return [table[n] if n < table_len else str_header(n) for n in map(len, lines)]
+
+
+def escape_line(line: bytes) -> bytes:
+    """Valid UTF-8 for any bytes: backslashes doubled, undecodable bytes as ``\\xNN``."""
+    # 0x5C never occurs inside a multi-byte UTF-8 sequence, so doubling first is safe.
+    return line.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace").encode("utf-8")
+
+
+_UNESCAPE = re.compile(rb"\\(\\|x[0-9a-f]{2})")
+
+
+def unescape_line(text: str) -> bytes:
+    """The original bytes of an escaped ``log`` value."""
+    def repl(m: re.Match[bytes]) -> bytes:
+        g = m.group(1)
+        return b"\\" if g == b"\\" else bytes((int(g[1:], 16),))
+    return _UNESCAPE.sub(repl, text.encode("utf-8"))
+
+
+def _cut(line: bytes, limit: int) -> bytes:
+    """The first ``limit`` bytes, backed off so a UTF-8 character is not split."""
+    cut = limit
+    while cut > limit - 4 and cut > 0 and (line[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return line[:cut]
+
+
+class LineSplitter:
+    """Split a byte stream into lines, capping their length.
+
+    A line longer than ``max_line_bytes`` is cut (flag ``TRUNCATED``) and the rest of
+    it, up to the next newline, is dropped and counted in ``dropped_bytes``: one huge
+    line never stops the stream and never holds more than the cap in memory.
+    """
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._carry = b""
+        self._discarding = False
+        self.dropped_bytes = 0
+        self.truncated = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held back."""
+        return len(self._carry)
+
+    def feed(self, data: bytes) -> list[Item]:
+        """Return the complete lines in ``carry + data``; keep the unfinished tail."""
+        if self._carry:
+            data = self._carry + data
+        parts: list[Item] = data.split(b"\n")  # type: ignore[assignment]
+        tail: bytes = parts.pop()  # type: ignore[assignment]
+        if self._discarding and parts:
+            self.dropped_bytes += len(parts.pop(0))  # type: ignore[arg-type]
+            self._discarding = False
+        limit = self.max_line_bytes
+        if parts and max(map(len, parts)) > limit:  # type: ignore[arg-type]
+            parts = [self._truncate(p) if len(p) > limit else p for p in parts]  # type: ignore[arg-type]
+        if self._discarding:
+            self.dropped_bytes += len(tail)
+            tail = b""
+        elif len(tail) > limit:
+            parts.append(self._truncate(tail))
+            self._discarding = True
+            tail = b""
+        self._carry = tail
+        return parts
+
+    def _truncate(self, line: bytes) -> tuple[bytes, int]:
+        kept = _cut(line, self.max_line_bytes)
+        self.dropped_bytes += len(line) - len(kept)
+        self.truncated += 1
+        return (kept, TRUNCATED)
+
+    def flush(self) -> list[Item]:
+        """Hand out the unfinished line, flagged ``PARTIAL`` (at EOF or on a timeout)."""
+        self._discarding = False
+        if not self._carry:
+            return []
+        line, self._carry = self._carry, b""
+        return [(line, PARTIAL)]
+
+
+class EntryEncoder:
+    """Pack lines as entries ``[EventTime, {"log": line, <fixed fields>}]``.
+
+    Args:
+        fields: the constant fields every record gets, e.g. ``{"stream": "stdout"}``.
+    """
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = dict(fields)
+        self._tail = b"".join(str_header(len(k.encode())) + k.encode()
+                              + str_header(len(v.encode())) + v.encode()
+                              for k, v in fields.items())
+        self._map1 = 0x81 + len(fields)  # fixmap header: "log" plus the fields
+        if self._map1 + 3 > 0x8F:
+            raise ValueError("too many fixed fields")
+        self.escaped = 0
+
+    def encode(self, items: list[Item], ns: int) -> bytes:
+        """Entries for ``items``, all stamped ``ns``; one ``bytes``."""
+        if not items:
+            return b""
+        head = b"\x92" + event_time_bytes(ns) + bytes((self._map1,)) + b"\xa3log"
+        tail = self._tail
+        plain = all(type(i) is bytes for i in items)
+        if plain:
+            lines: list[bytes] = items  # type: ignore[assignment]
+            try:
+                b"\n".join(lines).decode("utf-8")  # one C-level pass validates them all
+            except UnicodeDecodeError:
+                plain = False
+        if not plain:
+            return b"".join(self._encode_one(head, i) for i in items)
+        n = len(lines)
+        parts: list[bytes] = [b""] * (4 * n)
+        parts[0::4] = [head] * n
+        parts[1::4] = _headers(lines)
+        parts[2::4] = lines
+        parts[3::4] = [tail] * n
+        return b"".join(parts)
+
+    def _encode_one(self, head: bytes, item: Item) -> bytes:
+        line, flags = (item, 0) if type(item) is bytes else item  # type: ignore[misc]
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            line = escape_line(line)
+            flags |= ESCAPED
+            self.escaped += 1
+        body = head + str_header(len(line)) + line + self._tail
+        if not flags:
+            return body
+        extra = [name for bit, name in ((TRUNCATED, b"truncated"), (PARTIAL, b"partial"),
+                                        (ESCAPED, b"escaped")) if flags & bit]
+        # Same entry with a bigger map: bump the fixmap count, append the flags.
+        body = body[:11] + bytes((body[11] + len(extra),)) + body[12:]
+        return body + b"".join(str_header(len(k)) + k + b"\xc3" for k in extra)
+

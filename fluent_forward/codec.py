@@ -1,0 +1,580 @@
+"""Fluent Forward v1 frames: encoders (functions) and an incremental decoder (object).
+
+Pure code: no sockets, no asyncio. The decoder takes bytes split anywhere and returns
+typed frames; the encoders return bytes.
+
+Wire shapes (reference: the Forward Protocol Specification v1)::
+
+    Message                  [tag, time, record, options?]
+    Forward                  [tag, [[time, record], ...], options?]
+    PackedForward            [tag, bin(entry entry ...), options?]
+    CompressedPackedForward  [tag, bin(gzip(entry entry ...)), {"compressed": "gzip", ...}]
+    ack                      {"ack": <the chunk the client sent>}
+
+An entry is ``[time, record]`` or Fluent Bit's ``[[time, metadata], record]``. A time
+is an integer (seconds) or ``EventTime``: msgpack ext type 0 holding big-endian uint32
+seconds and uint32 nanoseconds. Every event frame the decoder returns carries its
+entries as one ``bytes`` of concatenated msgpack entries, validated and with every
+time an integer or an EventTime: "lenient on input, strict on output". Entries that
+needed no change are the very bytes that arrived, so a relay forwards them untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from itertools import islice
+from operator import itemgetter
+from typing import Any, TypeAlias
+
+import msgpack
+
+from .errors import (
+    DecompressedTooLarge,
+    FrameTooLarge,
+    MalformedFrame,
+    TooManyEntries,
+    UsageError,
+)
+from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
+
+__all__ = [
+    "DEFAULT_MAX_DECOMPRESSED_BYTES",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "Ack",
+    "EventFrame",
+    "EventTime",
+    "Frame",
+    "FrameDecoder",
+    "FrameKind",
+    "Heartbeat",
+    "Role",
+    "chunk_id",
+    "encode_ack",
+    "encode_compressed_packed_forward",
+    "encode_forward",
+    "encode_message",
+    "encode_packed_forward",
+    "event_time_bytes",
+    "iter_entries",
+    "make_options",
+    "pack_entry",
+    "parse_chunk_id",
+    "parse_event",
+    "split_entries",
+    "time_to_ns",
+    "validate_entries",
+]
+
+#: Largest frame the decoder buffers. Fluent Bit's forward input closes connections
+#: on frames over 6,144,000 bytes; staying at 4 MiB leaves room for a tag prefix.
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
+#: Largest payload a compressed frame may inflate to.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
+#: Most events one frame may carry.
+DEFAULT_MAX_ENTRIES = 500_000
+
+_U32 = 0xFFFFFFFF
+_EVENT_TIME = struct.Struct(">II")
+
+
+class EventTime(msgpack.ExtType):
+    """Fluent's EventTime: msgpack ext type 0, uint32 seconds + uint32 nanoseconds.
+
+    Byte-for-byte what fluent-logger's ``EventTime`` packs (``D7 00 SS SS SS SS NN NN NN NN``).
+    """
+
+    def __new__(cls, seconds: int, nanoseconds: int = 0) -> EventTime:
+        if not (0 <= seconds <= _U32 and 0 <= nanoseconds < 1_000_000_000):
+            raise UsageError(f"EventTime out of range: {seconds}s {nanoseconds}ns")
+        return super().__new__(cls, 0, _EVENT_TIME.pack(seconds, nanoseconds))
+
+    @classmethod
+    def from_ns(cls, ns: int) -> EventTime:
+        """The EventTime for a Unix time in nanoseconds."""
+        return cls(*divmod(ns, 1_000_000_000))
+
+    @property
+    def ns(self) -> int:
+        """This time as Unix nanoseconds."""
+        seconds, nanos = _EVENT_TIME.unpack(self.data)
+        return int(seconds * 1_000_000_000 + nanos)
+
+
+Time: TypeAlias = "int | EventTime | msgpack.ExtType"
+
+
+def event_time_bytes(ns: int) -> bytes:
+    """The 10 packed bytes of an EventTime (fixext8), for building entries by hand."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return b"\xd7\x00" + _EVENT_TIME.pack(seconds, nanos)
+
+
+def time_to_ns(t: Any) -> int:
+    """Unix nanoseconds of an integer time or an ext-0 EventTime."""
+    if isinstance(t, msgpack.ExtType):
+        seconds, nanos = _EVENT_TIME.unpack(t.data)
+        return int(seconds * 1_000_000_000 + nanos)
+    return int(t) * 1_000_000_000
+
+
+def chunk_id(boot_id: bytes, seq: int) -> str:
+    """A 128-bit chunk id: 8-byte boot id + 8-byte sequence number, Base64 (24 chars)."""
+    if len(boot_id) != 8:
+        raise UsageError("boot_id must be 8 bytes")
+    return base64.b64encode(boot_id + seq.to_bytes(8, "big")).decode("ascii")
+
+
+def parse_chunk_id(chunk: Any) -> tuple[bytes, int] | None:
+    """``(boot_id, seq)`` of a chunk id made by ``chunk_id``, or None for foreign ids."""
+    if not isinstance(chunk, str) or len(chunk) != 24:
+        return None
+    try:
+        raw = base64.b64decode(chunk, validate=True)
+    except ValueError:
+        return None
+    return (raw[:8], int.from_bytes(raw[8:], "big")) if len(raw) == 16 else None
+
+
+# -- encoders ------------------------------------------------------------------------
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def make_options(*, chunk: str | None = None, size: int | None = None,
+                 compressed: str | None = None) -> dict[str, Any]:
+    """The option map: only the keys given."""
+    opts: dict[str, Any] = {}
+    if chunk is not None:
+        opts["chunk"] = chunk
+    if size is not None:
+        opts["size"] = size
+    if compressed is not None:
+        opts["compressed"] = compressed
+    return opts
+
+
+def pack_entry(time: Time, record: Mapping[str, Any]) -> bytes:
+    """One packed entry ``[time, record]``."""
+    return _packb((time, record))
+
+
+def encode_message(tag: str, time: Time, record: Mapping[str, Any],
+                   options: Mapping[str, Any] | None = None) -> bytes:
+    """Message mode: ``[tag, time, record, options?]``."""
+    frame: tuple[Any, ...] = (tag, time, record)
+    return _packb(frame if options is None else (*frame, options))
+
+
+def encode_forward(tag: str, entries: Iterable[tuple[Time, Mapping[str, Any]]],
+                   options: Mapping[str, Any] | None = None) -> bytes:
+    """Forward mode: ``[tag, [[time, record], ...], options?]``."""
+    frame: tuple[Any, ...] = (tag, list(entries))
+    return _packb(frame if options is None else (*frame, options))
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 0x100:
+        return bytes((0xC4, n))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def encode_packed_forward(tag: str, entries: bytes,
+                          options: Mapping[str, Any] | None = None) -> bytes:
+    """PackedForward: ``[tag, bin(entries), options?]``, entries copied once."""
+    head = b"\x93" if options is not None else b"\x92"
+    parts = [head, _packb(tag), _bin_header(len(entries)), entries]
+    if options is not None:
+        parts.append(_packb(options))
+    return b"".join(parts)
+
+
+def encode_compressed_packed_forward(tag: str, entries: bytes,
+                                     options: Mapping[str, Any] | None = None,
+                                     *, level: int = 6) -> bytes:
+    """CompressedPackedForward: gzip entries, with ``compressed: "gzip"`` in the options."""
+    opts = dict(options or {})
+    opts["compressed"] = "gzip"
+    co = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return encode_packed_forward(tag, co.compress(entries) + co.flush(), opts)
+
+
+def encode_ack(chunk: str | bytes) -> bytes:
+    """The server's ack: ``{"ack": chunk}``, echoing the client's value and type."""
+    return _packb({"ack": chunk})
+
+
+# -- decoded frames ------------------------------------------------------------------
+
+
+class FrameKind(IntEnum):
+    """The mode an event frame arrived in."""
+
+    MESSAGE = 1
+    FORWARD = 2
+    PACKED_FORWARD = 3
+    COMPRESSED_PACKED_FORWARD = 4
+
+
+class Role(IntEnum):
+    """Which side of a connection a decoder serves; it fixes what frames may arrive."""
+
+    SERVER = 1  # we accepted: events, PING, nil heartbeats arrive
+    CLIENT = 2  # we connected: HELO, PONG, acks arrive
+
+
+@dataclass(frozen=True, slots=True)
+class EventFrame:
+    """A batch of events: validated entries as bytes, ready to forward.
+
+    Attributes:
+        kind: the mode it arrived in.
+        tag: the tag.
+        entries: concatenated msgpack entries (uncompressed, times normalised).
+        count: how many entries.
+        chunk: the client's chunk id (to echo in the ack), or None if it wants none.
+    """
+
+    kind: FrameKind
+    tag: str
+    entries: bytes
+    count: int
+    chunk: str | bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A server's ack of ``chunk``."""
+
+    chunk: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A msgpack ``nil`` the spec allows as a TCP heartbeat."""
+
+
+Frame: TypeAlias = "EventFrame | Ack | Heartbeat | Helo | Ping | Pong"
+
+_HEARTBEAT = Heartbeat()
+
+
+def _unpacker(max_bytes: int) -> msgpack.Unpacker:
+    # surrogateescape: invalid UTF-8 in a str is content, not an attack; it survives
+    # decoding and packs back to the same bytes. strict_map_key rejects int keys.
+    return msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", use_list=False,
+                            strict_map_key=True, max_buffer_size=max(max_bytes, 1))
+
+
+def _wrap(exc: Exception, what: str, limit: int) -> MalformedFrame | FrameTooLarge:
+    """Turn a msgpack error into ours. Length headers over a limit mean 'too large'."""
+    if isinstance(exc, ValueError) and "exceeds max" in str(exc):
+        return FrameTooLarge(f"{what} declares a length over the {limit}-byte limit", limit)
+    return MalformedFrame(f"{what} is not valid msgpack: {type(exc).__name__}")
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes) -> list[Frame]``, bytes split anywhere.
+
+    Limits are checked before anything past them is buffered or allocated. Any error
+    raises a ``ProtocolError`` subclass; the decoder is then unusable (msgpack forbids
+    reusing an Unpacker after an error) and the connection must be closed.
+
+    Args:
+        role: ``Role.SERVER`` to read what clients send, ``Role.CLIENT`` for servers.
+        max_frame_bytes: largest frame, as it is on the wire.
+        max_decompressed_bytes: largest payload a gzip frame may inflate to.
+        max_entries: most entries in one frame.
+    """
+
+    def __init__(self, role: Role, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if min(max_frame_bytes, max_decompressed_bytes, max_entries) < 1:
+            raise UsageError("decoder limits must be positive")
+        self.role = role
+        self.max_frame_bytes = max_frame_bytes
+        self.max_decompressed_bytes = max_decompressed_bytes
+        self.max_entries = max_entries
+        self._unpacker = _unpacker(max_frame_bytes)
+        self._fed = 0
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet part of a complete frame."""
+        return self._fed - self._unpacker.tell()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Feed bytes; return the frames they complete (maybe none)."""
+        if self._broken:
+            raise UsageError("decoder used after a protocol error; close the connection")
+        try:
+            return self._feed(data)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while True:
+            # Never hand msgpack more than one frame's limit: a frame over the limit
+            # then fails here instead of growing the buffer.
+            room = self.max_frame_bytes - self.buffered
+            if pos < end:
+                if room <= 0:
+                    raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
+                                        self.max_frame_bytes)
+                piece = view[pos:pos + room]
+                self._unpacker.feed(piece)
+                self._fed += len(piece)
+                pos += len(piece)
+            try:
+                objs = list(self._unpacker)
+            except Exception as exc:
+                raise _wrap(exc, "frame", self.max_frame_bytes) from exc
+            frames.extend(map(self._classify, objs))
+            if pos >= end:
+                return frames
+
+    def _classify(self, obj: Any) -> Frame:
+        if self.role is Role.SERVER:
+            if obj is None:
+                return _HEARTBEAT
+            if type(obj) is tuple and len(obj) in (6, 7) and obj[0] == "PING":
+                return parse_ping(obj)
+            return parse_event(obj, max_decompressed_bytes=self.max_decompressed_bytes,
+                               max_entries=self.max_entries)
+        if type(obj) is dict and "ack" in obj:
+            chunk = obj["ack"]
+            if not isinstance(chunk, (str, bytes)):
+                raise MalformedFrame("ack value must be a str or bin chunk id")
+            return Ack(chunk)
+        if type(obj) is tuple and obj and obj[0] == "HELO":
+            return parse_helo(obj)
+        if type(obj) is tuple and obj and obj[0] == "PONG":
+            return parse_pong(obj)
+        raise MalformedFrame(f"unexpected {type(obj).__name__} from the server "
+                             "(expected an ack map, HELO or PONG)")
+
+
+# -- event parsing and entry validation --------------------------------------------
+
+
+def parse_event(obj: Any, *, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+                max_entries: int = DEFAULT_MAX_ENTRIES) -> EventFrame:
+    """Turn one decoded msgpack object into an ``EventFrame``, or raise ``MalformedFrame``."""
+    if type(obj) is not tuple or len(obj) < 2:
+        raise MalformedFrame("an event frame must be an array of at least 2 elements")
+    tag, second = obj[0], obj[1]
+    if type(tag) is not str:
+        raise MalformedFrame("the tag (element 0) must be a str")
+    if type(second) in (bytes, str):
+        return _parse_packed(tag, obj, max_decompressed_bytes, max_entries)
+    if type(second) is tuple:
+        if len(obj) > 3:
+            raise MalformedFrame("a Forward frame has at most 3 elements")
+        opts = _options(obj, 2)
+        if len(second) > max_entries:
+            raise TooManyEntries(f"frame carries {len(second)} entries, over max_entries "
+                                 f"({max_entries})", max_entries)
+        entries = b"".join(_normal_entry(e) for e in second)
+        return EventFrame(FrameKind.FORWARD, tag, entries, len(second), _chunk(opts))
+    if len(obj) < 3 or len(obj) > 4:
+        raise MalformedFrame("a Message frame is [tag, time, record, options?]")
+    opts = _options(obj, 3)
+    entry = _packb((_normal_time(second), _record(obj[2])))
+    return EventFrame(FrameKind.MESSAGE, tag, entry, 1, _chunk(opts))
+
+
+def _options(obj: tuple[Any, ...], index: int) -> dict[str, Any]:
+    if len(obj) <= index or obj[index] is None:  # nil options: Docker 18 sends them
+        return {}
+    opts = obj[index]
+    if type(opts) is not dict:
+        raise MalformedFrame("options must be a map")
+    return opts
+
+
+def _chunk(opts: dict[str, Any]) -> str | bytes | None:
+    chunk = opts.get("chunk")
+    if chunk is not None and type(chunk) not in (str, bytes):
+        raise MalformedFrame("option chunk must be a str")
+    return chunk
+
+
+def _parse_packed(tag: str, obj: tuple[Any, ...], max_decompressed: int,
+                  max_entries: int) -> EventFrame:
+    if len(obj) > 3:
+        raise MalformedFrame("a PackedForward frame has at most 3 elements")
+    opts = _options(obj, 2)
+    payload = obj[1]
+    if type(payload) is str:  # legacy PackedForward in a str: same bytes back
+        payload = payload.encode("utf-8", "surrogateescape")
+    kind = FrameKind.PACKED_FORWARD
+    compressed = opts.get("compressed")
+    # As Fluent Bit does: when an options map is present, the gzip magic wins.
+    if compressed == "gzip" or (opts and payload[:2] == b"\x1f\x8b"):
+        payload = _gunzip(payload, max_decompressed)
+        kind = FrameKind.COMPRESSED_PACKED_FORWARD
+    elif compressed is not None and payload[:4] == b"\x28\xb5\x2f\xfd":
+        raise MalformedFrame("zstd-compressed frames are not supported; use gzip")
+    entries, count = validate_entries(payload, max_entries=max_entries)
+    return EventFrame(kind, tag, entries, count, _chunk(opts))
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate gzip data (maybe several members), never past ``limit`` bytes."""
+    out: list[bytes] = []
+    total = 0
+    while data:
+        d = zlib.decompressobj(31)
+        try:
+            piece = d.decompress(data, limit - total + 1)
+        except zlib.error as exc:
+            raise MalformedFrame(f"bad gzip payload: {exc}") from exc
+        total += len(piece)
+        if total > limit:
+            raise DecompressedTooLarge(
+                f"payload inflates past max_decompressed_bytes ({limit})", limit)
+        if not d.eof:
+            raise MalformedFrame("truncated gzip payload")
+        out.append(piece)
+        data = d.unused_data
+    return b"".join(out)
+
+
+_TIME_TYPES = frozenset((int, msgpack.ExtType))
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+def iter_entries(entries: bytes) -> Iterator[tuple[Any, Any]]:
+    """Decode validated packed entries lazily (for outputs that need the records)."""
+    up = _unpacker(len(entries))
+    up.feed(entries)
+    return iter(up)
+
+
+def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> tuple[bytes, int]:
+    """Check packed entries; return ``(entries, count)``.
+
+    Each entry must be ``[time, record]`` or ``[[time, metadata], record]`` with a map
+    record and a time that is a non-negative integer or an ext-0 EventTime. Floats and
+    msgpack Timestamps (ext -1) are converted to EventTime, which re-encodes the
+    entries; otherwise the input bytes are returned as they are.
+
+    The common case is checked with a few C-level passes (``map``/``set``) over the
+    decoded entries, not a Python loop per entry.
+    """
+    up = _unpacker(len(data))
+    up.feed(data)
+    try:
+        items = list(islice(up, max_entries + 1))
+    except Exception as exc:
+        raise _wrap(exc, "packed entries", len(data)) from exc
+    if len(items) > max_entries:
+        raise TooManyEntries(f"frame carries over max_entries ({max_entries}) entries",
+                             max_entries)
+    if up.tell() != len(data):
+        raise MalformedFrame("packed entries end in the middle of an entry")
+    if not items:
+        return data, 0
+    if (set(map(type, items)) == {tuple} and set(map(len, items)) == {2}
+            and set(map(type, map(_second, items))) == {dict}):
+        times = list(map(_first, items))
+        ttypes = set(map(type, times))
+        if ttypes <= _TIME_TYPES and _times_ok(times, ttypes):
+            return data, len(items)
+    # Slow path: something to normalise, or something wrong; find out which entry.
+    return b"".join(map(_normal_entry, items)), len(items)
+
+
+def _times_ok(times: list[Any], ttypes: set[type]) -> bool:
+    if int in ttypes:
+        ints = [t for t in times if type(t) is int] if len(ttypes) > 1 else times
+        if min(ints) < 0 or max(ints) > _U32:
+            return False
+    if msgpack.ExtType in ttypes:
+        exts = [t for t in times if type(t) is not int] if len(ttypes) > 1 else times
+        if {(t.code, len(t.data)) for t in exts} != {(0, 8)}:
+            return False
+    return True
+
+
+def _record(record: Any) -> dict[str, Any]:
+    if type(record) is not dict:
+        raise MalformedFrame("a record must be a map")
+    return record
+
+
+def _normal_entry(entry: Any) -> bytes:
+    if type(entry) is not tuple or len(entry) != 2:
+        raise MalformedFrame("an entry must be [time, record]")
+    t, record = entry
+    _record(record)
+    if type(t) is tuple:  # Fluent Bit v2 shape: [[time, metadata], record]
+        if len(t) != 2 or type(t[1]) is not dict:
+            raise MalformedFrame("an entry header must be [time, metadata map]")
+        return _packb(((_normal_time(t[0]), t[1]), record))
+    return _packb((_normal_time(t), record))
+
+
+def _normal_time(t: Any) -> int | msgpack.ExtType:
+    """An integer or EventTime for any time a lenient reader accepts."""
+    kind = type(t)
+    if kind is int:
+        if 0 <= t <= _U32:
+            return int(t)
+    elif kind is float:
+        if 0 <= t < _U32 + 1:
+            seconds = int(t)
+            return EventTime(seconds, min(int(round((t - seconds) * 1e9)), 999_999_999))
+    elif kind is msgpack.ExtType:
+        if t.code == 0 and len(t.data) == 8:
+            seconds, nanos = _EVENT_TIME.unpack(t.data)
+            if nanos < 1_000_000_000:
+                return t
+        elif t.code == -1:  # msgpack Timestamp: a different layout, same meaning
+            return _from_timestamp(t.data)
+    raise MalformedFrame("a time must be a non-negative integer, float or EventTime (ext 0)")
+
+
+def _from_timestamp(data: bytes) -> EventTime:
+    ts = msgpack.Timestamp.from_bytes(data)
+    if not 0 <= ts.seconds <= _U32:
+        raise MalformedFrame("timestamp out of range")
+    return EventTime(ts.seconds, ts.nanoseconds)
+
+
+
+def split_entries(entries: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
+    """Cut packed entries into runs of at most ``max_bytes`` (``(bytes, count)`` each).
+
+    Boundaries are found with ``skip()``, without building the records. A single
+    entry larger than ``max_bytes`` travels alone.
+    """
+    up = _unpacker(len(entries))
+    up.feed(entries)
+    pieces: list[tuple[bytes, int]] = []
+    start = prev = count = 0
+    while prev < len(entries):
+        up.skip()
+        end = up.tell()
+        if end - start > max_bytes and count:
+            pieces.append((entries[start:prev], count))
+            start, count = prev, 0
+        count += 1
+        prev = end
+    if count:
+        pieces.append((entries[start:], count))
+    return pieces

@@ -1,0 +1,287 @@
+"""The Forward v1 handshake, HELO / PING / PONG, for both roles (sans-I/O).
+
+The server writes HELO right after accepting; the client answers PING; the server
+checks it and answers PONG. Both digests are SHA-512 lowercase hex over byte
+concatenations (the spec's ``+``)::
+
+    PING digest = sha512(shared_key_salt + client_hostname + nonce + shared_key)
+    PONG digest = sha512(shared_key_salt + server_hostname + nonce + shared_key)
+    password    = sha512(auth_salt + username + password)
+
+Fluent Bit sends its nonce and auth salt as 16 random bytes inside a msgpack *str*,
+which is not valid UTF-8. Decoders here run with ``unicode_errors="surrogateescape"``
+so such a str survives as a Python str that encodes back to the exact bytes; every
+salt and nonce is held as ``bytes``. Fluent Bit rejects a PING with any ``bin``
+field, so every PING field is written as a msgpack str, whatever its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AuthenticationError, HandshakeError, UsageError
+
+__all__ = [
+    "ClientHandshake",
+    "Helo",
+    "Ping",
+    "Pong",
+    "ServerHandshake",
+    "encode_helo",
+    "encode_ping",
+    "encode_pong",
+    "parse_helo",
+    "parse_ping",
+    "parse_pong",
+    "password_digest",
+    "shared_key_digest",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Helo:
+    """Server greeting: ``["HELO", {"nonce", "auth", "keepalive"}]``.
+
+    ``version`` is our extension: our relay adds ``"relay_version"`` to the map, which
+    tells our agent it may append its own version to PING. Peers ignore unknown keys.
+    """
+
+    nonce: bytes
+    auth: bytes = b""
+    keepalive: bool = True
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Client reply: hostname, its salt, the shared-key digest and optional user auth.
+
+    ``version`` is not part of the spec: our agent appends its version as a seventh
+    element, only after a HELO that carried ``relay_version``, so Fluent Bit (which
+    insists on six fields) never sees it.
+    """
+
+    hostname: str
+    shared_key_salt: bytes
+    shared_key_digest: str
+    username: str = ""
+    password_digest: str = ""
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Server verdict: ``["PONG", ok, reason, server_hostname, digest]``."""
+
+    auth_result: bool
+    reason: str
+    hostname: str
+    shared_key_digest: str
+
+
+def _b(value: str | bytes) -> bytes:
+    """Bytes of a str decoded with surrogateescape, or the bytes themselves."""
+    if isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "surrogateescape")
+
+
+def shared_key_digest(salt: bytes, hostname: str, nonce: bytes, shared_key: str) -> str:
+    """The spec's shared-key digest, lowercase hex."""
+    h = hashlib.sha512()
+    for part in (salt, _b(hostname), nonce, _b(shared_key)):
+        h.update(part)
+    return h.hexdigest()
+
+
+def password_digest(auth_salt: bytes, username: str, password: str) -> str:
+    """The spec's user-auth digest, lowercase hex."""
+    h = hashlib.sha512()
+    for part in (auth_salt, _b(username), _b(password)):
+        h.update(part)
+    return h.hexdigest()
+
+
+# -- encoding: every field of a handshake message is a msgpack str --------------
+
+
+def _str(data: bytes) -> bytes:
+    """A msgpack str header and its bytes, whatever the bytes are."""
+    n = len(data)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = bytes((0xD9, n))
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return head + data
+
+
+def encode_helo(helo: Helo) -> bytes:
+    """Encode HELO with str nonce and auth, as Fluent Bit does."""
+    body = [b"\x92", _str(b"HELO"), b"\x84" if helo.version else b"\x83",
+            _str(b"nonce"), _str(helo.nonce), _str(b"auth"), _str(helo.auth),
+            _str(b"keepalive"), b"\xc3" if helo.keepalive else b"\xc2"]
+    if helo.version:
+        body += [_str(b"relay_version"), _str(_b(helo.version))]
+    return b"".join(body)
+
+
+def encode_ping(ping: Ping) -> bytes:
+    """Encode PING with every field a str (Fluent Bit rejects bin fields)."""
+    fields = [b"PING", _b(ping.hostname), ping.shared_key_salt, _b(ping.shared_key_digest),
+              _b(ping.username), _b(ping.password_digest)]
+    if ping.version:
+        fields.append(_b(ping.version))
+    return bytes((0x90 | len(fields),)) + b"".join(_str(f) for f in fields)
+
+
+def encode_pong(pong: Pong) -> bytes:
+    """Encode PONG."""
+    return b"".join((b"\x95", _str(b"PONG"), b"\xc3" if pong.auth_result else b"\xc2",
+                     _str(_b(pong.reason)), _str(_b(pong.hostname)),
+                     _str(_b(pong.shared_key_digest))))
+
+
+# -- parsing: from objects a surrogateescape msgpack decoder produced -----------
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, (str, bytes))
+
+
+def parse_helo(obj: Any) -> Helo:
+    """Parse a decoded HELO, or raise ``HandshakeError``."""
+    if not (isinstance(obj, (list, tuple)) and len(obj) == 2 and obj[0] == "HELO"
+            and isinstance(obj[1], dict)):
+        raise HandshakeError("expected HELO: [\"HELO\", {options}]")
+    opts = obj[1]
+    nonce, auth = opts.get("nonce", b""), opts.get("auth", b"")
+    keepalive = opts.get("keepalive", True)
+    version = opts.get("relay_version", "")
+    if not (_is_text(nonce) and nonce and _is_text(auth) and isinstance(keepalive, bool)
+            and _is_text(version)):
+        raise HandshakeError("HELO needs a non-empty nonce (str or bin), an auth salt "
+                             "(str or bin) and a bool keepalive")
+    return Helo(_b(nonce), _b(auth), keepalive, _b(version).decode("utf-8", "replace"))
+
+
+def parse_ping(obj: Any) -> Ping:
+    """Parse a decoded PING (6 fields, or 7 with our agent's version)."""
+    if not (isinstance(obj, (list, tuple)) and len(obj) in (6, 7) and obj[0] == "PING"
+            and all(_is_text(f) for f in obj[1:])):
+        raise HandshakeError("expected PING: [\"PING\", hostname, salt, digest, user, "
+                             "password digest], every field a str")
+    version = obj[6] if len(obj) == 7 else ""
+    return Ping(_b(obj[1]).decode("utf-8", "replace"), _b(obj[2]),
+                _b(obj[3]).decode("ascii", "replace"), _b(obj[4]).decode("utf-8", "replace"),
+                _b(obj[5]).decode("ascii", "replace"), _b(version).decode("utf-8", "replace"))
+
+
+def parse_pong(obj: Any) -> Pong:
+    """Parse a decoded PONG, or raise ``HandshakeError``."""
+    if not (isinstance(obj, (list, tuple)) and len(obj) == 5 and obj[0] == "PONG"
+            and isinstance(obj[1], bool) and all(_is_text(f) for f in obj[2:])):
+        raise HandshakeError("expected PONG: [\"PONG\", bool, reason, hostname, digest]")
+    return Pong(obj[1], _b(obj[2]).decode("utf-8", "replace"),
+                _b(obj[3]).decode("utf-8", "replace"), _b(obj[4]).decode("ascii", "replace"))
+
+
+# -- the two roles ---------------------------------------------------------------
+
+
+class ServerHandshake:
+    """The server's side: make HELO, judge PING, make PONG.
+
+    Args:
+        hostname: our name, sent in PONG and covered by its digest.
+        shared_key: the key clients must prove; ``None`` accepts any PING.
+        users: optional ``{username: password}``; when given, PING must carry
+            a valid user digest.
+        nonce: the HELO nonce; random 16 bytes (as hex) by default.
+        version: announced in HELO as ``relay_version`` so our agents send theirs.
+    """
+
+    def __init__(self, *, hostname: str, shared_key: str | None = None,
+                 users: dict[str, str] | None = None, nonce: bytes | None = None,
+                 auth_salt: bytes | None = None, version: str = "") -> None:
+        self.hostname = hostname
+        self.version = version
+        self.shared_key = shared_key
+        self.users = users or {}
+        # Hex keeps our nonce valid UTF-8, so strict peers decode it too.
+        self.nonce = nonce if nonce is not None else os.urandom(16).hex().encode()
+        self.auth_salt = (auth_salt if auth_salt is not None
+                          else (os.urandom(16).hex().encode() if self.users else b""))
+
+    def helo(self) -> bytes:
+        """Bytes of the HELO to send right after accept."""
+        return encode_helo(Helo(self.nonce, self.auth_salt, True, self.version))
+
+    def check(self, ping: Ping) -> Pong:
+        """Judge a PING. A PONG with ``auth_result`` false means: send it, then close."""
+        key = self.shared_key or ""
+        if self.shared_key is not None:
+            expected = shared_key_digest(ping.shared_key_salt, ping.hostname, self.nonce, key)
+            if not hmac.compare_digest(expected, ping.shared_key_digest):
+                return Pong(False, "shared key mismatch", "", "")
+        if self.users:
+            password = self.users.get(ping.username)
+            good = password is not None and hmac.compare_digest(
+                password_digest(self.auth_salt, ping.username, password), ping.password_digest)
+            if not good:
+                return Pong(False, "username/password mismatch", "", "")
+        digest = shared_key_digest(ping.shared_key_salt, self.hostname, self.nonce, key)
+        return Pong(True, "", self.hostname, digest)
+
+
+class ClientHandshake:
+    """The client's side: answer HELO with PING, then verify PONG.
+
+    Args:
+        hostname: our name, sent in PING (a claim the server cannot verify).
+        shared_key: the key to prove; ``None`` sends an empty-key digest and does
+            not check the server's.
+        username, password: user auth, sent only when the HELO asks for it.
+        version: our version, appended to PING for relays that read it.
+    """
+
+    def __init__(self, *, hostname: str, shared_key: str | None = None, username: str = "",
+                 password: str = "", version: str = "", salt: bytes | None = None) -> None:
+        if not hostname:
+            raise UsageError("the handshake needs a non-empty hostname")
+        self.hostname = hostname
+        self.shared_key = shared_key
+        self.username = username
+        self.password = password
+        self.version = version
+        self.salt = salt if salt is not None else os.urandom(16).hex().encode()
+        self._nonce: bytes | None = None
+
+    def ping(self, helo: Helo) -> bytes:
+        """Bytes of the PING that answers ``helo``."""
+        self._nonce = helo.nonce
+        digest = shared_key_digest(self.salt, self.hostname, helo.nonce, self.shared_key or "")
+        user, pw = "", ""
+        if helo.auth and self.username:
+            user, pw = self.username, password_digest(helo.auth, self.username, self.password)
+        version = self.version if helo.version else ""
+        return encode_ping(Ping(self.hostname, self.salt, digest, user, pw, version))
+
+    def check(self, pong: Pong) -> None:
+        """Verify the PONG; raise ``AuthenticationError`` if the server refused or lied."""
+        if self._nonce is None:
+            raise UsageError("check() called before ping()")
+        if not pong.auth_result:
+            raise AuthenticationError(f"server refused the handshake: {pong.reason or 'no reason'}")
+        if self.shared_key is not None:
+            expected = shared_key_digest(self.salt, pong.hostname, self._nonce, self.shared_key)
+            if not hmac.compare_digest(expected, pong.shared_key_digest):
+                raise AuthenticationError("server's PONG digest is wrong: it does not hold "
+                                          "the same shared key")

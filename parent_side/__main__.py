@@ -1,0 +1,3 @@
+from parent_side.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""The relay's configuration: one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fluent_forward.endpoints import Endpoint, parse_endpoint
+
+from .outputs import OutputSpec, parse_output
+
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_OUTPUT", "RelayConfig"]
+
+DEFAULT_LISTEN = "vsock://any:24224"
+#: A Unix socket keeps other local users from injecting records into Fluent Bit.
+DEFAULT_OUTPUT = "unix:///run/fluent-bit/forward.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Everything the relay needs to serve.
+
+    Attributes:
+        listen: where agents connect.
+        output: where records go.
+        hostname: our name in the handshake.
+        shared_key: the key agents must prove, or None.
+        upstream_shared_key: the key Fluent Bit's forward input holds, or None.
+        listen_mode: permissions of a Unix listening socket.
+        max_frame_bytes, max_decompressed_bytes, max_entries: per-frame limits.
+        handshake_timeout: seconds a new connection has to say something.
+        upstream_window: frames sent to Fluent Bit and not yet acked.
+        upstream_buffer_bytes: memory for frames on their way to Fluent Bit.
+        ack_timeout: seconds without an ack from Fluent Bit before reconnecting.
+        shutdown_timeout: seconds to deliver what was taken when stopping.
+        log_level: the relay's log level.
+    """
+
+    listen: Endpoint = parse_endpoint(DEFAULT_LISTEN, listen=True)
+    output: OutputSpec = parse_output(DEFAULT_OUTPUT)
+    hostname: str = "relay"
+    shared_key: str | None = None
+    upstream_shared_key: str | None = None
+    listen_mode: int = 0o660
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_decompressed_bytes: int = 16 * 1024 * 1024
+    max_entries: int = 500_000
+    handshake_timeout: float = 10.0
+    upstream_window: int = 16
+    upstream_buffer_bytes: int = 64 * 1024 * 1024
+    ack_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    log_level: str = "info"

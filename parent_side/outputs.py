@@ -1,0 +1,377 @@
+"""Where the relay sends batches: Fluent Bit's forward input, or JSON lines.
+
+Every output has one contract: ``await output.submit(batch)`` waits while the output
+is full (that wait is the backpressure agents feel) and returns a future that
+resolves once the batch is safe at the destination: acked by Fluent Bit, written to
+stdout, or written and fsynced to a file. The relay acks an agent's chunk only after
+that future resolves.
+
+Output URLs: ``unix:///path`` or ``tcp://host:port`` (a Fluent Bit forward input),
+``stdout``, ``file:///path`` (JSON lines, one per record)::
+
+    {"time":"2026-11-26T20:37:15.123456789Z","tag":"enclave.cid-16.app.stdout","record":{...}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import sys
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from fluent_forward.aio import ForwardClient
+from fluent_forward.codec import chunk_id, encode_packed_forward, iter_entries, time_to_ns
+from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.errors import EndpointError
+from fluent_forward.handshake import ClientHandshake
+
+__all__ = [
+    "FileOutput",
+    "ForwardOutput",
+    "JsonLinesOutput",
+    "Output",
+    "OutputError",
+    "OutputSpec",
+    "RelayBatch",
+    "StdoutOutput",
+    "format_batch",
+    "parse_output",
+]
+
+log = logging.getLogger(__name__)
+
+OUTPUT_EXAMPLES = "unix:///run/fluent-bit/forward.sock, tcp://127.0.0.1:24224, stdout or file:///var/log/enclaves.jsonl"
+
+
+class OutputError(Exception):
+    """An output that cannot start: the message names the option and the fix."""
+
+
+@dataclass(slots=True, eq=False)
+class RelayBatch:
+    """Entries on their way upstream, already stamped with the enclave's identity."""
+
+    tag: str
+    entries: bytes
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """A parsed ``--output``: ``kind`` is ``forward``, ``stdout`` or ``file``."""
+
+    kind: str
+    endpoint: Endpoint | None = None
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "forward":
+            return str(self.endpoint)
+        return "stdout" if self.kind == "stdout" else f"file://{self.path}"
+
+
+def parse_output(url: str) -> OutputSpec:
+    """Parse an output URL; ``EndpointError`` says what is wrong."""
+    if url == "stdout":
+        return OutputSpec("stdout")
+    if url.startswith("file://"):
+        path = url[len("file://"):]
+        if not path.startswith("/"):
+            raise EndpointError(f"{url!r}: a file output needs an absolute path: "
+                                "file:///var/log/enclaves.jsonl")
+        return OutputSpec("file", path=path)
+    if url.startswith("vsock://"):
+        raise EndpointError(f"{url!r}: the output is Fluent Bit on this host; use "
+                            f"one of {OUTPUT_EXAMPLES}")
+    try:
+        return OutputSpec("forward", endpoint=parse_endpoint(url))
+    except EndpointError as exc:
+        raise EndpointError(f"{exc} (outputs: {OUTPUT_EXAMPLES})") from None
+
+
+class Output(ABC):
+    """An output. Subclasses implement ``submit``; ``start`` and ``close`` as needed."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, nothing to open by default
+        """Open what the output needs; raise ``OutputError`` if it cannot."""
+
+    @abstractmethod
+    async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
+        """Wait for room, take ``batch``; the future resolves when it is safe."""
+
+    async def close(self, timeout: float) -> None:  # noqa: B027 - optional hook
+        """Deliver what was taken, for at most ``timeout`` seconds, then stop."""
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+# -- JSON lines ----------------------------------------------------------------------
+
+
+def _iso(ns: int) -> str:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):  # a msgpack bin: text if it is text, escaped if not
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, tuple):
+        return list(value)
+    return repr(value)
+
+
+def format_batch(tag: str, entries: bytes) -> bytes:
+    """JSON lines for a batch: ``{"time", "tag", "record"}`` with nanosecond times."""
+    lines = []
+    for t, record in iter_entries(entries):
+        obj: dict[str, Any] = {}
+        if type(t) is tuple:  # [[time, metadata], record]
+            t, meta = t
+            if meta:
+                obj["metadata"] = meta
+        obj = {"time": _iso(time_to_ns(t)), "tag": tag, "record": record, **obj}
+        lines.append(json.dumps(obj, ensure_ascii=False, default=_json_default,
+                                separators=(",", ":")))
+    lines.append("")
+    # Foreign clients may send invalid UTF-8 (kept as surrogates): write it escaped.
+    return "\n".join(lines).encode("utf-8", "backslashreplace")
+
+
+class JsonLinesOutput(Output):
+    """JSON lines to a stream, acked once written (and fsynced, for files)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.batches = 0
+
+    def _done(self) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    def status(self) -> dict[str, Any]:
+        return {"records": self.records, "batches": self.batches}
+
+
+class StdoutOutput(JsonLinesOutput):
+    """JSON lines on standard output: for trying it out, and for journald."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        super().__init__()
+        self.stream = stream or sys.stdout.buffer
+
+    async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
+        self.stream.write(format_batch(batch.tag, batch.entries))
+        self.stream.flush()
+        self.records += batch.count
+        self.batches += 1
+        return self._done()
+
+
+class FileOutput(JsonLinesOutput):
+    """JSON lines appended to a file; acked after an fsync, fsyncs grouped.
+
+    fsync runs in one commit thread, off the event loop; batches written while one
+    fsync runs share the next.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._fd = -1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self._waiting: list[asyncio.Future[None]] = []
+        self._syncing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.fsyncs = 0
+
+    async def start(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               0o640)
+        except OSError as exc:
+            raise OutputError(f"--output file://{self.path}: cannot open: {exc.strerror}; "
+                              "pick a writable path or --output stdout") from None
+
+    async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
+        data = memoryview(format_batch(batch.tag, batch.entries))
+        while data:
+            data = data[os.write(self._fd, data):]
+        self.records += batch.count
+        self.batches += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        self._sync()
+        return fut
+
+    def _sync(self) -> None:
+        if self._syncing or not self._waiting:
+            return
+        self._syncing = True
+        self._idle.clear()
+        waiting, self._waiting = self._waiting, []
+        done = asyncio.get_running_loop().run_in_executor(self._executor, os.fsync, self._fd)
+
+        def finished(f: asyncio.Future[None]) -> None:
+            self._syncing = False
+            self.fsyncs += 1
+            for w in waiting:
+                if w.done():
+                    continue
+                if f.exception() is not None:
+                    w.set_exception(f.exception())  # type: ignore[arg-type]
+                else:
+                    w.set_result(None)
+            self._sync()
+            if not self._syncing:
+                self._idle.set()
+
+        done.add_done_callback(finished)
+
+    async def close(self, timeout: float) -> None:
+        await self._idle.wait()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._executor.shutdown(wait=True)
+
+
+# -- Fluent Bit's forward input -------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    seq: int
+    chunk: str
+    frame: bytes
+    count: int
+    done: asyncio.Future[None] = field(repr=False)
+
+
+class UpstreamQueue:
+    """Frames waiting for Fluent Bit's ack, bounded by bytes; a ``BatchSource``."""
+
+    def __init__(self, *, boot_id: bytes, max_bytes: int) -> None:
+        self.boot_id = boot_id
+        self.max_bytes = max_bytes
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._unacked: dict[str, _Pending] = {}
+        self._seq = 0
+        self.used = 0
+        self._changed = asyncio.Event()
+        self.acked_records = 0
+
+    async def put(self, tag: str, entries: bytes, count: int) -> asyncio.Future[None]:
+        while self.used >= self.max_bytes:
+            self._changed.clear()
+            await self._changed.wait()
+        self._seq += 1
+        chunk = chunk_id(self.boot_id, self._seq)
+        frame = encode_packed_forward(tag, entries, {"chunk": chunk, "size": count})
+        item = _Pending(self._seq, chunk, frame, count, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self.used += len(frame)
+        self._changed.set()
+        return item.done
+
+    async def next_batch(self, window: int) -> _Pending:
+        while not self._queue or len(self._unacked) >= window:
+            self._changed.clear()
+            await self._changed.wait()
+        item = self._queue.popleft()
+        self._unacked[item.chunk] = item
+        return item
+
+    def ack(self, chunk: str | bytes) -> _Pending | None:
+        item = self._unacked.pop(chunk, None) if isinstance(chunk, str) else None
+        if item is None:
+            return None
+        self.used -= len(item.frame)
+        self.acked_records += item.count
+        if not item.done.done():
+            item.done.set_result(None)
+        self._changed.set()
+        return item
+
+    def requeue_unacked(self) -> int:
+        items = sorted(self._unacked.values(), key=lambda i: i.seq)
+        self._unacked.clear()
+        self._queue.extendleft(reversed(items))
+        self._changed.set()
+        return len(items)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue) + len(self._unacked)
+
+    async def wait_empty(self) -> None:
+        while self.depth:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class ForwardOutput(Output):
+    """Fluent Bit's forward input, over a Unix socket or TCP, with chunk acks.
+
+    Retries forever with capped, jittered backoff: data waits in the queue (and,
+    through backpressure, in the agents) until Fluent Bit is back.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, hostname: str, shared_key: str | None,
+                 window: int, max_queue_bytes: int, ack_timeout: float,
+                 connect_timeout: float = 5.0, max_backoff: float = 30.0) -> None:
+        self.endpoint = endpoint
+        self.queue = UpstreamQueue(boot_id=os.urandom(8), max_bytes=max_queue_bytes)
+        handshake = ClientHandshake(hostname=hostname, shared_key=shared_key)
+        # Fluent Bit sends HELO only when it has a shared key: wait for one only then.
+        self.client = ForwardClient(endpoint, self.queue, handshake, handshake_wait=0,
+                                    require_handshake=shared_key is not None, window=window,
+                                    connect_timeout=connect_timeout, max_backoff=max_backoff,
+                                    ack_timeout=ack_timeout, name="Fluent Bit",
+                                    logger=logging.getLogger("parent_side.upstream"))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.client.run(), name="upstream")
+
+    async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
+        return await self.queue.put(batch.tag, batch.entries, batch.count)
+
+    async def close(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.queue.wait_empty()
+        except TimeoutError:
+            log.warning("%d frames not acked by Fluent Bit at shutdown; the agents still "
+                        "hold them and will resend", self.queue.depth)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        s = self.client.stats
+        return {"endpoint": str(self.endpoint), "connected": self.client.connected.is_set(),
+                "queued_frames": self.queue.depth, "queued_bytes": self.queue.used,
+                "acked_records": self.queue.acked_records, "connects": s.connects,
+                "disconnects": s.disconnects, "resent": s.batches_resent,
+                "last_error": s.last_error}
+
+
+def make_output(spec: OutputSpec, **forward_options: Any) -> Output:
+    """Build the output ``spec`` names."""
+    if spec.kind == "stdout":
+        return StdoutOutput()
+    if spec.kind == "file":
+        return FileOutput(spec.path)
+    assert spec.endpoint is not None
+    return ForwardOutput(spec.endpoint, **forward_options)
