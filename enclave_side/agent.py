@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fluent_forward import __version__
@@ -58,6 +59,10 @@ class PipelineLogHandler(logging.Handler):
             self.buffer.add(DIAG_TAG, entry, 1)
         except Exception:  # never let a diagnostic break the agent
             self.handleError(record)
+
+
+def _factory(source: PipeSource) -> Callable[[], PipeSource]:
+    return lambda: source
 
 
 class Agent:
@@ -135,7 +140,7 @@ class Agent:
             source = PipeSource(stream, f"{self.config.tag}.{stream}", self.buffer,
                                 policy=self.config.overflow,
                                 max_line_bytes=self.config.max_line_bytes)
-            await loop.connect_read_pipe(lambda s=source: s, os.fdopen(fd, "rb", buffering=0))
+            await loop.connect_read_pipe(_factory(source), os.fdopen(fd, "rb", buffering=0))
             self.sources.append(source)
         log.info("started %s (pid %d)", argv[0], proc.pid)
         status = await status_fut

@@ -58,12 +58,18 @@ class Batch:
         return len(self.frame)
 
 
+def _overhead(tag: str) -> int:
+    """An upper bound on a PackedForward frame's bytes besides its entries."""
+    return 64 + len(tag.encode())
+
+
 @dataclass(slots=True)
 class _Open:
     parts: list[bytes] = field(default_factory=list)
-    size: int = 0
+    size: int = 0  # bytes of entries
     count: int = 0
     since: float = 0.0
+    reserved: int = 0  # room held for the frame around the entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +140,19 @@ class Buffer:
         """
         if not count:
             return 0
+        key = (tag, protected)
         size = len(entries)
+        # A new batch reserves room for its frame's header and options up front, so
+        # sealing never pushes the total over the cap.
         if policy is Policy.DROP_OLDEST and not protected:
-            self._make_room(size)
-            if self._used + size > self.max_bytes:
+            self._make_room(size + (0 if key in self._open else _overhead(tag)))
+            if self._used + size + (0 if key in self._open else _overhead(tag)) > self.max_bytes:
                 self._count_drop(count, size)
                 return 0
-        key = (tag, protected)
         batch = self._open.get(key)
         if batch is None:
-            batch = self._open[key] = _Open(since=self._clock())
+            batch = self._open[key] = _Open(since=self._clock(), reserved=_overhead(tag))
+            self._used += batch.reserved
         batch.parts.append(entries)
         batch.size += size
         batch.count += count
@@ -180,7 +189,7 @@ class Buffer:
             if key[1]:
                 continue
             del self._open[key]
-            self._used -= opened.size
+            self._used -= opened.size + opened.reserved
             self._count_drop(opened.count, opened.size)
 
     # -- sealing --------------------------------------------------------------------
@@ -193,7 +202,7 @@ class Buffer:
         entries = b"".join(opened.parts)
         frame = encode_packed_forward(key[0], entries, {"chunk": chunk, "size": opened.count})
         batch = Batch(seq, key[0], chunk, frame, opened.count, key[1])
-        self._used += batch.size - opened.size
+        self._used += batch.size - opened.size - opened.reserved
         self._queue.append(batch)
         self._sealed += 1
         self._changed.set()
@@ -232,7 +241,8 @@ class Buffer:
         self.add_record(DIAG_TAG, time.time_ns(), {
             "log": f"buffer full: dropped {records} records ({size} bytes) under drop_oldest",
             "level": "warning", "event": "dropped", "records": records, "bytes": size})
-        self._seal((DIAG_TAG, True))
+        if (DIAG_TAG, True) in self._open:  # add() seals by itself when the batch is full
+            self._seal((DIAG_TAG, True))
         # The report goes first: it explains the gap the relay is about to see.
         self._queue.rotate(1)
 

@@ -180,7 +180,7 @@ class PipeSource(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # At EOF the last line is as complete as it will ever be: no partial flag.
-        items = [i if type(i) is bytes else i[0] for i in self.splitter.flush()]
+        items: list[Item] = [i if isinstance(i, bytes) else i[0] for i in self.splitter.flush()]
         self._emit(items)
         return None
 

@@ -105,14 +105,17 @@ class LineSplitter:
         """Return the complete lines in ``carry + data``; keep the unfinished tail."""
         if self._carry:
             data = self._carry + data
-        parts: list[Item] = data.split(b"\n")  # type: ignore[assignment]
-        tail: bytes = parts.pop()  # type: ignore[assignment]
-        if self._discarding and parts:
-            self.dropped_bytes += len(parts.pop(0))  # type: ignore[arg-type]
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if self._discarding and lines:
+            self.dropped_bytes += len(lines.pop(0))
             self._discarding = False
         limit = self.max_line_bytes
-        if parts and max(map(len, parts)) > limit:  # type: ignore[arg-type]
-            parts = [self._truncate(p) if len(p) > limit else p for p in parts]  # type: ignore[arg-type]
+        parts: list[Item]
+        if lines and max(map(len, lines)) > limit:
+            parts = [self._truncate(p) if len(p) > limit else p for p in lines]
+        else:
+            parts = lines  # type: ignore[assignment]  # list is invariant; no copy on the hot path
         if self._discarding:
             self.dropped_bytes += len(tail)
             tail = b""
@@ -179,7 +182,10 @@ class EntryEncoder:
         return b"".join(parts)
 
     def _encode_one(self, head: bytes, item: Item) -> bytes:
-        line, flags = (item, 0) if type(item) is bytes else item  # type: ignore[misc]
+        if isinstance(item, bytes):
+            line, flags = item, 0
+        else:
+            line, flags = item
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:

@@ -24,10 +24,9 @@ from __future__ import annotations
 import base64
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import islice
 from operator import itemgetter
 from typing import Any, TypeAlias
 
@@ -37,6 +36,7 @@ from .errors import (
     DecompressedTooLarge,
     FrameTooLarge,
     MalformedFrame,
+    ProtocolError,
     TooManyEntries,
     UsageError,
 )
@@ -83,7 +83,7 @@ _U32 = 0xFFFFFFFF
 _EVENT_TIME = struct.Struct(">II")
 
 
-class EventTime(msgpack.ExtType):
+class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack has no type hints
     """Fluent's EventTime: msgpack ext type 0, uint32 seconds + uint32 nanoseconds.
 
     Byte-for-byte what fluent-logger's ``EventTime`` packs (``D7 00 SS SS SS SS NN NN NN NN``).
@@ -92,7 +92,7 @@ class EventTime(msgpack.ExtType):
     def __new__(cls, seconds: int, nanoseconds: int = 0) -> EventTime:
         if not (0 <= seconds <= _U32 and 0 <= nanoseconds < 1_000_000_000):
             raise UsageError(f"EventTime out of range: {seconds}s {nanoseconds}ns")
-        return super().__new__(cls, 0, _EVENT_TIME.pack(seconds, nanoseconds))
+        return super().__new__(cls, 0, _EVENT_TIME.pack(seconds, nanoseconds))  # type: ignore[no-any-return]
 
     @classmethod
     def from_ns(cls, ns: int) -> EventTime:
@@ -143,7 +143,7 @@ def parse_chunk_id(chunk: Any) -> tuple[bytes, int] | None:
 
 # -- encoders ------------------------------------------------------------------------
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
 def make_options(*, chunk: str | None = None, size: int | None = None,
@@ -305,12 +305,19 @@ class FrameDecoder:
         self.max_entries = max_entries
         self._unpacker = _unpacker(max_frame_bytes)
         self._fed = 0
+        self._frame_start = 0  # stream offset where the incomplete frame began
+        self._head = b""  # the first bytes of the incomplete frame, for claimed_size()
         self._broken = False
 
     @property
     def buffered(self) -> int:
-        """Bytes fed but not yet part of a complete frame."""
-        return self._fed - self._unpacker.tell()
+        """Bytes of the frame not yet complete.
+
+        Counted from where that frame began, not from msgpack's ``tell()``: the
+        Unpacker consumes the bytes of a partly parsed array or map into objects, so
+        its own buffer would not show them and the limit would not hold.
+        """
+        return self._fed - self._frame_start
 
     def feed(self, data: bytes) -> list[Frame]:
         """Feed bytes; return the frames they complete (maybe none)."""
@@ -338,13 +345,37 @@ class FrameDecoder:
                 self._unpacker.feed(piece)
                 self._fed += len(piece)
                 pos += len(piece)
+            up = self._unpacker
             try:
-                objs = list(self._unpacker)
+                for obj in up:
+                    frames.append(self._classify(obj))
+                    self._frame_start = up.tell()  # right after a complete object: its end
+            except ProtocolError:
+                raise
             except Exception as exc:
                 raise _wrap(exc, "frame", self.max_frame_bytes) from exc
-            frames.extend(map(self._classify, objs))
+            self._check_claim(piece)
             if pos >= end:
                 return frames
+
+    def _check_claim(self, piece: memoryview) -> None:
+        """Refuse at once a frame whose headers claim more than the limit.
+
+        Without this, a header claiming gigabytes would be refused only after the
+        peer sent ``max_frame_bytes`` (msgpack checks lengths when the bytes come).
+        """
+        incomplete = self.buffered
+        if not incomplete:
+            self._head = b""
+            return
+        if incomplete <= len(piece):  # the frame began in this piece
+            self._head = bytes(piece[len(piece) - incomplete:][:_HEAD])
+        elif len(self._head) < _HEAD:
+            self._head += bytes(piece[:_HEAD - len(self._head)])
+        claimed = claimed_size(self._head)
+        if claimed is not None and claimed > self.max_frame_bytes:
+            raise FrameTooLarge(f"frame claims {claimed} bytes, over max_frame_bytes "
+                                f"({self.max_frame_bytes})", self.max_frame_bytes)
 
     def _classify(self, obj: Any) -> Frame:
         if self.role is Role.SERVER:
@@ -365,6 +396,47 @@ class FrameDecoder:
             return parse_pong(obj)
         raise MalformedFrame(f"unexpected {type(obj).__name__} from the server "
                              "(expected an ack map, HELO or PONG)")
+
+
+_HEAD = 32
+
+
+def _header(buf: bytes, i: int) -> tuple[str, int, int] | None:
+    """(kind, length, header size) of the msgpack object at ``buf[i]``, if known."""
+    if i >= len(buf):
+        return None
+    b = buf[i]
+    sizes = {0xD9: ("raw", 1), 0xDA: ("raw", 2), 0xDB: ("raw", 4), 0xC4: ("raw", 1),
+             0xC5: ("raw", 2), 0xC6: ("raw", 4), 0xDC: ("array", 2), 0xDD: ("array", 4)}
+    if 0xA0 <= b <= 0xBF:
+        return ("raw", b & 0x1F, 1)
+    if 0x90 <= b <= 0x9F:
+        return ("array", b & 0x0F, 1)
+    if b in sizes:
+        kind, n = sizes[b]
+        if i + 1 + n > len(buf):
+            return None
+        return (kind, int.from_bytes(buf[i + 1:i + 1 + n], "big"), 1 + n)
+    return ("other", 0, 1)
+
+
+def claimed_size(head: bytes) -> int | None:
+    """The least size a frame starting with ``head`` claims: ``[tag, str/bin, ...]``.
+
+    Reads the top array header, the tag and the second element's header; None when
+    those are not all there yet or the shape is another one.
+    """
+    top = _header(head, 0)
+    if top is None or top[0] != "array":
+        return None
+    tag = _header(head, top[2])
+    if tag is None or tag[0] != "raw":
+        return None
+    at = top[2] + tag[2] + tag[1]
+    second = _header(head, at)
+    if second is None:
+        return at if at > len(head) else None
+    return at + second[2] + second[1] if second[0] == "raw" else None
 
 
 # -- event parsing and entry validation --------------------------------------------
@@ -478,14 +550,21 @@ def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> 
     """
     up = _unpacker(len(data))
     up.feed(data)
+    items: list[Any] = []
+    append, tell = items.append, up.tell
+    end = 0
     try:
-        items = list(islice(up, max_entries + 1))
+        for item in up:
+            append(item)
+            end = tell()  # after a complete object; msgpack also consumes partial ones
+            if len(items) > max_entries:
+                raise TooManyEntries(f"frame carries over max_entries ({max_entries}) entries",
+                                     max_entries)
+    except ProtocolError:
+        raise
     except Exception as exc:
         raise _wrap(exc, "packed entries", len(data)) from exc
-    if len(items) > max_entries:
-        raise TooManyEntries(f"frame carries over max_entries ({max_entries}) entries",
-                             max_entries)
-    if up.tell() != len(data):
+    if end != len(data):
         raise MalformedFrame("packed entries end in the middle of an entry")
     if not items:
         return data, 0

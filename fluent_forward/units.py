@@ -65,10 +65,12 @@ def apply_env_defaults(parser: argparse.ArgumentParser, prefix: str,
         try:
             if isinstance(action, argparse._StoreTrueAction):
                 value: object = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(action, argparse._AppendAction):
-                value = [action.type(v) if action.type else v for v in raw.split(",") if v]
             else:
-                value = action.type(raw) if callable(action.type) else raw
+                convert = action.type if callable(action.type) else str
+                if isinstance(action, argparse._AppendAction):
+                    value = [convert(v) for v in raw.split(",") if v]
+                else:
+                    value = convert(raw)
             if action.choices is not None and value not in action.choices:
                 raise argparse.ArgumentTypeError(
                     f"{raw!r} is not one of {', '.join(map(str, action.choices))}")

@@ -119,6 +119,7 @@ class Listener:
         self.server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
         self._warn = _RateLimitedLog()
+        self._closing = False
 
     async def start(self) -> None:
         self.server = await start_server(self._handle, self.config.endpoint,
@@ -126,6 +127,7 @@ class Listener:
 
     async def close(self) -> None:
         """Stop accepting and close every connection (agents keep what was not acked)."""
+        self._closing = True
         if self.server is not None:
             self.server.close()
         for task in list(self._conns):
@@ -175,6 +177,11 @@ class Listener:
                                ident.name, conn.peer.address, exc)
         except TransportError as exc:
             log.info("%s: %s", ident.name, exc)
+        except asyncio.CancelledError:
+            # Our own shutdown (close()) cancels handlers; asyncio's stream server
+            # logs a cancelled handler task as an error, so end quietly instead.
+            if not self._closing:
+                raise
         finally:
             self.stats.open_connections -= 1
             peer.open_connections -= 1

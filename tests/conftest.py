@@ -1,0 +1,61 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from fluent_forward.endpoints import parse_endpoint
+from parent_side.config import RelayConfig
+from parent_side.outputs import parse_output
+from parent_side.relay import Relay
+from tests.helpers import short_tmpdir, within
+
+StartRelay = Callable[..., Awaitable[Relay]]
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    with short_tmpdir() as path:
+        yield path
+
+
+@pytest_asyncio.fixture
+async def start_relay() -> AsyncIterator[StartRelay]:
+    """Start in-process relays; all are stopped at the end of the test."""
+    running: list[tuple[Relay, asyncio.Task[int]]] = []
+
+    async def start(listen: str, output: str, **options: Any) -> Relay:
+        config = RelayConfig(listen=parse_endpoint(listen, listen=True),
+                             output=parse_output(output), hostname="test-relay", **options)
+        relay = Relay(config)
+        task = asyncio.create_task(relay.run(handle_signals=False))
+        ready = asyncio.ensure_future(relay.ready.wait())
+        done, _ = await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()  # raises what stopped it
+        running.append((relay, task))
+        return relay
+
+    yield start
+    for relay, task in running:
+        relay.stop()
+        with contextlib.suppress(Exception):
+            await within(task, "the relay to stop")
+
+
+def relay_url(relay: Relay) -> str:
+    """The URL agents reach ``relay`` at (port 0 resolved)."""
+    ep = relay.config.listen
+    if ep.scheme.value == "tcp":
+        assert relay.listener.server is not None
+        port = relay.listener.server.sockets[0].getsockname()[1]
+        return f"tcp://{ep.host}:{port}"
+    return str(ep)

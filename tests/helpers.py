@@ -1,0 +1,103 @@
+"""Shared test helpers: one time unit, deadline waits, short socket paths, processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import msgpack
+
+#: Every timeout in the tests is a multiple of this.
+MS = 0.001
+#: How long a condition may take to become true before a test fails.
+DEADLINE = 15_000 * MS
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+async def wait_until(predicate: Callable[[], bool], what: str,
+                     timeout: float = DEADLINE) -> None:
+    """Wait for ``predicate()`` to become true; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(5 * MS)
+
+
+def wait_until_sync(predicate: Callable[[], bool], what: str,
+                    timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(5 * MS)
+
+
+async def within(aw: Awaitable[object], what: str, timeout: float = DEADLINE) -> object:
+    try:
+        async with asyncio.timeout(timeout):
+            return await aw
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}") from None
+
+
+@contextlib.contextmanager
+def short_tmpdir() -> Iterator[Path]:
+    """A short directory for Unix sockets (AF_UNIX paths are limited to 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="nel-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def env_for_subprocess(**extra: str) -> dict[str, str]:
+    """This environment, with the project importable and ``extra`` set."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def stop_process(proc: subprocess.Popen[bytes] | asyncio.subprocess.Process,
+                 timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it lingers; for fixtures' cleanup."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    if isinstance(proc, subprocess.Popen):
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def read_json_lines(path: Path) -> list[dict[str, object]]:
+    import json
+
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.endswith("}"):
+            out.append(json.loads(line))
+    return out
+
+
+def unpack_all(data: bytes) -> list[object]:
+    up = msgpack.Unpacker(raw=False)
+    up.feed(data)
+    return list(up)

@@ -1,0 +1,188 @@
+"""Bad input to the relay closes that connection only, counted and logged once.
+
+A second, honest agent stays connected to the same relay throughout and keeps
+getting its batches acked and delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from fluent_forward.codec import (
+    Ack,
+    EventTime,
+    FrameDecoder,
+    Helo,
+    Role,
+    chunk_id,
+    encode_packed_forward,
+    pack_entry,
+)
+from fluent_forward.handshake import ClientHandshake, Pong
+from tests.conftest import StartRelay
+from tests.helpers import read_json_lines, wait_until, within
+
+pytestmark = pytest.mark.asyncio
+
+
+class RawAgent:
+    """A minimal Forward client: handshake, then frames with chunk ids, reading acks."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = FrameDecoder(Role.CLIENT)
+        self.seq = 0
+        self.boot = b"honest!!"
+
+    @classmethod
+    async def connect(cls, path: Path, *, handshake: bool = True) -> RawAgent:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        agent = cls(reader, writer)
+        helo = await agent.next_frame()
+        assert isinstance(helo, Helo), "the relay greets with HELO"
+        if handshake:
+            hs = ClientHandshake(hostname="honest")
+            writer.write(hs.ping(helo))
+            pong = await agent.next_frame()
+            assert isinstance(pong, Pong) and pong.auth_result
+        return agent
+
+    async def next_frame(self) -> object:
+        while True:
+            data = await within(self.reader.read(65536), "a frame from the relay")
+            assert data, "the relay closed the connection"
+            frames = self.decoder.feed(data)
+            if frames:
+                assert len(frames) == 1
+                return frames[0]
+
+    async def send_batch(self, lines: list[str]) -> None:
+        self.seq += 1
+        chunk = chunk_id(self.boot, self.seq)
+        entries = b"".join(pack_entry(EventTime(1_700_000_000, i), {"log": line})
+                           for i, line in enumerate(lines))
+        self.writer.write(encode_packed_forward("app.stdout", entries, {"chunk": chunk}))
+        ack = await self.next_frame()
+        assert ack == Ack(chunk)
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """True once the peer closed: read returns EOF (or the connection is reset)."""
+    try:
+        while await within(reader.read(65536), "the relay to close the connection"):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def deep_nesting(depth: int) -> bytes:
+    return b"\x91" * depth + b"\xc0"
+
+
+BAD_INPUTS = {
+    "garbage": b"\xc1\xc1\xc1 not msgpack at all",
+    "not-an-array": msgpack.packb({"tag": "x"}),
+    "tag-not-a-string": msgpack.packb([42, 1, {"log": "x"}]),
+    "record-not-a-map": msgpack.packb(["t", 1, ["not", "a", "map"]]),
+    "negative-time": msgpack.packb(["t", -5, {"log": "x"}]),
+    "options-not-a-map": msgpack.packb(["t", 1, {"log": "x"}, "opts"]),
+    "bad-packed-entry": msgpack.packb(["t", b"\x92\x01", {"chunk": "x"}]),
+    "int-map-keys": msgpack.packb(["t", 1, {1: "x"}]),
+    "deeply-nested": b"\x93\xa1t\x01" + deep_nesting(5000),
+    "oversize": msgpack.packb(["t", b"\x00" * (200 * 1024)]),
+    "claims-gigabytes": b"\x92\xa1t\xc6\xff\xff\xff\xf0",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+async def test_bad_input_closes_only_that_connection_and_is_logged_once(
+        start_relay: StartRelay, sockdir: Path, case: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}", max_frame_bytes=64 * 1024)
+    honest = await RawAgent.connect(sock)
+    await honest.send_batch(["honest 1"])
+
+    caplog.set_level(logging.WARNING, logger="parent_side")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    try:
+        await reader.read(65536)  # HELO
+        writer.write(BAD_INPUTS[case])
+        await writer.drain()
+        assert await closed_by_peer(reader)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+    await wait_until(lambda: relay.listener.stats.protocol_errors == 1, "the error to be counted")
+    warnings = [r for r in caplog.records if "closing connection" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    # The honest agent never noticed.
+    await honest.send_batch(["honest 2", "honest 3"])
+    await honest.close()
+    logs = [r["record"]["log"] for r in read_json_lines(out)]  # type: ignore[index]
+    assert logs == ["honest 1", "honest 2", "honest 3"]
+
+
+async def test_a_frame_cut_by_a_disconnect_is_not_a_protocol_error(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    await reader.read(65536)
+    frame = msgpack.packb(["t", b"\x92\x01\x80" * 100, {"chunk": "abc"}])
+    writer.write(frame[: len(frame) // 2])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await wait_until(lambda: relay.listener.stats.connections == 1
+                     and relay.listener.stats.open_connections == 0, "the relay to notice")
+    assert relay.listener.stats.protocol_errors == 0
+    assert read_json_lines(out) == []
+
+
+async def test_clients_without_a_handshake_are_served_when_no_key_is_set(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    await start_relay(f"unix://{sock}", f"file://{out}")
+    plain = await RawAgent.connect(sock, handshake=False)
+    await plain.send_batch(["no handshake"])
+    await plain.close()
+    assert [r["record"]["log"] for r in read_json_lines(out)] == ["no handshake"]  # type: ignore[index]
+
+
+async def test_a_wrong_shared_key_is_refused_and_a_right_one_served(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}", shared_key="s3cret")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    decoder = FrameDecoder(Role.CLIENT)
+    (helo,) = decoder.feed(await reader.read(65536))
+    assert isinstance(helo, Helo)
+    writer.write(ClientHandshake(hostname="x", shared_key="wrong").ping(helo))
+    (pong,) = decoder.feed(await within(reader.read(65536), "PONG"))
+    assert isinstance(pong, Pong) and not pong.auth_result
+    assert await closed_by_peer(reader)
+    writer.close()
+    await writer.wait_closed()
+    assert relay.listener.stats.auth_failures == 1
+
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    agent = RawAgent(reader, writer)
+    helo = await agent.next_frame()
+    hs = ClientHandshake(hostname="ok", shared_key="s3cret")
+    writer.write(hs.ping(helo))  # type: ignore[arg-type]
+    pong = await agent.next_frame()
+    hs.check(pong)  # type: ignore[arg-type]
+    await agent.send_batch(["with key"])
+    await agent.close()

@@ -1,0 +1,128 @@
+"""The agent's hot path: line splitting and entry packing, as bytes."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from enclave_side.lines import (
+    ESCAPED,
+    PARTIAL,
+    TRUNCATED,
+    EntryEncoder,
+    LineSplitter,
+    escape_line,
+    str_header,
+    unescape_line,
+)
+from fluent_forward.codec import EventTime
+
+NS = 1_764_189_435_123_456_789
+
+
+def decode(entries: bytes) -> list[list[object]]:
+    up = msgpack.Unpacker(raw=False, strict_map_key=True)
+    up.feed(entries)
+    return list(up)
+
+
+def test_split_keeps_the_unfinished_tail_until_its_newline() -> None:
+    sp = LineSplitter(100)
+    assert sp.feed(b"one\ntw") == [b"one"]
+    assert sp.pending == 2
+    assert sp.feed(b"o\nthree\n") == [b"two", b"three"]
+    assert sp.pending == 0
+
+
+def test_split_byte_by_byte_gives_the_same_lines() -> None:
+    data = b"alpha\nbeta\n\ngamma\n"
+    sp = LineSplitter(100)
+    out: list[object] = []
+    for i in range(len(data)):
+        out += sp.feed(data[i:i + 1])
+    assert out == [b"alpha", b"beta", b"", b"gamma"]
+
+
+def test_an_overlong_line_is_cut_flagged_and_the_next_line_survives() -> None:
+    sp = LineSplitter(10)
+    out = sp.feed(b"x" * 25)  # no newline yet: cut now, drop the rest until one comes
+    assert out == [(b"x" * 10, TRUNCATED)]
+    assert sp.feed(b"yyyy") == []
+    assert sp.feed(b"zz\nnext\n") == [b"next"]
+    assert sp.dropped_bytes == 15 + 4 + 2
+    assert sp.truncated == 1
+
+
+def test_an_overlong_complete_line_is_cut_in_place() -> None:
+    sp = LineSplitter(4)
+    assert sp.feed(b"ab\nabcdefgh\ncd\n") == [b"ab", (b"abcd", TRUNCATED), b"cd"]
+
+
+def test_cut_does_not_split_a_utf8_character() -> None:
+    sp = LineSplitter(4)
+    line = "abé€".encode()  # a b (1) é (2) € (3)
+    (kept, flags), = sp.feed(line + b"\n")
+    assert flags == TRUNCATED
+    assert kept == b"ab\xc3\xa9"  # backs off before the 3-byte €
+    kept.decode("utf-8")
+
+
+def test_flush_hands_out_the_partial_line_flagged() -> None:
+    sp = LineSplitter(100)
+    sp.feed(b"prompt> ")
+    assert sp.flush() == [(b"prompt> ", PARTIAL)]
+    assert sp.flush() == []
+
+
+def test_encoder_packs_event_time_and_fields() -> None:
+    enc = EntryEncoder({"stream": "stdout"})
+    entries = enc.encode([b"hello", b""], NS)
+    got = decode(entries)
+    assert got == [[EventTime.from_ns(NS), {"log": "hello", "stream": "stdout"}],
+                   [EventTime.from_ns(NS), {"log": "", "stream": "stdout"}]]
+    # The time is an ext 0 EventTime, byte for byte.
+    assert entries[1:11] == b"\xd7\x00" + (NS // 10**9).to_bytes(4, "big") + (
+        NS % 10**9).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("n", [0, 31, 32, 255, 256, 4095, 4096, 65535, 65536, 70000])
+def test_str_headers_at_every_boundary_decode(n: int) -> None:
+    line = b"a" * n
+    packed = str_header(n) + line
+    assert msgpack.unpackb(packed, raw=False) == "a" * n
+    entries = EntryEncoder({"stream": "stderr"}).encode([line], NS)
+    assert decode(entries)[0][1]["log"] == "a" * n
+
+
+def test_invalid_utf8_is_escaped_reversibly_and_flagged() -> None:
+    raw = b"caf\xe9 \\x41 \xff end"
+    enc = EntryEncoder({"stream": "stdout"})
+    (entry,) = decode(enc.encode([b"fine", raw], NS))[1:]
+    record = entry[1]
+    assert record["escaped"] is True
+    assert "\\xe9" in record["log"] and "\\\\x41" in record["log"]
+    assert unescape_line(record["log"]) == raw
+    assert enc.escaped == 1
+
+
+def test_valid_utf8_is_sent_unchanged() -> None:
+    text = "ünïcödé ✓ \\ backslash"
+    (entry,) = decode(EntryEncoder({"stream": "stdout"}).encode([text.encode()], NS))
+    assert entry[1] == {"log": text, "stream": "stdout"}
+
+
+def test_flags_become_fields() -> None:
+    enc = EntryEncoder({"file": "/var/log/app.log"})
+    got = decode(enc.encode([(b"cut", TRUNCATED), (b"half", PARTIAL),
+                             (b"\xff", TRUNCATED | ESCAPED)], NS))
+    assert got[0][1] == {"log": "cut", "file": "/var/log/app.log", "truncated": True}
+    assert got[1][1] == {"log": "half", "file": "/var/log/app.log", "partial": True}
+    assert got[2][1] == {"log": "\\xff", "file": "/var/log/app.log", "truncated": True,
+                         "escaped": True}
+
+
+def test_escape_line_output_is_always_utf8() -> None:
+    every_byte = bytes(range(256))
+    escaped = escape_line(every_byte)
+    escaped.decode("utf-8")
+    assert unescape_line(escaped.decode()) == every_byte
