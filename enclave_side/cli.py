@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="DURATION", help="seal a batch after this long (default: 50ms)")
     p.add_argument("--max-line-bytes", type=size_arg, default=d.max_line_bytes, metavar="SIZE",
                    help="cut longer lines and flag them truncated (default: 64KiB)")
+    p.add_argument("--partial-flush", type=duration_arg, default=d.partial_flush,
+                   metavar="DURATION",
+                   help="send a line still missing its newline after this much silence, "
+                        "flagged partial (default: 1s)")
     p.add_argument("--window", type=int, default=d.window,
                    help="batches in flight before waiting for acks (default: %(default)s)")
     p.add_argument("--drain-timeout", type=duration_arg, default=d.drain_timeout,
@@ -124,6 +128,7 @@ def parse_args(argv: Sequence[str] | None = None,
         hostname=ns.hostname or socket.gethostname() or "enclave", shared_key=key,
         buffer_bytes=ns.buffer_size, batch_bytes=ns.batch_size,
         flush_interval=ns.flush_interval, max_line_bytes=ns.max_line_bytes,
+        partial_flush=ns.partial_flush,
         overflow=Policy(ns.overflow), window=ns.window, handshake_wait=ns.handshake_wait,
         drain_timeout=ns.drain_timeout, log_level=ns.log_level)
 

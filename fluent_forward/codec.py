@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, TypeAlias
 
 import msgpack
@@ -143,7 +143,9 @@ def parse_chunk_id(chunk: Any) -> tuple[bytes, int] | None:
 
 # -- encoders ------------------------------------------------------------------------
 
-_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+# surrogateescape: strings decoded from invalid UTF-8 pack back to the same bytes.
+_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True,
+                                                unicode_errors="surrogateescape").pack
 
 
 def make_options(*, chunk: str | None = None, size: int | None = None,
@@ -333,6 +335,7 @@ class FrameDecoder:
         frames: list[Frame] = []
         view = memoryview(data)
         pos, end = 0, len(data)
+        piece = view[0:0]
         while True:
             # Never hand msgpack more than one frame's limit: a frame over the limit
             # then fails here instead of growing the buffer.
@@ -572,13 +575,24 @@ def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> 
             and set(map(type, map(_second, items))) == {dict}):
         times = list(map(_first, items))
         ttypes = set(map(type, times))
+        if tuple in ttypes:  # Fluent Bit's [[time, metadata], record]: check the header
+            headers = [t for t in times if type(t) is tuple] if len(ttypes) > 1 else times
+            if set(map(len, headers)) == {2} and set(map(type, map(_second, headers))) == {dict}:
+                times = [t for t in times if type(t) is not tuple] + list(map(_first, headers))
+                ttypes = set(map(type, times))
         if ttypes <= _TIME_TYPES and _times_ok(times, ttypes):
             return data, len(items)
     # Slow path: something to normalise, or something wrong; find out which entry.
     return b"".join(map(_normal_entry, items)), len(items)
 
 
+_NANOS = itemgetter(slice(4, 8))
+_DATA = attrgetter("data")
+_BILLION = (1_000_000_000).to_bytes(4, "big")
+
+
 def _times_ok(times: list[Any], ttypes: set[type]) -> bool:
+    """All integer times in range; all ext times EventTimes with nanoseconds < 1e9."""
     if int in ttypes:
         ints = [t for t in times if type(t) is int] if len(ttypes) > 1 else times
         if min(ints) < 0 or max(ints) > _U32:
@@ -586,6 +600,9 @@ def _times_ok(times: list[Any], ttypes: set[type]) -> bool:
     if msgpack.ExtType in ttypes:
         exts = [t for t in times if type(t) is not int] if len(ttypes) > 1 else times
         if {(t.code, len(t.data)) for t in exts} != {(0, 8)}:
+            return False
+        # Big-endian bytes compare as the numbers do: one C-level max() over them all.
+        if max(map(_NANOS, map(_DATA, exts))) >= _BILLION:
             return False
     return True
 
@@ -623,16 +640,10 @@ def _normal_time(t: Any) -> int | msgpack.ExtType:
             seconds, nanos = _EVENT_TIME.unpack(t.data)
             if nanos < 1_000_000_000:
                 return t
-        elif t.code == -1:  # msgpack Timestamp: a different layout, same meaning
-            return _from_timestamp(t.data)
+    elif kind is msgpack.Timestamp:  # ext -1: a different layout, the same meaning
+        if 0 <= t.seconds <= _U32:
+            return EventTime(t.seconds, t.nanoseconds)
     raise MalformedFrame("a time must be a non-negative integer, float or EventTime (ext 0)")
-
-
-def _from_timestamp(data: bytes) -> EventTime:
-    ts = msgpack.Timestamp.from_bytes(data)
-    if not 0 <= ts.seconds <= _U32:
-        raise MalformedFrame("timestamp out of range")
-    return EventTime(ts.seconds, ts.nanoseconds)
 
 
 

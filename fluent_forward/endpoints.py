@@ -68,8 +68,12 @@ class Endpoint:
         return f"tcp://{host}:{self.port}"
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # isdigit() alone takes "²" and "١٢"
+
+
 def _port(text: str, url: str, maximum: int) -> int:
-    if not text.isdigit():
+    if not _digits(text):
         raise EndpointError(f"{url!r}: the port must be a number, got {text!r}")
     port = int(text)
     if port > maximum:
@@ -82,10 +86,16 @@ def _split_host_port(rest: str, url: str) -> tuple[str, str]:
         host, sep, tail = rest[1:].partition("]")
         if not sep or not tail.startswith(":"):
             raise EndpointError(f"{url!r}: write IPv6 addresses as tcp://[::1]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise EndpointError(f"{url!r}: {host!r} in brackets is not an IPv6 address") from None
         return host, tail[1:]
     host, sep, port = rest.rpartition(":")
     if not sep or not host:
         raise EndpointError(f"{url!r}: needs HOST:PORT, e.g. {_EXAMPLES}")
+    if ":" in host:
+        raise EndpointError(f"{url!r}: write IPv6 addresses in brackets: tcp://[::1]:PORT")
     return host, port
 
 
@@ -116,7 +126,7 @@ def parse_endpoint(url: str, *, listen: bool = False) -> Endpoint:
                 raise EndpointError(f"{url!r}: 'any' is only for listening; "
                                     "connect to a CID (the parent is 3)")
             cid = VMADDR_CID_ANY
-        elif cid_text.isdigit() and int(cid_text) <= _U32:
+        elif _digits(cid_text) and int(cid_text) <= _U32:
             cid = int(cid_text)
         else:
             raise EndpointError(f"{url!r}: the CID must be a number (0-{_U32}) or 'any'")
@@ -126,11 +136,6 @@ def parse_endpoint(url: str, *, listen: bool = False) -> Endpoint:
         return Endpoint(Scheme.VSOCK, cid=cid, port=port)
     if scheme == "tcp":
         host, port_text = _split_host_port(rest, url)
-        if ":" in host:
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise EndpointError(f"{url!r}: {host!r} is not an IPv6 address") from None
         port = _port(port_text, url, 0xFFFF)
         if port == 0 and not listen:
             raise EndpointError(f"{url!r}: port 0 is only for listening")

@@ -179,9 +179,13 @@ def parse_ping(obj: Any) -> Ping:
         raise HandshakeError("expected PING: [\"PING\", hostname, salt, digest, user, "
                              "password digest], every field a str")
     version = obj[6] if len(obj) == 7 else ""
-    return Ping(_b(obj[1]).decode("utf-8", "replace"), _b(obj[2]),
-                _b(obj[3]).decode("ascii", "replace"), _b(obj[4]).decode("utf-8", "replace"),
-                _b(obj[5]).decode("ascii", "replace"), _b(version).decode("utf-8", "replace"))
+    # surrogateescape keeps every byte: the digest covers the hostname as it was sent.
+    return Ping(_text(obj[1]), _b(obj[2]), _text(obj[3]), _text(obj[4]), _text(obj[5]),
+                _text(version))
+
+
+def _text(value: str | bytes) -> str:
+    return _b(value).decode("utf-8", "surrogateescape")
 
 
 def parse_pong(obj: Any) -> Pong:

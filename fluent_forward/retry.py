@@ -20,7 +20,7 @@ def backoff(*, initial: float = 0.1, maximum: float = 30.0, factor: float = 2.0,
     same moment do not come back at the same moment. Infinite; restart it after a
     success.
     """
-    step = initial
+    step = min(initial, maximum)
     while True:
         yield step * (1.0 - jitter * rand())
         step = min(step * factor, maximum)

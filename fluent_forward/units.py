@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from decimal import Decimal
 from collections.abc import Mapping
 
 __all__ = ["apply_env_defaults", "duration_arg", "parse_duration", "parse_size", "size_arg"]
@@ -22,7 +23,8 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(str(text))
     if not m or (m.group(2) or "").lower() not in _FACTORS:
         raise ValueError(f"{text!r} is not a size; write e.g. 4096, 512KiB, 32MiB or 1GiB")
-    return int(float(m.group(1)) * _FACTORS[(m.group(2) or "").lower()])
+    # Decimal, not float: "4.1MB" is 4100000 bytes, not 4099999.
+    return int(Decimal(m.group(1)) * _FACTORS[(m.group(2) or "").lower()])
 
 
 def parse_duration(text: str) -> float:
@@ -62,9 +64,17 @@ def apply_env_defaults(parser: argparse.ArgumentParser, prefix: str,
         if name not in environ:
             continue
         raw = environ[name]
+        truthy = raw.strip().lower() in ("1", "true", "yes", "on")
         try:
-            if isinstance(action, argparse._StoreTrueAction):
-                value: object = raw.strip().lower() in ("1", "true", "yes", "on")
+            value: object
+            if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+                value = truthy
+            elif isinstance(action, argparse._StoreFalseAction):
+                value = not truthy
+            elif isinstance(action, argparse._StoreConstAction):
+                value = action.const if truthy else action.default
+            elif isinstance(action, argparse._CountAction):
+                value = int(raw)
             else:
                 convert = action.type if callable(action.type) else str
                 if isinstance(action, argparse._AppendAction):
