@@ -403,7 +403,7 @@ class ForwardClient:
     async def _connect(self) -> Connection:
         reader, writer = await open_connection(self.endpoint, timeout=self.connect_timeout)
         decoder = FrameDecoder(Role.CLIENT, max_frame_bytes=self.max_inbound_frame, max_entries=1)
-        conn = Connection(reader, writer, decoder, name=f"{self.name} {self.endpoint}")
+        conn = Connection(reader, writer, decoder, name=self.name)
         try:
             await self._handshake(conn)
         except BaseException:
@@ -438,7 +438,12 @@ class ForwardClient:
         if not isinstance(helo, Helo):
             raise HandshakeError(f"expected HELO, got {type(helo).__name__}")
         await conn.send(self.handshake.ping(helo))
-        pong = await self._next_frame(conn, loop.time() + self.connect_timeout)
+        try:
+            pong = await self._next_frame(conn, loop.time() + self.connect_timeout)
+        except ConnectionClosed:
+            # Fluent Bit closes without a PONG when the shared key does not match.
+            raise AuthenticationError("it closed the connection instead of answering our "
+                                      "PING: the shared keys probably differ") from None
         if not isinstance(pong, Pong):
             raise HandshakeError(f"expected PONG, got {type(pong).__name__}")
         self.handshake.check(pong)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 
 __all__ = ["apply_env_defaults", "duration_arg", "parse_duration", "parse_size", "size_arg"]
 

@@ -139,7 +139,8 @@ async def test_sigterm_to_the_agent_reaches_the_child(
 async def test_a_child_killed_by_a_signal_reports_the_signal(
         start_relay: StartRelay, sockdir: Path) -> None:
     url, out = await relay_to_file(start_relay, sockdir)
-    run = await start_agent(url, python_child("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    run = await start_agent(url, python_child(
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
     try:
         assert await run.wait() == 128 + signal.SIGKILL
         await wait_until(lambda: lifecycle(out, "child_exit"), "the exit record")
