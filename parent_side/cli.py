@@ -20,9 +20,10 @@ from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import ConnectError, EndpointError
 from fluent_forward.units import apply_env_defaults, duration_arg, size_arg
 
-from .config import DEFAULT_LISTEN, DEFAULT_OUTPUT, RelayConfig
+from .config import DEFAULT_LISTEN, DEFAULT_OUTPUT, DEFAULT_SPOOL, RelayConfig
 from .outputs import OutputError, parse_output
 from .relay import Relay
+from .spool import Full, SpoolError
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -73,6 +74,14 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                    metavar="SIZE",
                    help="memory for frames on their way to Fluent Bit; when full, agents "
                         "wait (default: 64MiB)")
+    p.add_argument("--spool", default=DEFAULT_SPOOL, metavar="DIR",
+                   help="spool directory: batches are on disk before agents are acked "
+                        "(default: %(default)s); 'none' for memory-only mode")
+    p.add_argument("--spool-size", type=size_arg, default=d.spool_bytes, metavar="SIZE",
+                   help="cap on the spool's size (default: 1GiB)")
+    p.add_argument("--spool-full", choices=[f.value for f in Full], default=d.spool_full.value,
+                   help="when the spool is full: block (agents wait; nothing is lost) or "
+                        "drop_oldest (counted) (default: %(default)s)")
     p.add_argument("--ack-timeout", type=duration_arg, default=d.ack_timeout,
                    metavar="DURATION",
                    help="reconnect to Fluent Bit after this long without an ack (default: 60s)")
@@ -137,6 +146,11 @@ def parse_args(argv: Sequence[str] | None = None,
         serve.error("--upstream-window must be at least 1")
     if ns.max_frame_size < 1024:
         serve.error("--max-frame-size must be at least 1KiB")
+    spool = None if ns.spool.lower() in ("none", "") else ns.spool
+    if spool is not None and not spool.startswith("/"):
+        serve.error(f"--spool {ns.spool}: give an absolute path, or 'none' for memory-only mode")
+    if ns.spool_size < 1 << 20:
+        serve.error("--spool-size must be at least 1MiB")
     return ns.command, RelayConfig(
         listen=listen, output=output,
         hostname=ns.hostname or socket.gethostname() or "relay",
@@ -147,6 +161,7 @@ def parse_args(argv: Sequence[str] | None = None,
         max_decompressed_bytes=ns.max_decompressed_size,
         handshake_timeout=ns.handshake_timeout, upstream_window=ns.upstream_window,
         upstream_buffer_bytes=ns.upstream_buffer, ack_timeout=ns.ack_timeout,
+        spool=spool, spool_bytes=ns.spool_size, spool_full=Full(ns.spool_full),
         log_level=ns.log_level)
 
 
@@ -156,7 +171,7 @@ def _serve(config: RelayConfig) -> int:
     except ConnectError as exc:
         log.error("%s (choose another address with --listen)", exc)
         return 1
-    except OutputError as exc:
+    except (OutputError, SpoolError) as exc:
         log.error("%s", exc)
         return 1
 

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 
 from .outputs import OutputSpec, parse_output
+from .spool import Full
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_OUTPUT", "RelayConfig"]
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL", "RelayConfig"]
 
 DEFAULT_LISTEN = "vsock://any:24224"
 #: A Unix socket keeps other local users from injecting records into Fluent Bit.
 DEFAULT_OUTPUT = "unix:///run/fluent-bit/forward.sock"
+#: The systemd unit's StateDirectory.
+DEFAULT_SPOOL = "/var/lib/enclave-log-relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,10 @@ class RelayConfig:
         upstream_buffer_bytes: memory for frames on their way to Fluent Bit.
         ack_timeout: seconds without an ack from Fluent Bit before reconnecting.
         shutdown_timeout: seconds to deliver what was taken when stopping.
+        spool: the spool directory, or None for memory-only mode.
+        spool_bytes: the spool's size cap.
+        spool_full: what to do at the cap: block (backpressure) or drop the oldest.
+        spool_segment_bytes: size of one spool segment file.
         log_level: the relay's log level.
     """
 
@@ -49,4 +56,8 @@ class RelayConfig:
     upstream_buffer_bytes: int = 64 * 1024 * 1024
     ack_timeout: float = 60.0
     shutdown_timeout: float = 10.0
+    spool: str | None = DEFAULT_SPOOL
+    spool_bytes: int = 1 << 30
+    spool_full: Full = Full.BLOCK
+    spool_segment_bytes: int = 32 << 20
     log_level: str = "info"

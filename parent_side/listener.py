@@ -23,6 +23,7 @@ from fluent_forward.codec import (
     Heartbeat,
     Role,
     encode_ack,
+    parse_chunk_id,
     split_entries,
 )
 from fluent_forward.endpoints import Endpoint
@@ -35,8 +36,9 @@ from fluent_forward.errors import (
 )
 from fluent_forward.handshake import Ping, ServerHandshake, encode_pong
 
+from .forwarder import Sink
 from .identity import Identity, identity_of
-from .outputs import Output, RelayBatch
+from .outputs import RelayBatch
 
 __all__ = ["Listener", "ListenerConfig", "PeerStats"]
 
@@ -112,9 +114,9 @@ class _RateLimitedLog:
 class Listener:
     """The relay's server side."""
 
-    def __init__(self, config: ListenerConfig, output: Output) -> None:
+    def __init__(self, config: ListenerConfig, sink: Sink) -> None:
         self.config = config
-        self.output = output
+        self.sink = sink
         self.stats = ListenerStats()
         self.server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
@@ -248,10 +250,15 @@ class Listener:
         peer.records += frame.count
         peer.bytes += len(frame.entries)
         tag = prefix + frame.tag
+        # Our agents' chunk ids name their run and batch: the spool uses them to take
+        # a resent batch once. Other clients' ids mean nothing of the kind.
+        ids = parse_chunk_id(frame.chunk) if peer.agent_version else None
+        boot, seq = ids if ids is not None else (None, None)
         if len(frame.entries) <= UPSTREAM_SPLIT_BYTES:
-            futures = [await self.output.submit(RelayBatch(tag, frame.entries, frame.count))]
+            futures = [await self.sink.submit(RelayBatch(tag, frame.entries, frame.count),
+                                              boot, seq)]
         else:
-            futures = [await self.output.submit(RelayBatch(tag, part, n))
+            futures = [await self.sink.submit(RelayBatch(tag, part, n), None, None)
                        for part, n in split_entries(frame.entries, UPSTREAM_SPLIT_BYTES)]
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))

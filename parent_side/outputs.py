@@ -39,6 +39,7 @@ __all__ = [
     "Output",
     "OutputError",
     "OutputSpec",
+    "PoisonFrame",
     "RelayBatch",
     "StdoutOutput",
     "format_batch",
@@ -52,6 +53,10 @@ OUTPUT_EXAMPLES = "unix:///run/fluent-bit/forward.sock, tcp://127.0.0.1:24224, s
 
 class OutputError(Exception):
     """An output that cannot start: the message names the option and the fix."""
+
+
+class PoisonFrame(Exception):
+    """Downstream refused this batch again and again (closing the connection on it)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -256,14 +261,29 @@ class _Pending:
     frame: bytes
     count: int
     done: asyncio.Future[None] = field(repr=False)
+    failures: int = 0  # connections lost while it was unacked
 
 
 class UpstreamQueue:
-    """Frames waiting for Fluent Bit's ack, bounded by bytes; a ``BatchSource``."""
+    """Frames waiting for Fluent Bit's ack, bounded by bytes; a ``BatchSource``.
 
-    def __init__(self, *, boot_id: bytes, max_bytes: int) -> None:
+    Poison frames: Fluent Bit closes the connection on a frame it cannot take, and
+    would do so forever. A frame that was unacked when ``isolate_after`` connections
+    were lost is then sent alone, on a connection that has stayed up ``settle``
+    seconds (a paused Fluent Bit closes new connections at once, before it reads
+    anything, so such closes are not blamed on the frame). Lost ``poison_after``
+    times in all, the last ones alone, it is given up with ``PoisonFrame``.
+    """
+
+    def __init__(self, *, boot_id: bytes, max_bytes: int, isolate_after: int = 2,
+                 poison_after: int = 5, settle: float = 0.2) -> None:
         self.boot_id = boot_id
         self.max_bytes = max_bytes
+        self.isolate_after = isolate_after
+        self.poison_after = poison_after
+        self.settle = settle
+        self._up_since: float | None = None
+        self.poisoned = 0
         self._queue: collections.deque[_Pending] = collections.deque()
         self._unacked: dict[str, _Pending] = {}
         self._seq = 0
@@ -284,8 +304,28 @@ class UpstreamQueue:
         self._changed.set()
         return item.done
 
+    def connection_up(self) -> None:
+        self._up_since = asyncio.get_running_loop().time()
+
+    def connection_down(self) -> None:
+        self._up_since = None
+
     async def next_batch(self, window: int) -> _Pending:
-        while not self._queue or len(self._unacked) >= window:
+        loop = asyncio.get_running_loop()
+        while True:
+            head = self._queue[0] if self._queue else None
+            if head is not None and head.failures >= self.isolate_after:
+                # A suspect goes alone, on a connection that has settled.
+                up = self._up_since
+                if not self._unacked and up is not None:
+                    wait = up + self.settle - loop.time()
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+            elif head is not None and len(self._unacked) < window and not any(
+                    i.failures >= self.isolate_after for i in self._unacked.values()):
+                break
             self._changed.clear()
             await self._changed.wait()
         item = self._queue.popleft()
@@ -306,6 +346,16 @@ class UpstreamQueue:
     def requeue_unacked(self) -> int:
         items = sorted(self._unacked.values(), key=lambda i: i.seq)
         self._unacked.clear()
+        for item in items:
+            item.failures += 1
+        if len(items) == 1 and items[0].failures >= self.poison_after:
+            item = items.pop()
+            self.used -= len(item.frame)
+            self.poisoned += 1
+            if not item.done.done():
+                item.done.set_exception(PoisonFrame(
+                    f"Fluent Bit closed the connection {item.failures} times with this batch "
+                    "unacked, the last times with it sent alone"))
         self._queue.extendleft(reversed(items))
         self._changed.set()
         return len(items)
@@ -352,8 +402,9 @@ class ForwardOutput(Output):
             async with asyncio.timeout(timeout):
                 await self.queue.wait_empty()
         except TimeoutError:
-            log.warning("%d frames not acked by Fluent Bit at shutdown; the agents still "
-                        "hold them and will resend", self.queue.depth)
+            log.warning("%d frames not acked by Fluent Bit at shutdown; they will be sent "
+                        "again (from the spool, or by the agents in memory-only mode)",
+                        self.queue.depth)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -362,7 +413,8 @@ class ForwardOutput(Output):
         s = self.client.stats
         return {"endpoint": str(self.endpoint), "connected": self.client.connected.is_set(),
                 "queued_frames": self.queue.depth, "queued_bytes": self.queue.used,
-                "acked_records": self.queue.acked_records, "connects": s.connects,
+                "acked_records": self.queue.acked_records, "poisoned": self.queue.poisoned,
+                "connects": s.connects,
                 "disconnects": s.disconnects, "resent": s.batches_resent,
                 "last_error": s.last_error}
 

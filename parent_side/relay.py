@@ -7,8 +7,10 @@ import logging
 import signal
 
 from .config import RelayConfig
+from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .listener import Listener, ListenerConfig
 from .outputs import Output, make_output
+from .spool import Spool
 
 __all__ = ["Relay"]
 
@@ -24,12 +26,23 @@ class Relay:
             config.output, hostname=config.hostname, shared_key=config.upstream_shared_key,
             window=config.upstream_window, max_queue_bytes=config.upstream_buffer_bytes,
             ack_timeout=config.ack_timeout)
+        self.spool: Spool | None = None
+        self.forwarder: Forwarder | None = None
+        sink: Sink
+        if config.spool is not None:
+            self.spool = Spool(config.spool, max_bytes=config.spool_bytes, full=config.spool_full,
+                               segment_bytes=config.spool_segment_bytes)
+            self.forwarder = Forwarder(self.spool, self.output)
+            sink = SpoolSink(self.spool)
+        else:
+            sink = DirectSink(self.output)
+        self.sink = sink
         self.listener = Listener(ListenerConfig(
             endpoint=config.listen, hostname=config.hostname, shared_key=config.shared_key,
             max_frame_bytes=config.max_frame_bytes,
             max_decompressed_bytes=config.max_decompressed_bytes,
             max_entries=config.max_entries, handshake_timeout=config.handshake_timeout,
-            unix_mode=config.listen_mode), self.output)
+            unix_mode=config.listen_mode), sink)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -37,11 +50,15 @@ class Relay:
         self._stop.set()
 
     async def run(self, *, handle_signals: bool = True) -> int:
+        if self.spool is not None:
+            self.spool.open()  # SpoolError names --spool and the fix
         await self.output.start()
+        forwarding = (asyncio.create_task(self.forwarder.run(), name="forwarder")
+                      if self.forwarder is not None else None)
         try:
             await self.listener.start()
         except BaseException:
-            await self.output.close(0)
+            await self._shutdown(forwarding, timeout=0)
             raise
         if handle_signals:
             loop = asyncio.get_running_loop()
@@ -54,5 +71,14 @@ class Relay:
             log.info("stopping: closing agent connections, delivering what was taken")
         finally:
             await self.listener.close()
-            await self.output.close(self.config.shutdown_timeout)
+            await self._shutdown(forwarding, timeout=self.config.shutdown_timeout)
         return 0
+
+    async def _shutdown(self, forwarding: asyncio.Task[None] | None, *, timeout: float) -> None:
+        """Stop taking from the spool, let the output finish, then close the spool."""
+        if forwarding is not None:
+            forwarding.cancel()
+            await asyncio.gather(forwarding, return_exceptions=True)
+        await self.output.close(timeout)
+        if self.spool is not None:
+            await self.spool.close()

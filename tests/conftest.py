@@ -30,8 +30,12 @@ def sockdir() -> Iterator[Path]:
 async def start_relay() -> AsyncIterator[StartRelay]:
     """Start in-process relays; all are stopped at the end of the test."""
     running: list[tuple[Relay, asyncio.Task[int]]] = []
+    spools = contextlib.ExitStack()
 
     async def start(listen: str, output: str, **options: Any) -> Relay:
+        """A relay; with a fresh spool directory unless ``spool=`` is given (None: off)."""
+        if "spool" not in options:
+            options["spool"] = str(spools.enter_context(short_tmpdir()) / "spool")
         config = RelayConfig(listen=parse_endpoint(listen, listen=True),
                              output=parse_output(output), hostname="test-relay", **options)
         relay = Relay(config)
@@ -49,6 +53,7 @@ async def start_relay() -> AsyncIterator[StartRelay]:
         relay.stop()
         with contextlib.suppress(Exception):
             await within(task, "the relay to stop")
+    spools.close()
 
 
 def relay_url(relay: Relay) -> str:
@@ -59,3 +64,12 @@ def relay_url(relay: Relay) -> str:
         port = relay.listener.server.sockets[0].getsockname()[1]
         return f"tcp://{ep.host}:{port}"
     return str(ep)
+
+
+async def delivered(relay: Relay) -> None:
+    """Wait until the relay's spool has handed everything to its output (acked)."""
+    from tests.helpers import wait_until
+
+    spool = relay.spool
+    if spool is not None:
+        await wait_until(lambda: spool.backlog == 0, "the spool to deliver its backlog")

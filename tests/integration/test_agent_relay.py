@@ -15,7 +15,8 @@ import pytest
 
 from enclave_side.lines import unescape_line
 from tests.agentproc import cleanup, python_child, start_agent
-from tests.conftest import StartRelay, relay_url
+from parent_side.relay import Relay
+from tests.conftest import StartRelay, delivered, relay_url
 from tests.helpers import read_json_lines, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -36,7 +37,16 @@ async def relay_to_file(start_relay: StartRelay, sockdir: Path, listen: str = LI
                         ) -> tuple[str, Path]:
     out = sockdir / "out.jsonl"
     relay = await start_relay(listen.format(sockdir=sockdir), f"file://{out}")
+    RELAYS[str(out)] = relay
     return relay_url(relay), out
+
+
+RELAYS: dict[str, Relay] = {}
+
+
+async def settled(out: Path) -> None:
+    """The agent was acked once the spool had each batch: wait for the file output too."""
+    await delivered(RELAYS[str(out)])
 
 
 @pytest.mark.parametrize("listen", LISTENS, ids=["tcp", "unix"])
@@ -53,6 +63,7 @@ async def test_every_line_arrives_once_in_order_with_tag_and_stream(
     run = await start_agent(url, child, "--tag", "svc")
     try:
         assert await run.wait() == 0, run.stderr.decode()
+        await settled(out)
         await wait_until(lambda: len(records(out, "svc.stderr")) >= n, "stderr lines")
         after = time.time_ns()
         for stream, word in (("stdout", "out"), ("stderr", "err")):
@@ -82,6 +93,7 @@ async def test_agent_exits_with_child_status_and_reports_it(
     run = await start_agent(url, python_child("print('bye'); raise SystemExit(3)"))
     try:
         assert await run.wait() == 3
+        await settled(out)
         await wait_until(lambda: lifecycle(out, "child_exit"), "the exit record")
         (exit_record,) = lifecycle(out, "child_exit")
         assert exit_record["exit_code"] == 3
@@ -109,6 +121,7 @@ async def test_lines_written_just_before_exit_all_arrive(
     run = await start_agent(url, child, "--buffer-size", buffer, "--batch-size", "16KiB")
     try:
         assert await run.wait() == 0
+        await settled(out)
         got = [r["record"]["log"] for r in records(out, "app.stdout")]  # type: ignore[index]
         assert got == [f"last words {i:06d}" for i in range(n)]
     finally:
@@ -130,6 +143,7 @@ async def test_sigterm_to_the_agent_reaches_the_child(
         await wait_until(lambda: records(out, "app.stdout"), "the child to start")
         run.signal(signal.SIGTERM)
         assert await run.wait() == 0
+        await settled(out)
         logs = [r["record"]["log"] for r in records(out, "app.stdout")]  # type: ignore[index]
         assert logs == ["ready", "child got SIGTERM"]
     finally:
@@ -143,6 +157,7 @@ async def test_a_child_killed_by_a_signal_reports_the_signal(
         "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
     try:
         assert await run.wait() == 128 + signal.SIGKILL
+        await settled(out)
         await wait_until(lambda: lifecycle(out, "child_exit"), "the exit record")
         (rec,) = lifecycle(out, "child_exit")
         assert rec["signal"] == signal.SIGKILL and rec["signal_name"] == "SIGKILL"
@@ -159,6 +174,7 @@ async def test_orphaned_grandchildren_do_not_hide_the_childs_exit(
     started = time.monotonic()
     try:
         assert await run.wait(timeout=20) == 5
+        await settled(out)
         assert time.monotonic() - started < 15, "the agent waited for the grandchild"
         (rec,) = lifecycle(out, "child_exit")
         assert rec["exit_code"] == 5
@@ -184,6 +200,7 @@ async def test_a_10mb_line_is_cut_and_flagged_and_the_next_lines_arrive(
     run = await start_agent(url, child, "--max-line-bytes", "64KiB")
     try:
         assert await run.wait() == 0
+        await settled(out)
         got = [r["record"] for r in records(out, "app.stdout")]
         assert [g["log"][:10] for g in got] == ["before", "x" * 10, "after 1", "after 2"]  # type: ignore[index]
         assert got[1]["truncated"] is True and len(got[1]["log"]) == 64 * 1024  # type: ignore[arg-type,index]
@@ -202,6 +219,7 @@ async def test_invalid_utf8_arrives_escaped_and_the_stream_goes_on(
     run = await start_agent(url, child)
     try:
         assert await run.wait() == 0
+        await settled(out)
         got = [r["record"] for r in records(out, "app.stdout")]
         assert [g["log"] for g in got][0::2] == ["good 1", "good 2"]  # type: ignore[index]
         assert got[1]["escaped"] is True  # type: ignore[index]
@@ -220,8 +238,9 @@ async def test_agent_started_before_the_relay_delivers_once_it_is_up(
     try:
         await wait_until(lambda: b"retrying" in run.stderr,
                          "the agent to fail its first connection")
-        await start_relay(f"unix://{sock}", f"file://{out}")
+        RELAYS[str(out)] = await start_relay(f"unix://{sock}", f"file://{out}")
         assert await run.wait() == 0
+        await settled(out)
         assert [r["record"]["log"] for r in records(out, "app.stdout")] == [  # type: ignore[index]
             str(i) for i in range(50)]
         # The failure before the relay came up went through the pipeline too.
@@ -239,6 +258,7 @@ async def test_without_a_command_the_agent_runs_until_sigterm(
         await wait_until(lambda: lifecycle(out, "agent_start"), "the agent to start")
         run.signal(signal.SIGTERM)
         assert await run.wait() == 0
+        await settled(out)
     finally:
         await cleanup(run)
 
@@ -249,6 +269,7 @@ async def test_a_missing_command_is_reported_and_exits_127(
     run = await start_agent(url, ["/nonexistent/app"])
     try:
         assert await run.wait() == 127
+        await settled(out)
         (rec,) = lifecycle(out, "child_exit")
         assert rec["exit_code"] == 127 and "cannot start" in str(rec["log"])
     finally:

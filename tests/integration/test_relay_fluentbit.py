@@ -49,8 +49,9 @@ async def test_lines_reach_fluent_bit_once_in_order_with_nanosecond_times(
             "    print(f'oops {i}', file=sys.stderr)\n"))
         try:
             assert await run.wait() == 0
-            await fb.wait_for(lambda: len(logs(fb, "enclave.local.app.stderr")) == n,
-                              timeout=DEADLINE, what="every stderr line")
+            await fb.wait_for(lambda: len(logs(fb, "enclave.local.app.stderr")) == n
+                              and len(logs(fb, "enclave.local.app.stdout")) == n,
+                              timeout=DEADLINE, what="every line")
             after = time.time_ns()
             assert logs(fb, "enclave.local.app.stdout") == [f"line {i}" for i in range(n)]
             assert logs(fb, "enclave.local.app.stderr") == [f"oops {i}" for i in range(n)]
@@ -64,10 +65,10 @@ async def test_lines_reach_fluent_bit_once_in_order_with_nanosecond_times(
             await cleanup(run)
 
 
-async def test_an_agent_batch_is_acked_only_after_fluent_bit_acked_it(
+async def test_memory_only_an_agent_batch_is_acked_only_after_fluent_bit_acked_it(
         start_relay: StartRelay, sockdir: Path, fluentbit: FakeFluentBit) -> None:
     fluentbit.ack_delay = 300 * MS
-    relay = await start_relay(f"unix://{sockdir}/relay.sock", fluentbit.url)
+    relay = await start_relay(f"unix://{sockdir}/relay.sock", fluentbit.url, spool=None)
     agent = await RawAgent.connect(Path(relay_url(relay)[len("unix://"):]))
     started = time.monotonic()
     await agent.send_batch(["slow ack"])  # returns when the relay's ack arrives
@@ -76,10 +77,10 @@ async def test_an_agent_batch_is_acked_only_after_fluent_bit_acked_it(
     await agent.close()
 
 
-async def test_no_ack_from_fluent_bit_means_no_ack_to_the_agent(
+async def test_memory_only_no_ack_from_fluent_bit_means_no_ack_to_the_agent(
         start_relay: StartRelay, sockdir: Path, fluentbit: FakeFluentBit) -> None:
     fluentbit.send_acks = False
-    relay = await start_relay(f"unix://{sockdir}/relay.sock", fluentbit.url)
+    relay = await start_relay(f"unix://{sockdir}/relay.sock", fluentbit.url, spool=None)
     agent = await RawAgent.connect(Path(relay_url(relay)[len("unix://"):]))
     send = asyncio.ensure_future(agent.send_batch(["never acked"]))
     await fluentbit.wait_records(1, timeout=DEADLINE)
@@ -108,8 +109,13 @@ async def test_fluent_bit_pausing_closes_connections_and_nothing_is_lost(
             await asyncio.sleep(50 * MS)
             fluentbit.resume()
         assert await run.wait() == 0
+        want = {f"p {i}" for i in range(n)}
+        # The agent was acked once the relay's spool had each batch; the spool goes on
+        # delivering after the agent exits.
+        await fluentbit.wait_for(lambda: set(logs(fluentbit, "enclave.local.app.stdout")) >= want,
+                                 timeout=DEADLINE, what="every record")
         got = logs(fluentbit, "enclave.local.app.stdout")
-        assert set(got) == {f"p {i}" for i in range(n)}, "a record was lost"
+        assert set(got) == want, "a record was lost"
         assert "paused" in " ".join(fluentbit.close_reasons)
         # Each pause may resend at most the unacked window: 16 frames of one 4 KiB
         # batch each, and an entry here is at least 30 bytes.
@@ -135,7 +141,9 @@ async def test_fluent_bit_restarting_mid_stream_loses_nothing(
         await asyncio.sleep(300 * MS)  # the relay retries against a closed socket
         await fluentbit.start()
         assert await run.wait() == 0
-        assert set(logs(fluentbit, "enclave.local.app.stdout")) == {f"r {i}" for i in range(n)}
+        want = {f"r {i}" for i in range(n)}
+        await fluentbit.wait_for(lambda: set(logs(fluentbit, "enclave.local.app.stdout")) >= want,
+                                 timeout=DEADLINE, what="every record")
     finally:
         await cleanup(run)
 
@@ -156,7 +164,7 @@ async def test_a_wrong_upstream_key_delivers_nothing_and_says_why(
         start_relay: StartRelay, sockdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with FakeFluentBit(f"unix://{sockdir}/fb.sock", shared_key="right") as fb:
         relay = await start_relay(f"unix://{sockdir}/relay.sock", fb.url,
-                                  upstream_shared_key="wrong")
+                                  upstream_shared_key="wrong", spool=None)
         agent = await RawAgent.connect(Path(relay_url(relay)[len("unix://"):]))
         send = asyncio.ensure_future(agent.send_batch(["not delivered"]))
         await wait_until(lambda: "shared key" in caplog.text or "handshake" in caplog.text,
@@ -170,7 +178,7 @@ async def test_a_wrong_upstream_key_delivers_nothing_and_says_why(
 async def test_fluent_bit_with_a_key_the_relay_lacks_is_named_in_the_log(
         start_relay: StartRelay, sockdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with FakeFluentBit(f"unix://{sockdir}/fb.sock", shared_key="k") as fb:
-        relay = await start_relay(f"unix://{sockdir}/relay.sock", fb.url)
+        relay = await start_relay(f"unix://{sockdir}/relay.sock", fb.url, spool=None)
         agent = await RawAgent.connect(Path(relay_url(relay)[len("unix://"):]))
         send = asyncio.ensure_future(agent.send_batch(["x"]))
         await wait_until(lambda: "asks for a handshake" in caplog.text,

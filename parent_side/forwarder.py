@@ -1,0 +1,145 @@
+"""Between the listener and the output: the spool (durable) or nothing (memory-only).
+
+The listener hands every batch to a ``Sink``; the future it gets back says when the
+agent may be acked.
+
+- ``SpoolSink``: the batch is appended to the disk spool and acked once fsynced; a
+  ``Forwarder`` task then moves spooled batches to the output, and a batch leaves the
+  spool only when the output has it safe (Fluent Bit acked it).
+- ``DirectSink`` (``--spool none``): the batch goes straight to the output and the
+  agent is acked only once the output has it safe. Nothing is lost if the relay
+  crashes (the agents still hold every unacked batch), but during an outage the
+  backlog waits in the agents' memory instead of on the parent's disk.
+
+A batch Fluent Bit keeps refusing (``PoisonFrame``) is set aside, never retried
+forever: to the spool's dead-letter file, or, memory-only, to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import Protocol
+
+from fluent_forward.retry import backoff
+
+from .outputs import Output, PoisonFrame, RelayBatch
+from .spool import Spool, SpoolEntry
+
+__all__ = ["DirectSink", "Forwarder", "Sink", "SpoolSink"]
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where the listener puts batches."""
+
+    async def submit(self, batch: RelayBatch, boot_id: bytes | None,
+                     seq: int | None) -> asyncio.Future[None]:
+        """Wait for room, take the batch; the future resolves when the agent may be acked."""
+        ...
+
+
+class DirectSink:
+    """Memory-only: the output itself, acked end to end."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.dropped_poison = 0
+
+    async def submit(self, batch: RelayBatch, boot_id: bytes | None,
+                     seq: int | None) -> asyncio.Future[None]:
+        inner = await self.output.submit(batch)
+        outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        inner.add_done_callback(partial(self._done, batch, outer))
+        return outer
+
+    def _done(self, batch: RelayBatch, outer: asyncio.Future[None],
+              inner: asyncio.Future[None]) -> None:
+        if outer.done():
+            return
+        exc = None if inner.cancelled() else inner.exception()
+        if isinstance(exc, PoisonFrame):
+            # No disk to set it aside on: log it, and ack it so the agent stops resending.
+            self.dropped_poison += 1
+            log.error("dropped a batch of %d records on %s that Fluent Bit kept refusing "
+                      "(%s); memory-only mode has no dead-letter file", batch.count,
+                      batch.tag, exc)
+            outer.set_result(None)
+        elif inner.cancelled():
+            outer.cancel()
+        elif exc is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(None)
+
+
+class SpoolSink:
+    """Durable: append to the spool; acked once fsynced."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    async def submit(self, batch: RelayBatch, boot_id: bytes | None,
+                     seq: int | None) -> asyncio.Future[None]:
+        return await self.spool.append(batch.tag, batch.entries, batch.count,
+                                       boot_id=boot_id, seq=seq)
+
+
+class Forwarder:
+    """Move spooled batches to the output, in order; ack them in the spool once safe.
+
+    A batch the output failed (a file output whose disk filled, say) is submitted
+    again after a capped backoff; a ``PoisonFrame`` goes to the dead-letter file.
+    """
+
+    def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0) -> None:
+        self.spool = spool
+        self.output = output
+        self.hint_interval = hint_interval
+        self.retries = 0
+
+    async def run(self) -> None:
+        hints = asyncio.create_task(self._hints())
+        try:
+            while True:
+                entry = await self.spool.next_entry()
+                await self._submit(entry)
+        finally:
+            hints.cancel()
+            await asyncio.gather(hints, return_exceptions=True)
+
+    async def _submit(self, entry: SpoolEntry) -> None:
+        fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
+        fut.add_done_callback(partial(self._done, entry))
+
+    def _done(self, entry: SpoolEntry, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            return  # shutting down: the entry stays in the spool for next time
+        exc = fut.exception()
+        if exc is None:
+            self.spool.ack(entry)
+        elif isinstance(exc, PoisonFrame):
+            self.spool.dead_letter(entry, str(exc))
+        else:
+            self.retries += 1
+            log.warning("output failed a batch of %d records (%s); retrying", entry.count, exc)
+            asyncio.get_running_loop().create_task(self._retry(entry))
+
+    async def _retry(self, entry: SpoolEntry) -> None:
+        for delay in backoff(initial=0.5, maximum=30.0):
+            await asyncio.sleep(delay)
+            try:
+                await self._submit(entry)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the spool holds it
+                log.warning("retrying a batch failed again: %s", exc)
+
+    async def _hints(self) -> None:
+        while True:
+            await asyncio.sleep(self.hint_interval)
+            try:
+                self.spool.write_hint()
+            except OSError as exc:
+                log.warning("spool: cannot write the acked hint: %s", exc.strerror)

@@ -1,0 +1,705 @@
+"""The relay's disk spool: agents' batches are durable before they are acked.
+
+Layout of the spool directory::
+
+    lock                      flock()ed by the one relay that owns the directory
+    0000000000000001.seg      segments, append-only, oldest first
+    0000000000000002.seg
+    acked                     where forwarding had got to (a hint, to limit resends)
+    dead-letter.jsonl         frames Fluent Bit kept refusing, set aside
+
+A segment starts with a 16-byte header (``NELSPOOL``, a format version, zeros) and
+holds entries, each framed as ``u32 length | u32 crc32 | payload``; the payload is a
+msgpack array ``[tag, entries, count, boot_id, seq, received_ns]``: the entries exactly
+as they will be forwarded, already stamped with the enclave's identity.
+
+Durability: appends are written and ``fdatasync``ed by one commit thread, in groups
+(after ``commit_delay`` or once ``commit_bytes`` are waiting, whichever first), so
+the event loop never waits on the disk. ``append`` returns a future that resolves
+only after the fdatasync covering the entry returned; the relay acks the agent then.
+Creating or removing a segment also fsyncs the directory.
+
+Forwarding reads committed entries in order and hands them to the output; a
+segment is deleted once every entry in it was acked downstream. On start the spool
+checks every segment, cuts a torn tail (a crash mid-write), and forwards whatever was
+not acked. After a crash, entries acked downstream since the last ``acked`` hint
+are forwarded again: duplicates, never loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Full",
+    "Spool",
+    "SpoolEntry",
+    "SpoolError",
+    "SpoolStats",
+]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"NELSPOOL"
+FORMAT_VERSION = 1
+HEADER = struct.Struct(">8sHH4x")  # magic, version, flags
+FRAME = struct.Struct(">II")  # payload length, crc32
+#: Entries larger than this are refused as corrupt when reading back.
+MAX_ENTRY = 64 * 1024 * 1024
+
+
+class SpoolError(Exception):
+    """The spool cannot be used; the message names ``--spool`` and the fix."""
+
+
+class Full(StrEnum):
+    """What appending does when the spool is at its cap."""
+
+    BLOCK = "block"  # wait: agents are not acked, so they buffer and then wait
+    DROP_OLDEST = "drop_oldest"  # delete the oldest segment, counted
+
+
+@dataclass(slots=True, eq=False)
+class SpoolEntry:
+    """One spooled batch on its way downstream."""
+
+    segment: int
+    offset: int
+    tag: str
+    entries: bytes
+    count: int
+    boot_id: bytes | None = None
+    seq: int | None = None
+    received_ns: int = 0
+    size: int = 0  # bytes on disk, framing included
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    id: int
+    path: str
+    size: int = 0  # bytes written (or queued to be written)
+    committed: int = 0  # bytes known durable
+    records: int = 0
+    sealed: bool = False  # no more appends
+    fd: int = -1
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    """Counters for status and metrics."""
+
+    appended_batches: int = 0
+    appended_records: int = 0
+    forwarded_batches: int = 0
+    acked_batches: int = 0
+    duplicate_batches: int = 0
+    gap_batches: int = 0
+    dropped_records: int = 0
+    dead_lettered: int = 0
+    commits: int = 0
+    recovered_batches: int = 0
+    recovered_records: int = 0
+    torn_bytes_cut: int = 0
+    corrupt_segments: int = 0
+
+
+@dataclass(slots=True)
+class _Boot:
+    max_seq: int = 0
+    last_seen: float = 0.0
+
+
+def _pack_payload(e: SpoolEntry) -> bytes:
+    data: bytes = msgpack.packb([e.tag, e.entries, e.count, e.boot_id, e.seq, e.received_ns],
+                                use_bin_type=True, unicode_errors="surrogateescape")
+    return data
+
+
+def _unpack_payload(segment: int, offset: int, payload: bytes) -> SpoolEntry:
+    tag, entries, count, boot, seq, received = msgpack.unpackb(
+        payload, raw=False, unicode_errors="surrogateescape", use_list=False)
+    return SpoolEntry(segment, offset, tag, entries, count, boot, seq, received,
+                      FRAME.size + len(payload))
+
+
+def frame_entry(payload: bytes) -> bytes:
+    """The bytes of one spool entry on disk."""
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class Spool:
+    """A durable FIFO of batches.
+
+    Args:
+        path: the spool directory (created if missing).
+        max_bytes: cap on the segments' total size.
+        full: what to do at the cap.
+        segment_bytes: start a new segment past this size.
+        commit_delay: wait at most this long to group appends into one fdatasync.
+        commit_bytes: commit at once when this much is waiting.
+        cache_bytes: keep up to this much of the newest entries in memory, so the
+            forwarder reads them without touching the disk.
+        dedup_boots, dedup_window: remember the last ``dedup_window`` sequence
+            numbers of up to ``dedup_boots`` agent runs, to ack a resent batch without
+            spooling it twice.
+        fsync: the sync function (a test seam).
+    """
+
+    def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Full = Full.BLOCK,
+                 segment_bytes: int = 32 << 20, commit_delay: float = 0.002,
+                 commit_bytes: int = 256 << 10, cache_bytes: int = 16 << 20,
+                 dedup_boots: int = 1024, dedup_window: int = 4096,
+                 fsync: Callable[[int], None] = os.fdatasync) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.full = full
+        self.segment_bytes = max(min(segment_bytes, max_bytes // 4), 64 << 10)
+        self.commit_delay = commit_delay
+        self.commit_bytes = commit_bytes
+        self.cache_bytes = cache_bytes
+        self.dedup_boots = dedup_boots
+        self.dedup_window = dedup_window
+        self._fsync = fsync
+        self.stats = SpoolStats()
+        self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
+        self._lock_fd = -1
+        self._dir_fd = -1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-commit")
+        # Writes waiting for the commit thread: (segment, bytes) and their futures.
+        self._pending: list[tuple[_Segment, bytes]] = []
+        self._pending_bytes = 0
+        self._pending_futures: list[asyncio.Future[None]] = []
+        self._dir_dirty = False
+        self._committing = False
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()
+        # Forwarding: the read cursor, newest entries cached, entries out for ack.
+        self._cursor: tuple[int, int] = (0, 0)
+        self._cache: collections.deque[SpoolEntry] = collections.deque()
+        self._cache_size = 0
+        self._outstanding: dict[tuple[int, int], bool] = {}  # (seg, offset) -> acked
+        self._out_order: collections.deque[tuple[int, int]] = collections.deque()  # read order
+        self._out_per_segment: collections.Counter[int] = collections.Counter()
+        # Duplicates: recent (boot, seq) -> the future of the append that stored it
+        # (None: recovered from disk, so durable).
+        self._recent: collections.OrderedDict[tuple[bytes, int],
+                                              asyncio.Future[None] | None] = (
+            collections.OrderedDict())
+        self._boots: collections.OrderedDict[bytes, _Boot] = collections.OrderedDict()
+        self._hint_written = (0, 0)
+        self._dropped_batches = 0
+        self._closed = False
+
+    # -- opening and recovery --------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or lock the directory and recover what it holds."""
+        try:
+            os.makedirs(self.path, mode=0o750, exist_ok=True)
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            self._lock_fd = os.open(os.path.join(self.path, "lock"),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise SpoolError(
+                f"--spool {self.path}: {exc.strerror}. Give the relay a directory it can "
+                "write (the systemd unit's StateDirectory is /var/lib/enclave-log-relay), "
+                "another --spool DIR, or --spool none for memory-only mode") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise SpoolError(f"--spool {self.path} is in use by another relay; two "
+                                 "relays cannot share a spool: give each its own "
+                                 "--spool DIR") from None
+            raise
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        self._recover()
+
+    def _segment_ids(self) -> list[int]:
+        ids = []
+        for name in os.listdir(self.path):
+            if name.endswith(".seg") and name[:-4].isdigit():
+                ids.append(int(name[:-4]))
+        return sorted(ids)
+
+    def _seg_path(self, seg_id: int) -> str:
+        return os.path.join(self.path, f"{seg_id:016d}.seg")
+
+    def _recover(self) -> None:
+        hint = self._read_hint()
+        for seg_id in self._segment_ids():
+            path = self._seg_path(seg_id)
+            if hint and seg_id < hint[0]:
+                os.unlink(path)  # entirely acked before the last stop
+                self._dir_dirty = True
+                continue
+            seg = _Segment(seg_id, path, sealed=True)
+            if not self._scan(seg, skip_to=hint[1] if hint and seg_id == hint[0] else 0):
+                continue
+            self._segments[seg_id] = seg
+        if self._dir_dirty:
+            os.fsync(self._dir_fd)
+            self._dir_dirty = False
+        if self._segments:
+            first = next(iter(self._segments))
+            start = hint[1] if hint and hint[0] == first else HEADER.size
+            self._cursor = self._hint_written = (first, start)
+        if self.stats.recovered_batches:
+            log.info("spool %s: recovered %d batches (%d records) not yet acked downstream",
+                     self.path, self.stats.recovered_batches, self.stats.recovered_records)
+
+    def _read_hint(self) -> tuple[int, int] | None:
+        try:
+            with open(os.path.join(self.path, "acked"), encoding="ascii") as f:
+                seg, off = f.read().split()
+                return int(seg), int(off)
+        except (OSError, ValueError):
+            return None
+
+    def _scan(self, seg: _Segment, skip_to: int) -> bool:
+        """Check a segment; cut a torn or corrupt tail; count what is left to forward."""
+        with open(seg.path, "r+b") as f:
+            data = f.read()
+            if len(data) < HEADER.size:
+                f.close()
+                os.unlink(seg.path)  # created, never written: nothing in it
+                self._dir_dirty = True
+                return False
+            magic, version, _ = HEADER.unpack_from(data)
+            if magic != MAGIC:
+                raise SpoolError(f"--spool {self.path}: {os.path.basename(seg.path)} is not a "
+                                 "spool segment; move it away or use another --spool DIR")
+            if version > FORMAT_VERSION:
+                raise SpoolError(
+                    f"--spool {self.path}: {os.path.basename(seg.path)} has spool format "
+                    f"{version}, newer than this relay's {FORMAT_VERSION}: a newer relay wrote "
+                    "it. Run that relay until the spool drains, or use another --spool DIR")
+            pos = HEADER.size
+            while pos + FRAME.size <= len(data):
+                length, crc = FRAME.unpack_from(data, pos)
+                end = pos + FRAME.size + length
+                if length > MAX_ENTRY or end > len(data):
+                    break
+                payload = data[pos + FRAME.size:end]
+                if zlib.crc32(payload) != crc:
+                    break
+                try:
+                    entry = _unpack_payload(seg.id, pos, payload)
+                except Exception:  # noqa: BLE001 - any decode failure means corrupt
+                    break
+                self._remember(entry.boot_id, entry.seq, None)
+                if pos >= skip_to:
+                    self.stats.recovered_batches += 1
+                    self.stats.recovered_records += entry.count
+                seg.records += entry.count
+                pos = end
+            if pos < len(data):
+                self.stats.torn_bytes_cut += len(data) - pos
+                self.stats.corrupt_segments += 1
+                log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
+                            seg.path, len(data) - pos, pos)
+                f.truncate(pos)
+                f.flush()
+                os.fsync(f.fileno())
+        seg.size = seg.committed = pos
+        return True
+
+    # -- appending -------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Bytes in all segments (including writes not yet committed)."""
+        return sum(s.size for s in self._segments.values())
+
+    def _active(self, need: int) -> _Segment:
+        seg = next(reversed(self._segments.values()), None)
+        if seg is None or seg.sealed or seg.size + need > self.segment_bytes and seg.records:
+            if seg is not None:
+                seg.sealed = True
+            seg_id = (seg.id + 1) if seg is not None else 1
+            path = self._seg_path(seg_id)
+            seg = _Segment(seg_id, path)
+            seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                             | os.O_CLOEXEC, 0o640)
+            self._segments[seg_id] = seg
+            self._queue_write(seg, HEADER.pack(MAGIC, FORMAT_VERSION, 0))
+            self._dir_dirty = True
+            if self._cursor == (0, 0):
+                self._cursor = (seg_id, HEADER.size)
+        return seg
+
+    def _queue_write(self, seg: _Segment, data: bytes) -> None:
+        self._pending.append((seg, data))
+        self._pending_bytes += len(data)
+        seg.size += len(data)
+
+    async def append(self, tag: str, entries: bytes, count: int, *,
+                     boot_id: bytes | None = None, seq: int | None = None
+                     ) -> asyncio.Future[None]:
+        """Spool a batch; the future resolves once it is durable.
+
+        Waits while the spool is full (``Full.BLOCK``). A batch an agent resent
+        (same boot id and sequence number as one already spooled) is not stored
+        again: the future of the first copy is returned.
+        """
+        if boot_id is not None and seq is not None and (boot_id, seq) in self._recent:
+            self.stats.duplicate_batches += 1
+            first = self._recent[(boot_id, seq)]
+            if first is None:
+                first = asyncio.get_running_loop().create_future()
+                first.set_result(None)
+            return first
+        entry = SpoolEntry(0, 0, tag, entries, count, boot_id, seq, time.time_ns())
+        data = frame_entry(_pack_payload(entry))
+        await self._make_room(len(data))
+        seg = self._active(len(data))
+        entry.segment, entry.offset, entry.size = seg.id, seg.size, len(data)
+        self._queue_write(seg, data)
+        seg.records += count
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_futures.append(fut)
+        self._remember(boot_id, seq, fut)
+        self.stats.appended_batches += 1
+        self.stats.appended_records += count
+        if self._cache_size < self.cache_bytes:
+            # Most of the time the forwarder is caught up and wants this entry next:
+            # it takes it from memory instead of reading it back from the disk.
+            self._cache.append(entry)
+            self._cache_size += len(entries)
+        self._schedule_commit()
+        return fut
+
+    def _remember(self, boot_id: bytes | None, seq: int | None,
+                  fut: asyncio.Future[None] | None) -> None:
+        if boot_id is None or seq is None:
+            return
+        boot = self._boots.get(boot_id)
+        if boot is None:
+            boot = self._boots[boot_id] = _Boot()
+            while len(self._boots) > self.dedup_boots:
+                old, _ = self._boots.popitem(last=False)
+                for key in [k for k in self._recent if k[0] == old]:
+                    del self._recent[key]
+        else:
+            self._boots.move_to_end(boot_id)
+        if boot.max_seq and seq > boot.max_seq + 1:
+            missing = seq - boot.max_seq - 1
+            self.stats.gap_batches += missing
+            if fut is not None:  # not while recovering: it was logged when it happened
+                log.warning("agent run %s skipped %d batch(es) (%d..%d): it dropped them "
+                            "(overflow drop_oldest) or lost them", boot_id.hex(), missing,
+                            boot.max_seq + 1, seq - 1)
+        boot.max_seq = max(boot.max_seq, seq)
+        boot.last_seen = time.monotonic()
+        self._recent[(boot_id, seq)] = fut
+        while len(self._recent) > self.dedup_boots * 8 + self.dedup_window:
+            self._recent.popitem(last=False)
+
+    async def _make_room(self, need: int) -> None:
+        while self.size + need > self.max_bytes:
+            if self.full is Full.DROP_OLDEST and self._drop_oldest():
+                continue
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _drop_oldest(self) -> bool:
+        """Delete the oldest segment, forwarded or not, counting its records.
+
+        Only a sealed and committed one: the active segment is never dropped.
+        """
+        oldest = next(iter(self._segments.values()), None)
+        if oldest is None or not oldest.sealed or oldest.committed != oldest.size:
+            return False
+        self._delete(oldest, dropped=True)
+        return True
+
+    # -- committing ------------------------------------------------------------------
+
+    def _schedule_commit(self) -> None:
+        if self._committing:
+            return
+        if self._pending_bytes >= self.commit_bytes:
+            if self._commit_timer is not None:
+                self._commit_timer.cancel()
+                self._commit_timer = None
+            self._start_commit()
+        elif self._commit_timer is None:
+            self._commit_timer = asyncio.get_running_loop().call_later(
+                self.commit_delay, self._start_commit)
+
+    def _start_commit(self) -> None:
+        self._commit_timer = None
+        if self._committing or not (self._pending or self._dir_dirty):
+            return
+        self._committing = True
+        writes, self._pending = self._pending, []
+        futures, self._pending_futures = self._pending_futures, []
+        self._pending_bytes = 0
+        dir_fd = self._dir_fd if self._dir_dirty else -1
+        self._dir_dirty = False
+        job = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._commit, writes, dir_fd)
+        job.add_done_callback(lambda j: self._committed(j, writes, futures))
+
+    def _commit(self, writes: list[tuple[_Segment, bytes]], dir_fd: int) -> None:
+        """In the commit thread: write everything, then one fdatasync per file."""
+        by_fd: dict[int, list[bytes]] = {}
+        for seg, data in writes:
+            by_fd.setdefault(seg.fd, []).append(data)  # dicts keep order: segments in turn
+        for fd, chunks in by_fd.items():
+            view = memoryview(b"".join(chunks))
+            while view:
+                view = view[os.write(fd, view):]
+            self._fsync(fd)
+        if dir_fd >= 0:
+            os.fsync(dir_fd)
+
+    def _committed(self, job: asyncio.Future[None], writes: list[tuple[_Segment, bytes]],
+                   futures: list[asyncio.Future[None]]) -> None:
+        self._committing = False
+        exc = job.exception()
+        if exc is not None:
+            # The disk failed under us: nothing in this group is acked; the agents
+            # keep those batches and resend them.
+            log.error("spool %s: commit failed: %s", self.path, exc)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(SpoolError(f"spool commit failed: {exc}"))
+        else:
+            self.stats.commits += 1
+            for seg, data in writes:
+                seg.committed += len(data)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(None)
+            for seg in self._segments.values():
+                if seg.sealed and seg.fd >= 0 and seg.committed == seg.size:
+                    os.close(seg.fd)
+                    seg.fd = -1
+        self._changed.set()
+        if self._pending or self._dir_dirty:
+            self._schedule_commit()
+
+    # -- forwarding ------------------------------------------------------------------
+
+    async def next_entry(self) -> SpoolEntry:
+        """The next committed entry to forward, in order; waits for one."""
+        while True:
+            entry = self._read_next()
+            if entry is not None:
+                key = (entry.segment, entry.offset)
+                self._outstanding[key] = False
+                self._out_order.append(key)
+                self._out_per_segment[entry.segment] += 1
+                self.stats.forwarded_batches += 1
+                return entry
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _read_next(self) -> SpoolEntry | None:
+        seg_id, offset = self._cursor
+        seg = self._segments.get(seg_id)
+        if seg is None:  # dropped, or never existed: go to the oldest there is
+            if not self._segments:
+                return None
+            seg = next(iter(self._segments.values()))
+            seg_id, offset = seg.id, HEADER.size
+            self._cursor = (seg_id, offset)
+        if offset >= seg.committed:
+            if seg.sealed and seg.committed == seg.size and seg_id != self._last_id():
+                nxt = self._next_segment(seg_id)
+                if nxt is not None:
+                    self._cursor = (nxt, HEADER.size)
+                    self._maybe_delete(seg)
+                    return self._read_next()
+            return None
+        while self._cache and (self._cache[0].segment, self._cache[0].offset) < (seg_id, offset):
+            self._cache_size -= len(self._cache.popleft().entries)
+        if self._cache and (self._cache[0].segment, self._cache[0].offset) == (seg_id, offset):
+            entry = self._cache.popleft()
+            self._cache_size -= len(entry.entries)
+            self._cursor = (seg_id, entry.end)
+            return entry
+        entry, size = self._read_disk(seg, offset)
+        self._cursor = (seg_id, offset + size)
+        return entry
+
+    def _read_disk(self, seg: _Segment, offset: int) -> tuple[SpoolEntry, int]:
+        with open(seg.path, "rb") as f:
+            f.seek(offset)
+            length, crc = FRAME.unpack(f.read(FRAME.size))
+            payload = f.read(length)
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            # Checked at recovery and written by us since: the disk changed under us.
+            raise SpoolError(f"spool {seg.path}: entry at {offset} is corrupt")
+        return _unpack_payload(seg.id, offset, payload), FRAME.size + length
+
+    def _last_id(self) -> int:
+        return next(reversed(self._segments)) if self._segments else 0
+
+    def _next_segment(self, seg_id: int) -> int | None:
+        for sid in self._segments:
+            if sid > seg_id:
+                return sid
+        return None
+
+    def ack(self, entry: SpoolEntry) -> None:
+        """The output has ``entry`` safe: it may leave the spool."""
+        key = (entry.segment, entry.offset)
+        if key not in self._outstanding:
+            return  # its segment was dropped meanwhile
+        self._outstanding[key] = True
+        self.stats.acked_batches += 1
+        self._out_per_segment[entry.segment] -= 1
+        while self._out_order and self._outstanding.get(self._out_order[0]):
+            del self._outstanding[self._out_order.popleft()]
+        seg = self._segments.get(entry.segment)
+        if seg is not None:
+            self._maybe_delete(seg)
+
+    def _maybe_delete(self, seg: _Segment) -> None:
+        """Delete a segment once it is read to its end and every entry in it is acked."""
+        if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
+                and not self._out_per_segment[seg.id]):
+            self._delete(seg)
+
+    def _delete(self, seg: _Segment, *, dropped: bool = False) -> None:
+        if dropped:
+            unsent, batches = self._unsent(seg)
+            self._dropped_batches += batches
+            self.stats.dropped_records += unsent
+            log.warning("spool full: dropped segment %d (%d records not yet delivered)",
+                        seg.id, unsent)
+            for key in [k for k in self._outstanding if k[0] == seg.id]:
+                del self._outstanding[key]
+            self._out_order = collections.deque(k for k in self._out_order if k[0] != seg.id)
+        if seg.fd >= 0:
+            os.close(seg.fd)
+            seg.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(seg.path)
+        del self._segments[seg.id]
+        self._out_per_segment.pop(seg.id, None)
+        self._dir_dirty = True
+        self._schedule_dir_sync()
+        self._changed.set()
+
+    def _unsent(self, seg: _Segment) -> tuple[int, int]:
+        """(records, batches) of ``seg`` not acked downstream, read from the disk."""
+        records = batches = 0
+        offset = HEADER.size
+        while offset < seg.committed:
+            entry, size = self._read_disk(seg, offset)
+            key = (seg.id, offset)
+            unread = self._cursor[0] < seg.id or (
+                self._cursor[0] == seg.id and offset >= self._cursor[1])
+            if unread or (key in self._outstanding and not self._outstanding[key]):
+                records += entry.count
+                batches += 1
+            offset += size
+        return records, batches
+
+    def _schedule_dir_sync(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
+            self._schedule_commit()
+
+    def write_hint(self) -> None:
+        """Record how far forwarding got, so a restart resends less (not fsynced)."""
+        # Everything before the oldest entry still out for ack (or before the read
+        # cursor, if none is out) has been acked downstream.
+        hint = self._out_order[0] if self._out_order else self._cursor
+        if hint == self._hint_written:
+            return
+        tmp = os.path.join(self.path, "acked.tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{hint[0]} {hint[1]}\n")
+        os.replace(tmp, os.path.join(self.path, "acked"))
+        self._hint_written = hint
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def dead_letter(self, entry: SpoolEntry, reason: str) -> None:
+        """Set aside a batch downstream keeps refusing, then treat it as done."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tag": entry.tag,
+                  "count": entry.count, "reason": reason,
+                  "entries_msgpack_b64": base64.b64encode(entry.entries).decode()}
+        with open(os.path.join(self.path, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.stats.dead_lettered += 1
+        log.error("dead-lettered a batch of %d records on %s after Fluent Bit refused it "
+                  "repeatedly (%s); see %s/dead-letter.jsonl", entry.count, entry.tag, reason,
+                  self.path)
+        self.ack(entry)
+
+    # -- status and shutdown ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        st = self.stats
+        return {"path": self.path, "bytes": self.size, "max_bytes": self.max_bytes,
+                "segments": len(self._segments), "unacked_batches": len(self._outstanding),
+                "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
+                "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
+                "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting to be committed."""
+        return not (self._pending or self._committing)
+
+    @property
+    def backlog(self) -> int:
+        """Batches in the spool not yet acked downstream."""
+        st = self.stats
+        return (st.appended_batches + st.recovered_batches - st.acked_batches
+                - st.dead_lettered - self._dropped_batches)
+
+    async def close(self) -> None:
+        """Commit what is pending, record how far forwarding got, release the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        if (self._pending or self._dir_dirty) and not self._committing:
+            self._start_commit()
+        while self._committing:
+            self._changed.clear()
+            await self._changed.wait()
+        with contextlib.suppress(OSError):
+            self.write_hint()
+        for seg in self._segments.values():
+            if seg.fd >= 0:
+                os.close(seg.fd)
+                seg.fd = -1
+        self._executor.shutdown(wait=True)
+        for fd in (self._dir_fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._dir_fd = self._lock_fd = -1
+
