@@ -290,7 +290,11 @@ class BatchSource(Protocol):
         ...
 
     def requeue_unacked(self) -> int:
-        """After a lost connection: put every unacked batch back, oldest first."""
+        """After a lost connection: put every unacked batch back, oldest first.
+
+        A source may also define ``connection_up()`` and ``connection_down()``,
+        called as the client connects and loses a connection.
+        """
         ...
 
 
@@ -381,6 +385,9 @@ class ForwardClient:
                 self._failed(exc, first=True)
             finally:
                 self.connected.clear()
+                hook = getattr(self.source, "connection_down", None)
+                if hook is not None:
+                    hook()
                 self.stats.disconnects += 1
                 await conn.close()
                 self._unacked = 0
@@ -411,6 +418,9 @@ class ForwardClient:
             raise
         self.stats.connects += 1
         self.connected.set()
+        hook = getattr(self.source, "connection_up", None)
+        if hook is not None:
+            hook()
         self.log.info("connected to %s %s", self.name, self.endpoint)
         return conn
 

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_OBJECT_FRAME_BYTES",
     "Ack",
     "EventFrame",
     "EventTime",
@@ -78,6 +79,10 @@ DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
 #: Most events one frame may carry.
 DEFAULT_MAX_ENTRIES = 500_000
+#: Largest Message or Forward frame. These arrive as msgpack objects, and a hostile
+#: peer can make each byte cost ~60 bytes of Python objects (an empty map per byte), so
+#: they get a much smaller limit than PackedForward, whose entries arrive as bytes.
+DEFAULT_MAX_OBJECT_FRAME_BYTES = 1024 * 1024
 
 _U32 = 0xFFFFFFFF
 _EVENT_TIME = struct.Struct(">II")
@@ -294,15 +299,19 @@ class FrameDecoder:
         max_frame_bytes: largest frame, as it is on the wire.
         max_decompressed_bytes: largest payload a gzip frame may inflate to.
         max_entries: most entries in one frame.
+        max_object_frame_bytes: largest Message or Forward frame (object-heavy modes).
     """
 
     def __init__(self, role: Role, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
-                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        if min(max_frame_bytes, max_decompressed_bytes, max_entries) < 1:
+                 max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_object_frame_bytes: int = DEFAULT_MAX_OBJECT_FRAME_BYTES) -> None:
+        if min(max_frame_bytes, max_decompressed_bytes, max_entries,
+               max_object_frame_bytes) < 1:
             raise UsageError("decoder limits must be positive")
         self.role = role
         self.max_frame_bytes = max_frame_bytes
+        self.max_object_frame_bytes = min(max_object_frame_bytes, max_frame_bytes)
         self.max_decompressed_bytes = max_decompressed_bytes
         self.max_entries = max_entries
         self._unpacker = _unpacker(max_frame_bytes)
@@ -344,7 +353,9 @@ class FrameDecoder:
                 if room <= 0:
                     raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
                                         self.max_frame_bytes)
-                piece = view[pos:pos + room]
+                # Feed at most an object frame's limit at once, so a Message or Forward
+                # frame is caught by _check_claim before it is all turned into objects.
+                piece = view[pos:pos + min(room, self.max_object_frame_bytes)]
                 self._unpacker.feed(piece)
                 self._fed += len(piece)
                 pos += len(piece)
@@ -379,6 +390,11 @@ class FrameDecoder:
         if claimed is not None and claimed > self.max_frame_bytes:
             raise FrameTooLarge(f"frame claims {claimed} bytes, over max_frame_bytes "
                                 f"({self.max_frame_bytes})", self.max_frame_bytes)
+        if incomplete > self.max_object_frame_bytes and claimed is None and _object_mode(
+                self._head):
+            raise FrameTooLarge(f"a Message or Forward frame over {self.max_object_frame_bytes} "
+                                "bytes; send large batches as PackedForward",
+                                self.max_object_frame_bytes)
 
     def _classify(self, obj: Any) -> Frame:
         if self.role is Role.SERVER:
@@ -421,6 +437,18 @@ def _header(buf: bytes, i: int) -> tuple[str, int, int] | None:
             return None
         return (kind, int.from_bytes(buf[i + 1:i + 1 + n], "big"), 1 + n)
     return ("other", 0, 1)
+
+
+def _object_mode(head: bytes) -> bool:
+    """Whether a frame starting with ``head`` is Message or Forward (not PackedForward)."""
+    top = _header(head, 0)
+    if top is None or top[0] != "array":
+        return True  # not an event frame at all: it will fail, it gets no big budget
+    tag = _header(head, top[2])
+    if tag is None:
+        return False  # cannot tell yet
+    second = _header(head, top[2] + tag[2] + tag[1])
+    return second is not None and second[0] != "raw"
 
 
 def claimed_size(head: bytes) -> int | None:

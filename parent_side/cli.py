@@ -21,6 +21,7 @@ from fluent_forward.errors import ConnectError, EndpointError
 from fluent_forward.units import apply_env_defaults, duration_arg, size_arg
 
 from .config import DEFAULT_LISTEN, DEFAULT_OUTPUT, DEFAULT_SPOOL, RelayConfig
+from .identity import DEFAULT_ALLOWED_CIDS, parse_cid_set
 from .outputs import OutputError, parse_output
 from .relay import Relay
 from .spool import Full, SpoolError
@@ -82,6 +83,34 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spool-full", choices=[f.value for f in Full], default=d.spool_full.value,
                    help="when the spool is full: block (agents wait; nothing is lost) or "
                         "drop_oldest (counted) (default: %(default)s)")
+    p.add_argument("--allow-cid", action="append", default=None, metavar="CIDS",
+                   help="vsock peers that may connect: a CID, a range (16-20), '4-' (4 and up) "
+                        "or 'any'; repeatable (default: 4-, enclaves only; the parent's own "
+                        "processes appear as CID 1 or 3 and are refused)")
+    p.add_argument("--nitro-cli", default="nitro-cli", metavar="PATH",
+                   help="nitro-cli to map CIDs to enclaves with describe-enclaves "
+                        "(default: %(default)s; 'none' to name enclaves by CID)")
+    p.add_argument("--describe-interval", type=duration_arg, default=d.describe_interval,
+                   metavar="DURATION",
+                   help="how often to run describe-enclaves (default: 30s; also run when an "
+                        "unknown CID connects)")
+    p.add_argument("--require-known-enclave", action="store_true",
+                   help="refuse CIDs that describe-enclaves does not list")
+    p.add_argument("--stamp-records", action="store_true",
+                   help="add enclave_name, enclave_cid, enclave_id, enclave_debug, enclave_pcr0 "
+                        "(and the agent's claimed_hostname) to every record; costs CPU")
+    p.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
+                   help="open connections in all (default: %(default)s)")
+    p.add_argument("--max-connections-per-enclave", type=int,
+                   default=d.max_connections_per_enclave, metavar="N",
+                   help="open connections per enclave (default: %(default)s)")
+    p.add_argument("--rate-limit", type=size_arg, default=d.rate_limit, metavar="SIZE",
+                   help="bytes per second read from one enclave; past it the relay reads "
+                        "more slowly, it never drops (default: 64MiB; 0: no limit)")
+    p.add_argument("--frame-timeout", type=duration_arg, default=d.frame_timeout,
+                   metavar="DURATION",
+                   help="close a connection that sends half a frame and then nothing for "
+                        "this long (default: 30s)")
     p.add_argument("--ack-timeout", type=duration_arg, default=d.ack_timeout,
                    metavar="DURATION",
                    help="reconnect to Fluent Bit after this long without an ack (default: 60s)")
@@ -151,6 +180,13 @@ def parse_args(argv: Sequence[str] | None = None,
         serve.error(f"--spool {ns.spool}: give an absolute path, or 'none' for memory-only mode")
     if ns.spool_size < 1 << 20:
         serve.error("--spool-size must be at least 1MiB")
+    try:
+        allowed = parse_cid_set(ns.allow_cid or [DEFAULT_ALLOWED_CIDS])
+    except ValueError as exc:
+        serve.error(f"--allow-cid: {exc}")
+    for option in ("max_connections", "max_connections_per_enclave"):
+        if getattr(ns, option) < 1:
+            serve.error(f"--{option.replace('_', '-')} must be at least 1")
     return ns.command, RelayConfig(
         listen=listen, output=output,
         hostname=ns.hostname or socket.gethostname() or "relay",
@@ -162,7 +198,12 @@ def parse_args(argv: Sequence[str] | None = None,
         handshake_timeout=ns.handshake_timeout, upstream_window=ns.upstream_window,
         upstream_buffer_bytes=ns.upstream_buffer, ack_timeout=ns.ack_timeout,
         spool=spool, spool_bytes=ns.spool_size, spool_full=Full(ns.spool_full),
-        log_level=ns.log_level)
+        allowed_cids=allowed,
+        nitro_cli=None if ns.nitro_cli.lower() == "none" else ns.nitro_cli,
+        describe_interval=ns.describe_interval, require_known_enclave=ns.require_known_enclave,
+        stamp_records=ns.stamp_records, max_connections=ns.max_connections,
+        max_connections_per_enclave=ns.max_connections_per_enclave, rate_limit=ns.rate_limit,
+        frame_timeout=ns.frame_timeout, log_level=ns.log_level)
 
 
 def _serve(config: RelayConfig) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 
+from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
 from .spool import Full
 
@@ -39,6 +40,15 @@ class RelayConfig:
         spool_bytes: the spool's size cap.
         spool_full: what to do at the cap: block (backpressure) or drop the oldest.
         spool_segment_bytes: size of one spool segment file.
+        allowed_cids: vsock peers allowed to connect (enclave CIDs, 4 and up, by default).
+        nitro_cli: the ``nitro-cli`` to run ``describe-enclaves`` with, or None.
+        describe_interval: seconds between describe-enclaves polls.
+        require_known_enclave: refuse CIDs describe-enclaves does not list.
+        stamp_records: add the enclave's identity fields to every record.
+        max_connections: open connections in all.
+        max_connections_per_enclave: open connections per enclave.
+        rate_limit: bytes per second read from one enclave (0: no limit).
+        frame_timeout: seconds a started frame has to complete.
         log_level: the relay's log level.
     """
 
@@ -60,4 +70,13 @@ class RelayConfig:
     spool_bytes: int = 1 << 30
     spool_full: Full = Full.BLOCK
     spool_segment_bytes: int = 32 << 20
+    allowed_cids: CidSet = parse_cid_set([DEFAULT_ALLOWED_CIDS])
+    nitro_cli: str | None = "nitro-cli"
+    describe_interval: float = 30.0
+    require_known_enclave: bool = False
+    stamp_records: bool = False
+    max_connections: int = 256
+    max_connections_per_enclave: int = 8
+    rate_limit: int = 64 << 20
+    frame_timeout: float = 30.0
     log_level: str = "info"

@@ -1,23 +1,53 @@
-"""Whose logs these are: the parent's view of a peer, stamped into the tag.
+"""Whose logs these are: who may connect, and the parent's view of each enclave.
 
-The relay decides the identity when it accepts a connection, from what the kernel
-says of the peer (for vsock, the CID the hypervisor set), never from what the agent
-says of itself. The tag becomes ``enclave.<name>.<agent's tag>``; the entries pass
-byte for byte.
+The relay decides an enclave's identity when it accepts a connection, from what the
+kernel says of the peer (for vsock, the CID the hypervisor reports) cross-checked
+with ``nitro-cli describe-enclaves``, never from what the agent says of itself (its
+hostname in PING is kept apart, as a claim). The tag becomes
+``enclave.<EnclaveName or cid-N>.<agent's tag>``; the entries pass byte for byte,
+unless record fields are asked for (``--stamp-records``).
+
+A CID names a slot, not code: CIDs are reused after an enclave terminates and can
+be chosen with ``--enclave-cid``, and a debug-mode enclave gets one too. That is why
+``describe-enclaves`` is asked again whenever an unknown CID connects, and why the
+identity carries the debug flag and PCR0: see SECURITY.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from fluent_forward.aio import Peer
+from fluent_forward.codec import iter_entries, pack_entry
 from fluent_forward.endpoints import Scheme
 
-__all__ = ["TAG_ROOT", "Identity", "identity_of", "sanitize_name"]
+__all__ = [
+    "DEFAULT_ALLOWED_CIDS",
+    "TAG_ROOT",
+    "CidSet",
+    "EnclaveInfo",
+    "EnclaveRegistry",
+    "Identity",
+    "identity_of",
+    "parse_cid_set",
+    "sanitize_name",
+    "stamp_entries",
+]
+
+log = logging.getLogger(__name__)
 
 TAG_ROOT = "enclave"
+#: Enclave CIDs only: 0-2 are reserved and 3 is the parent itself (and 1 local loopback).
+DEFAULT_ALLOWED_CIDS = "4-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_U32 = 0xFFFFFFFF
 
 
 def sanitize_name(name: str) -> str:
@@ -25,25 +55,204 @@ def sanitize_name(name: str) -> str:
     return _UNSAFE.sub("_", name) or "_"
 
 
+# -- who may connect ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CidSet:
+    """A set of CIDs as inclusive ranges."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, int) and any(lo <= cid <= hi for lo, hi in self.ranges)
+
+    def __str__(self) -> str:
+        parts = []
+        for lo, hi in self.ranges:
+            if lo == hi:
+                parts.append(str(lo))
+            elif hi == _U32:
+                parts.append(f"{lo}-")
+            else:
+                parts.append(f"{lo}-{hi}")
+        return ",".join(parts) or "none"
+
+
+def parse_cid_set(specs: Iterable[str]) -> CidSet:
+    """Parse ``16``, ``16-20``, ``4-`` (4 and up), ``any``, comma-separated or repeated.
+
+    Raises:
+        ValueError: naming the bad part and the accepted forms.
+    """
+    ranges: list[tuple[int, int]] = []
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part.lower() in ("any", "all"):
+                ranges.append((0, _U32))
+                continue
+            lo_text, dash, hi_text = part.partition("-")
+            try:
+                lo = int(lo_text)
+                hi = (int(hi_text) if hi_text else _U32) if dash else lo
+            except ValueError:
+                raise ValueError(f"{part!r} is not a CID or range; write e.g. 16, 16-20, "
+                                 "4- (4 and up) or any") from None
+            if not (0 <= lo <= hi <= _U32):
+                raise ValueError(f"{part!r}: CIDs run from 0 to {_U32}, low to high")
+            ranges.append((lo, hi))
+    return CidSet(tuple(sorted(ranges)))
+
+
+# -- the parent's view of enclaves ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnclaveInfo:
+    """One enclave as ``nitro-cli describe-enclaves`` reports it."""
+
+    cid: int
+    enclave_id: str
+    name: str = ""
+    state: str = ""
+    debug: bool = False
+    pcr0: str = ""
+
+    @classmethod
+    def from_describe(cls, d: Mapping[str, Any]) -> EnclaveInfo:
+        measurements = d.get("Measurements") or {}
+        return cls(cid=int(d["EnclaveCID"]), enclave_id=str(d.get("EnclaveID", "")),
+                   name=str(d.get("EnclaveName") or ""), state=str(d.get("State", "")),
+                   debug=str(d.get("Flags", "")).upper() == "DEBUG_MODE",
+                   pcr0=str(measurements.get("PCR0", "")) if isinstance(measurements, dict)
+                   else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """The parent's view of a connected peer.
+    """The parent's view of a connected peer, fixed when the connection is accepted.
 
     Attributes:
-        name: the sanitised name used in tags (``cid-16``, ``local``).
-        cid: the vsock CID, or None for local peers.
+        name: the sanitised name used in tags (``payments``, ``cid-16``, ``local``).
+        cid: the vsock CID, or None for local peers (TCP, Unix).
+        enclave: what describe-enclaves said of that CID then, if anything.
     """
 
     name: str
     cid: int | None = None
+    enclave: EnclaveInfo | None = None
 
     @property
     def tag_prefix(self) -> str:
         return f"{TAG_ROOT}.{self.name}."
 
+    def fields(self) -> dict[str, object]:
+        """Record fields for ``--stamp-records``: what the parent knows, nothing claimed."""
+        out: dict[str, object] = {"enclave_name": self.name}
+        if self.cid is not None:
+            out["enclave_cid"] = self.cid
+        if self.enclave is not None:
+            out["enclave_id"] = self.enclave.enclave_id
+            out["enclave_debug"] = self.enclave.debug
+            if self.enclave.pcr0:
+                out["enclave_pcr0"] = self.enclave.pcr0
+        return out
 
-def identity_of(peer: Peer) -> Identity:
-    """``cid-<N>`` for a vsock peer, ``local`` for TCP and Unix peers."""
+
+def identity_of(peer: Peer, enclave: EnclaveInfo | None = None) -> Identity:
+    """``<EnclaveName>`` or ``cid-<N>`` for a vsock peer; ``local`` for TCP and Unix."""
     if peer.scheme is Scheme.VSOCK and peer.cid is not None:
-        return Identity(sanitize_name(f"cid-{peer.cid}"), peer.cid)
+        name = enclave.name if enclave is not None and enclave.name else f"cid-{peer.cid}"
+        return Identity(sanitize_name(name), peer.cid, enclave)
     return Identity("local")
+
+
+@dataclass
+class EnclaveRegistry:
+    """CID -> enclave, from ``nitro-cli describe-enclaves``: polled, and asked again
+    when a CID connects and the last answer is older than ``min_refresh`` seconds
+    (CIDs are reused when enclaves restart, so a known CID is no proof either).
+
+    Without nitro-cli (a dev box, a container without it) every lookup falls back to
+    the CID, and one warning says so.
+
+    Args:
+        command: the describe command, as argv.
+        interval: seconds between polls.
+        timeout: seconds one run may take.
+    """
+
+    command: tuple[str, ...] = ("nitro-cli", "describe-enclaves")
+    interval: float = 30.0
+    timeout: float = 5.0
+    min_refresh: float = 2.0
+    enclaves: dict[int, EnclaveInfo] = field(default_factory=dict)
+    available: bool = True
+    refreshes: int = 0
+    _last: float = -1e9
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _warned: bool = False
+
+    async def lookup(self, cid: int) -> EnclaveInfo | None:
+        """The enclave at ``cid`` now, asking describe-enclaves again if the view is stale."""
+        if self.available and time.monotonic() - self._last >= self.min_refresh:
+            await self.refresh()
+        return self.enclaves.get(cid)
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            self._last = time.monotonic()
+            self.refreshes += 1
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.command, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+            except OSError as exc:
+                self._unavailable(f"cannot run {self.command[0]}: {exc.strerror}")
+                return
+            try:
+                async with asyncio.timeout(self.timeout):
+                    out, err = await proc.communicate()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                log.warning("%s took over %ss; keeping the enclaves known so far",
+                            " ".join(self.command), self.timeout)
+                return
+            if proc.returncode != 0:
+                log.warning("%s failed (%s): %s", " ".join(self.command), proc.returncode,
+                            err.decode(errors="replace").strip()[:200])
+                return
+            try:
+                listed = json.loads(out)
+                self.enclaves = {e.cid: e for e in map(EnclaveInfo.from_describe, listed)}
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("cannot read %s output: %s", " ".join(self.command), exc)
+                return
+            self.available = True
+
+    def _unavailable(self, why: str) -> None:
+        self.available = False
+        if not self._warned:
+            self._warned = True
+            log.warning("%s; enclaves are named by their CID (cid-N) instead of their "
+                        "EnclaveName", why)
+
+    async def poll(self) -> None:
+        """Refresh every ``interval`` seconds; run as a task."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval)
+
+
+def stamp_entries(entries: bytes, fields: Mapping[str, object]) -> bytes:
+    """The same entries with ``fields`` added to every record (decoded and re-packed)."""
+    out = []
+    for t, record in iter_entries(entries):
+        merged = dict(record)
+        merged.update(fields)
+        out.append(pack_entry(t, merged))  # the time (or [time, metadata]) as it was
+    return b"".join(out)

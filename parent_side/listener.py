@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.aio import Connection, first_error, start_server
+from fluent_forward.aio import Connection, Peer, first_error, peer_of, start_server
 from fluent_forward.codec import (
     EventFrame,
     FrameDecoder,
@@ -33,11 +33,12 @@ from fluent_forward.errors import (
     HandshakeError,
     ProtocolError,
     TransportError,
+    TransportTimeout,
 )
 from fluent_forward.handshake import Ping, ServerHandshake, encode_pong
 
 from .forwarder import Sink
-from .identity import Identity, identity_of
+from .identity import CidSet, EnclaveRegistry, Identity, identity_of, stamp_entries
 from .outputs import RelayBatch
 
 __all__ = ["Listener", "ListenerConfig", "PeerStats"]
@@ -62,6 +63,13 @@ class ListenerConfig:
     max_entries: int = 500_000
     handshake_timeout: float = 10.0
     unix_mode: int | None = 0o660
+    allowed_cids: CidSet | None = None  # vsock peers outside it are refused; None: all
+    require_known_enclave: bool = False
+    max_connections: int = 256
+    max_connections_per_enclave: int = 8
+    rate_limit: int = 0  # bytes per second per enclave; 0: none
+    frame_timeout: float = 30.0  # a frame begun must complete within this
+    stamp_records: bool = False
 
 
 @dataclass(slots=True)
@@ -90,7 +98,31 @@ class ListenerStats:
     open_connections: int = 0
     protocol_errors: int = 0
     auth_failures: int = 0
+    refused_cid: int = 0
+    refused_limit: int = 0
+    timeouts: int = 0
     peers: dict[str, PeerStats] = field(default_factory=dict)
+
+
+class TokenBucket:
+    """Bytes per second for one enclave, across its connections.
+
+    Reading past the rate makes the reader wait, which fills the socket buffers and
+    slows the sender: backpressure, never a drop.
+    """
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - n
+        self.stamp = now
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
 
 
 class _RateLimitedLog:
@@ -114,10 +146,16 @@ class _RateLimitedLog:
 class Listener:
     """The relay's server side."""
 
-    def __init__(self, config: ListenerConfig, sink: Sink) -> None:
+    def __init__(self, config: ListenerConfig, sink: Sink,
+                 registry: EnclaveRegistry | None = None) -> None:
         self.config = config
         self.sink = sink
+        self.registry = registry
+        #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
+        #: Unix connections, since the test machines must not open AF_VSOCK sockets.
+        self.peer_of = peer_of
         self.stats = ListenerStats()
+        self._buckets: dict[str, TokenBucket] = {}
         self.server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
         self._warn = _RateLimitedLog()
@@ -144,22 +182,76 @@ class Listener:
             st = self.stats.peers[ident.name] = PeerStats(ident.name, ident.cid)
         return st
 
+    async def _admit(self, writer: asyncio.StreamWriter) -> tuple[Identity, Peer] | None:
+        """Decide, before reading a byte, whether this peer may talk to us, and who it is."""
+        cfg = self.config
+        peer = self.peer_of(writer)
+        cid = peer.cid
+        if cid is not None and cfg.allowed_cids is not None and cid not in cfg.allowed_cids:
+            self.stats.refused_cid += 1
+            self._warn.warning(f"cid:{cid}", "refused a connection from CID %d: not in the "
+                               "allow-list (%s; see --allow-cid)", cid, cfg.allowed_cids)
+            return None
+        if self.stats.open_connections >= cfg.max_connections:
+            self.stats.refused_limit += 1
+            self._warn.warning("max-conn", "refused a connection from %s: %d connections "
+                               "open (--max-connections)", peer.address, cfg.max_connections)
+            return None
+        enclave = None
+        if cid is not None and self.registry is not None:
+            enclave = await self.registry.lookup(cid)
+            if enclave is None and cfg.require_known_enclave:
+                self.stats.refused_cid += 1
+                self._warn.warning(f"unknown:{cid}", "refused a connection from CID %d: "
+                                   "describe-enclaves does not list it "
+                                   "(--require-known-enclave)", cid)
+                return None
+        ident = identity_of(peer, enclave)
+        st = self.stats.peers.get(ident.name)
+        if st is not None and st.open_connections >= cfg.max_connections_per_enclave:
+            self.stats.refused_limit += 1
+            self._warn.warning(f"enc-conn:{ident.name}", "refused a connection from %s: it "
+                               "has %d open (--max-connections-per-enclave)", ident.name,
+                               st.open_connections)
+            return None
+        return ident, peer
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        try:
+            admitted = await self._admit(writer)
+            if admitted is None:
+                writer.close()  # before a single byte is read
+                return
+            await self._connection(reader, writer, *admitted)
+        except asyncio.CancelledError:
+            # Our own shutdown (close()) cancels handlers; asyncio's stream server
+            # logs a cancelled handler task as an error, so end quietly instead.
+            if not self._closing:
+                raise
+        finally:
+            self._conns.discard(task)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          ident: Identity, peer_address: Peer) -> None:
         cfg = self.config
         conn = Connection(reader, writer, FrameDecoder(
             Role.SERVER, max_frame_bytes=cfg.max_frame_bytes,
             max_decompressed_bytes=cfg.max_decompressed_bytes, max_entries=cfg.max_entries))
-        ident = identity_of(conn.peer)
+        conn.peer = peer_address
         peer = self.peer_stats(ident)
         self.stats.connections += 1
         self.stats.open_connections += 1
         peer.connections += 1
         peer.open_connections += 1
         peer.connected_since = peer.last_seen = time.time()
-        log.info("%s connected from %s", ident.name, conn.peer.address)
+        where = conn.peer.address
+        if ident.enclave is not None:
+            where += f", {ident.enclave.enclave_id}" + (", DEBUG MODE" if ident.enclave.debug
+                                                        else "")
+        log.info("%s connected (%s)", ident.name, where)
         try:
             await self._serve(conn, ident, peer)
         except ConnectionClosed as exc:
@@ -177,18 +269,17 @@ class Listener:
             peer.last_error = str(exc)
             self._warn.warning(f"proto:{ident.name}", "closing connection from %s (%s): %s",
                                ident.name, conn.peer.address, exc)
+        except TransportTimeout as exc:
+            self.stats.timeouts += 1
+            peer.last_error = str(exc)
+            self._warn.warning(f"timeout:{ident.name}", "closing connection from %s (%s): %s",
+                               ident.name, conn.peer.address, exc)
         except TransportError as exc:
             log.info("%s: %s", ident.name, exc)
-        except asyncio.CancelledError:
-            # Our own shutdown (close()) cancels handlers; asyncio's stream server
-            # logs a cancelled handler task as an error, so end quietly instead.
-            if not self._closing:
-                raise
         finally:
             self.stats.open_connections -= 1
             peer.open_connections -= 1
             await conn.close()
-            self._conns.discard(task)
             log.info("%s disconnected", ident.name)
 
     async def _serve(self, conn: Connection, ident: Identity, peer: PeerStats) -> None:
@@ -233,33 +324,53 @@ class Listener:
                          frames: list[Any],
                          acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                          ) -> None:
-        prefix = ident.tag_prefix
+        cfg = self.config
+        bucket = None
+        if cfg.rate_limit:
+            bucket = self._buckets.get(ident.name)
+            if bucket is None:
+                bucket = self._buckets[ident.name] = TokenBucket(cfg.rate_limit,
+                                                                 max(cfg.rate_limit, 1 << 20))
         while True:
             for frame in frames:
                 if isinstance(frame, EventFrame):
-                    await self._on_event(frame, prefix, peer, acks)
+                    await self._on_event(frame, ident, peer, acks)
                 elif not isinstance(frame, Heartbeat):
                     raise HandshakeError(f"unexpected {type(frame).__name__} after the handshake")
-            frames = await conn.read_frames()
+            before = conn.bytes_in
+            try:
+                # Between frames an agent may be quiet for hours; inside one, it may not.
+                frames = await conn.read_frames(
+                    timeout=cfg.frame_timeout if conn.decoder.buffered else None)
+            except TransportTimeout:
+                raise TransportTimeout(f"half a frame ({conn.decoder.buffered} bytes) and "
+                                       f"nothing more for {cfg.frame_timeout}s") from None
             peer.last_seen = time.time()
+            if bucket is not None:
+                await bucket.take(conn.bytes_in - before)
 
-    async def _on_event(self, frame: EventFrame, prefix: str, peer: PeerStats,
+    async def _on_event(self, frame: EventFrame, ident: Identity, peer: PeerStats,
                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                         ) -> None:
         peer.frames += 1
         peer.records += frame.count
         peer.bytes += len(frame.entries)
-        tag = prefix + frame.tag
+        tag = ident.tag_prefix + frame.tag
+        entries = frame.entries
+        if self.config.stamp_records:
+            fields = ident.fields()
+            if peer.claimed_hostname:  # what the agent says of itself: a claim, kept apart
+                fields["claimed_hostname"] = peer.claimed_hostname
+            entries = stamp_entries(entries, fields)
         # Our agents' chunk ids name their run and batch: the spool uses them to take
         # a resent batch once. Other clients' ids mean nothing of the kind.
         ids = parse_chunk_id(frame.chunk) if peer.agent_version else None
         boot, seq = ids if ids is not None else (None, None)
-        if len(frame.entries) <= UPSTREAM_SPLIT_BYTES:
-            futures = [await self.sink.submit(RelayBatch(tag, frame.entries, frame.count),
-                                              boot, seq)]
+        if len(entries) <= UPSTREAM_SPLIT_BYTES:
+            futures = [await self.sink.submit(RelayBatch(tag, entries, frame.count), boot, seq)]
         else:
             futures = [await self.sink.submit(RelayBatch(tag, part, n), None, None)
-                       for part, n in split_entries(frame.entries, UPSTREAM_SPLIT_BYTES)]
+                       for part, n in split_entries(entries, UPSTREAM_SPLIT_BYTES)]
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
 

@@ -8,6 +8,7 @@ import signal
 
 from .config import RelayConfig
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
+from .identity import EnclaveRegistry
 from .listener import Listener, ListenerConfig
 from .outputs import Output, make_output
 from .spool import Spool
@@ -37,14 +38,25 @@ class Relay:
         else:
             sink = DirectSink(self.output)
         self.sink = sink
+        vsock = config.listen.scheme.value == "vsock"
+        # Identity from describe-enclaves matters only for vsock peers.
+        self.registry = (EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
+                                         interval=config.describe_interval)
+                         if vsock and config.nitro_cli else None)
         self.listener = Listener(ListenerConfig(
             endpoint=config.listen, hostname=config.hostname, shared_key=config.shared_key,
             max_frame_bytes=config.max_frame_bytes,
             max_decompressed_bytes=config.max_decompressed_bytes,
             max_entries=config.max_entries, handshake_timeout=config.handshake_timeout,
-            unix_mode=config.listen_mode), sink)
+            unix_mode=config.listen_mode, allowed_cids=config.allowed_cids,
+            require_known_enclave=config.require_known_enclave,
+            max_connections=config.max_connections,
+            max_connections_per_enclave=config.max_connections_per_enclave,
+            rate_limit=config.rate_limit, frame_timeout=config.frame_timeout,
+            stamp_records=config.stamp_records), sink, self.registry)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self._polling: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -55,6 +67,8 @@ class Relay:
         await self.output.start()
         forwarding = (asyncio.create_task(self.forwarder.run(), name="forwarder")
                       if self.forwarder is not None else None)
+        self._polling = (asyncio.create_task(self.registry.poll(), name="describe-enclaves")
+                         if self.registry is not None else None)
         try:
             await self.listener.start()
         except BaseException:
@@ -76,6 +90,9 @@ class Relay:
 
     async def _shutdown(self, forwarding: asyncio.Task[None] | None, *, timeout: float) -> None:
         """Stop taking from the spool, let the output finish, then close the spool."""
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
         if forwarding is not None:
             forwarding.cancel()
             await asyncio.gather(forwarding, return_exceptions=True)
