@@ -484,10 +484,10 @@ class ForwardClient:
                 if not isinstance(frame, Ack):
                     raise MalformedFrame(f"unexpected {type(frame).__name__} after handshake")
                 if self.source.ack(frame.chunk) is None:
+                    # A peer that acks what we never sent is broken or lying; one that
+                    # does so instead of acking what we did send would stall us forever.
                     self.stats.bogus_acks += 1
-                    if self.stats.bogus_acks in (1, 10, 100, 1000, 10000):
-                        self.log.warning("%s acked a chunk we did not send (%d so far); "
-                                         "ignored", self.name, self.stats.bogus_acks)
-                else:
-                    self._unacked = max(self._unacked - 1, 0)
-                    self.stats.batches_acked += 1
+                    raise MalformedFrame(f"{self.name} acked a chunk we did not send on this "
+                                         "connection")
+                self._unacked = max(self._unacked - 1, 0)
+                self.stats.batches_acked += 1

@@ -15,6 +15,7 @@ Output URLs: ``unix:///path`` or ``tcp://host:port`` (a Fluent Bit forward input
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import json
 import logging
@@ -134,6 +135,19 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+def _escape_surrogates(exc: UnicodeError) -> tuple[str, int]:
+    r"""Encode error handler: a byte that was not UTF-8 (a lone surrogate from
+    surrogateescape) becomes the JSON text ``\\xNN``, which reads back as ``\xNN``,
+    as the agent writes such bytes."""
+    assert isinstance(exc, UnicodeEncodeError)
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"\\\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else f"\\u{ord(c):04x}" for c in bad), exc.end
+
+
+codecs.register_error("nel-json-escape", _escape_surrogates)
+
+
 def format_batch(tag: str, entries: bytes) -> bytes:
     """JSON lines for a batch: ``{"time", "tag", "record"}`` with nanosecond times."""
     lines = []
@@ -148,7 +162,7 @@ def format_batch(tag: str, entries: bytes) -> bytes:
                                 separators=(",", ":")))
     lines.append("")
     # Foreign clients may send invalid UTF-8 (kept as surrogates): write it escaped.
-    return "\n".join(lines).encode("utf-8", "backslashreplace")
+    return "\n".join(lines).encode("utf-8", "nel-json-escape")
 
 
 class JsonLinesOutput(Output):

@@ -24,7 +24,7 @@ from fluent_forward.codec import (
     pack_entry,
 )
 from fluent_forward.handshake import ClientHandshake, Pong
-from tests.conftest import StartRelay
+from tests.conftest import StartRelay, delivered
 from tests.helpers import read_json_lines, wait_until, within
 
 pytestmark = pytest.mark.asyncio
@@ -89,6 +89,14 @@ def deep_nesting(depth: int) -> bytes:
     return b"\x91" * depth + b"\xc0"
 
 
+def gzip_bomb(inflated: int) -> bytes:
+    import zlib
+
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    body = co.compress(b"\x00" * inflated) + co.flush()
+    return msgpack.packb(["t", body, {"compressed": "gzip", "chunk": "c"}])
+
+
 BAD_INPUTS = {
     "garbage": b"\xc1\xc1\xc1 not msgpack at all",
     "not-an-array": msgpack.packb({"tag": "x"}),
@@ -101,6 +109,12 @@ BAD_INPUTS = {
     "deeply-nested": b"\x93\xa1t\x01" + deep_nesting(5000),
     "oversize": msgpack.packb(["t", b"\x00" * (200 * 1024)]),
     "claims-gigabytes": b"\x92\xa1t\xc6\xff\xff\xff\xf0",
+    "gzip-bomb": gzip_bomb(64 << 20),  # 64 MiB of zeros in ~64 KiB: over the 16 MiB cap
+    "map-claims-billions": b"\x93\xa1t\x01\xdf\xff\xff\xff\xff",
+    "array-claims-billions": b"\x92\xa1t\xdd\xff\xff\xff\xff",
+    "string-time": msgpack.packb(["t", "yesterday", {"log": "x"}]),
+    "ext-5-time": msgpack.packb(["t", msgpack.ExtType(5, b"12345678"), {"log": "x"}]),
+    "huge-forward-of-tiny-maps": b"\x92\xa1t\xdd\x00\x10\x00\x00" + b"\x80" * (1 << 20),
 }
 
 
@@ -109,7 +123,8 @@ async def test_bad_input_closes_only_that_connection_and_is_logged_once(
         start_relay: StartRelay, sockdir: Path, case: str,
         caplog: pytest.LogCaptureFixture) -> None:
     sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
-    relay = await start_relay(f"unix://{sock}", f"file://{out}", max_frame_bytes=64 * 1024)
+    relay = await start_relay(f"unix://{sock}", f"file://{out}",
+                              max_frame_bytes=64 * 1024 if case == "oversize" else 4 << 20)
     honest = await RawAgent.connect(sock)
     await honest.send_batch(["honest 1"])
 
@@ -130,8 +145,52 @@ async def test_bad_input_closes_only_that_connection_and_is_logged_once(
     # The honest agent never noticed.
     await honest.send_batch(["honest 2", "honest 3"])
     await honest.close()
+    await delivered(relay)
     logs = [r["record"]["log"] for r in read_json_lines(out)]  # type: ignore[index]
     assert logs == ["honest 1", "honest 2", "honest 3"]
+
+
+@pytest.mark.parametrize("what", ["nothing", "half-a-frame"])
+async def test_a_silent_peer_is_timed_out_and_others_carry_on(
+        start_relay: StartRelay, sockdir: Path, what: str) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}", handshake_timeout=0.3,
+                              frame_timeout=0.3)
+    honest = await RawAgent.connect(sock)
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    await reader.read(65536)  # HELO
+    if what == "half-a-frame":
+        writer.write(msgpack.packb(["x", 1, {"log": "y"}])[:5])  # after the handshake wait
+    await honest.send_batch(["meanwhile"])
+    assert await closed_by_peer(reader)
+    writer.close()
+    await writer.wait_closed()
+    stats = relay.listener.stats
+    assert stats.timeouts + stats.protocol_errors == 1
+    await honest.send_batch(["after"])
+    await honest.close()
+    await delivered(relay)
+    assert [r["record"]["log"] for r in read_json_lines(out)] == ["meanwhile", "after"]  # type: ignore[index]
+
+
+async def test_invalid_utf8_in_a_record_is_content_not_an_attack(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}")
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    decoder = FrameDecoder(Role.CLIENT)
+    await reader.read(65536)  # HELO; go on without a handshake
+    # A record whose str values are not UTF-8: msgpack allows any bytes in a str.
+    bad = b"\x92\xd7\x00" + b"\x00" * 8 + b"\x81\xa3log\xa4ab\xff\xfe"
+    writer.write(encode_packed_forward("app.stdout", bad, {"chunk": "abc"}))
+    (ack,) = decoder.feed(await within(reader.read(65536), "the ack"))
+    assert ack == Ack("abc"), "the connection must not be closed for it"
+    writer.close()
+    await writer.wait_closed()
+    await delivered(relay)
+    (line,) = read_json_lines(out)
+    assert line["record"]["log"] == "ab\\xff\\xfe", "written escaped, never lost"  # type: ignore[index]
+    assert relay.listener.stats.protocol_errors == 0
 
 
 async def test_a_frame_cut_by_a_disconnect_is_not_a_protocol_error(
