@@ -9,6 +9,7 @@ import signal
 from .config import RelayConfig
 from .listener import Listener, ListenerConfig
 from .outputs import Output, make_output
+from .systemd import Notifier
 
 __all__ = ["Relay"]
 
@@ -31,6 +32,7 @@ class Relay:
             max_entries=config.max_entries, handshake_timeout=config.handshake_timeout,
             unix_mode=config.listen_mode), self.output)
         self.ready = asyncio.Event()
+        self.notifier = Notifier.from_environ()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -49,10 +51,14 @@ class Relay:
                 loop.add_signal_handler(sig, self.stop)
         log.info("listening on %s, output %s", self.config.listen, self.config.output)
         self.ready.set()
+        self.notifier.ready(f"listening on {self.config.listen}, output {self.config.output}")
+        watchdog = self.notifier.start_watchdog()
         try:
             await self._stop.wait()
             log.info("stopping: closing agent connections, delivering what was taken")
         finally:
+            self.notifier.stopping()
             await self.listener.close()
             await self.output.close(self.config.shutdown_timeout)
+            await self.notifier.stop_watchdog(watchdog)
         return 0
