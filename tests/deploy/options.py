@@ -39,6 +39,7 @@ DEPLOY_FILES = [
     ROOT / "systemd" / "enclave-log-relay.service",
     ROOT / "docker" / "parent" / "compose.yaml",
     ROOT / "docker" / "enclave" / "Dockerfile",
+    ROOT / "docker" / "parent" / "Dockerfile",
     ROOT / "k8s" / "daemonset.yaml",
 ]
 
