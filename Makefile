@@ -30,5 +30,9 @@ test: lint
 agent-pyz: $(STAMP)
 	$(BIN)/python tools/build_pyz.py --output dist/enclave-log-agent.pyz
 
+# The option tables in README.md, from the argument parsers (a test keeps them in step).
+config-reference: $(STAMP)
+	$(BIN)/python tools/gen_config_reference.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
