@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -440,3 +442,37 @@ def test_seccomp_exec_refuses_features_it_cannot_apply() -> None:
     with pytest.raises(ValueError, match="includes"):
         seccomp_exec.load_profile({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
             {"names": ["ptrace"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["X"]}}]})
+
+
+def test_the_enclave_images_build_stage_makes_the_archive_the_final_stage_copies(
+        tmp_path: Path) -> None:
+    """Replay the agent stage's COPY and RUN in a scratch root (no Docker here): what
+    the stage copies is enough to build the archive, at the path the final stage
+    copies it from."""
+    root = tmp_path / "root"
+    built = stages(parse_dockerfile(ENCLAVE_DOCKERFILE.read_text()))
+    build_stage, final = built[0], built[-1]
+    stage_name = build_stage[0].words()[-1]
+    workdir = root / workdir_of(build_stage).lstrip("/")
+    workdir.mkdir(parents=True)
+    for dest, src in copies(build_stage).items():
+        target = (workdir / dest) if not dest.startswith("/") else root / dest.lstrip("/")
+        if (ROOT / src).is_dir():
+            shutil.copytree(ROOT / src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / src, target)
+    for ins in build_stage:
+        if ins.keyword == "RUN":
+            argv = [PYTHON if w in PYTHONS else
+                    str(root / w.lstrip("/")) if w.startswith("/") else w
+                    for w in shlex.split(ins.argument)]
+            result = subprocess.run(argv, cwd=workdir, capture_output=True, text=True,
+                                    timeout=60, env={"PATH": os.environ["PATH"]})
+            assert result.returncode == 0, result.stderr
+    from_stage = [ins.words() for ins in final
+                  if ins.keyword == "COPY" and f"--from={stage_name}" in ins.words()]
+    assert from_stage, "the final stage copies the archive from the build stage"
+    for words in from_stage:
+        source = [w for w in words if not w.startswith("--")][0]
+        assert (root / source.lstrip("/")).is_file(), f"the build stage made no {source}"
