@@ -94,9 +94,19 @@ class ClassicConfig:
 _SECTION = re.compile(r"^\[([A-Za-z_]+)\]$")
 
 
-def parse_classic(path: Path, config: ClassicConfig | None = None) -> ClassicConfig:
-    """Parse a classic file and, recursively, what it ``@INCLUDE``s (relative to it)."""
+def parse_classic(path: Path, config: ClassicConfig | None = None,
+                  root: Path | None = None) -> ClassicConfig:
+    """Parse a classic file and, recursively, what it ``@INCLUDE``s.
+
+    As in Fluent Bit's reader (src/config_format/flb_cf_fluentbit.c): a relative
+    include is looked up in the main file's directory; a file may not be read twice;
+    the first indented line sets the file's indentation and every entry line in that
+    file must use exactly it; comments may be indented; keys have values.
+    """
     config = ClassicConfig() if config is None else config
+    root = path.parent if root is None else root
+    if any(path.resolve() == seen.resolve() for seen in config.files):
+        raise ClassicError(f"{path.name}: read twice")
     config.files.append(path)
     section: ClassicSection | None = None
     indent: str | None = None
@@ -104,16 +114,13 @@ def parse_classic(path: Path, config: ClassicConfig | None = None) -> ClassicCon
         where = f"{path.name}:{number}"
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        if "\t" in raw[: len(raw) - len(raw.lstrip())]:
-            raise ClassicError(f"{where}: indent with spaces, not tabs")
         line = raw.strip()
-        if line.startswith("@"):
-            if raw[0] == " ":
-                raise ClassicError(f"{where}: commands go at the top level")
+        if raw.startswith("@"):
             command, _, arg = line.partition(" ")
             arg = arg.strip()
-            if command == "@INCLUDE":
-                parse_classic(path.parent / arg, config)
+            if command.upper() == "@INCLUDE":
+                target = Path(arg) if Path(arg).is_absolute() else root / arg
+                parse_classic(target, config, root)
             elif command == "@SET":
                 key, eq, value = arg.partition("=")
                 if not eq or not key:
@@ -124,20 +131,23 @@ def parse_classic(path: Path, config: ClassicConfig | None = None) -> ClassicCon
             section = None
             continue
         match = _SECTION.match(line)
-        if match and raw[0] != " ":
+        if match and raw[0] == "[":
             section = ClassicSection(match.group(1).upper(), source=where)
             config.sections.append(section)
-            indent = None
             continue
+        this_indent = raw[: len(raw) - len(raw.lstrip())]
+        if line.startswith("@"):
+            raise ClassicError(f"{where}: commands go at the top level")
         if section is None:
             raise ClassicError(f"{where}: entry outside a section")
-        this_indent = raw[: len(raw) - len(raw.lstrip())]
         if not this_indent:
             raise ClassicError(f"{where}: entries must be indented")
         if indent is None:
+            if " " in this_indent and "\t" in this_indent:
+                raise ClassicError(f"{where}: inconsistent use of tab and space")
             indent = this_indent
         elif this_indent != indent:
-            raise ClassicError(f"{where}: inconsistent indentation in [{section.name}]")
+            raise ClassicError(f"{where}: invalid indentation level")
         key, _, value = line.partition(" ")
         if not value.strip():
             raise ClassicError(f"{where}: {key} has no value")

@@ -351,8 +351,10 @@ def test_each_output_has_the_iam_policy_it_needs(output: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "[INPUT]\n\tname forward\n",                       # tabs
+    "[INPUT]\n\tname forward\n    port 1\n",          # tab, then spaces
     "[INPUT]\n    name forward\n  port 1\n",          # mixed indentation
+    "[INPUT]\n    name forward\n[OUTPUT]\n  name x\n",  # one indentation per file
+    "@INCLUDE x.conf\n",                                # includes itself
     "[INPUT]\n    name forward\n    @SET A=b\n",      # command inside a section
     "    name forward\n",                               # entry outside a section
     "[INPUT]\nname forward\n",                          # entry not indented
@@ -366,11 +368,13 @@ def test_classic_parser_refuses_what_fluent_bit_refuses(tmp_path: Path, text: st
         parse_classic(path)
 
 
-def test_classic_parser_includes_relative_to_the_including_file(tmp_path: Path) -> None:
+def test_classic_parser_includes_relative_to_the_main_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "main.conf").write_text("@SET A=1\n@INCLUDE sub/in.conf\n")
-    (tmp_path / "sub" / "in.conf").write_text(
-        "# comment\n[OUTPUT]\n    Name  stdout\n    Match *\n    Match x\n")
+    # sub/in.conf includes out.conf: found beside main.conf, not beside sub/in.conf
+    (tmp_path / "sub" / "in.conf").write_text("@INCLUDE out.conf\n")
+    (tmp_path / "out.conf").write_text(
+        "# comment\n[OUTPUT]\n\tName  stdout\n\t# indented comment\n\tMatch *\n\tMatch x\n")
     config = parse_classic(tmp_path / "main.conf")
     assert config.variables == {"A": "1"}
     out = only(config, "OUTPUT")
