@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit vsock-test bench clean
+.PHONY: demo test lint unit vsock-test bench clean agent-pyz config-reference
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nitro-enclave-logs needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
@@ -25,6 +25,14 @@ unit: $(STAMP)
 
 test: lint
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest
+
+# The agent as one file (Python 3.11+ and msgpack only), for minimal enclave images.
+agent-pyz: $(STAMP)
+	$(BIN)/python tools/build_pyz.py --output dist/enclave-log-agent.pyz
+
+# The option tables in README.md, from the argument parsers (a test keeps them in step).
+config-reference: $(STAMP)
+	$(BIN)/python tools/gen_config_reference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,14 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 
-__all__ = ["apply_env_defaults", "duration_arg", "parse_duration", "parse_size", "size_arg"]
+__all__ = [
+    "apply_env_defaults",
+    "apply_file_defaults",
+    "duration_arg",
+    "parse_duration",
+    "parse_size",
+    "size_arg",
+]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _FACTORS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
@@ -87,3 +94,43 @@ def apply_env_defaults(parser: argparse.ArgumentParser, prefix: str,
         except (argparse.ArgumentTypeError, ValueError) as exc:
             parser.error(f"environment variable {name}: {exc}")
         parser.set_defaults(**{action.dest: value})
+
+
+def apply_file_defaults(parser: argparse.ArgumentParser, values: Mapping[str, object],
+                        source: str) -> None:
+    """Let a config file's keys set option defaults (flags and environment still win).
+
+    Keys are option names without dashes (``spool_size`` or ``spool-size``). A key
+    that names no option, or a value the option does not take, is a usage error that
+    names the file, the key and what would be right.
+    """
+    actions = {a.dest: a for a in parser._actions
+               if a.option_strings and a.dest not in ("help", "version", "config")}
+    for key, raw in values.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            known = ", ".join(sorted(actions))
+            parser.error(f"{source}: unknown key {key!r}; the keys are: {known}")
+        try:
+            value = _file_value(action, raw)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            parser.error(f"{source}: key {key!r}: {exc}")
+        parser.set_defaults(**{dest: value})
+
+
+def _file_value(action: argparse.Action, raw: object) -> object:
+    convert = action.type if callable(action.type) else str
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(raw, bool):
+            raise ValueError(f"{raw!r} is not true or false")
+        return raw if isinstance(action, argparse._StoreTrueAction) else not raw
+    if isinstance(action, argparse._AppendAction):
+        items = raw if isinstance(raw, list) else [raw]
+        return [convert(str(item)) for item in items]
+    if isinstance(raw, (dict, list)):
+        raise ValueError(f"expected a single value, got {type(raw).__name__}")
+    value = convert(str(raw).lower() if isinstance(raw, bool) else str(raw))
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{raw!r} is not one of {', '.join(map(str, action.choices))}")
+    return value

@@ -104,6 +104,10 @@ class ListenerStats:
     peers: dict[str, PeerStats] = field(default_factory=dict)
 
 
+class DeliveryFailed(Exception):
+    """The sink failed a batch; the agent was not acked and will resend it."""
+
+
 class TokenBucket:
     """Bytes per second for one enclave, across its connections.
 
@@ -274,6 +278,9 @@ class Listener:
             peer.last_error = str(exc)
             self._warn.warning(f"timeout:{ident.name}", "closing connection from %s (%s): %s",
                                ident.name, conn.peer.address, exc)
+        except DeliveryFailed as exc:
+            self._warn.warning(f"store:{ident.name}", "closing connection from %s: %s "
+                               "(it will resend)", ident.name, exc)
         except TransportError as exc:
             log.info("%s: %s", ident.name, exc)
         finally:
@@ -380,8 +387,13 @@ class Listener:
         while True:
             chunk, futures = await acks.get()
             for fut in futures:
-                # shield: a closing connection must not cancel the output's future
-                await asyncio.shield(fut)
+                try:
+                    # shield: a closing connection must not cancel the output's future
+                    await asyncio.shield(fut)
+                except Exception as exc:
+                    # The spool or output could not keep the batch (a disk error): no
+                    # ack; closing makes the agent resend it.
+                    raise DeliveryFailed(f"could not store a batch: {exc}") from exc
             conn.write(encode_ack(chunk))
             peer.acks += 1
             if acks.empty():

@@ -20,6 +20,7 @@ import collections
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -212,6 +213,7 @@ class FileOutput(JsonLinesOutput):
         self._syncing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._sync_needed = True
         self.fsyncs = 0
 
     async def start(self) -> None:
@@ -221,6 +223,9 @@ class FileOutput(JsonLinesOutput):
         except OSError as exc:
             raise OutputError(f"--output file://{self.path}: cannot open: {exc.strerror}; "
                               "pick a writable path or --output stdout") from None
+        # fsync means nothing for a pipe or a device (/dev/null refuses it): a write is
+        # all there is to wait for there.
+        self._sync_needed = stat.S_ISREG(os.fstat(self._fd).st_mode)
 
     async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
         data = memoryview(format_batch(batch.tag, batch.entries))
@@ -228,6 +233,8 @@ class FileOutput(JsonLinesOutput):
             data = data[os.write(self._fd, data):]
         self.records += batch.count
         self.batches += 1
+        if not self._sync_needed:
+            return self._done()
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append(fut)
         self._sync()

@@ -12,6 +12,7 @@ from .identity import EnclaveRegistry
 from .listener import Listener, ListenerConfig
 from .outputs import Output, make_output
 from .spool import Spool
+from .systemd import Notifier
 
 __all__ = ["Relay"]
 
@@ -55,6 +56,7 @@ class Relay:
             rate_limit=config.rate_limit, frame_timeout=config.frame_timeout,
             stamp_records=config.stamp_records), sink, self.registry)
         self.ready = asyncio.Event()
+        self.notifier = Notifier.from_environ()
         self._stop = asyncio.Event()
         self._polling: asyncio.Task[None] | None = None
 
@@ -80,12 +82,16 @@ class Relay:
                 loop.add_signal_handler(sig, self.stop)
         log.info("listening on %s, output %s", self.config.listen, self.config.output)
         self.ready.set()
+        self.notifier.ready(f"listening on {self.config.listen}, output {self.config.output}")
+        watchdog = self.notifier.start_watchdog()
         try:
             await self._stop.wait()
             log.info("stopping: closing agent connections, delivering what was taken")
         finally:
+            self.notifier.stopping()
             await self.listener.close()
             await self._shutdown(forwarding, timeout=self.config.shutdown_timeout)
+            await self.notifier.stop_watchdog(watchdog)
         return 0
 
     async def _shutdown(self, forwarding: asyncio.Task[None] | None, *, timeout: float) -> None:

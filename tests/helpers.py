@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import msgpack
 
@@ -83,6 +85,15 @@ def stop_process(proc: subprocess.Popen[bytes] | asyncio.subprocess.Process,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` (tools/ is a directory of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_json_lines(path: Path) -> list[dict[str, object]]:

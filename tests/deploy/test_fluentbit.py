@@ -1,0 +1,383 @@
+"""The Fluent Bit files in fluentbit/: parsed, checked against the relay, and compared.
+
+Fluent Bit is not installed here, so each file is parsed as Fluent Bit reads it
+(classic with tests/deploy/formats.py, YAML with PyYAML) and checked against:
+the relay's defaults (socket path, frame size, the tags it stamps), each output's
+required keys, the settings that keep acked data from being lost, the IAM policy
+each output needs, and the other format's twin, which must say the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from parent_side.cli import parse_args
+from parent_side.config import DEFAULT_OUTPUT, RelayConfig
+from parent_side.identity import Identity
+from tests.deploy.formats import (
+    ClassicConfig,
+    ClassicError,
+    ClassicSection,
+    expand_variables,
+    parse_classic,
+)
+from tests.helpers import ROOT
+
+FB = ROOT / "fluentbit"
+CLASSIC = sorted(FB.glob("*.conf"))
+YAML_FILES = sorted(FB.glob("*.yaml"))
+OUTPUTS = ["cloudwatch_logs", "s3", "kinesis_streams", "opensearch"]
+INPUTS = ["unix", "tcp"]
+#: Variables Fluent Bit defines itself.
+PREDEFINED = {"HOSTNAME": "ip-10-0-0-1"}
+SAMPLE_TAGS = [Identity("cid-16").tag_prefix + t
+               for t in ("myapp.stdout", "payments.api.stderr", "agent.lifecycle", "agent.log")]
+
+Entries = dict[str, str]
+BOOLEANS = {"true": "on", "yes": "on", "on": "on", "false": "off", "no": "off", "off": "off"}
+
+
+def normalize(value: object) -> str:
+    """One spelling for what both formats mean alike (YAML ``on`` loads as True)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value)
+    return BOOLEANS.get(text.lower(), text)
+
+
+def norm_entries(pairs: list[tuple[str, str]] | dict[str, Any]) -> Entries:
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    return {k.lower(): normalize(v) for k, v in items}
+
+
+# --- loading ---------------------------------------------------------------------
+
+
+def main_classic(input_name: str = "unix", output: str = "cloudwatch_logs") -> ClassicConfig:
+    """fluent-bit.conf as a user would run it with the chosen input and output."""
+    text = (FB / "fluent-bit.conf").read_text()
+    text = text.replace("@INCLUDE input-unix.conf", f"@INCLUDE input-{input_name}.conf")
+    text = text.replace("@INCLUDE output-cloudwatch_logs.conf", f"@INCLUDE output-{output}.conf")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "fluentbit"
+        shutil.copytree(FB, copy)
+        (copy / "fluent-bit.conf").write_text(text)
+        return parse_classic(copy / "fluent-bit.conf")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), path
+    return data
+
+
+def yaml_pipeline(path: Path) -> dict[str, Any]:
+    """A YAML file with its includes merged: {env, service, inputs, filters, outputs}."""
+    data = load_yaml(path)
+    merged: dict[str, Any] = {"env": dict(data.get("env", {})),
+                              "service": dict(data.get("service", {})),
+                              "inputs": [], "filters": [], "outputs": []}
+    for include in data.get("includes", []):
+        sub = yaml_pipeline(path.parent / include)
+        for kind in ("inputs", "filters", "outputs"):
+            merged[kind] += sub[kind]
+        merged["env"].update(sub["env"])
+    for kind in ("inputs", "filters", "outputs"):
+        merged[kind] += data.get("pipeline", {}).get(kind, [])
+    return merged
+
+
+def classic_pipeline(config: ClassicConfig) -> dict[str, Any]:
+    service = config.named("SERVICE")
+    return {"env": dict(config.variables),
+            "service": service[0].as_dict() if service else {},
+            "inputs": [s.as_dict() for s in config.named("INPUT")],
+            "filters": [s.as_dict() for s in config.named("FILTER")],
+            "outputs": [s.as_dict() for s in config.named("OUTPUT")]}
+
+
+def normalized(pipeline: dict[str, Any]) -> dict[str, Any]:
+    return {"env": norm_entries(pipeline["env"]), "service": norm_entries(pipeline["service"]),
+            **{k: [norm_entries(x) for x in pipeline[k]] for k in ("inputs", "filters", "outputs")}}
+
+
+def only(config: ClassicConfig, name: str) -> ClassicSection:
+    found = config.named(name)
+    assert len(found) == 1, f"expected one [{name}], found {len(found)}"
+    return found[0]
+
+
+def fb_match(pattern: str, tag: str) -> bool:
+    """Fluent Bit's Match: ``*`` stands for any run of characters, dots included."""
+    return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), tag) is not None
+
+
+# --- parsing ---------------------------------------------------------------------
+
+
+def test_there_is_a_file_per_output_and_input_in_both_formats() -> None:
+    for stem in ["fluent-bit", *(f"input-{i}" for i in INPUTS),
+                 *(f"output-{o}" for o in OUTPUTS)]:
+        assert (FB / f"{stem}.conf").is_file(), stem
+        assert (FB / f"{stem}.yaml").is_file(), stem
+    assert {p.stem for p in CLASSIC} == {p.stem for p in YAML_FILES}
+
+
+@pytest.mark.parametrize("path", CLASSIC, ids=lambda p: p.name)
+def test_every_classic_file_parses(path: Path) -> None:
+    config = parse_classic(path)
+    assert config.sections, f"{path.name} has no sections"
+    for section in config.sections:
+        assert section.name in {"SERVICE", "INPUT", "FILTER", "OUTPUT"}
+        if section.name != "SERVICE":
+            assert section.get("name"), f"{section.source}: a section without a name"
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.name)
+def test_every_yaml_file_parses(path: Path) -> None:
+    data = load_yaml(path)
+    assert set(data) <= {"env", "service", "includes", "pipeline"}, set(data)
+    assert set(data.get("pipeline", {})) <= {"inputs", "filters", "outputs"}
+    for kind, items in data.get("pipeline", {}).items():
+        assert isinstance(items, list), kind
+        for item in items:
+            assert isinstance(item, dict) and item.get("name"), f"{path.name}: {kind} {item}"
+    for include in data.get("includes", []):
+        assert (path.parent / include).is_file(), include
+
+
+@pytest.mark.parametrize("stem", sorted({p.stem for p in CLASSIC}))
+def test_yaml_and_classic_say_the_same(stem: str) -> None:
+    classic = parse_classic(FB / f"{stem}.conf")
+    as_yaml = yaml_pipeline(FB / f"{stem}.yaml")
+    assert normalized(classic_pipeline(classic)) == normalized(as_yaml)
+    # and they include the same files, in the same order
+    includes = [p.stem for p in classic.files[1:]]
+    assert includes == [Path(i).stem for i in load_yaml(FB / f"{stem}.yaml").get("includes", [])]
+
+
+def test_the_comparison_sees_a_difference() -> None:
+    a = normalized({"env": {}, "service": {}, "inputs": [{"Name": "forward", "port": 1}],
+                    "filters": [], "outputs": []})
+    b = normalized({"env": {}, "service": {}, "inputs": [{"name": "forward", "port": "2"}],
+                    "filters": [], "outputs": []})
+    assert a != b
+    assert normalize(True) == normalize("On") == "on"
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("input_name", INPUTS)
+def test_every_variable_used_is_set(input_name: str, output: str) -> None:
+    config = main_classic(input_name, output)
+    variables = {**PREDEFINED, **config.variables}
+    for section in config.sections:
+        for _key, value in section.entries:
+            expand_variables(value, variables)  # raises on an unset ${NAME}
+    yaml_env = {k: str(v) for k, v in load_yaml(FB / "fluent-bit.yaml")["env"].items()}
+    assert yaml_env == config.variables
+
+
+# --- against the relay -------------------------------------------------------------
+
+
+def test_unix_input_is_where_the_relay_writes_by_default() -> None:
+    section = only(parse_classic(FB / "input-unix.conf"), "INPUT")
+    assert section.get("name") == "forward"
+    assert "unix://" + str(section.get("unix_path")) == DEFAULT_OUTPUT
+    assert section.get("unix_perm") == "0660"
+
+
+@pytest.mark.parametrize("input_name", INPUTS)
+def test_input_buffers_on_disk_without_mem_buf_limit(input_name: str) -> None:
+    config = main_classic(input_name)
+    section = only(config, "INPUT")
+    assert section.get("storage.type") == "filesystem"
+    assert section.get("mem_buf_limit") is None, "fluent/fluent-bit#9288: acks what it lost"
+    assert only(config, "SERVICE").get("storage.path"), "filesystem storage needs a path"
+
+
+@pytest.mark.parametrize("input_name", INPUTS)
+def test_input_keeps_the_relays_tags_and_takes_its_largest_frame(input_name: str) -> None:
+    section = only(parse_classic(FB / f"input-{input_name}.conf"), "INPUT")
+    assert section.get("tag") is None and section.get("tag_prefix") is None, (
+        "a tag or tag_prefix here would replace the enclave identity the relay stamps")
+    limit = int(section.get("buffer_max_size") or 6_144_000)
+    # a relayed frame: at most one agent frame, plus a longer tag and the options map
+    assert limit >= RelayConfig().max_frame_bytes + 64 * 1024
+
+
+def test_tcp_input_has_a_shared_key_on_loopback_and_the_relay_can_use_it(
+        tmp_path: Path) -> None:
+    config = main_classic("tcp")
+    section = only(config, "INPUT")
+    assert section.get("listen") == "127.0.0.1"
+    key = expand_variables(section.get("shared_key") or "", config.variables)
+    assert key, "TCP without a shared key lets any local user inject records"
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    _, relay = parse_args(["--output", f"tcp://127.0.0.1:{section.get('port')}",
+                           "--upstream-shared-key-file", str(key_file)], environ={})
+    assert relay.upstream_shared_key == key
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_filters_and_outputs_match_every_tag_the_relay_stamps(output: str) -> None:
+    config = main_classic(output=output)
+    for section in config.named("FILTER") + config.named("OUTPUT"):
+        pattern = section.get("match")
+        assert pattern, f"{section.source}: no match"
+        for tag in SAMPLE_TAGS:
+            assert fb_match(pattern, tag), f"{pattern} misses {tag}"
+        assert not fb_match(pattern, "fluentbit.metrics"), "match only enclave records"
+
+
+def test_fb_match_can_fail() -> None:
+    assert fb_match("enclave.*", "enclave.cid-16.a.stdout")
+    assert not fb_match("enclave.*", "enclaves.x")
+    assert not fb_match("app.*", "enclave.cid-16.app.stdout")
+
+
+def test_aws_filter_stamps_instance_zone_and_region() -> None:
+    config = main_classic()
+    aws = next(s for s in config.named("FILTER") if s.get("name") == "aws")
+    assert aws.get("imds_version") == "v2"
+    assert normalize(aws.get("ec2_instance_id")) == "on" and normalize(aws.get("az")) == "on"
+    modifier = next(s for s in config.named("FILTER") if s.get("name") == "record_modifier")
+    assert modifier.get("record") == "region ${AWS_REGION}"
+
+
+# --- outputs -------------------------------------------------------------------------
+
+REQUIRED = {
+    "cloudwatch_logs": {"region", "log_group_name"},
+    "s3": {"bucket", "region"},
+    "kinesis_streams": {"region", "stream"},
+    "opensearch": {"host", "port", "aws_auth", "aws_region", "index"},
+}
+
+
+def output_section(output: str) -> tuple[ClassicSection, dict[str, str]]:
+    config = main_classic(output=output)
+    return only(config, "OUTPUT"), {**PREDEFINED, **config.variables}
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_output_has_its_required_keys_and_never_gives_up(output: str) -> None:
+    section, _ = output_section(output)
+    assert section.get("name") == output
+    missing = REQUIRED[output] - {k for k, _ in section.entries}
+    assert not missing, f"{output} lacks {missing}"
+    assert section.get("retry_limit") in ("no_limits", "false", "False"), (
+        "the default retry_limit of 1 discards data")
+    assert section.get("storage.total_limit_size"), "the disk trade-off must be a choice"
+
+
+def test_cloudwatch_streams_per_instance_enclave_and_stream() -> None:
+    section, variables = output_section("cloudwatch_logs")
+    # the plugin requires exactly one of these (the template falls back to it)
+    assert (section.get("log_stream_name") is None) != (section.get("log_stream_prefix") is None)
+    template = section.get("log_stream_template") or ""
+    assert "$ec2_instance_id" in template and "$TAG" in template
+    # record_accessor: only '.' or ',' may follow a variable in a template
+    for after in re.findall(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?(.?)", template):
+        assert after in ("", ".", ","), template
+    assert section.get("log_key") == "log", "raw lines read as lines"
+    assert normalize(section.get("auto_create_group")) == "on"
+    retention = int(expand_variables(section.get("log_retention_days") or "0", variables))
+    assert retention in {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
+                         1827, 3653}
+
+
+def test_s3_buffers_on_disk_not_in_tmp() -> None:
+    section, _ = output_section("s3")
+    assert not (section.get("store_dir") or "/tmp/fluent-bit/s3").startswith("/tmp")
+
+
+# --- IAM ----------------------------------------------------------------------------
+
+IAM_ACTIONS = {
+    "cloudwatch_logs": {"logs:CreateLogStream", "logs:PutLogEvents"},
+    "s3": {"s3:PutObject"},
+    "kinesis_streams": {"kinesis:PutRecords"},
+    "opensearch": {"es:ESHttpPost"},
+}
+
+
+def policy_actions(output: str) -> tuple[set[str], set[str]]:
+    doc = json.loads((FB / "iam" / f"{output}.json").read_text())
+    assert doc["Version"] == "2012-10-17"
+    actions: set[str] = set()
+    resources: set[str] = set()
+    for statement in doc["Statement"]:
+        assert statement["Effect"] == "Allow"
+        actions.update(statement["Action"])
+        res = statement["Resource"]
+        resources.update([res] if isinstance(res, str) else res)
+    return actions, resources
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_each_output_has_the_iam_policy_it_needs(output: str) -> None:
+    section, variables = output_section(output)
+    actions, resources = policy_actions(output)
+    needed = set(IAM_ACTIONS[output])
+    if output == "cloudwatch_logs":
+        if normalize(section.get("auto_create_group")) == "on":
+            needed.add("logs:CreateLogGroup")
+        if section.get("log_retention_days"):
+            needed.add("logs:PutRetentionPolicy")
+        name = expand_variables(section.get("log_group_name") or "", variables)
+    elif output == "s3":
+        name = expand_variables(section.get("bucket") or "", variables)
+    elif output == "kinesis_streams":
+        name = expand_variables(section.get("stream") or "", variables)
+    else:
+        name = expand_variables(section.get("host") or "", variables).split(".")[0]
+        name = name.removeprefix("search-")
+    assert needed <= actions, f"{output}: missing {needed - actions}"
+    assert all(name in r for r in resources), f"{output}: resources must name {name}"
+    assert not any(a.endswith("*") for a in actions), "no wildcard actions"
+
+
+# --- the classic parser itself --------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "[INPUT]\n\tname forward\n    port 1\n",          # tab, then spaces
+    "[INPUT]\n    name forward\n  port 1\n",          # mixed indentation
+    "[INPUT]\n    name forward\n[OUTPUT]\n  name x\n",  # one indentation per file
+    "@INCLUDE x.conf\n",                                # includes itself
+    "[INPUT]\n    name forward\n    @SET A=b\n",      # command inside a section
+    "    name forward\n",                               # entry outside a section
+    "[INPUT]\nname forward\n",                          # entry not indented
+    "[INPUT]\n    name\n",                              # key without a value
+    "@SET novalue\n",
+])
+def test_classic_parser_refuses_what_fluent_bit_refuses(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "x.conf"
+    path.write_text(text)
+    with pytest.raises(ClassicError):
+        parse_classic(path)
+
+
+def test_classic_parser_includes_relative_to_the_main_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main.conf").write_text("@SET A=1\n@INCLUDE sub/in.conf\n")
+    # sub/in.conf includes out.conf: found beside main.conf, not beside sub/in.conf
+    (tmp_path / "sub" / "in.conf").write_text("@INCLUDE out.conf\n")
+    (tmp_path / "out.conf").write_text(
+        "# comment\n[OUTPUT]\n\tName  stdout\n\t# indented comment\n\tMatch *\n\tMatch x\n")
+    config = parse_classic(tmp_path / "main.conf")
+    assert config.variables == {"A": "1"}
+    out = only(config, "OUTPUT")
+    assert out.get("name") == "stdout" and out.all("match") == ["*", "x"]
+    with pytest.raises(KeyError):
+        expand_variables("${B}", config.variables)

@@ -1,0 +1,56 @@
+"""Build ``enclave-log-agent.pyz``: the agent as one file for minimal enclave images.
+
+    python tools/build_pyz.py [--output dist/enclave-log-agent.pyz]
+
+The archive (``python -m zipapp``) holds ``enclave_side`` and ``fluent_forward``
+only; ``parent_side`` stays out. It runs with any Python 3.11+ that has ``msgpack``
+installed (``pip install msgpack``, or a distribution's python3-msgpack):
+
+    python3 enclave-log-agent.pyz --tag myapp -- python3 /app/app.py
+
+Byte-compiled files are left out on purpose: they are tied to one Python version, and
+the source is what the enclave's Python compiles at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import zipapp
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("enclave_side", "fluent_forward")
+DEFAULT_OUTPUT = ROOT / "dist" / "enclave-log-agent.pyz"
+MAIN = "from enclave_side.cli import main\n\nraise SystemExit(main())\n"
+INTERPRETER = "/usr/bin/env python3"
+
+
+def build(output: Path = DEFAULT_OUTPUT) -> Path:
+    """Write the archive to ``output`` and return its path."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nel-pyz-") as tmp:
+        staging = Path(tmp)
+        for package in PACKAGES:
+            shutil.copytree(ROOT / package, staging / package,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (staging / "__main__.py").write_text(MAIN, encoding="utf-8")
+        zipapp.create_archive(staging, output, interpreter=INTERPRETER, compressed=True)
+    output.chmod(0o755)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"where to write it (default: {DEFAULT_OUTPUT.relative_to(ROOT)})")
+    args = parser.parse_args(argv)
+    path = build(args.output)
+    print(f"{path}: {path.stat().st_size} bytes", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
