@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -61,6 +63,12 @@ class PipelineLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def config_digest(config: AgentConfig) -> str:
+    """A short digest of the configuration (the shared key left out), to tell runs apart."""
+    shown = dataclasses.replace(config, shared_key="***" if config.shared_key else None)
+    return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
+
+
 def _factory(source: PipeSource) -> Callable[[], PipeSource]:
     return lambda: source
 
@@ -97,7 +105,8 @@ class Agent:
         ticker = asyncio.create_task(self._tick(), name="ticker")
         self.lifecycle("agent_start", f"enclave-log-agent {__version__} starting",
                        version=__version__, boot_id=self.boot_id.hex(), pid=os.getpid(),
-                       command=list(self.config.command), hostname=self.config.hostname)
+                       command=list(self.config.command), hostname=self.config.hostname,
+                       config_digest=config_digest(self.config), clock_ns=time.time_ns())
         try:
             if self.config.command:
                 code = await self._supervise()

@@ -62,6 +62,7 @@ __all__ = [
     "encode_message",
     "encode_packed_forward",
     "event_time_bytes",
+    "first_event_time",
     "iter_entries",
     "make_options",
     "pack_entry",
@@ -673,6 +674,17 @@ def _normal_time(t: Any) -> int | msgpack.ExtType:
             return EventTime(t.seconds, t.nanoseconds)
     raise MalformedFrame("a time must be a non-negative integer, float or EventTime (ext 0)")
 
+
+
+def first_event_time(entries: bytes) -> int | None:
+    """Unix ns of the first entry, if it starts ``[EventTime, ...]`` (as our agent's do).
+
+    Read straight from the bytes: no decoding, for per-batch clock-skew estimates.
+    """
+    if entries[:3] != b"\x92\xd7\x00" or len(entries) < 11:
+        return None
+    seconds, nanos = _EVENT_TIME.unpack_from(entries, 3)
+    return int(seconds * 1_000_000_000 + nanos)
 
 
 def split_entries(entries: bytes, max_bytes: int) -> list[tuple[bytes, int]]:

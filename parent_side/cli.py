@@ -1,8 +1,10 @@
-"""``enclave-log-relay [serve] [OPTIONS]``: the parent-side relay.
+"""``enclave-log-relay [serve|status] [OPTIONS]``: the parent-side relay.
 
 ``serve`` is the default subcommand, so ``enclave-log-relay --output stdout`` serves.
-Every ``serve`` option can also come from an ``ENCLAVE_LOG_RELAY_<OPTION>``
-environment variable (``--output`` from ``ENCLAVE_LOG_RELAY_OUTPUT``); flags win.
+Every ``serve`` option can also come from a TOML file (``--config``, keys named like
+the options: ``spool_size = "2GiB"``) and from an ``ENCLAVE_LOG_RELAY_<OPTION>``
+environment variable (``--output`` from ``ENCLAVE_LOG_RELAY_OUTPUT``); flags win over
+the environment, which wins over the file. SIGHUP re-reads all three.
 """
 
 from __future__ import annotations
@@ -13,23 +15,38 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from fluent_forward import __version__
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import ConnectError, EndpointError
-from fluent_forward.units import apply_env_defaults, duration_arg, size_arg
+from fluent_forward.units import (
+    apply_env_defaults,
+    apply_file_defaults,
+    duration_arg,
+    size_arg,
+)
 
-from .config import DEFAULT_LISTEN, DEFAULT_OUTPUT, DEFAULT_SPOOL, RelayConfig
+from .config import (
+    DEFAULT_ADMIN_SOCKET,
+    DEFAULT_LISTEN,
+    DEFAULT_OUTPUT,
+    DEFAULT_SPOOL,
+    RelayConfig,
+)
 from .identity import DEFAULT_ALLOWED_CIDS, parse_cid_set
 from .outputs import OutputError, parse_output
 from .relay import Relay
 from .spool import Full, SpoolError
+from .status import status_command
 
-__all__ = ["build_parser", "main", "parse_args"]
+__all__ = ["ConfigError", "StatusOptions", "build_parser", "main", "parse_args", "serve_config"]
 
 ENV_PREFIX = "ENCLAVE_LOG_RELAY_"
-SUBCOMMANDS = ("serve",)
+SUBCOMMANDS = ("serve", "status")
 
 log = logging.getLogger("parent_side")
 
@@ -41,8 +58,37 @@ def _octal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0660") from None
 
 
+class ConfigError(Exception):
+    """A configuration mistake found while reloading: the message names the key."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises ``ConfigError`` instead of exiting when asked to
+    (a SIGHUP reload must not end the relay over a typo)."""
+
+    raising = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.raising:
+            raise ConfigError(message)
+        super().error(message)
+
+
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
     d = RelayConfig()
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a TOML file of options (keys as the options without dashes); "
+                        "re-read on SIGHUP")
+    p.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, metavar="PATH",
+                   help="Unix socket the status command asks (default: %(default)s; "
+                        "'none' for no socket)")
+    p.add_argument("--status-interval", type=duration_arg, default=d.status_interval,
+                   metavar="DURATION",
+                   help="send the relay's status as a record on relay.status this often "
+                        "(default: 60s; 0: never)")
+    p.add_argument("--restamp-time", action="store_true",
+                   help="give every record the relay's receive time, keeping the enclave's "
+                        "own as enclave_time (for enclaves whose clocks drift); costs CPU")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="URL",
                    help="where agents connect: vsock://any:PORT, tcp://HOST:PORT or "
                         "unix:///PATH (default: %(default)s)")
@@ -125,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="enclave-log-relay",
         description="Relay logs from Nitro Enclave agents (AF_VSOCK) to Fluent Bit.",
         epilog="serve is the default: 'enclave-log-relay --output stdout' serves.")
@@ -136,6 +182,14 @@ def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                            epilog=f"Options may also be set as {ENV_PREFIX}<OPTION> "
                                   "environment variables.")
     _add_serve_options(serve)
+    status = sub.add_parser(
+        "status", help="show a running relay's enclaves, spool and upstream",
+        description="Ask a running relay, over its admin socket, for its state: per "
+                    "enclave, the spool, and Fluent Bit. --json prints JSON lines, one "
+                    "record each, for Fluent Bit's exec input.")
+    status.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, metavar="PATH",
+                        help="the relay's admin socket (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     return p, serve
 
 
@@ -156,12 +210,64 @@ def _with_default_command(argv: list[str]) -> list[str]:
     return ["serve", *argv]
 
 
-def parse_args(argv: Sequence[str] | None = None,
-               environ: dict[str, str] | None = None) -> tuple[str, RelayConfig]:
-    """Parse the command line into ``(command, config)``; exit 2 with a message on error."""
+def _config_file(args: list[str], environ: Mapping[str, str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(args)
+    return known.config or environ.get(ENV_PREFIX + "CONFIG") or None
+
+
+def _load_file(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        parser.error(f"--config {path}: {exc.strerror}")
+    except tomllib.TOMLDecodeError as exc:
+        parser.error(f"--config {path}: not valid TOML: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOptions:
+    """What ``enclave-log-relay status`` needs."""
+
+    admin_socket: str
+    json: bool
+    log_level: str = "warning"
+
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+               ) -> tuple[str, RelayConfig | StatusOptions]:
+    """Parse the command line into ``(command, options)``; exit 2 with a message on error."""
     parser, serve = _build()
+    env = os.environ if environ is None else environ
     args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
-    apply_env_defaults(serve, ENV_PREFIX, os.environ if environ is None else environ)
+    if args[0] == "status":
+        ns = parser.parse_args(args)
+        admin = env.get(ENV_PREFIX + "ADMIN_SOCKET") if "--admin-socket" not in args else None
+        return "status", StatusOptions(admin or ns.admin_socket, ns.json)
+    return "serve", serve_config(args, env)
+
+
+def serve_config(args: list[str], env: Mapping[str, str], *, raising: bool = False
+                 ) -> RelayConfig:
+    """The serve configuration from flags, environment and ``--config`` file.
+
+    With ``raising``, mistakes raise ``ConfigError`` instead of exiting (reload).
+    """
+    _Parser.raising = raising
+    try:
+        return _serve_config(args, env)
+    finally:
+        _Parser.raising = False
+
+
+def _serve_config(args: list[str], env: Mapping[str, str]) -> RelayConfig:
+    parser, serve = _build()
+    path = _config_file(args[1:], env)
+    if path:
+        apply_file_defaults(serve, _load_file(serve, path), f"--config {path}")
+    apply_env_defaults(serve, ENV_PREFIX, env)
     ns = parser.parse_args(args)
     try:
         listen = parse_endpoint(ns.listen, listen=True)
@@ -187,7 +293,7 @@ def parse_args(argv: Sequence[str] | None = None,
     for option in ("max_connections", "max_connections_per_enclave"):
         if getattr(ns, option) < 1:
             serve.error(f"--{option.replace('_', '-')} must be at least 1")
-    return ns.command, RelayConfig(
+    return RelayConfig(
         listen=listen, output=output,
         hostname=ns.hostname or socket.gethostname() or "relay",
         shared_key=_read_key(serve, ns.shared_key, ns.shared_key_file, "--shared-key"),
@@ -203,12 +309,17 @@ def parse_args(argv: Sequence[str] | None = None,
         describe_interval=ns.describe_interval, require_known_enclave=ns.require_known_enclave,
         stamp_records=ns.stamp_records, max_connections=ns.max_connections,
         max_connections_per_enclave=ns.max_connections_per_enclave, rate_limit=ns.rate_limit,
-        frame_timeout=ns.frame_timeout, log_level=ns.log_level)
+        frame_timeout=ns.frame_timeout, log_level=ns.log_level,
+        admin_socket=None if ns.admin_socket.lower() == "none" else ns.admin_socket,
+        status_interval=ns.status_interval, restamp_time=ns.restamp_time, config_file=path)
 
 
-def _serve(config: RelayConfig) -> int:
+def _serve(config: RelayConfig, args: list[str]) -> int:
+    def reload() -> RelayConfig:
+        return serve_config(args, os.environ, raising=True)
+
     try:
-        return asyncio.run(Relay(config).run())
+        return asyncio.run(Relay(config, reload=reload).run())
     except ConnectError as exc:
         log.error("%s (choose another address with --listen)", exc)
         return 1
@@ -217,12 +328,12 @@ def _serve(config: RelayConfig) -> int:
         return 1
 
 
-COMMANDS: dict[str, Callable[[RelayConfig], int]] = {"serve": _serve}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a relay subcommand; return its exit status."""
-    command, config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+    args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
+    command, options = parse_args(args)
+    logging.basicConfig(level=options.log_level.upper(), stream=sys.stderr,
                         format="enclave-log-relay: %(levelname)s %(name)s: %(message)s")
-    return COMMANDS[command](config)
+    if isinstance(options, StatusOptions):
+        return status_command(options.admin_socket, as_json=options.json)
+    return _serve(options, args)

@@ -10,13 +10,16 @@ from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
 from .spool import Full
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL", "RelayConfig"]
+__all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
+           "RelayConfig"]
 
 DEFAULT_LISTEN = "vsock://any:24224"
 #: A Unix socket keeps other local users from injecting records into Fluent Bit.
 DEFAULT_OUTPUT = "unix:///run/fluent-bit/forward.sock"
 #: The systemd unit's StateDirectory.
 DEFAULT_SPOOL = "/var/lib/enclave-log-relay"
+#: Where serve listens for, and status asks, the relay's state (the unit's RuntimeDirectory).
+DEFAULT_ADMIN_SOCKET = "/run/enclave-log-relay/admin.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,10 @@ class RelayConfig:
         rate_limit: bytes per second read from one enclave (0: no limit).
         frame_timeout: seconds a started frame has to complete.
         log_level: the relay's log level.
+        admin_socket: the status socket, or None.
+        status_interval: seconds between relay.status records (0: none).
+        restamp_time: replace record times with the relay's receive time.
+        config_file: the --config file this came from, if any.
     """
 
     listen: Endpoint = parse_endpoint(DEFAULT_LISTEN, listen=True)
@@ -80,3 +87,7 @@ class RelayConfig:
     rate_limit: int = 64 << 20
     frame_timeout: float = 30.0
     log_level: str = "info"
+    admin_socket: str | None = DEFAULT_ADMIN_SOCKET
+    status_interval: float = 60.0
+    restamp_time: bool = False
+    config_file: str | None = None

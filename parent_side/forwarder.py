@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
@@ -41,25 +42,39 @@ class Sink(Protocol):
         ...
 
 
-class DirectSink:
-    """Memory-only: the output itself, acked end to end."""
+Delivered = Callable[[str, int], None]
 
-    def __init__(self, output: Output) -> None:
+
+class DirectSink:
+    """Memory-only: the output itself, acked end to end.
+
+    A batch whose output was closed under it (a reload switched outputs) is sent again
+    through the current output.
+    """
+
+    def __init__(self, output: Output, *, on_delivered: Delivered | None = None) -> None:
         self.output = output
+        self.on_delivered = on_delivered
         self.dropped_poison = 0
 
     async def submit(self, batch: RelayBatch, boot_id: bytes | None,
                      seq: int | None) -> asyncio.Future[None]:
-        inner = await self.output.submit(batch)
         outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        inner.add_done_callback(partial(self._done, batch, outer))
+        await self._send(batch, outer)
         return outer
+
+    async def _send(self, batch: RelayBatch, outer: asyncio.Future[None]) -> None:
+        inner = await self.output.submit(batch)
+        inner.add_done_callback(partial(self._done, batch, outer))
 
     def _done(self, batch: RelayBatch, outer: asyncio.Future[None],
               inner: asyncio.Future[None]) -> None:
         if outer.done():
             return
-        exc = None if inner.cancelled() else inner.exception()
+        if inner.cancelled():
+            asyncio.get_running_loop().create_task(self._send(batch, outer))
+            return
+        exc = inner.exception()
         if isinstance(exc, PoisonFrame):
             # No disk to set it aside on: log it, and ack it so the agent stops resending.
             self.dropped_poison += 1
@@ -67,11 +82,11 @@ class DirectSink:
                       "(%s); memory-only mode has no dead-letter file", batch.count,
                       batch.tag, exc)
             outer.set_result(None)
-        elif inner.cancelled():
-            outer.cancel()
         elif exc is not None:
             outer.set_exception(exc)
         else:
+            if self.on_delivered is not None:
+                self.on_delivered(batch.tag, batch.count)
             outer.set_result(None)
 
 
@@ -94,11 +109,14 @@ class Forwarder:
     again after a capped backoff; a ``PoisonFrame`` goes to the dead-letter file.
     """
 
-    def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0) -> None:
+    def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0,
+                 on_delivered: Delivered | None = None) -> None:
         self.spool = spool
         self.output = output
         self.hint_interval = hint_interval
+        self.on_delivered = on_delivered
         self.retries = 0
+        self._stopping = False
 
     async def run(self) -> None:
         hints = asyncio.create_task(self._hints())
@@ -107,6 +125,7 @@ class Forwarder:
                 entry = await self.spool.next_entry()
                 await self._submit(entry)
         finally:
+            self._stopping = True
             hints.cancel()
             await asyncio.gather(hints, return_exceptions=True)
 
@@ -116,10 +135,14 @@ class Forwarder:
 
     def _done(self, entry: SpoolEntry, fut: asyncio.Future[None]) -> None:
         if fut.cancelled():
+            if not self._stopping:  # the output was replaced (reload): send it again
+                asyncio.get_running_loop().create_task(self._retry(entry, first_delay=0.0))
             return  # shutting down: the entry stays in the spool for next time
         exc = fut.exception()
         if exc is None:
             self.spool.ack(entry)
+            if self.on_delivered is not None:
+                self.on_delivered(entry.tag, entry.count)
         elif isinstance(exc, PoisonFrame):
             self.spool.dead_letter(entry, str(exc))
         else:
@@ -127,8 +150,11 @@ class Forwarder:
             log.warning("output failed a batch of %d records (%s); retrying", entry.count, exc)
             asyncio.get_running_loop().create_task(self._retry(entry))
 
-    async def _retry(self, entry: SpoolEntry) -> None:
-        for delay in backoff(initial=0.5, maximum=30.0):
+    async def _retry(self, entry: SpoolEntry, first_delay: float | None = None) -> None:
+        delays = backoff(initial=0.5, maximum=30.0)
+        for delay in delays:
+            if first_delay is not None:
+                delay, first_delay = first_delay, None
             await asyncio.sleep(delay)
             try:
                 await self._submit(entry)

@@ -20,12 +20,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fluent_forward.aio import Peer
-from fluent_forward.codec import iter_entries, pack_entry
+from fluent_forward.codec import EventTime, iter_entries, pack_entry, time_to_ns
 from fluent_forward.endpoints import Scheme
 
 __all__ = [
@@ -187,6 +187,7 @@ class EnclaveRegistry:
 
     command: tuple[str, ...] = ("nitro-cli", "describe-enclaves")
     interval: float = 30.0
+    on_terminated: Callable[[EnclaveInfo], None] | None = None
     timeout: float = 5.0
     min_refresh: float = 2.0
     enclaves: dict[int, EnclaveInfo] = field(default_factory=dict)
@@ -228,11 +229,16 @@ class EnclaveRegistry:
                 return
             try:
                 listed = json.loads(out)
-                self.enclaves = {e.cid: e for e in map(EnclaveInfo.from_describe, listed)}
+                now = {e.cid: e for e in map(EnclaveInfo.from_describe, listed)}
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("cannot read %s output: %s", " ".join(self.command), exc)
                 return
+            before, self.enclaves = self.enclaves, now
             self.available = True
+            present = {e.enclave_id for e in now.values()}
+            for gone in before.values():
+                if gone.enclave_id not in present and self.on_terminated is not None:
+                    self.on_terminated(gone)
 
     def _unavailable(self, why: str) -> None:
         self.available = False
@@ -248,11 +254,21 @@ class EnclaveRegistry:
             await asyncio.sleep(self.interval)
 
 
-def stamp_entries(entries: bytes, fields: Mapping[str, object]) -> bytes:
-    """The same entries with ``fields`` added to every record (decoded and re-packed)."""
+def stamp_entries(entries: bytes, fields: Mapping[str, object], *,
+                  restamp_ns: int | None = None) -> bytes:
+    """The same entries with ``fields`` added to every record (decoded and re-packed).
+
+    With ``restamp_ns``, every entry gets that time, and its own time moves into the
+    record as ``enclave_time`` (Unix nanoseconds).
+    """
     out = []
+    new_time = EventTime.from_ns(restamp_ns) if restamp_ns is not None else None
     for t, record in iter_entries(entries):
         merged = dict(record)
         merged.update(fields)
+        if new_time is not None:
+            own = t[0] if type(t) is tuple else t
+            merged["enclave_time"] = time_to_ns(own)
+            t = (new_time, t[1]) if type(t) is tuple else new_time
         out.append(pack_entry(t, merged))  # the time (or [time, metadata]) as it was
     return b"".join(out)

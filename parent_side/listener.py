@@ -10,8 +10,10 @@ once, rate-limited per peer, and every other connection carries on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,8 @@ from fluent_forward.codec import (
     Heartbeat,
     Role,
     encode_ack,
+    first_event_time,
+    iter_entries,
     parse_chunk_id,
     split_entries,
 )
@@ -70,6 +74,7 @@ class ListenerConfig:
     rate_limit: int = 0  # bytes per second per enclave; 0: none
     frame_timeout: float = 30.0  # a frame begun must complete within this
     stamp_records: bool = False
+    restamp_time: bool = False
 
 
 @dataclass(slots=True)
@@ -82,7 +87,7 @@ class PeerStats:
     open_connections: int = 0
     frames: int = 0
     records: int = 0
-    bytes: int = 0
+    bytes_in: int = 0
     acks: int = 0
     protocol_errors: int = 0
     claimed_hostname: str = ""
@@ -90,6 +95,36 @@ class PeerStats:
     connected_since: float = 0.0
     last_seen: float = 0.0
     last_error: str = ""
+    enclave_id: str = ""
+    debug: bool = False
+    records_out: int = 0  # delivered downstream (acked by the output)
+    drops: int = 0  # records the agent reported dropping (overflow drop_oldest)
+    gaps: int = 0  # batches missing from an agent run's sequence
+    boots: dict[bytes, int] = field(default_factory=dict)  # agent run -> highest seq seen
+    skew: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=64))
+
+    @property
+    def clock_skew_ms(self) -> float | None:
+        """The enclave's clock minus ours, from recent batches' first entry times.
+
+        A batch's first line was read at most a flush interval before the batch left,
+        and delivery only adds delay, so the largest (enclave - relay) difference seen
+        recently is the closest to the true offset; resends after an outage only make
+        the difference more negative and do not disturb it.
+        """
+        return max(self.skew) / 1e6 if self.skew else None
+
+    def snapshot(self) -> dict[str, Any]:
+        skew = self.clock_skew_ms
+        return {"name": self.name, "cid": self.cid, "enclave_id": self.enclave_id,
+                "debug": self.debug, "connected": self.open_connections > 0,
+                "connections_open": self.open_connections, "connections": self.connections,
+                "agent_version": self.agent_version, "claimed_hostname": self.claimed_hostname,
+                "connected_since": self.connected_since, "last_seen": self.last_seen,
+                "records_in": self.records, "bytes_in": self.bytes_in,
+                "records_out": self.records_out, "drops": self.drops, "gaps": self.gaps,
+                "clock_skew_ms": round(skew, 1) if skew is not None else None,
+                "protocol_errors": self.protocol_errors, "last_error": self.last_error}
 
 
 @dataclass(slots=True)
@@ -155,6 +190,8 @@ class Listener:
         self.config = config
         self.sink = sink
         self.registry = registry
+        #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
+        self.on_lifecycle: Callable[[str, Identity, PeerStats], None] | None = None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
         #: Unix connections, since the test machines must not open AF_VSOCK sockets.
         self.peer_of = peer_of
@@ -246,6 +283,8 @@ class Listener:
             max_decompressed_bytes=cfg.max_decompressed_bytes, max_entries=cfg.max_entries))
         conn.peer = peer_address
         peer = self.peer_stats(ident)
+        if ident.enclave is not None:
+            peer.enclave_id, peer.debug = ident.enclave.enclave_id, ident.enclave.debug
         self.stats.connections += 1
         self.stats.open_connections += 1
         peer.connections += 1
@@ -256,8 +295,10 @@ class Listener:
             where += f", {ident.enclave.enclave_id}" + (", DEBUG MODE" if ident.enclave.debug
                                                         else "")
         log.info("%s connected (%s)", ident.name, where)
+        handshaken = False
         try:
-            await self._serve(conn, ident, peer)
+            await self._serve(conn, ident, peer, lambda: self._lifecycle("connected", ident, peer))
+            handshaken = True
         except ConnectionClosed as exc:
             if exc.partial:
                 log.info("%s closed %d bytes into a frame (it will resend)", ident.name,
@@ -288,9 +329,17 @@ class Listener:
             peer.open_connections -= 1
             await conn.close()
             log.info("%s disconnected", ident.name)
+            if peer.last_seen >= peer.connected_since and (handshaken or peer.frames):
+                self._lifecycle("disconnected", ident, peer)
 
-    async def _serve(self, conn: Connection, ident: Identity, peer: PeerStats) -> None:
+    def _lifecycle(self, event: str, ident: Identity, peer: PeerStats) -> None:
+        if self.on_lifecycle is not None:
+            self.on_lifecycle(event, ident, peer)
+
+    async def _serve(self, conn: Connection, ident: Identity, peer: PeerStats,
+                     greeted: Callable[[], None]) -> None:
         frames = await self._handshake(conn, peer)
+        greeted()
         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]] = asyncio.Queue(
             MAX_PENDING_ACKS)
         await first_error(self._read_loop(conn, ident, peer, frames, acks),
@@ -361,18 +410,31 @@ class Listener:
                         ) -> None:
         peer.frames += 1
         peer.records += frame.count
-        peer.bytes += len(frame.entries)
+        peer.bytes_in += len(frame.entries)
+        now = time.time_ns()
+        first = first_event_time(frame.entries)
+        if first is not None:
+            peer.skew.append(first - now)
         tag = ident.tag_prefix + frame.tag
         entries = frame.entries
-        if self.config.stamp_records:
-            fields = ident.fields()
-            if peer.claimed_hostname:  # what the agent says of itself: a claim, kept apart
-                fields["claimed_hostname"] = peer.claimed_hostname
-            entries = stamp_entries(entries, fields)
+        if frame.tag == "agent.log":  # rare and small: look for the agent's drop reports
+            peer.drops += sum(int(r.get("records", 0)) for _, r in iter_entries(entries)
+                              if isinstance(r, dict) and r.get("event") == "dropped")
+        cfg = self.config
+        if cfg.stamp_records or cfg.restamp_time:
+            fields: dict[str, object] = {}
+            if cfg.stamp_records:
+                fields = ident.fields()
+                if peer.claimed_hostname:  # what the agent says of itself: a claim, apart
+                    fields["claimed_hostname"] = peer.claimed_hostname
+            entries = stamp_entries(entries, fields, restamp_ns=now if cfg.restamp_time else None)
         # Our agents' chunk ids name their run and batch: the spool uses them to take
-        # a resent batch once. Other clients' ids mean nothing of the kind.
+        # a resent batch once, and a jump in the sequence is a gap (dropped batches).
+        # Other clients' ids mean nothing of the kind.
         ids = parse_chunk_id(frame.chunk) if peer.agent_version else None
         boot, seq = ids if ids is not None else (None, None)
+        if boot is not None and seq is not None:
+            self._track_sequence(peer, boot, seq)
         if len(entries) <= UPSTREAM_SPLIT_BYTES:
             futures = [await self.sink.submit(RelayBatch(tag, entries, frame.count), boot, seq)]
         else:
@@ -380,6 +442,17 @@ class Listener:
                        for part, n in split_entries(entries, UPSTREAM_SPLIT_BYTES)]
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
+
+    def _track_sequence(self, peer: PeerStats, boot: bytes, seq: int) -> None:
+        last = peer.boots.pop(boot, None)
+        if last is not None and seq > last + 1:
+            peer.gaps += seq - last - 1
+            self._warn.warning(f"gap:{peer.name}", "%s: agent run %s skipped %d batch(es) "
+                               "(%d..%d): it dropped them", peer.name, boot.hex(),
+                               seq - last - 1, last + 1, seq - 1)
+        peer.boots[boot] = max(seq, last or 0)  # re-inserted: most recent last
+        while len(peer.boots) > 16:
+            del peer.boots[next(iter(peer.boots))]
 
     async def _ack_loop(self, conn: Connection, peer: PeerStats,
                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]

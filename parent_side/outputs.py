@@ -385,6 +385,15 @@ class UpstreamQueue:
     def depth(self) -> int:
         return len(self._queue) + len(self._unacked)
 
+    def cancel_all(self) -> None:
+        """Give up every frame not acked: their futures are cancelled."""
+        for item in [*self._queue, *self._unacked.values()]:
+            item.done.cancel()
+        self._queue.clear()
+        self._unacked.clear()
+        self.used = 0
+        self._changed.set()
+
     async def wait_empty(self) -> None:
         while self.depth:
             self._changed.clear()
@@ -429,6 +438,7 @@ class ForwardOutput(Output):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self.queue.cancel_all()  # whoever submitted them sends them again elsewhere
 
     def status(self) -> dict[str, Any]:
         s = self.client.stats

@@ -1,64 +1,112 @@
-"""The relay: a listener for agents and one output, run until SIGTERM."""
+"""The relay: a listener for agents, a spool, one output; run until SIGTERM.
+
+It also reports on itself: ``status`` over the admin socket, records on its own tags
+(``relay.lifecycle``: the relay starting and stopping, enclaves connecting,
+disconnecting and terminating; ``relay.status``: its state every
+``--status-interval``), which no agent can forge (every agent tag starts with
+``enclave.``). SIGHUP re-reads the configuration.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fluent_forward import __version__
+from fluent_forward.codec import EventTime, pack_entry
 
 from .config import RelayConfig
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
-from .identity import EnclaveRegistry
-from .listener import Listener, ListenerConfig
-from .outputs import Output, make_output
+from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
+from .listener import Listener, ListenerConfig, PeerStats
+from .outputs import Output, RelayBatch, make_output
 from .spool import Spool
+from .status import AdminServer
 from .systemd import Notifier
 
-__all__ = ["Relay"]
+__all__ = ["LIFECYCLE_TAG", "STATUS_TAG", "Relay"]
 
 log = logging.getLogger("parent_side")
 
+LIFECYCLE_TAG = "relay.lifecycle"
+STATUS_TAG = "relay.status"
+
+#: Options a reload cannot change: they need a restart.
+_RESTART_ONLY = ("listen", "listen_mode", "spool", "spool_bytes", "spool_full",
+                 "spool_segment_bytes", "admin_socket", "hostname")
+#: Options that shape the output: a change makes a new one.
+_OUTPUT_KEYS = ("output", "upstream_shared_key", "upstream_window", "upstream_buffer_bytes",
+                "ack_timeout")
+
+
+def _listener_config(config: RelayConfig) -> ListenerConfig:
+    return ListenerConfig(
+        endpoint=config.listen, hostname=config.hostname, shared_key=config.shared_key,
+        max_frame_bytes=config.max_frame_bytes,
+        max_decompressed_bytes=config.max_decompressed_bytes,
+        max_entries=config.max_entries, handshake_timeout=config.handshake_timeout,
+        unix_mode=config.listen_mode, allowed_cids=config.allowed_cids,
+        require_known_enclave=config.require_known_enclave,
+        max_connections=config.max_connections,
+        max_connections_per_enclave=config.max_connections_per_enclave,
+        rate_limit=config.rate_limit, frame_timeout=config.frame_timeout,
+        stamp_records=config.stamp_records, restamp_time=config.restamp_time)
+
+
+def _make_output(config: RelayConfig) -> Output:
+    return make_output(config.output, hostname=config.hostname,
+                       shared_key=config.upstream_shared_key, window=config.upstream_window,
+                       max_queue_bytes=config.upstream_buffer_bytes,
+                       ack_timeout=config.ack_timeout)
+
 
 class Relay:
-    """One relay run: ``await Relay(config).run()``; ``stop()`` ends it."""
+    """One relay run: ``await Relay(config).run()``; ``stop()`` ends it.
 
-    def __init__(self, config: RelayConfig) -> None:
+    Args:
+        config: the configuration.
+        reload: returns a fresh configuration (re-reading flags, environment and
+            file) for SIGHUP; raises to keep the running one.
+    """
+
+    def __init__(self, config: RelayConfig,
+                 reload: Callable[[], RelayConfig] | None = None) -> None:
         self.config = config
-        self.output: Output = make_output(
-            config.output, hostname=config.hostname, shared_key=config.upstream_shared_key,
-            window=config.upstream_window, max_queue_bytes=config.upstream_buffer_bytes,
-            ack_timeout=config.ack_timeout)
+        self._reloader = reload
+        self.output: Output = _make_output(config)
         self.spool: Spool | None = None
         self.forwarder: Forwarder | None = None
-        sink: Sink
+        self.sink: Sink
         if config.spool is not None:
             self.spool = Spool(config.spool, max_bytes=config.spool_bytes, full=config.spool_full,
                                segment_bytes=config.spool_segment_bytes)
-            self.forwarder = Forwarder(self.spool, self.output)
-            sink = SpoolSink(self.spool)
+            self.forwarder = Forwarder(self.spool, self.output, on_delivered=self._delivered)
+            self.sink = SpoolSink(self.spool)
         else:
-            sink = DirectSink(self.output)
-        self.sink = sink
+            self.sink = DirectSink(self.output, on_delivered=self._delivered)
         vsock = config.listen.scheme.value == "vsock"
         # Identity from describe-enclaves matters only for vsock peers.
         self.registry = (EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
-                                         interval=config.describe_interval)
+                                         interval=config.describe_interval,
+                                         on_terminated=self._terminated)
                          if vsock and config.nitro_cli else None)
-        self.listener = Listener(ListenerConfig(
-            endpoint=config.listen, hostname=config.hostname, shared_key=config.shared_key,
-            max_frame_bytes=config.max_frame_bytes,
-            max_decompressed_bytes=config.max_decompressed_bytes,
-            max_entries=config.max_entries, handshake_timeout=config.handshake_timeout,
-            unix_mode=config.listen_mode, allowed_cids=config.allowed_cids,
-            require_known_enclave=config.require_known_enclave,
-            max_connections=config.max_connections,
-            max_connections_per_enclave=config.max_connections_per_enclave,
-            rate_limit=config.rate_limit, frame_timeout=config.frame_timeout,
-            stamp_records=config.stamp_records), sink, self.registry)
+        self.listener = Listener(_listener_config(config), self.sink, self.registry)
+        self.listener.on_lifecycle = self._enclave_event
+        self.admin = (AdminServer(config.admin_socket, self.snapshot, self.reload)
+                      if config.admin_socket else None)
         self.ready = asyncio.Event()
         self.notifier = Notifier.from_environ()
+        self.started = time.time()
+        self.reloads = 0
         self._stop = asyncio.Event()
         self._polling: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -76,20 +124,34 @@ class Relay:
         except BaseException:
             await self._shutdown(forwarding, timeout=0)
             raise
+        if self.admin is not None:
+            await self.admin.start()
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        log.info("listening on %s, output %s", self.config.listen, self.config.output)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        cfg = self.config
+        log.info("listening on %s, output %s", cfg.listen, cfg.output)
+        self.emit(LIFECYCLE_TAG, {"event": "relay_start", "version": __version__,
+                                  "hostname": cfg.hostname, "listen": str(cfg.listen),
+                                  "output": str(cfg.output), "spool": cfg.spool or "none"})
+        status = asyncio.create_task(self._status_records(), name="status-records")
         self.ready.set()
-        self.notifier.ready(f"listening on {self.config.listen}, output {self.config.output}")
+        self.notifier.ready(f"listening on {cfg.listen}, output {cfg.output}")
         watchdog = self.notifier.start_watchdog()
         try:
             await self._stop.wait()
             log.info("stopping: closing agent connections, delivering what was taken")
         finally:
             self.notifier.stopping()
+            status.cancel()
+            if self.admin is not None:
+                await self.admin.close()
             await self.listener.close()
+            self.emit(LIFECYCLE_TAG, {"event": "relay_stop", "version": __version__,
+                                      "hostname": cfg.hostname})
+            await asyncio.gather(status, *self._tasks, return_exceptions=True)
             await self._shutdown(forwarding, timeout=self.config.shutdown_timeout)
             await self.notifier.stop_watchdog(watchdog)
         return 0
@@ -105,3 +167,114 @@ class Relay:
         await self.output.close(timeout)
         if self.spool is not None:
             await self.spool.close()
+
+    # -- the relay's own records -------------------------------------------------------
+
+    def emit(self, tag: str, record: dict[str, Any]) -> None:
+        """Send one record of the relay's own through the spool, without waiting."""
+        entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
+        task = asyncio.get_running_loop().create_task(
+            self.sink.submit(RelayBatch(tag, entry, 1), None, None))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _enclave_event(self, event: str, ident: Identity, peer: PeerStats) -> None:
+        record: dict[str, Any] = {"event": f"enclave_{event}", "enclave": ident.name,
+                                  "cid": ident.cid, "agent_version": peer.agent_version,
+                                  "claimed_hostname": peer.claimed_hostname}
+        if ident.enclave is not None:
+            record.update(enclave_id=ident.enclave.enclave_id, debug=ident.enclave.debug)
+        if event == "disconnected":
+            record.update(records_in=peer.records, records_out=peer.records_out,
+                          gaps=peer.gaps, drops=peer.drops)
+        self.emit(LIFECYCLE_TAG, record)
+
+    def _terminated(self, enclave: EnclaveInfo) -> None:
+        name = enclave.name or f"cid-{enclave.cid}"
+        log.info("enclave %s (%s, CID %d) is no longer listed by describe-enclaves", name,
+                 enclave.enclave_id, enclave.cid)
+        self.emit(LIFECYCLE_TAG, {"event": "enclave_terminated", "enclave": name,
+                                  "cid": enclave.cid, "enclave_id": enclave.enclave_id})
+
+    def _delivered(self, tag: str, count: int) -> None:
+        """Count records the output has safe, per enclave (for status)."""
+        root, _, rest = tag.partition(".")
+        if root == TAG_ROOT:
+            peer = self.listener.stats.peers.get(rest.partition(".")[0])
+            if peer is not None:
+                peer.records_out += count
+
+    async def _status_records(self) -> None:
+        interval = self.config.status_interval
+        while interval > 0:
+            await asyncio.sleep(interval)
+            snap = self.snapshot()
+            self.emit(STATUS_TAG, {"relay": snap["relay"], "spool": snap["spool"],
+                                   "upstream": snap["upstream"],
+                                   "enclaves": snap["enclaves"]})
+            interval = self.config.status_interval
+
+    def snapshot(self) -> dict[str, Any]:
+        """The relay's state: what ``status`` shows."""
+        st = self.listener.stats
+        cfg = self.config
+        relay: dict[str, Any] = {
+                 "version": __version__, "hostname": cfg.hostname, "pid": os.getpid(),
+                 "uptime_s": round(time.time() - self.started, 1), "listen": str(cfg.listen),
+                 "output": str(cfg.output), "connections_open": st.open_connections,
+                 "connections": st.connections, "protocol_errors": st.protocol_errors,
+                 "auth_failures": st.auth_failures, "timeouts": st.timeouts,
+                 "refused": st.refused_cid + st.refused_limit, "reloads": self.reloads}
+        spool: dict[str, Any] = {"mode": "memory-only"}
+        if self.spool is not None:
+            spool = {**self.spool.status(), "backlog": self.spool.backlog}
+        upstream = {"kind": cfg.output.kind, **self.output.status()}
+        enclaves = [p.snapshot() for p in sorted(st.peers.values(), key=lambda p: p.name)]
+        return {"relay": relay, "enclaves": enclaves, "spool": spool, "upstream": upstream}
+
+    # -- reload ----------------------------------------------------------------------
+
+    def reload(self) -> str:
+        """Re-read the configuration (SIGHUP); apply what can change without a restart."""
+        if self._reloader is None:
+            return "nothing to reload from"
+        try:
+            new = self._reloader()
+        except Exception as exc:  # a bad file must not end the relay
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return f"failed: {exc}"
+        old = self.config
+        kept = {k: getattr(old, k) for k in _RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+        for key in kept:
+            log.warning("reload: %s changes only on restart; still %s", key, getattr(old, key))
+        new = dataclasses.replace(new, **kept)
+        changed = [f.name for f in dataclasses.fields(new)
+                   if getattr(new, f.name) != getattr(old, f.name)]
+        self.config = new
+        self.listener.config = _listener_config(new)
+        logging.getLogger().setLevel(new.log_level.upper())
+        if self.registry is not None and new.nitro_cli:
+            self.registry.command = (new.nitro_cli, "describe-enclaves")
+            self.registry.interval = new.describe_interval
+        if any(k in changed for k in _OUTPUT_KEYS):
+            task = asyncio.get_running_loop().create_task(self._swap_output(_make_output(new)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.reloads += 1
+        log.info("reloaded the configuration; changed: %s", ", ".join(changed) or "nothing")
+        return "changed: " + (", ".join(changed) or "nothing")
+
+    async def _swap_output(self, new: Output) -> None:
+        """Start the new output, route everything to it, then let the old one go.
+
+        Batches the old output had not delivered are cancelled by its close and sent
+        again through the new one (from the spool, or by the direct sink).
+        """
+        await new.start()
+        old, self.output = self.output, new
+        if self.forwarder is not None:
+            self.forwarder.output = new
+        if isinstance(self.sink, DirectSink):
+            self.sink.output = new
+        await old.close(self.config.shutdown_timeout)
+        log.info("output now %s", self.config.output)

@@ -15,6 +15,7 @@ from fluent_forward.endpoints import parse_endpoint
 from parent_side.config import RelayConfig
 from parent_side.outputs import parse_output
 from parent_side.relay import Relay
+from tests.fakes.nitro_cli import FakeNitroCli
 from tests.helpers import short_tmpdir, within
 
 StartRelay = Callable[..., Awaitable[Relay]]
@@ -24,6 +25,14 @@ StartRelay = Callable[..., Awaitable[Relay]]
 def sockdir() -> Iterator[Path]:
     with short_tmpdir() as path:
         yield path
+
+
+@pytest.fixture
+def nitro_cli(sockdir: Path) -> FakeNitroCli:
+    """An executable fake nitro-cli whose describe-enclaves the test controls."""
+    d = sockdir / "bin"
+    d.mkdir()
+    return FakeNitroCli(d)
 
 
 @pytest_asyncio.fixture

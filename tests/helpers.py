@@ -96,7 +96,8 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-def read_json_lines(path: Path) -> list[dict[str, object]]:
+def read_json_lines(path: Path, *, relay_records: bool = False) -> list[dict[str, object]]:
+    """Records a JSON-lines output wrote: the enclaves' (and, if asked, the relay's own)."""
     import json
 
     if not path.exists():
@@ -104,7 +105,9 @@ def read_json_lines(path: Path) -> list[dict[str, object]]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.endswith("}"):
-            out.append(json.loads(line))
+            record = json.loads(line)
+            if relay_records or not str(record.get("tag", "")).startswith("relay."):
+                out.append(record)
     return out
 
 
