@@ -37,6 +37,7 @@ from .config import (
     DEFAULT_SPOOL,
     RelayConfig,
 )
+from .console import ConsoleOptions, console_command
 from .identity import DEFAULT_ALLOWED_CIDS, parse_cid_set
 from .outputs import OutputError, parse_output
 from .relay import Relay
@@ -46,7 +47,7 @@ from .status import status_command
 __all__ = ["ConfigError", "StatusOptions", "build_parser", "main", "parse_args", "serve_config"]
 
 ENV_PREFIX = "ENCLAVE_LOG_RELAY_"
-SUBCOMMANDS = ("serve", "status")
+SUBCOMMANDS = ("serve", "status", "console")
 
 log = logging.getLogger("parent_side")
 
@@ -190,6 +191,28 @@ def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     status.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, metavar="PATH",
                         help="the relay's admin socket (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    console = sub.add_parser(
+        "console", help="follow the consoles of debug-mode enclaves (no agent needed)",
+        description="Follow 'nitro-cli console' for every enclave describe-enclaves lists in "
+                    "debug mode, re-attaching as enclaves come, go and restart, and skipping "
+                    "those whose agent is connected to the relay. Lines go to --output tagged "
+                    "enclave.<name>.console, or with --stdout as JSON lines for Fluent Bit's "
+                    "exec input (Threaded on, a JSON parser).")
+    console.add_argument("--stdout", action="store_true",
+                         help="print JSON lines instead of sending to --output")
+    console.add_argument("--output", default=DEFAULT_OUTPUT, metavar="URL",
+                         help="where lines go, as for serve (default: %(default)s)")
+    console.add_argument("--upstream-shared-key", default=None, metavar="KEY",
+                         help="shared key of Fluent Bit's forward input, if it has one")
+    console.add_argument("--nitro-cli", default="nitro-cli", metavar="PATH",
+                         help="nitro-cli to run (default: %(default)s)")
+    console.add_argument("--interval", type=duration_arg, default=5.0, metavar="DURATION",
+                         help="how often to look for enclaves (default: 5s)")
+    console.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, metavar="PATH",
+                         help="the relay to ask which enclaves have an agent connected "
+                              "(default: %(default)s)")
+    console.add_argument("--log-level", default="info",
+                         choices=["debug", "info", "warning", "error"])
     return p, serve
 
 
@@ -237,7 +260,7 @@ class StatusOptions:
 
 
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-               ) -> tuple[str, RelayConfig | StatusOptions]:
+               ) -> tuple[str, RelayConfig | StatusOptions | ConsoleOptions]:
     """Parse the command line into ``(command, options)``; exit 2 with a message on error."""
     parser, serve = _build()
     env = os.environ if environ is None else environ
@@ -246,6 +269,17 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         ns = parser.parse_args(args)
         admin = env.get(ENV_PREFIX + "ADMIN_SOCKET") if "--admin-socket" not in args else None
         return "status", StatusOptions(admin or ns.admin_socket, ns.json)
+    if args[0] == "console":
+        ns = parser.parse_args(args)
+        try:
+            output = None if ns.stdout else parse_output(ns.output)
+        except EndpointError as exc:
+            parser.error(f"--output: {exc}")
+        return "console", ConsoleOptions(
+            nitro_cli=ns.nitro_cli, interval=ns.interval, output=output,
+            admin_socket=None if ns.admin_socket.lower() == "none" else ns.admin_socket,
+            hostname=socket.gethostname() or "relay",
+            upstream_shared_key=ns.upstream_shared_key, log_level=ns.log_level)
     return "serve", serve_config(args, env)
 
 
@@ -336,4 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="enclave-log-relay: %(levelname)s %(name)s: %(message)s")
     if isinstance(options, StatusOptions):
         return status_command(options.admin_socket, as_json=options.json)
+    if isinstance(options, ConsoleOptions):
+        return console_command(options)
     return _serve(options, args)

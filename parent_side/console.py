@@ -1,0 +1,199 @@
+"""``enclave-log-relay console``: the seed recipe, made reliable.
+
+For enclaves that cannot carry the agent. Every ``--interval`` it asks
+``nitro-cli describe-enclaves`` which enclaves run in debug mode (only those have a
+console), follows ``nitro-cli console --enclave-id ID`` for each, re-attaches when a
+console ends while its enclave still runs, stops when the enclave goes, and starts
+over for a restarted enclave (a new EnclaveID). An enclave whose agent is connected
+to the relay is skipped, so no line arrives twice: the running relay is asked over
+its admin socket.
+
+Lines go to the relay's output (``--output``: Fluent Bit, or JSON lines to a file)
+tagged ``enclave.<name>.console``, or with ``--stdout`` as JSON lines for Fluent Bit's
+``exec`` input (``Threaded on`` and a JSON parser): one object per line with
+``enclave``, ``enclave_id``, ``cid`` and ``log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.retry import backoff
+
+from .identity import EnclaveInfo, EnclaveRegistry, sanitize_name
+from .outputs import Output, OutputSpec, RelayBatch, make_output
+from .status import query
+
+__all__ = ["Console", "ConsoleOptions", "console_command"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleOptions:
+    """What ``enclave-log-relay console`` needs."""
+
+    nitro_cli: str = "nitro-cli"
+    interval: float = 5.0
+    output: OutputSpec | None = None  # None: --stdout
+    admin_socket: str | None = None
+    hostname: str = "relay"
+    upstream_shared_key: str | None = None
+    log_level: str = "info"
+
+
+@dataclass(eq=False)
+class _Follow:
+    enclave: EnclaveInfo
+    task: asyncio.Task[None]
+    lines: int = 0
+
+
+@dataclass
+class Console:
+    """Follow the consoles of debug-mode enclaves."""
+
+    options: ConsoleOptions
+    write: Callable[[EnclaveInfo, bytes, int], None] | None = None
+    registry: EnclaveRegistry = field(init=False)
+    following: dict[str, _Follow] = field(default_factory=dict)  # by EnclaveID
+    attaches: int = 0
+
+    def __post_init__(self) -> None:
+        self.registry = EnclaveRegistry((self.options.nitro_cli, "describe-enclaves"),
+                                        interval=self.options.interval, min_refresh=0)
+
+    def agents_connected(self) -> set[str]:
+        """EnclaveIDs whose agent is connected to the running relay, if we can ask it."""
+        if not self.options.admin_socket:
+            return set()
+        try:
+            snap = query(self.options.admin_socket, timeout=2)
+        except (OSError, ValueError):
+            return set()
+        return {e["enclave_id"] for e in snap["enclaves"] if e["connected"] and e["enclave_id"]}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.registry.refresh()
+            await self._reconcile()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.interval)
+        for follow in list(self.following.values()):
+            follow.task.cancel()
+        await asyncio.gather(*(f.task for f in self.following.values()), return_exceptions=True)
+
+    async def _reconcile(self) -> None:
+        wanted = {e.enclave_id: e for e in self.registry.enclaves.values()
+                  if e.debug and e.state.upper() == "RUNNING"}
+        with_agent = await asyncio.to_thread(self.agents_connected) if wanted else set()
+        for enclave_id, follow in list(self.following.items()):
+            if enclave_id not in wanted or enclave_id in with_agent:
+                why = "its agent is connected" if enclave_id in with_agent else "it is gone"
+                log.info("no longer following %s's console: %s", follow.enclave.name or
+                         enclave_id, why)
+                follow.task.cancel()
+                del self.following[enclave_id]
+        for enclave_id, enclave in wanted.items():
+            if enclave_id not in self.following and enclave_id not in with_agent:
+                task = asyncio.create_task(self._follow(enclave), name=f"console {enclave_id}")
+                self.following[enclave_id] = _Follow(enclave, task)
+
+    async def _follow(self, enclave: EnclaveInfo) -> None:
+        """Run ``nitro-cli console`` for one enclave, again whenever it ends."""
+        delays = backoff(initial=0.5, maximum=10.0)
+        name = enclave.name or f"cid-{enclave.cid}"
+        while True:
+            self.attaches += 1
+            log.info("following the console of %s (%s)", name, enclave.enclave_id)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.options.nitro_cli, "console", "--enclave-id", enclave.enclave_id,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL)
+            except OSError as exc:
+                log.error("cannot run %s console: %s", self.options.nitro_cli, exc.strerror)
+                await asyncio.sleep(next(delays))
+                continue
+            try:
+                assert proc.stdout is not None
+                while line := await proc.stdout.readline():
+                    if self.write is not None:
+                        self.write(enclave, line.rstrip(b"\r\n"), time.time_ns())
+                    follow = self.following.get(enclave.enclave_id)
+                    if follow is not None:
+                        follow.lines += 1
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                await proc.wait()
+            log.info("the console of %s ended; re-attaching while it runs", name)
+            await asyncio.sleep(next(delays))
+
+
+class _Sender:
+    """Lines to an output, batched per enclave, in order."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(10_000)
+
+    def write(self, enclave: EnclaveInfo, line: bytes, ns: int) -> None:
+        name = sanitize_name(enclave.name or f"cid-{enclave.cid}")
+        record = {"log": line.decode("utf-8", "backslashreplace"), "stream": "console",
+                  "enclave_id": enclave.enclave_id, "enclave_cid": enclave.cid}
+        with contextlib.suppress(asyncio.QueueFull):  # the console must never block
+            self.queue.put_nowait((f"enclave.{name}.console",
+                                   pack_entry(EventTime.from_ns(ns), record), 1))
+
+    async def run(self) -> None:
+        while True:
+            tag, entry, n = await self.queue.get()
+            await self.output.submit(RelayBatch(tag, entry, n))
+
+
+def _stdout_line(enclave: EnclaveInfo, line: bytes, ns: int) -> None:
+    record = {"time": ns / 1e9, "enclave": enclave.name or f"cid-{enclave.cid}",
+              "enclave_id": enclave.enclave_id, "cid": enclave.cid,
+              "log": line.decode("utf-8", "backslashreplace")}
+    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+async def _run(options: ConsoleOptions) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sender = None
+    if options.output is not None:
+        output = make_output(options.output, hostname=options.hostname,
+                             shared_key=options.upstream_shared_key, window=16,
+                             max_queue_bytes=16 << 20, ack_timeout=60.0)
+        await output.start()
+        sender = _Sender(output)
+        sending = asyncio.create_task(sender.run())
+    console = Console(options, write=sender.write if sender else _stdout_line)
+    try:
+        await console.run(stop)
+    finally:
+        if sender is not None:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+            await sender.output.close(5.0)
+    return 0
+
+
+def console_command(options: ConsoleOptions) -> int:
+    """Follow debug-mode consoles until SIGTERM."""
+    return asyncio.run(_run(options))
