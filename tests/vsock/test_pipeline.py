@@ -21,8 +21,9 @@ from tests.vsock.support import Relay, logs_of, output_size, read_records, start
 
 TAG = "pipe"
 PREFIX = f"enclave.cid-1.{TAG}"
-N_OUT = 3000  # stdout lines: 2000, the big one, then 1000 in a burst right before exit
-N_ERR = 2000
+N_OUT = 2000  # stdout lines: 1000, the big one, then 1000 in a burst right before exit
+N_ERR = 1000
+N_BEFORE = 1000  # stdout lines before the big one
 EXIT = 3
 #: Larger than the vsock socket buffer: the kernel default (256 KiB) and the 1 MiB the
 #: project sets (fluent_forward.aio.VSOCK_BUFFER); one record travels in one frame.
@@ -57,10 +58,10 @@ def run(shared_relay: Relay, workdir: Path) -> Run:
     big_file = workdir / "big.txt"
     big_file.write_text(big + "\n")
     script = (
-        f"seq -f 'out %06g' 0 1999\n"
+        f"seq -f 'out %06g' 0 {N_BEFORE - 1}\n"
         f"seq -f 'err %06g' 0 {N_ERR - 1} >&2\n"
         f"cat {big_file}\n"
-        f"seq -f 'out %06g' 2000 {N_OUT - 1}\n"
+        f"seq -f 'out %06g' {N_BEFORE} {N_OUT - 1}\n"
         f"exit {EXIT}\n"
     )
     start = output_size(shared_relay.output)
@@ -108,7 +109,8 @@ def test_a_frame_larger_than_the_vsock_buffer_arrives_intact(run: Run) -> None:
     got = bigs[0]
     assert len(got) == BIG and got == run.big, "the 1.5 MiB record arrived altered"
     stdout = logs_of(run.records, f"{PREFIX}.stdout")
-    assert stdout[1999] == "out 001999" and stdout[2000] == got, "the big record is out of place"
+    assert stdout[N_BEFORE - 1] == f"out {N_BEFORE - 1:06d}" and stdout[N_BEFORE] == got, (
+        "the big record is out of place")
 
 
 def test_the_childs_exit_drains_over_vsock(run: Run) -> None:
