@@ -173,9 +173,10 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.timeout(BUILD_WAIT + GUEST_TIMEOUT + 120)
-def test_the_vsock_tier_passes_in_a_qemu_guest() -> None:
+def test_the_vsock_tier_passes_in_a_qemu_guest(capsys: pytest.CaptureFixture[str]) -> None:
     vm = load_harness()
-    wait_for_background_build()
+    with capsys.disabled():  # the CI log shows the wait, the guest console and timings
+        wait_for_background_build()
     why = why_it_cannot_run(vm)
     if why is not None:
         log = os.environ.get("NEL_VSOCK_IMAGE_BUILD_LOG")
@@ -200,9 +201,11 @@ def test_the_vsock_tier_passes_in_a_qemu_guest() -> None:
             f"--junitxml={report}", "tests/vsock"]
     started = time.monotonic()
     try:
-        status, console = run_in_guest(argv)
-        elapsed = time.monotonic() - started
-        print(f"vsock tier: guest run took {elapsed:.1f} s, exit status {status}")
+        with capsys.disabled():
+            print(f"\nvsock tier: booting the QEMU guest: {' '.join(argv[1:4])} ...", flush=True)
+            status, console = run_in_guest(argv)
+            elapsed = time.monotonic() - started
+            print(f"vsock tier: guest run took {elapsed:.1f} s, exit status {status}")
         tail = "\n".join(console.splitlines()[-60:])
         assert status == 0, f"the vsock tier failed in the guest (status {status}):\n{tail}"
         assert report.exists(), f"the guest wrote no JUnit report:\n{tail}"

@@ -49,5 +49,5 @@ def shared_relay(workdir: Path) -> Iterator[Relay]:
         yield relay
     finally:
         status = relay.stop()
-        assert status == 0, f"the shared relay exited {status}; its log:\n{relay.log()}"
-        assert not relay.tracebacks(), relay.log()
+        assert status == 0, f"the shared relay exited {status}; log:\n{relay.log_tail()}"
+        assert not relay.tracebacks(), relay.log_tail()

@@ -36,9 +36,9 @@ def test_the_default_allow_list_refuses_cid_1(workdir: Path) -> None:
                                 "cmVmdXNlZC1jaHVuay0wMDAx", 2, timeout=10.0)
         assert {"ack": "cmVmdXNlZC1jaHVuay0wMDAx"} not in replies, (
             "the relay acked a frame from CID 1 under its default allow-list")
-        assert not logs_of(read_records(out), "enclave.cid-1.refused"), (
+        assert not logs_of(read_records(out), "refused"), (
             "a record from CID 1 passed the default allow-list")
         assert re.search(r"cid[- ]?1\b", relay.log(), re.I), (
-            "the relay did not log which CID it refused:\n" + relay.log())
+            "the relay did not log which CID it refused:\n" + relay.log_tail())
     finally:
         relay.stop()

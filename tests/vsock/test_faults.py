@@ -65,7 +65,7 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
     """
     out = workdir / "restart.jsonl"
     stop_file = workdir / "restart.stop"
-    tag = "enclave.cid-1.restart.stdout"
+    tag = "restart.stdout"
     relay = start_relay(PORT_RESTART, out, workdir / "restart-relay-1.log")
     agent = start_agent(PORT_RESTART, "restart",
                         python_child(PACED_WRITER, str(stop_file), str(LINES_PER_WRITE)),
@@ -89,7 +89,7 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
                    "new lines through the restarted relay")
         stop_file.touch()
         status = agent.wait()
-        assert status == 0, agent.log()
+        assert status == 0, agent.log_tail()
         assert len(re.findall(r"connected to relay vsock://1:", agent.log())) >= 2
     finally:
         stop_file.touch()
@@ -98,7 +98,7 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
         if relay2 is not None:
             relay2.stop()
     records = read_records(out)
-    (wrote,) = logs_of(records, "enclave.cid-1.restart.stderr")
+    (wrote,) = logs_of(records, "restart.stderr")
     total = int(wrote.split()[1])
     got = seqs(out, tag)
     lost = sorted(set(range(total)) - set(got))
@@ -141,7 +141,7 @@ def test_a_relay_that_stops_reading_makes_the_agent_wait_not_drop(
         shared_relay: Relay, workdir: Path) -> None:
     """SIGSTOP the relay while the child writes: the child blocks, nothing is dropped."""
     go = workdir / "stall.go"
-    tag = "enclave.cid-1.stall.stdout"
+    tag = "stall.stdout"
     start = output_size(shared_relay.output)
     agent = start_agent(shared_relay.port, "stall",
                         python_child(FAST_WRITER, str(go), str(STALL_LINES)),
@@ -158,7 +158,7 @@ def test_a_relay_that_stops_reading_makes_the_agent_wait_not_drop(
         finally:
             shared_relay.signal(signal.SIGCONT)
         status = agent.wait()
-        assert status == 0, agent.log()
+        assert status == 0, agent.log_tail()
     finally:
         agent.stop()
     records = read_records(shared_relay.output, start)
@@ -166,11 +166,11 @@ def test_a_relay_that_stops_reading_makes_the_agent_wait_not_drop(
     assert [line[:12] for line in got] == [f"stall {i:06d}" for i in range(STALL_LINES)], (
         "lines lost, repeated or reordered")
     assert not events_of(records, "agent.log", "dropped"), "the agent dropped records"
-    (longest,) = logs_of(records, "enclave.cid-1.stall.stderr")
+    (longest,) = logs_of(records, "stall.stderr")
     stalled = float(longest.split()[2])
     print(f"stall: the child's longest write blocked {stalled:.1f} s "
           f"(relay stopped {STOP_SECONDS:.0f} s)")
     assert stalled >= STOP_SECONDS / 2, (
         f"the child's writes never blocked for long ({longest}): the agent did not make it "
         "wait")
-    assert not agent.tracebacks(), agent.log()
+    assert not agent.tracebacks(), agent.log_tail()
