@@ -36,11 +36,14 @@ VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 GUEST_TIMEOUT = 420
 #: Seconds the tier waits for .ci/run's background image build (74-127 s measured).
 BUILD_WAIT = 600
-ENABLE = ("to enable it, build the guest image once with `make vsock-image` (root: it "
-          "apt-get installs qemu-system-x86 busybox-static debootstrap cpio socat if missing "
-          "and debootstraps the guest, about 90 s, cached in "
-          "/var/cache/nitro-enclave-logs-vsock-vm), then run `make test` or "
-          "`make vsock-test`; see tests/vsock/README.md")
+
+
+def how_to_enable(cache: Path) -> str:
+    return ("to enable it, build the guest image once with `make vsock-image` (root: it "
+            "apt-get installs qemu-system-x86 busybox-static debootstrap cpio socat if "
+            f"missing and debootstraps the guest, 75-130 s, cached in {cache}), then run "
+            "`make test` or `make vsock-test`; see tests/vsock/README.md")
+
 
 #: The tier's claims, one guest test each; all must pass in the guest.
 CLAIMS = {
@@ -182,7 +185,7 @@ def test_the_vsock_tier_passes_in_a_qemu_guest(capsys: pytest.CaptureFixture[str
         log = os.environ.get("NEL_VSOCK_IMAGE_BUILD_LOG")
         if log and os.path.exists(log):
             why += f" (the image build's log: {log})"
-        message = f"vsock tier not run: {why}; {ENABLE}"
+        message = f"vsock tier not run: {why}; {how_to_enable(vm.cache_dir())}"
         if os.environ.get("CI") == "true":
             pytest.fail(message + ". Under CI=true a tier that cannot run fails the build.",
                         pytrace=False)
