@@ -66,7 +66,14 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
     out = workdir / "restart.jsonl"
     stop_file = workdir / "restart.stop"
     tag = "restart.stdout"
+    t0 = time.monotonic()
+    phases: list[str] = []
+
+    def phase(what: str) -> None:
+        phases.append(f"{what} {time.monotonic() - t0:.1f}")
+
     relay = start_relay(PORT_RESTART, out, workdir / "restart-relay-1.log")
+    phase("relay up")
     agent = start_agent(PORT_RESTART, "restart",
                         python_child(PACED_WRITER, str(stop_file), str(LINES_PER_WRITE)),
                         workdir / "restart-agent.log",
@@ -74,6 +81,7 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
     relay2: Relay | None = None
     try:
         wait_until(lambda: len(seqs(out, tag)) >= 100, "the first lines through the relay")
+        phase("100 lines")
         # Freeze the relay for a moment so the agent has batches sent and not acked,
         # then kill it: mid-stream, with a full window in flight.
         relay.signal(signal.SIGSTOP)
@@ -84,11 +92,15 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
         resent = agent.wait_for_log(r"(\d+) unacked batches will be resent",
                                     "the agent to notice the lost connection")
         assert 1 <= int(resent.group(1)) <= WINDOW
+        phase("killed")
         relay2 = start_relay(PORT_RESTART, out, workdir / "restart-relay-2.log")
+        phase("relay 2 up")
         wait_until(lambda: max(seqs(out, tag)) >= at_kill + 100,
                    "new lines through the restarted relay")
+        phase("100 more lines")
         stop_file.touch()
         status = agent.wait()
+        phase("agent exited")
         assert status == 0, agent.log_tail()
         assert len(re.findall(r"connected to relay vsock://1:", agent.log())) >= 2
     finally:
@@ -105,7 +117,7 @@ def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> N
     duplicates = len(got) - len(set(got))
     bound = WINDOW * lines_per_batch()
     print(f"restart: {total} lines, {len(lost)} lost, {duplicates} duplicates "
-          f"(bound {bound}), {resent.group(0)}")
+          f"(bound {bound}), {resent.group(0)}; at s: {', '.join(phases)}")
     assert not lost, f"{len(lost)} lines lost, first {lost[:10]}"
     assert set(got) == set(range(total)), "lines the child never wrote arrived"
     assert duplicates <= bound, f"{duplicates} duplicates, more than the window ({bound})"
