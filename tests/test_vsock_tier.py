@@ -30,7 +30,7 @@ from tests.helpers import ROOT
 
 HARNESS = ROOT / "tools" / "vsock_vm.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-#: Seconds before the harness kills QEMU. A passing run takes 70-130 s here (a 2-core
+#: Seconds before the harness kills QEMU. A passing run took 88-125 s (a 2-core
 #: machine, TCG, other tests running); a run hung on one test is bounded by the guest's
 #: per-test timeout (120 s) first.
 GUEST_TIMEOUT = 420
