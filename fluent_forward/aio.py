@@ -113,14 +113,20 @@ async def open_connection(endpoint: Endpoint, *, timeout: float = 10.0,
 
 
 def _prepare_unix_path(path: str) -> None:
-    """Remove a stale socket file; refuse to clobber anything else."""
+    """Remove a stale socket file; refuse to clobber anything else, or a live socket."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise ConnectError(f"listen on unix://{path}: the path exists and is not a socket")
-    os.unlink(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: left over from a process that died
+            return
+    raise ConnectError(f"listen on unix://{path}: another process is listening there")
 
 
 async def start_server(handler: Handler, endpoint: Endpoint, *, limit: int = STREAM_LIMIT,

@@ -21,6 +21,15 @@ from tests.helpers import short_tmpdir, within
 StartRelay = Callable[..., Awaitable[Relay]]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the vsock tier (a QEMU guest boot) last.
+
+    In CI its guest image is built in the background while the other tests run
+    (.ci/run); last, the tier waits for that build the least.
+    """
+    items.sort(key=lambda item: item.path.name == "test_vsock_tier.py")
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     with short_tmpdir() as path:
