@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -20,7 +21,7 @@ import pytest_asyncio
 from enclave_side.sources.tail import TailSource, _Remembered
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, relay_url
-from tests.helpers import DEADLINE, MS
+from tests.helpers import DEADLINE, MS, wait_until
 from tests.oracle import LineWriter, Output, check
 
 pytestmark = pytest.mark.asyncio
@@ -55,6 +56,11 @@ async def delivered(out: Output, expected: range, suffix: str = ".file",
         if not check(logs, expected).lost or time.monotonic() > deadline:
             return logs
         await asyncio.sleep(50 * MS if want else 0)
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 async def stop(run: AgentRun) -> None:
@@ -135,8 +141,8 @@ async def test_a_rotated_file_the_glob_matches_again_continues_from_its_offset(
     await stop(run)
 
 
-async def wait_metric(out: Output, predicate: Callable[[dict[str, object]], bool],
-                      what: str) -> dict[str, object]:
+async def wait_metric(out: Output, predicate: Callable[[dict[str, Any]], bool],
+                      what: str) -> dict[str, Any]:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         for m in reversed(out.tagged("agent.metrics")):
@@ -174,9 +180,9 @@ async def test_copytruncate_loses_only_its_window_and_repeats_nothing(
           f"loss window {window * 1000:.1f} ms per rotation (poll {POLL})")
     assert report.duplicated == 0 and report.corrupted == 0, str(report)
     assert window <= 0.25, f"lost more than a poll interval's worth: {report}"
-    m = await wait_metric(out, lambda m: m["files"]["truncations"] >= rotations,  # type: ignore[index]
+    m = await wait_metric(out, lambda m: m["files"]["truncations"] >= rotations,
                           "every truncation to be counted")
-    assert m["files"]["truncations"] == rotations  # type: ignore[index]
+    assert m["files"]["truncations"] == rotations
     await stop(run)
 
 
@@ -209,7 +215,7 @@ async def test_truncate_in_place_restarts_at_zero(tail_agent: StartTail, tmp_pat
     w.write(500)
     await delivered(out, range(w.next))
     os.truncate(log, 0)  # : > app.log
-    await wait_metric(out, lambda m: m["files"]["truncations"] == 1,  # type: ignore[index]
+    await wait_metric(out, lambda m: m["files"]["truncations"] == 1,
                       "the truncation to be seen")
     w.write(50)  # shorter than before: only the size tells
     logs = await delivered(out, range(w.next))
@@ -278,16 +284,12 @@ async def test_a_partial_last_line_is_held_then_sent_once_flagged(
     log = tmp_path / "app.log"
     log.write_bytes(b"complete\nno newline yet")
     run, out = await tail_agent("--file", str(log), "--partial-flush", "300ms")
-    deadline = time.monotonic() + DEADLINE
-    while len(out.tagged(".file")) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(20 * MS)
+    await wait_until(lambda: len(out.tagged(".file")) >= 2, "the partial line")
     first = out.tagged(".file")
     assert [r["log"] for r in first] == ["complete", "no newline yet"]
     assert first[1]["partial"] is True and "partial" not in first[0]
-    with open(log, "ab") as f:
-        f.write(b"\nnext line\n")
-    while len(out.tagged(".file")) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(20 * MS)
+    append(log, b"\nnext line\n")
+    await wait_until(lambda: len(out.tagged(".file")) >= 4, "the next line")
     await stop(run)
     assert [r["log"] for r in out.tagged(".file")] == ["complete", "no newline yet", "",
                                                         "next line"]
@@ -319,9 +321,8 @@ async def test_delete_rotated_files_once_acked(tail_agent: StartTail, tmp_path: 
     w.reopen()
     w.write(10)
     logs = await delivered(out, range(w.next))
-    deadline = time.monotonic() + DEADLINE
-    while (tmp_path / "app.log.1").exists() and time.monotonic() < deadline:
-        await asyncio.sleep(20 * MS)
+    await wait_until(lambda: not (tmp_path / "app.log.1").exists(),
+                     "the rotated file to be deleted")
     assert not (tmp_path / "app.log.1").exists(), "the rotated file was not deleted"
     assert log.exists(), "the live file was deleted"
     report = check(logs, range(w.next))
@@ -404,14 +405,12 @@ async def test_a_file_shorter_than_the_fingerprint_keeps_its_identity(tmp_path: 
     path.write_bytes(b"one\n")
     await tail.poll()
     await tail.poll()
-    with open(path, "ab") as f:
-        f.write(b"two\n")  # still under 256 bytes: the fingerprint grows, it does not change
+    append(path, b"two\n")  # still under 256 bytes: the fingerprint grows, does not change
     await tail.poll()
     os.rename(path, tmp_path / "a.1")
     await tail.poll()  # rotated, at its end, idle: let go and remembered
     await tail.poll()
-    with open(tmp_path / "a.1", "ab") as f:
-        f.write(b"three\n")
+    append(tmp_path / "a.1", b"three\n")
     await tail.poll()
     await tail.poll()
     assert _logs(buf) == ["one", "two", "three"]
