@@ -129,17 +129,22 @@ class Agent:
         return p
 
     def lifecycle(self, event: str, message: str, **fields: Any) -> None:
-        """A protected record on ``agent.lifecycle`` (never dropped)."""
+        """A protected record on ``agent.lifecycle`` (never dropped).
+
+        Redacted like the app's records: the command line may carry secrets.
+        """
         record: dict[str, object] = {"log": message, "event": event}
         record.update(fields)
+        if self.redactor is not None:
+            record = self.redactor.record(record)
         self.buffer.add_record(LIFECYCLE_TAG, time.time_ns(), record)
 
     async def run(self) -> int:
         logging.getLogger().addHandler(self._log_handler)
         tasks = [asyncio.create_task(self.shipper.run(), name="shipper"),
                  asyncio.create_task(self._tick(), name="ticker")]
-        if self.config.metrics_interval > 0:
-            tasks.append(asyncio.create_task(self._metrics_loop(), name="metrics"))
+        metrics = [asyncio.create_task(self._metrics_loop(), name="metrics")
+                   for _ in range(1 if self.config.metrics_interval > 0 else 0)]
         self.lifecycle("agent_start", f"enclave-log-agent {__version__} starting",
                        version=__version__, boot_id=self.boot_id.hex(), pid=os.getpid(),
                        command=list(self.config.command), hostname=self.config.hostname)
@@ -150,11 +155,17 @@ class Agent:
             else:
                 code = await self._until_stopped()
             await self._stop_sources(source_tasks)
+            if metrics:
+                # A metrics record every interval would keep the buffer from ever being
+                # empty; the last one goes with the drain.
+                metrics[0].cancel()
+                await asyncio.gather(*metrics, return_exceptions=True)
+                self.emit_metrics()
             await self._drain()
         finally:
-            for task in tasks + source_tasks:
+            for task in tasks + source_tasks + metrics:
                 task.cancel()
-            await asyncio.gather(*tasks, *source_tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *source_tasks, *metrics, return_exceptions=True)
             if self.tail is not None:
                 self.tail.close()
             if self.kmsg is not None:

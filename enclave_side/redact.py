@@ -114,10 +114,42 @@ class Redactor:
     # -- lines ------------------------------------------------------------------------
 
     def lines(self, lines: list[bytes]) -> list[bytes]:
-        """The lines with every match replaced (the same list if nothing matched)."""
+        """The lines with every match replaced (the same list if nothing matched).
+
+        A line may hold newlines (a multiline record); rules still see one line at a
+        time, and the result has one item per item given.
+        """
         if not lines:
             return lines
         blob = b"\n".join(lines)
+        nested = blob.count(b"\n") != len(lines) - 1
+        blob, changed = self._builtin(blob)
+        if not (changed or self.custom):
+            return lines
+        flat = blob.split(b"\n") if changed or nested else lines
+        for custom in self.custom:
+            flat, n, undecided = custom.pattern.sub_lines(custom.replacement, flat)
+            self.counts[custom.name] += n + len(undecided)
+            changed |= bool(n or undecided)
+            if undecided:
+                self.timeouts += len(undecided)
+                blank = _R % f"{custom.name}:timeout".encode()
+                flat = list(flat)
+                for i in undecided:
+                    flat[i] = blank
+        if not changed:
+            return lines
+        if not nested:
+            return flat
+        out, at = [], 0
+        for line in lines:
+            k = line.count(b"\n") + 1
+            out.append(b"\n".join(flat[at:at + k]))
+            at += k
+        return out
+
+    def _builtin(self, blob: bytes) -> tuple[bytes, bool]:
+        """Every built-in rule whose prefilter hits, once over the whole read."""
         changed = False
         for rule in self.rules:
             if rule.literals and not any(lit in blob for lit in rule.literals):
@@ -131,18 +163,7 @@ class Redactor:
                 if n:
                     self.counts[rule.name] += n
                     changed = True
-        if changed:
-            lines = blob.split(b"\n")  # no built-in rule matches or writes a newline
-        for custom in self.custom:
-            lines, n, undecided = custom.pattern.sub_lines(custom.replacement, lines)
-            self.counts[custom.name] += n + len(undecided)
-            if undecided:
-                self.timeouts += len(undecided)
-                blank = _R % f"{custom.name}:timeout".encode()
-                lines = list(lines)
-                for i in undecided:
-                    lines[i] = blank
-        return lines
+        return blob, changed
 
     # -- structured records -------------------------------------------------------------
 

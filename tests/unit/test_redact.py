@@ -157,3 +157,14 @@ def test_a_pattern_that_runs_out_of_time_fails_closed_and_is_bounded() -> None:
     assert out[0] == b"fine line" and out[2] == b"another"
     assert r.timeouts >= 1
     assert elapsed < 2.0, f"one read took {elapsed:.2f}s"
+
+
+def test_multiline_records_and_strings_with_newlines_keep_their_shape() -> None:
+    r = Redactor(ALL, [CustomRule("pw", UserPattern(r"pw=\S+", what="t"), b"pw=*")])
+    recs = [b"ERROR for a@example.com\n  at x pw=1\n  at y", b"plain", b"one\ntwo pw=2"]
+    assert r.lines(recs) == [b"ERROR for [REDACTED:email]\n  at x pw=*\n  at y", b"plain",
+                             b"one\ntwo pw=*"]
+    assert r.record({"cmd": ["python", "-c", "x = 1\nmail('b@example.com')"]}) == {
+        "cmd": ["python", "-c", "x = 1\nmail('[REDACTED:email]')"]}
+    clean = [b"a\nb", b"c"]
+    assert r.lines(clean) is clean
