@@ -268,6 +268,8 @@ class Pipeline:
 
     def process_lines(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Packed entries for a read's lines, and how many."""
+        if self.multiline is None and self._redact_only:
+            return self._redact_read(items, ns)
         lines = [i if isinstance(i, bytes) else i[0] for i in items]
         flags = [0 if isinstance(i, bytes) else i[1] for i in items]
         if self.multiline is None:
@@ -275,6 +277,23 @@ class Pipeline:
         out: tuple[list[bytes], list[int], list[int]] = ([], [], [])
         self.multiline.feed(lines, flags, ns, out)
         return self._finish(*out)
+
+    @property
+    def _redact_only(self) -> bool:
+        return not (self.json or self.detect_levels or self.include or self.exclude)
+
+    def _redact_read(self, items: list[Item], ns: int) -> tuple[bytes, int]:
+        """Redaction alone: lines in, lines out, packed in one run as the fast path does."""
+        assert self.redactor is not None
+        if all(type(i) is bytes for i in items):
+            lines: list[bytes] = items  # type: ignore[assignment]
+            out: list[Item] = self.redactor.lines(lines)  # type: ignore[assignment]
+            return self._encoder(None).encode(out, ns), len(items)
+        plain = [i if isinstance(i, bytes) else i[0] for i in items]
+        redacted = self.redactor.lines(plain)
+        mixed: list[Item] = [r if isinstance(i, bytes) else (r, i[1])
+                             for i, r in zip(items, redacted, strict=True)]
+        return self._encoder(None).encode(mixed, ns), len(items)
 
     def flush_due(self, now: float, force: bool = False) -> tuple[bytes, int]:
         """A multiline record whose time is up (or any, with ``force``)."""
