@@ -90,6 +90,28 @@ async def test_rename_rotation_during_a_burst_loses_and_repeats_nothing(
     await stop(run)
 
 
+async def test_a_renamed_file_is_followed_while_its_writer_goes_on(
+        tail_agent: StartTail, tmp_path: Path) -> None:
+    """No fixed timer: an app that reopens its log late keeps writing to the renamed
+    file, and every line of it arrives (the glob names only the live file)."""
+    log = tmp_path / "app.log"
+    old = LineWriter(log)
+    old.write(1)
+    run, out = await tail_agent("--file", str(log))
+    await delivered(out, range(1))
+    os.rename(log, tmp_path / "app.log.1")
+    new = LineWriter(log)
+    new.next = 1_000_000
+    new.write(10)
+    for _ in range(4):  # the old writer, still on the renamed file, step by step
+        old.write(50)
+        await delivered(out, range(old.next))
+    report = check(out.logs(".file"), range(old.next))
+    assert (report.lost, report.duplicated) == ([], 0), str(report)
+    assert check(out.logs(".file"), range(1_000_000, new.next)).lost == []
+    await stop(run)
+
+
 async def test_five_rotations_in_a_row_with_a_glob_that_matches_rotated_files(
         tail_agent: StartTail, tmp_path: Path) -> None:
     log = tmp_path / "app.log"
