@@ -191,8 +191,10 @@ async def test_drop_oldest_never_drops_records_of_sources_that_wait() -> None:
     buf = make(max_bytes=1000, batch_bytes=200)
     kept = buf.add("file", entries(5), 5)  # a tailed file: Policy.BLOCK
     buf.seal_all()
+    kept += buf.add("file", entries(5), 5)  # and a batch of it still filling
     for _ in range(30):
         buf.add("t", entries(5), 5, policy=Policy.DROP_OLDEST)
-    assert kept == 5 and buf.dropped_records > 0
-    tags = [b.tag for b in buf._queue]
-    assert "file" in tags, "a waiting source's records were dropped to make room"
+    assert kept == 10 and buf.dropped_records > 0
+    buf.seal_all()
+    held = sum(b.count for b in buf._queue if b.tag == "file")
+    assert held == 10, "a waiting source's records were dropped to make room"
