@@ -188,7 +188,7 @@ async def test_an_add_seals_the_filling_batch_rather_than_outgrow_it() -> None:
 
 @pytest.mark.asyncio
 async def test_drop_oldest_never_drops_records_of_sources_that_wait() -> None:
-    buf = make(max_bytes=1000, batch_bytes=200)
+    buf = make(max_bytes=1000, batch_bytes=10_000)  # nothing seals by size
     kept = buf.add("file", entries(5), 5)  # a tailed file: Policy.BLOCK
     buf.seal_all()
     kept += buf.add("file", entries(5), 5)  # and a batch of it still filling
