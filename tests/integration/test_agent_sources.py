@@ -40,6 +40,7 @@ def writer(n: int, done: Path, width: int = 100) -> list[str]:
 # -- the buffer fills with the relay gone ---------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_block_stalls_the_child_and_loses_nothing(start_relay: StartRelay,
                                                         sockdir: Path) -> None:
     done = sockdir / "done"

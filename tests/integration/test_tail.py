@@ -177,6 +177,7 @@ async def wait_metric(out: Output, predicate: Callable[[dict[str, Any]], bool],
     raise AssertionError(f"timed out waiting for {what}: {detail()}")
 
 
+@pytest.mark.slow
 async def test_copytruncate_loses_only_its_window_and_repeats_nothing(
         tail_agent: StartTail, tmp_path: Path) -> None:
     """logrotate's copytruncate while a writer writes 2,000 lines/s; the copy is not
