@@ -333,6 +333,9 @@ class Agent:
             "metrics_skipped": self.metrics_skipped}
         if self.redactor is not None and self.redactor.timeouts:
             record["redaction_timeouts"] = self.redactor.timeouts
+        timeouts = sum(p.pattern_timeouts for p in self.pipelines)
+        if timeouts:
+            record["pattern_timeouts"] = timeouts
         if self.tail is not None:
             record["files"] = dataclasses.asdict(self.tail.stats)
         return record

@@ -34,6 +34,7 @@ from .config import (
 )
 from .patterns import PatternError, UserPattern
 from .redact import BUILTIN_RULES
+from .sources.forward_input import check_listen
 
 __all__ = ["ConfigError", "FileSettings", "check_tag", "load_config_file", "parse_config",
            "redact_names"]
@@ -238,8 +239,6 @@ def _files(v: Any) -> list[FileSource]:
 
 
 def _forward(v: Any) -> list[ForwardInput]:
-    from .sources.forward_input import check_listen  # sources import config: import late
-
     if not isinstance(v, list):
         raise ConfigError("forward: write each listener as its own [[forward]] table")
     out = []

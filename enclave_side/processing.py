@@ -257,6 +257,13 @@ class Pipeline:
         self.filtered = 0
         self.time_errors = 0
 
+    @property
+    def pattern_timeouts(self) -> int:
+        """Passes of this source's user patterns that ran out of time."""
+        patterns = [*self.include, *self.exclude, self.level_regex,
+                    self.multiline.start if self.multiline is not None else None]
+        return sum(p.timeouts for p in patterns if p is not None)
+
     def _encoder(self, level: str | None) -> EntryEncoder:
         enc = self._encoders.get(level)
         if enc is None:

@@ -179,3 +179,11 @@ def test_bad_patterns_name_their_key() -> None:
 def test_normalize_level() -> None:
     assert [normalize_level(x) for x in ("WARN", "err", b"Fatal", "Info", "x", 3)] == [
         "warning", "error", "critical", "info", None, None]
+
+
+def test_a_filter_that_runs_out_of_time_drops_the_line_and_is_counted() -> None:
+    p = Pipeline(Processing(exclude=(r"(b|bb)+$",)), {"stream": "stdout"}, None,
+                 max_record_bytes=1000, pattern_timeout=0.02)
+    got = logs(p.process_lines([b"fine", b"b" * 5000 + b"!", b"also fine"], NS))
+    assert got == ["fine", "also fine"]
+    assert p.pattern_timeouts >= 1 and p.filtered == 1
