@@ -359,6 +359,24 @@ async def test_delete_rotated_files_once_acked(tail_agent: StartTail, tmp_path: 
     await stop(run)
 
 
+async def test_delete_rotated_also_finds_a_file_renamed_out_of_the_glob(
+        tail_agent: StartTail, tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'rotated_idle = "50ms"\n[[file]]\npath = "{log}"\n'
+                    'delete_rotated = true\n')
+    w = LineWriter(log)
+    run, out = await tail_agent("--config", str(conf))
+    w.write(1)
+    await delivered(out, range(1))
+    os.rename(log, tmp_path / "old.log.1")
+    w.write(100)  # through the old descriptor
+    await delivered(out, range(w.next))
+    await wait_until(lambda: not (tmp_path / "old.log.1").exists(),
+                     "the file renamed out of the glob to be deleted")
+    await stop(run)
+
+
 async def test_files_pause_while_the_relay_is_gone_and_lose_nothing(
         start_relay: StartRelay, sockdir: Path, tmp_path: Path) -> None:
     log = tmp_path / "app.log"
