@@ -63,6 +63,16 @@ def compatible(a: bytes, b: bytes) -> bool:
     return a[:n] == b[:n]
 
 
+def _path_of(fd: int, key: Key) -> str | None:
+    """Where an open file is now (renamed out of every glob), if it still has a name."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path if (st.st_dev, st.st_ino) == key else None
+
+
 class FollowedFile:
     """One open file being read."""
 
@@ -263,7 +273,7 @@ class TailSource:
         if spec.delete_rotated and not f.deleted:
             if not f.all_acked:
                 return
-            path = by_key.get(f.key)
+            path = by_key.get(f.key) or _path_of(f.fd, f.key)
             if path is not None:
                 try:
                     os.unlink(path)
