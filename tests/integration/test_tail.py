@@ -372,8 +372,11 @@ async def test_delete_rotated_also_finds_a_file_renamed_out_of_the_glob(
     os.rename(log, tmp_path / "old.log.1")
     w.write(100)  # through the old descriptor
     await delivered(out, range(w.next))
-    await wait_until(lambda: not (tmp_path / "old.log.1").exists(),
-                     "the file renamed out of the glob to be deleted")
+    try:
+        await wait_until(lambda: not (tmp_path / "old.log.1").exists(),
+                         "the file renamed out of the glob to be deleted")
+    except AssertionError:
+        raise AssertionError(run.stderr.decode(errors="replace")[-3000:]) from None
     await stop(run)
 
 
