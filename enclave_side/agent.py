@@ -22,19 +22,28 @@ from typing import Any
 
 from fluent_forward import __version__
 from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.errors import ConnectError
 from fluent_forward.handshake import ClientHandshake
 
 from .buffer import DIAG_TAG, Buffer
-from .child import FORWARDED_SIGNALS, PipeSource, Reaper, spawn
-from .config import AgentConfig
+from .config import AgentConfig, Processing
+from .patterns import UserPattern
+from .processing import Pipeline
+from .redact import CustomRule, Redactor
 from .shipper import make_shipper
+from .sources.child import FORWARDED_SIGNALS, PipeSource, Reaper, spawn
+from .sources.forward_input import ForwardInputServer
+from .sources.kmsg import KmsgSource
+from .sources.tail import TailSource
 
-__all__ = ["LIFECYCLE_TAG", "Agent", "PipelineLogHandler"]
+__all__ = ["LIFECYCLE_TAG", "METRICS_TAG", "Agent", "PipelineLogHandler"]
 
 log = logging.getLogger("enclave_side")
 
 #: Tag of the agent's start and the app's exit records.
 LIFECYCLE_TAG = "agent.lifecycle"
+#: Tag of the agent's periodic self-metrics.
+METRICS_TAG = "agent.metrics"
 
 
 class PipelineLogHandler(logging.Handler):
@@ -64,8 +73,15 @@ class PipelineLogHandler(logging.Handler):
 
 
 def config_digest(config: AgentConfig) -> str:
-    """A short digest of the configuration (the shared key left out), to tell runs apart."""
-    shown = dataclasses.replace(config, shared_key="***" if config.shared_key else None)
+    """A short digest of the configuration, to tell runs apart; keys are left out (a
+    digest over a guessable config and a weak key would let the key be guessed)."""
+    def masked(key: str | None) -> str | None:
+        return "***" if key else None
+
+    shown = dataclasses.replace(
+        config, shared_key=masked(config.shared_key),
+        forward_inputs=tuple(dataclasses.replace(f, shared_key=masked(f.shared_key))
+                             for f in config.forward_inputs))
     return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
 
 
@@ -92,34 +108,123 @@ class Agent:
         self.child_pid: int | None = None
         self._stop = asyncio.Event()
         self._log_handler = PipelineLogHandler(self.buffer)
+        red = config.redaction
+        self.redactor = Redactor(red.builtin, [
+            CustomRule(r.name, UserPattern(r.pattern, what=f"redact rule {r.name}",
+                                           timeout=red.pattern_timeout),
+                       r.replacement.encode("utf-8"))
+            for r in red.rules]) if red.active else None
+        self.pipelines: list[Pipeline] = []
+        self.tail = TailSource(
+            config.files, self.buffer, default_tag=config.tag,
+            max_line_bytes=config.max_line_bytes, partial_flush=config.partial_flush,
+            poll_interval=config.poll_interval, rotated_idle=config.rotated_idle,
+            fingerprint_bytes=config.fingerprint_bytes,
+            make_pipeline=lambda i, fields: self.pipeline(
+                config.files[i].processing, fields, f"file[{i}]")) if config.files else None
+        self.kmsg = KmsgSource(
+            config.kmsg.path, config.kmsg.tag or f"{config.tag}.kmsg", self.buffer,
+            pipeline=self.pipeline(config.kmsg.processing, {}, "kmsg"),
+            poll_interval=config.poll_interval) if config.kmsg else None
+        self.forward = [ForwardInputServer(
+            fi.listen, self.buffer, pipeline=self.pipeline(fi.processing, {}, f"forward[{i}]"),
+            shared_key=fi.shared_key, hostname=config.hostname, batch_bytes=config.batch_bytes)
+            for i, fi in enumerate(config.forward_inputs)]
+        self.metrics_skipped = 0
+
+    def pipeline(self, processing: Processing, fields: dict[str, str], what: str
+                 ) -> Pipeline | None:
+        """A source's processing; None when there is none (the plain fast path)."""
+        if not processing.active and self.redactor is None:
+            return None
+        p = Pipeline(processing, fields, self.redactor, max_record_bytes=self.config.max_line_bytes,
+                     pattern_timeout=self.config.redaction.pattern_timeout, what=what)
+        self.pipelines.append(p)
+        return p
 
     def lifecycle(self, event: str, message: str, **fields: Any) -> None:
-        """A protected record on ``agent.lifecycle`` (never dropped)."""
+        """A protected record on ``agent.lifecycle`` (never dropped).
+
+        Redacted like the app's records: the command line may carry secrets.
+        """
         record: dict[str, object] = {"log": message, "event": event}
         record.update(fields)
+        if self.redactor is not None:
+            record = self.redactor.record(record)
         self.buffer.add_record(LIFECYCLE_TAG, time.time_ns(), record)
 
     async def run(self) -> int:
         logging.getLogger().addHandler(self._log_handler)
-        shipper = asyncio.create_task(self.shipper.run(), name="shipper")
-        ticker = asyncio.create_task(self._tick(), name="ticker")
+        tasks = [asyncio.create_task(self.shipper.run(), name="shipper"),
+                 asyncio.create_task(self._tick(), name="ticker")]
+        metrics = [asyncio.create_task(self._metrics_loop(), name="metrics")
+                   for _ in range(1 if self.config.metrics_interval > 0 else 0)]
         self.lifecycle("agent_start", f"enclave-log-agent {__version__} starting",
                        version=__version__, boot_id=self.boot_id.hex(), pid=os.getpid(),
                        command=list(self.config.command), hostname=self.config.hostname,
                        config_digest=config_digest(self.config), clock_ns=time.time_ns())
+        source_tasks = await self._start_sources()
         try:
             if self.config.command:
                 code = await self._supervise()
             else:
                 code = await self._until_stopped()
+            await self._stop_sources(source_tasks)
+            if metrics:
+                # A metrics record every interval would keep the buffer from ever being
+                # empty; the last one goes with the drain.
+                metrics[0].cancel()
+                await asyncio.gather(*metrics, return_exceptions=True)
+                self.emit_metrics()
             await self._drain()
         finally:
-            for task in (shipper, ticker):
+            for task in tasks + source_tasks + metrics:
                 task.cancel()
-            await asyncio.gather(shipper, ticker, return_exceptions=True)
+            await asyncio.gather(*tasks, *source_tasks, *metrics, return_exceptions=True)
+            if self.tail is not None:
+                self.tail.close()
+            if self.kmsg is not None:
+                self.kmsg.close()
             logging.getLogger().removeHandler(self._log_handler)
             self.reaper.uninstall()
         return code
+
+    async def _start_sources(self) -> list[asyncio.Task[None]]:
+        """Start the sources besides the app's output; one that cannot start is reported
+        and skipped (the app is not held hostage to a log source)."""
+        tasks = []
+        for server in list(self.forward):
+            try:
+                await server.start()
+            except ConnectError as exc:
+                log.error("Forward input %s cannot start: %s", server.endpoint, exc)
+                self.forward.remove(server)
+        if self.tail is not None:
+            tasks.append(asyncio.create_task(self.tail.run(), name="tail"))
+        if self.kmsg is not None:
+            try:
+                self.kmsg.open()
+                tasks.append(asyncio.create_task(self.kmsg.run(), name="kmsg"))
+            except OSError as exc:
+                log.error("cannot read the kernel log %s: %s", self.kmsg.path, exc.strerror)
+        return tasks
+
+    async def _stop_sources(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Take what the files and the kernel log hold now; close the Forward inputs."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self.forward:
+            await server.close()
+        if self.kmsg is not None:
+            self.kmsg.read_available()
+        if self.tail is not None:
+            try:
+                async with asyncio.timeout(self.config.drain_timeout):
+                    await self.tail.drain()
+            except TimeoutError:
+                log.error("files not read to their end within %ss: the buffer stayed full",
+                          self.config.drain_timeout)
 
     async def _until_stopped(self) -> int:
         loop = asyncio.get_running_loop()
@@ -134,7 +239,7 @@ class Agent:
         self.reaper.install()
         argv = self.config.command
         try:
-            proc, out_fd, err_fd = spawn(argv)
+            proc, out_fd, err_fd = spawn(argv, pty=self.config.pty)
         except OSError as exc:
             code = 127 if exc.errno == errno.ENOENT else 126
             log.error("cannot start %s: %s", argv[0], exc.strerror or exc)
@@ -146,9 +251,11 @@ class Agent:
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, self._forward_signal, sig)
         for stream, fd in (("stdout", out_fd), ("stderr", err_fd)):
+            processing = self.config.stdout if stream == "stdout" else self.config.stderr
             source = PipeSource(stream, f"{self.config.tag}.{stream}", self.buffer,
                                 policy=self.config.overflow,
-                                max_line_bytes=self.config.max_line_bytes)
+                                max_line_bytes=self.config.max_line_bytes,
+                                pipeline=self.pipeline(processing, {"stream": stream}, stream))
             await loop.connect_read_pipe(_factory(source), os.fdopen(fd, "rb", buffering=0))
             self.sources.append(source)
         log.info("started %s (pid %d)", argv[0], proc.pid)
@@ -187,7 +294,7 @@ class Agent:
             await asyncio.wait([s.closed for s in self.sources], timeout=0.05)
         for source in self.sources:
             if not source.closed.done():
-                source.flush_partial(0.0)
+                source.stream.flush_all()
                 source.close()
 
     async def _tick(self) -> None:
@@ -195,9 +302,58 @@ class Agent:
         interval = min(self.config.flush_interval, 0.05)
         while True:
             await asyncio.sleep(interval)
+            now = time.monotonic()
             for source in self.sources:
-                source.flush_partial(self.config.partial_flush)
+                source.tick(now, self.config.partial_flush)
             self.buffer.seal_due()
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics_interval)
+            self.emit_metrics()
+
+    def emit_metrics(self) -> None:
+        """One record on ``agent.metrics``; skipped (and counted) when the buffer is full."""
+        if not self.buffer.has_room():
+            self.metrics_skipped += 1
+            return
+        self.buffer.add(METRICS_TAG, pack_entry(EventTime.from_ns(time.time_ns()),
+                                                self.metrics()), 1)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since the agent started."""
+        st = self.buffer.stats()
+        client = self.shipper.stats
+        sources: dict[str, dict[str, int]] = {
+            s.name: {"lines": s.stream.lines, "bytes": s.stream.bytes} for s in self.sources}
+        if self.tail is not None:
+            sources.update(self.tail.source_stats())
+        if self.kmsg is not None:
+            sources["kmsg"] = {"lines": self.kmsg.lines, "bytes": self.kmsg.bytes,
+                               "overwritten": self.kmsg.overwritten}
+        for server in self.forward:
+            fs = server.stats
+            sources[f"forward:{server.address}"] = {
+                "lines": fs.records, "bytes": fs.bytes, "connections": fs.connections,
+                "protocol_errors": fs.protocol_errors, "acks": fs.acks}
+        record: dict[str, Any] = {
+            "log": "agent metrics", "event": "metrics", "sources": sources,
+            "dropped_records": st.dropped_records, "dropped_bytes": st.dropped_bytes,
+            "redacted": dict(self.redactor.counts) if self.redactor else {},
+            "filtered": sum(p.filtered for p in self.pipelines),
+            "buffer_bytes": st.used_bytes, "buffer_max_bytes": st.max_bytes,
+            "queued_batches": st.queued_batches, "unacked_batches": st.unacked_batches,
+            "acked_batches": st.acked_batches, "connected": self.shipper.connected.is_set(),
+            "reconnects": max(client.connects - 1, 0), "connect_failures": client.connect_failures,
+            "metrics_skipped": self.metrics_skipped}
+        if self.redactor is not None and self.redactor.timeouts:
+            record["redaction_timeouts"] = self.redactor.timeouts
+        timeouts = sum(p.pattern_timeouts for p in self.pipelines)
+        if timeouts:
+            record["pattern_timeouts"] = timeouts
+        if self.tail is not None:
+            record["files"] = dataclasses.asdict(self.tail.stats)
+        return record
 
     async def _drain(self) -> None:
         self.buffer.seal_all()

@@ -9,9 +9,15 @@ when the cap is reached depends on who is adding:
   file pauses: the file is the buffer). The cap may be overshot by one read per
   source, never more.
 - ``Policy.DROP_OLDEST``: room is made first by dropping the oldest records that were
-  never sent (sealed batches, then batches still filling, then the new records
-  themselves). Every dropped record is counted, and a report goes downstream as soon
-  as the link is back, in a batch that is itself never dropped.
+  never sent and were themselves added under ``DROP_OLDEST`` (sealed batches, then
+  batches still filling, then the new records themselves): records of sources that
+  wait (tailed files, the Forward input) are never dropped to make room. Every
+  dropped record is counted, and a report goes downstream as soon as the link is
+  back, in a batch that is itself never dropped.
+
+A source that must know when its records are safe (a rotated file deleted once all
+of it was acked) passes an ``owner``; every batch remembers how many of its parts
+came from which owner and tells each one on ack.
 
 Batches are PackedForward frames whose ``chunk`` is the boot id and the batch's
 sequence number, so the relay can spot a resent batch and a gap in the sequence.
@@ -24,11 +30,12 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
+from typing import Protocol
 
 from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
 
-__all__ = ["Batch", "Buffer", "BufferStats", "Policy"]
+__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Policy"]
 
 #: Tag of the agent's own diagnostics and drop reports.
 DIAG_TAG = "agent.log"
@@ -39,6 +46,21 @@ class Policy(StrEnum):
 
     BLOCK = "block"
     DROP_OLDEST = "drop_oldest"
+
+
+class _Kind(IntEnum):
+    """Batches never mix records that may be dropped with records that may not."""
+
+    DROPPABLE = 0  # added under DROP_OLDEST
+    KEPT = 1  # added under BLOCK: the source waits instead
+    PROTECTED = 2  # lifecycle, drop reports: never dropped, never wait
+
+
+class AckWatcher(Protocol):
+    """Told when batches holding its records are acked."""
+
+    def parts_acked(self, parts: int) -> None:
+        """``parts`` of the ``add()`` calls made with this owner are now acked."""
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +74,8 @@ class Batch:
     count: int
     protected: bool = False
     sends: int = 0  # how many times it was written to a connection
+    droppable: bool = False
+    owners: dict[AckWatcher, int] | None = None
 
     @property
     def size(self) -> int:
@@ -70,6 +94,7 @@ class _Open:
     count: int = 0
     since: float = 0.0
     reserved: int = 0  # room held for the frame around the entries
+    owners: dict[AckWatcher, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +130,7 @@ class Buffer:
         self.batch_bytes = batch_bytes
         self.flush_interval = flush_interval
         self._clock = clock
-        self._open: dict[tuple[str, bool], _Open] = {}
+        self._open: dict[tuple[str, _Kind], _Open] = {}
         self._queue: collections.deque[Batch] = collections.deque()
         self._unacked: dict[str, Batch] = {}
         self._next_seq = 1
@@ -132,24 +157,33 @@ class Buffer:
             await self._changed.wait()
 
     def add(self, tag: str, entries: bytes, count: int, *,
-            policy: Policy = Policy.BLOCK, protected: bool = False) -> int:
+            policy: Policy = Policy.BLOCK, protected: bool = False,
+            owner: AckWatcher | None = None) -> int:
         """Take ``count`` packed entries for ``tag``; return how many were kept.
 
         ``protected`` records (lifecycle, drop reports) are never dropped and never
-        wait: they are small and rare.
+        wait: they are small and rare. A batch never grows past ``batch_bytes``
+        because of an add: it is sealed first (one add larger than that travels
+        alone).
         """
         if not count:
             return 0
-        key = (tag, protected)
+        droppable = policy is Policy.DROP_OLDEST and not protected
+        kind = _Kind.PROTECTED if protected else _Kind.DROPPABLE if droppable else _Kind.KEPT
+        key = (tag, kind)
         size = len(entries)
+        batch = self._open.get(key)
+        if batch is not None and batch.size + size > self.batch_bytes:
+            self._seal(key)
+            batch = None
         # A new batch reserves room for its frame's header and options up front, so
         # sealing never pushes the total over the cap.
-        if policy is Policy.DROP_OLDEST and not protected:
-            self._make_room(size + (0 if key in self._open else _overhead(tag)))
-            if self._used + size + (0 if key in self._open else _overhead(tag)) > self.max_bytes:
+        if droppable:
+            self._make_room(size + (0 if batch is not None else _overhead(tag)))
+            batch = self._open.get(key)
+            if self._used + size + (0 if batch is not None else _overhead(tag)) > self.max_bytes:
                 self._count_drop(count, size)
                 return 0
-        batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Open(since=self._clock(), reserved=_overhead(tag))
             self._used += batch.reserved
@@ -157,6 +191,10 @@ class Buffer:
         batch.size += size
         batch.count += count
         self._used += size
+        if owner is not None:
+            if batch.owners is None:
+                batch.owners = {}
+            batch.owners[owner] = batch.owners.get(owner, 0) + 1
         if batch.size >= self.batch_bytes:
             self._seal(key)
         return count
@@ -178,7 +216,7 @@ class Buffer:
         for batch in list(self._queue):
             if self._used + size <= self.max_bytes:
                 return
-            if batch.protected or batch.sends:
+            if not batch.droppable or batch.sends:
                 continue
             self._queue.remove(batch)
             self._used -= batch.size
@@ -186,7 +224,7 @@ class Buffer:
         for key, opened in sorted(self._open.items(), key=lambda kv: kv[1].since):
             if self._used + size <= self.max_bytes:
                 return
-            if key[1]:
+            if key[1] is not _Kind.DROPPABLE:
                 continue
             del self._open[key]
             self._used -= opened.size + opened.reserved
@@ -194,14 +232,15 @@ class Buffer:
 
     # -- sealing --------------------------------------------------------------------
 
-    def _seal(self, key: tuple[str, bool]) -> None:
+    def _seal(self, key: tuple[str, _Kind]) -> None:
         opened = self._open.pop(key)
         seq = self._next_seq
         self._next_seq += 1
         chunk = chunk_id(self.boot_id, seq)
         entries = b"".join(opened.parts)
         frame = encode_packed_forward(key[0], entries, {"chunk": chunk, "size": opened.count})
-        batch = Batch(seq, key[0], chunk, frame, opened.count, key[1])
+        batch = Batch(seq, key[0], chunk, frame, opened.count, key[1] is _Kind.PROTECTED,
+                      droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners)
         self._used += batch.size - opened.size - opened.reserved
         self._queue.append(batch)
         self._sealed += 1
@@ -241,8 +280,8 @@ class Buffer:
         self.add_record(DIAG_TAG, time.time_ns(), {
             "log": f"buffer full: dropped {records} records ({size} bytes) under drop_oldest",
             "level": "warning", "event": "dropped", "records": records, "bytes": size})
-        if (DIAG_TAG, True) in self._open:  # add() seals by itself when the batch is full
-            self._seal((DIAG_TAG, True))
+        if (DIAG_TAG, _Kind.PROTECTED) in self._open:  # add() seals full batches itself
+            self._seal((DIAG_TAG, _Kind.PROTECTED))
         # The report goes first: it explains the gap the relay is about to see.
         self._queue.rotate(1)
 
@@ -255,6 +294,9 @@ class Buffer:
         self._acked += 1
         self._acked_records += batch.count
         self._changed.set()
+        if batch.owners:
+            for owner, parts in batch.owners.items():
+                owner.parts_acked(parts)
         return batch
 
     def requeue_unacked(self) -> int:

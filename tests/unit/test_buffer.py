@@ -145,3 +145,56 @@ async def test_drop_oldest_never_drops_sent_or_protected_batches() -> None:
     assert sent.chunk in buf._unacked, "a sent batch was dropped"
     assert protected in buf._queue, "a protected batch was dropped"
     assert buf.used <= 800
+
+
+class Watcher:
+    def __init__(self) -> None:
+        self.acked = 0
+
+    def parts_acked(self, parts: int) -> None:
+        self.acked += parts
+
+
+@pytest.mark.asyncio
+async def test_owners_hear_when_every_batch_with_their_records_is_acked() -> None:
+    buf = make(batch_bytes=150)
+    a, b = Watcher(), Watcher()
+    for _ in range(4):
+        buf.add("t", entries(3), 3, owner=a)
+    buf.add("t", entries(1), 1, owner=b)
+    buf.add("t", entries(1), 1)
+    buf.seal_all()
+    batches = []
+    while buf._queue:
+        batches.append(await buf.next_batch(100))
+    assert len(batches) > 1, "the records span several batches"
+    for batch in batches[:-1]:
+        buf.ack(batch.chunk)
+    assert a.acked < 4 or b.acked < 1, "a watcher heard of all its parts before the last ack"
+    buf.ack(batches[-1].chunk)
+    assert (a.acked, b.acked) == (4, 1)
+
+
+@pytest.mark.asyncio
+async def test_an_add_seals_the_filling_batch_rather_than_outgrow_it() -> None:
+    buf = make(batch_bytes=1000)
+    one = entries(20)  # ~380 bytes
+    for _ in range(5):
+        buf.add("t", one, 20)
+    buf.seal_all()
+    sizes = [(await buf.next_batch(100)).size for _ in range(len(buf._queue))]
+    assert all(s < 1000 + 64 for s in sizes), sizes
+
+
+@pytest.mark.asyncio
+async def test_drop_oldest_never_drops_records_of_sources_that_wait() -> None:
+    buf = make(max_bytes=1000, batch_bytes=10_000)  # nothing seals by size
+    kept = buf.add("file", entries(5), 5)  # a tailed file: Policy.BLOCK
+    buf.seal_all()
+    kept += buf.add("file", entries(5), 5)  # and a batch of it still filling
+    for _ in range(30):
+        buf.add("t", entries(5), 5, policy=Policy.DROP_OLDEST)
+    assert kept == 10 and buf.dropped_records > 0
+    buf.seal_all()
+    held = sum(b.count for b in buf._queue if b.tag == "file")
+    assert held == 10, "a waiting source's records were dropped to make room"

@@ -1,0 +1,224 @@
+"""The supervised app: spawn it, read its stdout and stderr, reap it, relay signals.
+
+``--pty`` gives the app a pseudo-terminal for stdout and another for stderr: C stdio
+(and Python, and most runtimes) block-buffer stdout into a pipe, so an app that
+logs a line now and then would have it shipped minutes later, or lost in a crash;
+on a terminal they line-buffer. Two terminals, not one, keep stdout and stderr
+apart. Both are put in raw mode, so a newline stays a newline (no ``\r\n``). When
+the app and everything holding the terminal is gone, reading the master side fails
+with EIO instead of returning EOF; that is taken as EOF.
+
+The agent reaps children itself, on SIGCHLD, with ``waitpid(-1, WNOHANG)``: as PID 1
+(Docker, a dev box) orphaned grandchildren are re-parented to it and must be reaped,
+and a second waiter (asyncio's child watcher) would race it for the app's own status.
+A pid reaped before anyone asked for it is remembered, so a child that exits at once
+is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import time
+import tty
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..buffer import Buffer, Policy
+from ..processing import Pipeline
+from .stream import LineStream
+
+__all__ = ["FORWARDED_SIGNALS", "ExitStatus", "PipeSource", "Reaper", "spawn"]
+
+#: Signals the agent passes on to the app instead of acting on them.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How the app ended: an exit code, or the signal that killed it."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        return cls(code=os.waitstatus_to_exitcode(status))
+
+    @property
+    def shell_code(self) -> int:
+        """What a shell would report: the code, or 128 + the signal."""
+        return self.code if self.code is not None else 128 + (self.signal or 0)
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by signal {self.signal} ({signal.Signals(self.signal).name})"
+        return f"exited with status {self.code}"
+
+    def record(self) -> dict[str, object]:
+        """Fields for the lifecycle record."""
+        if self.signal is not None:
+            return {"signal": self.signal, "signal_name": signal.Signals(self.signal).name}
+        return {"exit_code": self.code}
+
+
+class Reaper:
+    """Reap every child on SIGCHLD; hand out the statuses of the pids we watch."""
+
+    #: Remember at most this many statuses nobody asked for (orphans, as PID 1).
+    MAX_UNCLAIMED = 1024
+
+    def __init__(self) -> None:
+        self._waiters: dict[int, asyncio.Future[ExitStatus]] = {}
+        self._unclaimed: dict[int, ExitStatus] = {}
+        self.reaped = 0
+
+    def install(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self.reap)
+
+    def uninstall(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
+    def wait(self, pid: int) -> asyncio.Future[ExitStatus]:
+        """A future for ``pid``'s exit status (done at once if it was reaped already)."""
+        fut = asyncio.get_running_loop().create_future()
+        if pid in self._unclaimed:
+            fut.set_result(self._unclaimed.pop(pid))
+        else:
+            self._waiters[pid] = fut
+            self.reap()  # it may have exited before the handler was installed
+        return fut
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reaped += 1
+            exit_status = ExitStatus.from_wait_status(status)
+            fut = self._waiters.pop(pid, None)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(exit_status)
+            elif len(self._unclaimed) < self.MAX_UNCLAIMED:
+                self._unclaimed[pid] = exit_status
+
+
+def _pty() -> tuple[int, int]:
+    """A pseudo-terminal in raw mode: (master, slave)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no \n -> \r\n, no echo, no line editing
+    os.set_inheritable(master, False)
+    return master, slave
+
+
+def spawn(argv: Sequence[str], *, pty: bool = False
+          ) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start the app with its stdout and stderr on two pipes (or two pseudo-terminals);
+    return it and the two fds to read.
+
+    The app gets its own process group, so a terminal's Ctrl-C reaches the agent
+    alone and is passed on once, not twice.
+    """
+    out_r, out_w = _pty() if pty else os.pipe()
+    try:
+        err_r, err_w = _pty() if pty else os.pipe()
+    except BaseException:
+        os.close(out_r)
+        os.close(out_w)
+        raise
+    try:
+        proc = subprocess.Popen(list(argv), stdout=out_w, stderr=err_w, close_fds=True,
+                                process_group=0)
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return proc, out_r, err_r
+
+
+class PipeSource(asyncio.Protocol):
+    """One of the app's output streams: split into lines, pack, buffer.
+
+    With ``Policy.BLOCK`` it stops reading when the buffer is full, so the app blocks
+    on a full pipe and nothing is lost; with ``Policy.DROP_OLDEST`` it never stops.
+    """
+
+    def __init__(self, stream: str, tag: str, buffer: Buffer, *, policy: Policy,
+                 max_line_bytes: int, pipeline: Pipeline | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = stream
+        self.tag = tag
+        self.buffer = buffer
+        self.policy = policy
+        self.stream = LineStream(tag, {"stream": stream}, buffer, policy=policy,
+                                 max_line_bytes=max_line_bytes, pipeline=pipeline, clock=clock)
+        self._clock = clock
+        self.transport: asyncio.ReadTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.paused = False
+        self._finished = False
+
+    @property
+    def last_data(self) -> float:
+        return self.stream.last_data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.stream.feed(data)
+        if self.policy is Policy.BLOCK and not self.buffer.has_room() and not self.paused:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._resume_when_room())
+
+    async def _resume_when_room(self) -> None:
+        await self.buffer.wait_for_room()
+        self.paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def tick(self, now: float, partial_flush: float) -> None:
+        """Flush a line waiting for its newline, or a multiline record, when due."""
+        self.stream.tick(now, partial_flush)
+
+    def flush_partial(self, older_than: float) -> None:
+        """Send a line still waiting for its newline after ``older_than`` seconds."""
+        self.stream.tick(self._clock(), older_than)
+
+    def eof_received(self) -> bool | None:
+        self._finish()
+        return None
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self.stream.finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A pseudo-terminal's master reports the end as EIO, not EOF.
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            self._finish()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        """Stop reading (e.g. when orphaned grandchildren keep the pipe open)."""
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,209 @@
+"""A local Forward server for the app's logging libraries (fluent-logger and its kin).
+
+Lenient on input, strict on output: every mode (Message, Forward, PackedForward,
+CompressedPackedForward), both entry shapes (``[time, record]`` and Fluent Bit's
+``[[time, metadata], record]``), integer, float and EventTime times are accepted by
+the shared codec, which turns floats into EventTime. Tags pass through, except tags
+under the agent's reserved prefix, which are moved under ``forward.`` so an app
+cannot speak for the agent.
+
+A ``chunk`` is acked once its records are in the agent's buffer. When the buffer is
+full the connection is not read (and so nothing more is acked) until there is room.
+The server listens only inside the enclave: ``tcp://`` on a loopback address or
+``unix://``; never vsock (``check_listen``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fluent_forward.aio import Connection, bound_port, start_server
+from fluent_forward.codec import (
+    EventFrame,
+    Frame,
+    FrameDecoder,
+    Heartbeat,
+    Role,
+    encode_ack,
+    split_entries,
+)
+from fluent_forward.endpoints import Endpoint, Scheme
+from fluent_forward.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    HandshakeError,
+    ProtocolError,
+    TransportError,
+)
+from fluent_forward.handshake import Ping, ServerHandshake, encode_pong
+
+from ..buffer import Buffer
+from ..config import RESERVED_TAG_PREFIX
+from ..processing import Pipeline
+
+__all__ = ["ForwardInputServer", "ForwardInputStats", "check_listen"]
+
+log = logging.getLogger(__name__)
+
+#: Largest frame a local client may send, and what a gzip frame may inflate to.
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def check_listen(endpoint: Endpoint) -> str | None:
+    """Why ``endpoint`` may not be a Forward input address (None if it may)."""
+    if endpoint.scheme is Scheme.VSOCK:
+        return ("the Forward input listens only inside the enclave; vsock would let the "
+                "parent inject records: use tcp://127.0.0.1:PORT or unix:///PATH")
+    if endpoint.scheme is Scheme.TCP:
+        try:
+            loopback = ipaddress.ip_address(endpoint.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return (f"{endpoint.host!r} is not a loopback address; the Forward input "
+                    "listens only inside the enclave: use tcp://127.0.0.1:PORT")
+    return None
+
+
+@dataclass(slots=True)
+class ForwardInputStats:
+    connections: int = 0
+    frames: int = 0
+    records: int = 0
+    bytes: int = 0
+    acks: int = 0
+    protocol_errors: int = 0
+    auth_failures: int = 0
+    renamed_tags: int = 0
+
+
+class ForwardInputServer:
+    """One listening address.
+
+    Args:
+        endpoint: where to listen (checked by ``check_listen``).
+        buffer: where records go (``Policy.BLOCK``: clients wait, nothing is dropped).
+        pipeline: levels, filters and redaction, or None.
+        shared_key: require the handshake with this key (None: no handshake).
+        hostname: our name in PONG.
+        batch_bytes: frames larger than this are split into several batches.
+    """
+
+    def __init__(self, endpoint: Endpoint, buffer: Buffer, *, pipeline: Pipeline | None,
+                 shared_key: str | None, hostname: str, batch_bytes: int) -> None:
+        reason = check_listen(endpoint)
+        if reason is not None:
+            raise ValueError(reason)
+        self.endpoint = endpoint
+        self.buffer = buffer
+        self.pipeline = pipeline
+        self.shared_key = shared_key
+        self.hostname = hostname
+        self.batch_bytes = batch_bytes
+        self.stats = ForwardInputStats()
+        self.server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    @property
+    def address(self) -> str:
+        """The address clients use (the bound port when listening on port 0)."""
+        if self.endpoint.scheme is Scheme.TCP and self.server is not None:
+            return f"tcp://{self.endpoint.host}:{bound_port(self.server)}"
+        return str(self.endpoint)
+
+    async def start(self) -> None:
+        self.server = await start_server(self._handle, self.endpoint, unix_mode=0o660)
+        log.info("Forward input listening on %s", self.address)
+
+    async def close(self) -> None:
+        """Stop accepting and close the connections (what they sent and got acked is kept)."""
+        self._closing = True
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        conn = Connection(reader, writer, FrameDecoder(
+            Role.SERVER, max_frame_bytes=MAX_FRAME_BYTES,
+            max_decompressed_bytes=MAX_DECOMPRESSED_BYTES))
+        self.stats.connections += 1
+        try:
+            frames = await self._handshake(conn)
+            while True:
+                for frame in frames:
+                    if isinstance(frame, EventFrame):
+                        await self._on_event(conn, frame)
+                    elif not isinstance(frame, Heartbeat):
+                        raise HandshakeError(f"unexpected {type(frame).__name__}")
+                await self.buffer.wait_for_room()  # full: read (and ack) nothing more
+                frames = await conn.read_frames()
+        except ConnectionClosed:
+            pass
+        except AuthenticationError as exc:
+            self.stats.auth_failures += 1
+            log.warning("Forward input %s: a client failed the handshake: %s", self.address, exc)
+        except ProtocolError as exc:
+            self.stats.protocol_errors += 1
+            log.warning("Forward input %s: closing a connection: %s", self.address, exc)
+        except TransportError as exc:
+            log.info("Forward input %s: %s", self.address, exc)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            await conn.close()
+            self._conns.discard(task)
+
+    async def _handshake(self, conn: Connection) -> list[Frame]:
+        if self.shared_key is None:
+            return []  # no HELO: fluent-logger and Fluent Bit without a key expect none
+        hs = ServerHandshake(hostname=self.hostname, shared_key=self.shared_key)
+        await conn.send(hs.helo())
+        frames: list[Frame] = []
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            while not frames:
+                frames = await conn.read_frames()
+        ping = frames.pop(0)
+        if not isinstance(ping, Ping):
+            raise AuthenticationError("a shared key is required: the client must answer HELO")
+        pong = hs.check(ping)
+        await conn.send(encode_pong(pong))
+        if not pong.auth_result:
+            raise AuthenticationError(pong.reason)
+        return frames
+
+    async def _on_event(self, conn: Connection, frame: EventFrame) -> None:
+        st = self.stats
+        st.frames += 1
+        st.records += frame.count
+        st.bytes += len(frame.entries)
+        tag = frame.tag
+        if tag.split(".")[0] == RESERVED_TAG_PREFIX:
+            tag = "forward." + tag
+            st.renamed_tags += 1
+        entries, count = frame.entries, frame.count
+        if self.pipeline is not None:
+            entries, count = self.pipeline.process_entries(entries, count)
+        if count:
+            if len(entries) <= self.batch_bytes:
+                self.buffer.add(tag, entries, count)
+            else:
+                for part, n in split_entries(entries, self.batch_bytes):
+                    self.buffer.add(tag, part, n)
+        if frame.chunk is not None:
+            await conn.send(encode_ack(frame.chunk))
+            st.acks += 1
