@@ -22,6 +22,7 @@ import yaml
 from parent_side.cli import parse_args
 from parent_side.config import DEFAULT_OUTPUT, RelayConfig
 from parent_side.identity import Identity
+from parent_side.relay import LIFECYCLE_TAG, STATUS_TAG
 from tests.deploy.formats import (
     ClassicConfig,
     ClassicError,
@@ -40,6 +41,9 @@ INPUTS = ["unix", "tcp"]
 PREDEFINED = {"HOSTNAME": "ip-10-0-0-1"}
 SAMPLE_TAGS = [Identity("cid-16").tag_prefix + t
                for t in ("myapp.stdout", "payments.api.stderr", "agent.lifecycle", "agent.log")]
+#: Tags that must reach no output: Fluent Bit's own, and near misses of ours.
+UNROUTED_TAGS = ["fluentbit.metrics", "fluentbit.internal", "enclaves.x.stdout", "relays.x",
+                 "x.enclave.cid-16.app.stdout", "x.relay.status"]
 
 Entries = dict[str, str]
 BOOLEANS = {"true": "on", "yes": "on", "on": "on", "false": "off", "no": "off", "off": "off"}
@@ -118,6 +122,24 @@ def only(config: ClassicConfig, name: str) -> ClassicSection:
 def fb_match(pattern: str, tag: str) -> bool:
     """Fluent Bit's Match: ``*`` stands for any run of characters, dots included."""
     return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), tag) is not None
+
+
+def fb_match_regex(pattern: str, tag: str) -> bool:
+    """Fluent Bit's Match_Regex: a search anywhere in the tag (onig_search), not a
+    full match, so an unanchored pattern also takes tags that merely contain it."""
+    return re.search(pattern, tag) is not None
+
+
+def routes(section: ClassicSection, tag: str) -> bool:
+    """Whether a filter or output section takes records tagged ``tag``."""
+    match, regex = section.get("match"), section.get("match_regex")
+    assert (match is None) != (regex is None), f"{section.source}: match or match_regex, once"
+    return fb_match(match, tag) if match is not None else fb_match_regex(regex or "", tag)
+
+
+def relay_tags() -> list[str]:
+    """Every tag the relay gives its own records."""
+    return [LIFECYCLE_TAG, STATUS_TAG]
 
 
 # --- parsing ---------------------------------------------------------------------
@@ -229,20 +251,40 @@ def test_tcp_input_has_a_shared_key_on_loopback_and_the_relay_can_use_it(
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
-def test_filters_and_outputs_match_every_tag_the_relay_stamps(output: str) -> None:
+def test_every_filter_takes_every_tag_we_route_and_nothing_else(output: str) -> None:
     config = main_classic(output=output)
-    for section in config.named("FILTER") + config.named("OUTPUT"):
-        pattern = section.get("match")
-        assert pattern, f"{section.source}: no match"
-        for tag in SAMPLE_TAGS:
-            assert fb_match(pattern, tag), f"{pattern} misses {tag}"
-        assert not fb_match(pattern, "fluentbit.metrics"), "match only enclave records"
+    assert config.named("FILTER")
+    for section in config.named("FILTER"):
+        for tag in SAMPLE_TAGS + relay_tags():
+            assert routes(section, tag), f"{section.source} misses {tag}"
+        for tag in UNROUTED_TAGS:
+            assert not routes(section, tag), f"{section.source} takes {tag}"
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_every_enclave_and_relay_tag_reaches_one_output_section_and_nothing_else_does(
+        output: str) -> None:
+    outputs = main_classic(output=output).named("OUTPUT")
+    for tag in SAMPLE_TAGS + relay_tags():
+        taking = [s.source for s in outputs if routes(s, tag)]
+        assert len(taking) == 1, f"{tag} reaches {taking or 'no output'}"
+    for tag in UNROUTED_TAGS:
+        assert not any(routes(s, tag) for s in outputs), f"{tag} reaches an output"
 
 
 def test_fb_match_can_fail() -> None:
     assert fb_match("enclave.*", "enclave.cid-16.a.stdout")
     assert not fb_match("enclave.*", "enclaves.x")
     assert not fb_match("app.*", "enclave.cid-16.app.stdout")
+    assert fb_match_regex(r"^(enclave|relay)\.", "relay.status")
+    assert not fb_match_regex(r"^(enclave|relay)\.", "x.relay.status")
+    assert fb_match_regex(r"(enclave|relay)\.", "x.relay.status"), "a search, not anchored"
+
+
+def test_routes_refuses_a_section_with_no_match_or_both() -> None:
+    for entries in ([("name", "x")], [("name", "x"), ("match", "*"), ("match_regex", ".")]):
+        with pytest.raises(AssertionError):
+            routes(ClassicSection("OUTPUT", entries), "enclave.a.b")
 
 
 def test_aws_filter_stamps_instance_zone_and_region() -> None:
@@ -264,41 +306,77 @@ REQUIRED = {
 }
 
 
-def output_section(output: str) -> tuple[ClassicSection, dict[str, str]]:
+def output_sections(output: str) -> tuple[list[ClassicSection], dict[str, str]]:
+    """The output file's sections (one, or one for enclave.* and one for relay.*)."""
     config = main_classic(output=output)
-    return only(config, "OUTPUT"), {**PREDEFINED, **config.variables}
+    sections = config.named("OUTPUT")
+    assert sections, f"output-{output}.conf has no [OUTPUT]"
+    return sections, {**PREDEFINED, **config.variables}
+
+
+def section_for(output: str, tag: str) -> ClassicSection:
+    (section,) = [s for s in output_sections(output)[0] if routes(s, tag)]
+    return section
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
 def test_output_has_its_required_keys_and_never_gives_up(output: str) -> None:
-    section, _ = output_section(output)
-    assert section.get("name") == output
-    missing = REQUIRED[output] - {k for k, _ in section.entries}
-    assert not missing, f"{output} lacks {missing}"
-    assert section.get("retry_limit") in ("no_limits", "false", "False"), (
-        "the default retry_limit of 1 discards data")
-    assert section.get("storage.total_limit_size"), "the disk trade-off must be a choice"
+    for section in output_sections(output)[0]:
+        assert section.get("name") == output
+        missing = REQUIRED[output] - {k for k, _ in section.entries}
+        assert not missing, f"{section.source} lacks {missing}"
+        assert section.get("retry_limit") in ("no_limits", "false", "False"), (
+            "the default retry_limit of 1 discards data")
+        assert section.get("storage.total_limit_size"), "the disk trade-off must be a choice"
 
 
 def test_cloudwatch_streams_per_instance_enclave_and_stream() -> None:
-    section, variables = output_section("cloudwatch_logs")
-    # the plugin requires exactly one of these (the template falls back to it)
-    assert (section.get("log_stream_name") is None) != (section.get("log_stream_prefix") is None)
-    template = section.get("log_stream_template") or ""
-    assert "$ec2_instance_id" in template and "$TAG" in template
-    # record_accessor: only '.' or ',' may follow a variable in a template
-    for after in re.findall(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?(.?)", template):
-        assert after in ("", ".", ","), template
-    assert section.get("log_key") == "log", "raw lines read as lines"
-    assert normalize(section.get("auto_create_group")) == "on"
-    retention = int(expand_variables(section.get("log_retention_days") or "0", variables))
-    assert retention in {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
-                         1827, 3653}
+    sections, variables = output_sections("cloudwatch_logs")
+    for section in sections:
+        # the plugin requires exactly one of these (the template falls back to it)
+        assert ((section.get("log_stream_name") is None)
+                != (section.get("log_stream_prefix") is None))
+        template = section.get("log_stream_template") or ""
+        assert "$ec2_instance_id" in template and "$TAG" in template
+        # record_accessor: only '.' or ',' may follow a variable in a template
+        for after in re.findall(r"\$[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?(.?)", template):
+            assert after in ("", ".", ","), template
+        assert normalize(section.get("auto_create_group")) == "on"
+        retention = int(expand_variables(section.get("log_retention_days") or "0", variables))
+        assert retention in {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731,
+                             1827, 3653}
+
+
+def test_cloudwatch_sends_lines_as_written_and_relay_records_whole() -> None:
+    """log_key log sends the record's log field alone; a record without one (all the
+    relay's own) would not be sent, so relay records go through a section without it."""
+    for tag in SAMPLE_TAGS:
+        assert section_for("cloudwatch_logs", tag).get("log_key") == "log", (
+            "raw lines read as lines")
+    for tag in relay_tags():
+        assert section_for("cloudwatch_logs", tag).get("log_key") is None, tag
+
+
+def test_opensearch_puts_each_relay_tag_in_an_index_of_its_own() -> None:
+    """relay_start's spool is a path and relay.status's a map: one index cannot map both."""
+    enclave = section_for("opensearch", SAMPLE_TAGS[0])
+    assert "$" not in (enclave.get("index") or "")
+    for tag in relay_tags():
+        section = section_for("opensearch", tag)
+        assert section is not enclave
+        index = section.get("index") or ""
+        assert index.endswith("$TAG") and index != "$TAG", index
+        assert index.replace("$TAG", tag) == index.replace("$TAG", tag).lower()
 
 
 def test_s3_buffers_on_disk_not_in_tmp() -> None:
-    section, _ = output_section("s3")
-    assert not (section.get("store_dir") or "/tmp/fluent-bit/s3").startswith("/tmp")
+    for section in output_sections("s3")[0]:
+        assert not (section.get("store_dir") or "/tmp/fluent-bit/s3").startswith("/tmp")
+
+
+def test_s3_has_one_section_so_no_two_share_a_store_dir() -> None:
+    """fluent/fluent-bit#7941: s3 sections sharing a store_dir misroute after a restart."""
+    assert len(output_sections("s3")[0]) == 1
 
 
 # --- IAM ----------------------------------------------------------------------------
@@ -326,24 +404,25 @@ def policy_actions(output: str) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("output", OUTPUTS)
 def test_each_output_has_the_iam_policy_it_needs(output: str) -> None:
-    section, variables = output_section(output)
+    sections, variables = output_sections(output)
     actions, resources = policy_actions(output)
-    needed = set(IAM_ACTIONS[output])
-    if output == "cloudwatch_logs":
-        if normalize(section.get("auto_create_group")) == "on":
-            needed.add("logs:CreateLogGroup")
-        if section.get("log_retention_days"):
-            needed.add("logs:PutRetentionPolicy")
-        name = expand_variables(section.get("log_group_name") or "", variables)
-    elif output == "s3":
-        name = expand_variables(section.get("bucket") or "", variables)
-    elif output == "kinesis_streams":
-        name = expand_variables(section.get("stream") or "", variables)
-    else:
-        name = expand_variables(section.get("host") or "", variables).split(".")[0]
-        name = name.removeprefix("search-")
-    assert needed <= actions, f"{output}: missing {needed - actions}"
-    assert all(name in r for r in resources), f"{output}: resources must name {name}"
+    for section in sections:
+        needed = set(IAM_ACTIONS[output])
+        if output == "cloudwatch_logs":
+            if normalize(section.get("auto_create_group")) == "on":
+                needed.add("logs:CreateLogGroup")
+            if section.get("log_retention_days"):
+                needed.add("logs:PutRetentionPolicy")
+            name = expand_variables(section.get("log_group_name") or "", variables)
+        elif output == "s3":
+            name = expand_variables(section.get("bucket") or "", variables)
+        elif output == "kinesis_streams":
+            name = expand_variables(section.get("stream") or "", variables)
+        else:
+            name = expand_variables(section.get("host") or "", variables).split(".")[0]
+            name = name.removeprefix("search-")
+        assert needed <= actions, f"{section.source}: missing {needed - actions}"
+        assert all(name in r for r in resources), f"{output}: resources must name {name}"
     assert not any(a.endswith("*") for a in actions), "no wildcard actions"
 
 
