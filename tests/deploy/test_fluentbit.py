@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,16 +20,19 @@ from typing import Any
 import pytest
 import yaml
 
-from parent_side.cli import parse_args
-from parent_side.config import DEFAULT_OUTPUT, RelayConfig
+from parent_side.cli import StatusOptions, parse_args
+from parent_side.config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, RelayConfig
 from parent_side.identity import Identity
+from parent_side.listener import PeerStats
 from parent_side.relay import LIFECYCLE_TAG, STATUS_TAG
+from parent_side.status import json_lines
 from tests.deploy.formats import (
     ClassicConfig,
     ClassicError,
     ClassicSection,
     expand_variables,
     parse_classic,
+    parse_unit,
 )
 from tests.helpers import ROOT
 
@@ -37,6 +41,10 @@ CLASSIC = sorted(FB.glob("*.conf"))
 YAML_FILES = sorted(FB.glob("*.yaml"))
 OUTPUTS = ["cloudwatch_logs", "s3", "kinesis_streams", "opensearch"]
 INPUTS = ["unix", "tcp"]
+#: Classic parsers files (loaded with parsers_file): YAML has a parsers section instead.
+PARSERS_FILES = ["parsers-relay"]
+#: Inputs of the relay's own, beside the forward input.
+EXTRA_INPUTS = ["status"]
 #: Variables Fluent Bit defines itself.
 PREDEFINED = {"HOSTNAME": "ip-10-0-0-1"}
 SAMPLE_TAGS = [Identity("cid-16").tag_prefix + t
@@ -83,40 +91,64 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+KINDS = ("inputs", "filters", "outputs", "parsers")
+
+
 def yaml_pipeline(path: Path) -> dict[str, Any]:
-    """A YAML file with its includes merged: {env, service, inputs, filters, outputs}."""
+    """A YAML file with its includes merged: {env, service, inputs, filters, outputs,
+    parsers}."""
     data = load_yaml(path)
     merged: dict[str, Any] = {"env": dict(data.get("env", {})),
                               "service": dict(data.get("service", {})),
-                              "inputs": [], "filters": [], "outputs": []}
+                              **{kind: [] for kind in KINDS}}
     for include in data.get("includes", []):
         sub = yaml_pipeline(path.parent / include)
-        for kind in ("inputs", "filters", "outputs"):
+        for kind in KINDS:
             merged[kind] += sub[kind]
         merged["env"].update(sub["env"])
     for kind in ("inputs", "filters", "outputs"):
         merged[kind] += data.get("pipeline", {}).get(kind, [])
+    merged["parsers"] += data.get("parsers", [])
     return merged
 
 
+def classic_parsers(config: ClassicConfig) -> list[ClassicSection]:
+    """The [PARSER] sections of the files [SERVICE] names in parsers_file, looked up as
+    Fluent Bit does when the path is relative: in the main file's directory."""
+    parsers: list[ClassicSection] = []
+    for service in config.named("SERVICE"):
+        for name in service.all("parsers_file"):
+            path = Path(name) if Path(name).is_absolute() else config.files[0].parent / name
+            parsers += parse_classic(path).named("PARSER")
+    return parsers
+
+
 def classic_pipeline(config: ClassicConfig) -> dict[str, Any]:
+    """As yaml_pipeline: the parsers files' sections stand where YAML's parsers do."""
     service = config.named("SERVICE")
-    return {"env": dict(config.variables),
-            "service": service[0].as_dict() if service else {},
+    service_entries = service[0].as_dict() if service else {}
+    service_entries.pop("parsers_file", None)
+    return {"env": dict(config.variables), "service": service_entries,
             "inputs": [s.as_dict() for s in config.named("INPUT")],
             "filters": [s.as_dict() for s in config.named("FILTER")],
-            "outputs": [s.as_dict() for s in config.named("OUTPUT")]}
+            "outputs": [s.as_dict() for s in config.named("OUTPUT")],
+            "parsers": [s.as_dict() for s in classic_parsers(config)]}
 
 
 def normalized(pipeline: dict[str, Any]) -> dict[str, Any]:
     return {"env": norm_entries(pipeline["env"]), "service": norm_entries(pipeline["service"]),
-            **{k: [norm_entries(x) for x in pipeline[k]] for k in ("inputs", "filters", "outputs")}}
+            **{k: [norm_entries(x) for x in pipeline[k]] for k in KINDS}}
 
 
 def only(config: ClassicConfig, name: str) -> ClassicSection:
     found = config.named(name)
     assert len(found) == 1, f"expected one [{name}], found {len(found)}"
     return found[0]
+
+
+def forward_input(config: ClassicConfig) -> ClassicSection:
+    (section,) = [s for s in config.named("INPUT") if s.get("name") == "forward"]
+    return section
 
 
 def fb_match(pattern: str, tag: str) -> bool:
@@ -137,46 +169,64 @@ def routes(section: ClassicSection, tag: str) -> bool:
     return fb_match(match, tag) if match is not None else fb_match_regex(regex or "", tag)
 
 
+def status_input() -> ClassicSection:
+    return only(parse_classic(FB / "input-status.conf"), "INPUT")
+
+
 def relay_tags() -> list[str]:
-    """Every tag the relay gives its own records."""
-    return [LIFECYCLE_TAG, STATUS_TAG]
+    """Every tag under relay.: the relay's own records, and the status input's."""
+    return [LIFECYCLE_TAG, STATUS_TAG, status_input().get("tag") or ""]
+
+
+def relay_executable() -> str:
+    """Where the deployment guide installs enclave-log-relay: the unit's ExecStart."""
+    unit = parse_unit((ROOT / "systemd" / "enclave-log-relay.service").read_text())
+    return dict(unit["Service"])["ExecStart"].split()[0]
 
 
 # --- parsing ---------------------------------------------------------------------
 
 
 def test_there_is_a_file_per_output_and_input_in_both_formats() -> None:
-    for stem in ["fluent-bit", *(f"input-{i}" for i in INPUTS),
+    for stem in ["fluent-bit", *(f"input-{i}" for i in INPUTS + EXTRA_INPUTS),
                  *(f"output-{o}" for o in OUTPUTS)]:
         assert (FB / f"{stem}.conf").is_file(), stem
         assert (FB / f"{stem}.yaml").is_file(), stem
-    assert {p.stem for p in CLASSIC} == {p.stem for p in YAML_FILES}
+    for stem in PARSERS_FILES:
+        assert (FB / f"{stem}.conf").is_file(), stem
+    assert {p.stem for p in CLASSIC} - set(PARSERS_FILES) == {p.stem for p in YAML_FILES}
 
 
 @pytest.mark.parametrize("path", CLASSIC, ids=lambda p: p.name)
 def test_every_classic_file_parses(path: Path) -> None:
     config = parse_classic(path)
     assert config.sections, f"{path.name} has no sections"
+    # a parsers file holds parsers only, and parsers go nowhere else
+    kinds = {"PARSER"} if path.stem in PARSERS_FILES else {"SERVICE", "INPUT", "FILTER", "OUTPUT"}
     for section in config.sections:
-        assert section.name in {"SERVICE", "INPUT", "FILTER", "OUTPUT"}
+        assert section.name in kinds, f"{section.source}: [{section.name}]"
         if section.name != "SERVICE":
             assert section.get("name"), f"{section.source}: a section without a name"
+        if section.name == "PARSER":
+            assert section.get("format"), f"{section.source}: a parser without a format"
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.name)
 def test_every_yaml_file_parses(path: Path) -> None:
     data = load_yaml(path)
-    assert set(data) <= {"env", "service", "includes", "pipeline"}, set(data)
+    assert set(data) <= {"env", "service", "includes", "pipeline", "parsers"}, set(data)
     assert set(data.get("pipeline", {})) <= {"inputs", "filters", "outputs"}
-    for kind, items in data.get("pipeline", {}).items():
+    for kind, items in [*data.get("pipeline", {}).items(), ("parsers", data.get("parsers", []))]:
         assert isinstance(items, list), kind
         for item in items:
             assert isinstance(item, dict) and item.get("name"), f"{path.name}: {kind} {item}"
+    for parser in data.get("parsers", []):
+        assert parser.get("format"), f"{path.name}: parser {parser} without a format"
     for include in data.get("includes", []):
         assert (path.parent / include).is_file(), include
 
 
-@pytest.mark.parametrize("stem", sorted({p.stem for p in CLASSIC}))
+@pytest.mark.parametrize("stem", sorted({p.stem for p in CLASSIC} - set(PARSERS_FILES)))
 def test_yaml_and_classic_say_the_same(stem: str) -> None:
     classic = parse_classic(FB / f"{stem}.conf")
     as_yaml = yaml_pipeline(FB / f"{stem}.yaml")
@@ -188,11 +238,21 @@ def test_yaml_and_classic_say_the_same(stem: str) -> None:
 
 def test_the_comparison_sees_a_difference() -> None:
     a = normalized({"env": {}, "service": {}, "inputs": [{"Name": "forward", "port": 1}],
-                    "filters": [], "outputs": []})
+                    "filters": [], "outputs": [], "parsers": []})
     b = normalized({"env": {}, "service": {}, "inputs": [{"name": "forward", "port": "2"}],
-                    "filters": [], "outputs": []})
+                    "filters": [], "outputs": [], "parsers": []})
     assert a != b
     assert normalize(True) == normalize("On") == "on"
+    c = normalized({**a, "parsers": [{"name": "relay_json", "format": "json"}]})
+    assert normalized({**a, "parsers": [{"name": "relay_json", "format": "regex"}]}) != c
+
+
+def test_the_classic_side_reads_the_parsers_its_service_names(tmp_path: Path) -> None:
+    (tmp_path / "p.conf").write_text("[PARSER]\n    name j\n    format json\n")
+    (tmp_path / "main.conf").write_text("[SERVICE]\n    parsers_file p.conf\n")
+    pipeline = classic_pipeline(parse_classic(tmp_path / "main.conf"))
+    assert pipeline["parsers"] == [{"name": "j", "format": "json"}]
+    assert "parsers_file" not in pipeline["service"]
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
@@ -218,11 +278,12 @@ def test_unix_input_is_where_the_relay_writes_by_default() -> None:
 
 
 @pytest.mark.parametrize("input_name", INPUTS)
-def test_input_buffers_on_disk_without_mem_buf_limit(input_name: str) -> None:
+def test_every_input_buffers_on_disk_without_mem_buf_limit(input_name: str) -> None:
     config = main_classic(input_name)
-    section = only(config, "INPUT")
-    assert section.get("storage.type") == "filesystem"
-    assert section.get("mem_buf_limit") is None, "fluent/fluent-bit#9288: acks what it lost"
+    assert forward_input(config)
+    for section in config.named("INPUT"):
+        assert section.get("storage.type") == "filesystem", section.source
+        assert section.get("mem_buf_limit") is None, "fluent/fluent-bit#9288: acks what it lost"
     assert only(config, "SERVICE").get("storage.path"), "filesystem storage needs a path"
 
 
@@ -239,7 +300,7 @@ def test_input_keeps_the_relays_tags_and_takes_its_largest_frame(input_name: str
 def test_tcp_input_has_a_shared_key_on_loopback_and_the_relay_can_use_it(
         tmp_path: Path) -> None:
     config = main_classic("tcp")
-    section = only(config, "INPUT")
+    section = forward_input(config)
     assert section.get("listen") == "127.0.0.1"
     key = expand_variables(section.get("shared_key") or "", config.variables)
     assert key, "TCP without a shared key lets any local user inject records"
@@ -248,6 +309,62 @@ def test_tcp_input_has_a_shared_key_on_loopback_and_the_relay_can_use_it(
     _, relay = parse_args(["--output", f"tcp://127.0.0.1:{section.get('port')}",
                            "--upstream-shared-key-file", str(key_file)], environ={})
     assert relay.upstream_shared_key == key
+
+
+# --- the relay's status, through exec ------------------------------------------------
+
+
+def test_status_input_runs_the_relays_status_command_every_30s() -> None:
+    section = status_input()
+    assert section.get("name") == "exec"
+    assert section.get("interval_sec") == "30"
+    command = section.get("command") or ""
+    # exec hands the command to /bin/sh: it must mean the same there, word for word
+    assert shlex.join(shlex.split(command)) == command
+    executable, *argv = shlex.split(command)
+    assert executable == relay_executable(), "Fluent Bit's PATH does not have the relay's venv"
+    name, options = parse_args(argv, environ={})
+    assert name == "status" and isinstance(options, StatusOptions)
+    assert options.json, "JSON lines, one record each, for the parser"
+    assert options.admin_socket == DEFAULT_ADMIN_SOCKET, "the socket the unit's relay opens"
+
+
+def test_status_input_is_threaded_so_python_does_not_stall_fluent_bit() -> None:
+    assert normalize(status_input().get("threaded")) == "on"
+
+
+def test_status_input_is_included_and_its_parser_is_a_defined_json_parser() -> None:
+    config = parse_classic(FB / "fluent-bit.conf")
+    assert FB / "input-status.conf" in config.files
+    parsers = {p.get("name"): p for p in classic_parsers(config)}
+    name = status_input().get("parser")
+    assert name in parsers, f"parser {name} is not defined where [SERVICE] looks"
+    assert parsers[name].get("format") == "json"
+    assert parsers[name].get("time_key") is None, "status lines carry no time of their own"
+    yaml_parsers = {p["name"]: p for p in yaml_pipeline(FB / "fluent-bit.yaml")["parsers"]}
+    assert yaml_parsers[name]["format"] == "json"
+
+
+def test_status_input_tag_is_under_relay_and_none_the_relay_uses() -> None:
+    tag = status_input().get("tag") or ""
+    assert tag.startswith("relay."), "the filters and outputs take relay.*"
+    assert tag not in (LIFECYCLE_TAG, STATUS_TAG), "a record shape of its own, a tag of its own"
+
+
+def test_status_input_reads_a_whole_status_line_as_one_record() -> None:
+    """exec cuts lines at buf_size - 1 bytes; a cut line would not parse."""
+    peer = PeerStats(name="x" * 255, cid=2**32 - 1, claimed_hostname="h" * 255,
+                     agent_version="9" * 64, last_error="e" * 2048, enclave_id="i-" + "0" * 40)
+    snap = {"relay": {"version": "9" * 64, "hostname": "h" * 255, "listen": "x" * 255,
+                      "output": "x" * 255},
+            "enclaves": [peer.snapshot()],
+            "spool": {"path": "/" + "p" * 4095, "backlog": 10**12},
+            "upstream": {"kind": "forward", "endpoint": "x" * 255, "last_error": "e" * 2048}}
+    lines = json_lines(snap)
+    assert [json.loads(line)["type"] for line in lines] == ["relay", "enclave", "spool",
+                                                           "upstream"]
+    longest = max(len(line.encode()) for line in lines)
+    assert longest + 1 < int(status_input().get("buf_size") or 4096)
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
