@@ -22,7 +22,8 @@ import yaml
 
 from parent_side.cli import StatusOptions, parse_args
 from parent_side.config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, RelayConfig
-from parent_side.identity import Identity
+from parent_side.console import ConsoleOptions, _stdout_line
+from parent_side.identity import EnclaveInfo, Identity
 from parent_side.listener import PeerStats
 from parent_side.relay import LIFECYCLE_TAG, STATUS_TAG
 from parent_side.status import json_lines
@@ -44,7 +45,7 @@ INPUTS = ["unix", "tcp"]
 #: Classic parsers files (loaded with parsers_file): YAML has a parsers section instead.
 PARSERS_FILES = ["parsers-relay"]
 #: Inputs of the relay's own, beside the forward input.
-EXTRA_INPUTS = ["status"]
+EXTRA_INPUTS = ["status", "console"]
 #: Variables Fluent Bit defines itself.
 PREDEFINED = {"HOSTNAME": "ip-10-0-0-1"}
 SAMPLE_TAGS = [Identity("cid-16").tag_prefix + t
@@ -73,11 +74,19 @@ def norm_entries(pairs: list[tuple[str, str]] | dict[str, Any]) -> Entries:
 # --- loading ---------------------------------------------------------------------
 
 
-def main_classic(input_name: str = "unix", output: str = "cloudwatch_logs") -> ClassicConfig:
-    """fluent-bit.conf as a user would run it with the chosen input and output."""
+CONSOLE_INCLUDE = "# @INCLUDE input-console.conf"
+
+
+def main_classic(input_name: str = "unix", output: str = "cloudwatch_logs", *,
+                 console: bool = False) -> ClassicConfig:
+    """fluent-bit.conf as a user would run it with the chosen input and output (and
+    with the console input's include line enabled)."""
     text = (FB / "fluent-bit.conf").read_text()
     text = text.replace("@INCLUDE input-unix.conf", f"@INCLUDE input-{input_name}.conf")
     text = text.replace("@INCLUDE output-cloudwatch_logs.conf", f"@INCLUDE output-{output}.conf")
+    if console:
+        assert CONSOLE_INCLUDE in text.splitlines()
+        text = text.replace(CONSOLE_INCLUDE, CONSOLE_INCLUDE.removeprefix("# "))
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "fluentbit"
         shutil.copytree(FB, copy)
@@ -365,6 +374,52 @@ def test_status_input_reads_a_whole_status_line_as_one_record() -> None:
                                                            "upstream"]
     longest = max(len(line.encode()) for line in lines)
     assert longest + 1 < int(status_input().get("buf_size") or 4096)
+
+
+# --- the console companion, through exec (not included by default) --------------------
+
+
+def console_input() -> ClassicSection:
+    return only(parse_classic(FB / "input-console.conf"), "INPUT")
+
+
+def test_console_input_runs_the_console_companion_threaded() -> None:
+    section = console_input()
+    assert section.get("name") == "exec"
+    assert normalize(section.get("threaded")) == "on", (
+        "exec reads until the command exits, and this one never does (fluent/fluent-bit#6947)")
+    command = section.get("command") or ""
+    assert shlex.join(shlex.split(command)) == command
+    executable, *argv = shlex.split(command)
+    assert executable == relay_executable()
+    name, options = parse_args(argv, environ={})
+    assert name == "console" and isinstance(options, ConsoleOptions)
+    assert options.output is None, "--stdout: JSON lines for exec, not the forward socket"
+    assert section.get("parser") in {p.get("name") for p in
+                                     classic_parsers(parse_classic(FB / "fluent-bit.conf"))}
+
+
+def test_console_input_is_there_to_enable_not_enabled() -> None:
+    """It blocks Fluent Bit's hot reload (fluent/fluent-bit#12185): a choice to make."""
+    assert FB / "input-console.conf" not in parse_classic(FB / "fluent-bit.conf").files
+    yaml_lines = (FB / "fluent-bit.yaml").read_text().splitlines()
+    assert "  # - input-console.yaml" in yaml_lines
+    assert "input-console.yaml" not in load_yaml(FB / "fluent-bit.yaml")["includes"]
+    enabled = main_classic(console=True)
+    assert "input-console.conf" in [f.name for f in enabled.files]
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_console_lines_reach_one_output_with_the_log_field_it_sends(
+        output: str, capsys: pytest.CaptureFixture[str]) -> None:
+    outputs = main_classic(output=output, console=True).named("OUTPUT")
+    tag = console_input().get("tag") or ""
+    (section,) = [s for s in outputs if routes(s, tag)]
+    _stdout_line(EnclaveInfo(cid=16, enclave_id="i-0abc-enc1", name="dbg", debug=True),
+                 b"[    0.000000] Linux version", 0)
+    record = json.loads(capsys.readouterr().out)
+    key = section.get("log_key")
+    assert key is None or key in record, f"{section.source}: log_key {key} not in {record}"
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
