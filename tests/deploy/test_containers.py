@@ -274,7 +274,10 @@ REPO_PATH = re.compile(r"(?<![\w/.-])((?:docker|fluentbit|k8s|systemd|tools|exam
 
 
 @pytest.mark.parametrize("path", [DAEMONSET, COMPOSE, ENCLAVE_DOCKERFILE, PARENT_DOCKERFILE,
-                                  ROOT / "systemd" / "enclave-log-relay.service"],
+                                  ROOT / "systemd" / "enclave-log-relay.service",
+                                  ROOT / "systemd" / "enclave-log-relay-console.service",
+                                  ROOT / "systemd" / "enclave-log-relay.toml",
+                                  *sorted((ROOT / "fluentbit").glob("input-[cs]*"))],
                          ids=lambda p: p.name)
 def test_repository_paths_in_comments_and_commands_exist(path: Path) -> None:
     named = REPO_PATH.findall(path.read_text())

@@ -1,4 +1,4 @@
-"""The relay's systemd unit, sysusers and tmpfiles entries.
+"""The relay's systemd unit, the console companion's, sysusers and tmpfiles entries.
 
 ``systemd-analyze verify`` (Debian's systemd package) checks each unit in a scratch
 root that holds systemd's own units and stand-ins for the executables it runs, and
@@ -23,13 +23,15 @@ from fluent_forward.endpoints import parse_endpoint
 from parent_side import relay as relay_module
 from parent_side.cli import parse_args, serve_config
 from parent_side.config import DEFAULT_ADMIN_SOCKET, DEFAULT_LISTEN, DEFAULT_OUTPUT, RelayConfig
+from parent_side.console import ConsoleOptions
 from parent_side.outputs import parse_output
 from tests.deploy.formats import parse_unit
 from tests.deploy.options import PENDING_RELAY_OPTIONS, RELAY_ENV, env_assignments, relay_options
 from tests.helpers import ROOT
 
 UNIT = ROOT / "systemd" / "enclave-log-relay.service"
-UNITS = [UNIT]
+CONSOLE_UNIT = ROOT / "systemd" / "enclave-log-relay-console.service"
+UNITS = [UNIT, CONSOLE_UNIT]
 SYSUSERS = ROOT / "systemd" / "enclave-log-relay.sysusers"
 TMPFILES = ROOT / "systemd" / "enclave-log-relay.tmpfiles"
 EXAMPLE_CONFIG = ROOT / "systemd" / "enclave-log-relay.toml"
@@ -185,6 +187,31 @@ def test_example_config_file_holds_the_defaults_and_only_reloadable_options() ->
     from_file = serve_config(["serve", "--config", str(EXAMPLE_CONFIG)], {})
     defaults = serve_config(["serve"], {})
     assert from_file == dataclasses.replace(defaults, config_file=str(EXAMPLE_CONFIG))
+
+
+def test_console_unit_runs_the_console_into_fluent_bit_as_the_relays_user() -> None:
+    console, relay = service(CONSOLE_UNIT), service()
+    command, options = parse_args(exec_start(CONSOLE_UNIT)[1:], environ={})
+    assert command == "console" and isinstance(options, ConsoleOptions)
+    assert options.output == parse_output(DEFAULT_OUTPUT), "through Fluent Bit's forward input"
+    assert options.admin_socket == DEFAULT_ADMIN_SOCKET, "to skip enclaves with an agent"
+    assert exec_start(CONSOLE_UNIT)[0] == exec_start()[0]
+    for key in ("User", "Group", "SupplementaryGroups", "ReadWritePaths"):
+        assert console[key] == relay[key], f"{key}: nitro-cli and the sockets, as the relay"
+    unit = dict(parse_unit(CONSOLE_UNIT.read_text())["Unit"])
+    assert unit["StartLimitIntervalSec"] == "0"
+    assert console["Restart"] == ["on-failure"]
+
+
+def test_console_unit_is_hardened_as_the_relay_is() -> None:
+    console, relay = service(CONSOLE_UNIT), service()
+    hardening = [k for k in relay if k.startswith(("Protect", "Private", "Restrict"))
+                 or k in ("NoNewPrivileges", "LockPersonality", "MemoryDenyWriteExecute",
+                          "SystemCallArchitectures", "SystemCallFilter", "SystemCallErrorNumber",
+                          "CapabilityBoundingSet", "AmbientCapabilities", "UMask")]
+    assert len(hardening) > 15
+    for key in hardening:
+        assert console.get(key) == relay[key], key
 
 
 def test_spool_lives_in_the_state_directory() -> None:
