@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 
+import pytest
+
+from parent_side import cli as relay_cli
+from parent_side.cli import parse_args
 from tests.deploy.formats import parse_dockerfile, stages
 from tests.helpers import ROOT, load_tool
 
@@ -28,12 +32,37 @@ def test_configuration_reference_matches_the_parsers() -> None:
 def test_reference_lists_every_option_of_both_sides() -> None:
     section = gen.current(README.read_text())
     from enclave_side.cli import build_parser
-    from parent_side.cli import _build
 
-    for parser in (build_parser(), _build()[1]):
+    subcommands = gen.subcommands()
+    assert set(subcommands) == {"serve", "status", "console"}
+    for name, parser in [("agent", build_parser()), *subcommands.items()]:
+        table = section.split(f"enclave-log-relay {name} [" if name != "agent"
+                              else "enclave-log-agent [", 1)[1].split("###", 1)[0]
         for action in parser._actions:
             if action.option_strings and action.dest not in ("help", "version"):
-                assert f"`{max(action.option_strings, key=len)}" in section
+                assert f"| `{max(action.option_strings, key=len)}" in table, (name, action.dest)
+                assert action.help, f"{name} {action.dest}: no help to show"
+
+
+#: A value each status and console option takes, to set through the environment.
+SAMPLES = {"admin_socket": "/elsewhere/admin.sock", "json": "1", "stdout": "1",
+           "output": "stdout", "upstream_shared_key": "k", "nitro_cli": "/elsewhere/nitro-cli",
+           "interval": "7s", "log_level": "debug"}
+
+
+@pytest.mark.parametrize("command", sorted(gen.SUBCOMMAND_ENV))
+def test_the_reference_names_the_variables_each_subcommand_reads_and_no_other(
+        command: str) -> None:
+    parser = gen.subcommands()[command]
+    plain = parse_args([command], environ={})
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        assert action.dest in SAMPLES, f"add a sample value for {command} --{action.dest}"
+        variable = relay_cli.ENV_PREFIX + action.dest.upper()
+        read = parse_args([command], environ={variable: SAMPLES[action.dest]}) != plain
+        assert read == (action.dest in gen.SUBCOMMAND_ENV[command]), (
+            f"{command} {'reads' if read else 'ignores'} {variable}")
 
 
 def test_the_reference_changes_when_an_option_does() -> None:
@@ -41,6 +70,8 @@ def test_the_reference_changes_when_an_option_does() -> None:
     parser.add_argument("--spool", metavar="DIR", help="where the spool lives")
     rows = gen._rows(parser, "ENCLAVE_LOG_RELAY_")
     assert rows[-1] == "| `--spool DIR` | `ENCLAVE_LOG_RELAY_SPOOL` | where the spool lives |"
+    rows = gen._rows(parser, "ENCLAVE_LOG_RELAY_", env=set())
+    assert rows[-1] == f"| `--spool DIR` | {gen.NO_VARIABLE} | where the spool lives |"
 
 
 REPO_PATH = re.compile(
