@@ -2,8 +2,9 @@
 
 - The configuration reference is generated from the argument parsers
   (tools/gen_config_reference.py); this test fails when they differ.
-- Every repository path the README names exists.
+- Every repository path the README names exists, and every link to a section has one.
 - The enclave image's CMD quoted in the guide is the one in docker/enclave/Dockerfile.
+- The `status` example has the columns `status` prints.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from parent_side import cli as relay_cli
 from parent_side.cli import parse_args
+from parent_side.status import format_table
 from tests.deploy.formats import parse_dockerfile, stages
 from tests.helpers import ROOT, load_tool
 
@@ -91,3 +93,34 @@ def test_readme_quotes_the_enclave_images_cmd() -> None:
     cmd = next(i for i in stages(parse_dockerfile(dockerfile.read_text()))[-1]
                if i.keyword == "CMD")
     assert f"CMD {cmd.argument}" in README.read_text()
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = heading.strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_link_to_a_section_has_its_heading() -> None:
+    text = README.read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert "reload" in links and "the-relays-own-records" in links
+    assert not links - anchors, f"links to no heading: {sorted(links - anchors)}"
+
+
+def test_github_anchor_drops_what_github_drops() -> None:
+    assert github_anchor("Migrating from `exec` + `nitro-cli console`") == (
+        "migrating-from-exec--nitro-cli-console")
+    assert github_anchor("The relay's own records") == "the-relays-own-records"
+
+
+def test_readme_status_example_has_the_columns_status_prints() -> None:
+    snap = {"relay": {"version": "0.1.0", "hostname": "h", "uptime_s": 60, "listen": "l",
+                      "output": "o", "connections_open": 0, "protocol_errors": 0,
+                      "refused": 0},
+            "enclaves": [], "spool": {"mode": "memory-only"},
+            "upstream": {"kind": "stdout"}}
+    header = format_table(snap).splitlines()[1]
+    example = README.read_text().split("enclave-log-relay status\n", 1)[1].split("```", 1)[0]
+    assert header.split() == example.splitlines()[1].split()
