@@ -212,7 +212,8 @@ def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                          help="the relay to ask which enclaves have an agent connected "
                               "(default: %(default)s)")
     console.add_argument("--log-level", default="info",
-                         choices=["debug", "info", "warning", "error"])
+                         choices=["debug", "info", "warning", "error"],
+                         help="log level (default: %(default)s)")
     return p, serve
 
 

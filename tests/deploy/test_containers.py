@@ -27,7 +27,7 @@ import yaml
 
 from enclave_side.cli import parse_args as parse_agent_args
 from parent_side.cli import parse_args as parse_relay_args
-from parent_side.config import DEFAULT_LISTEN, DEFAULT_OUTPUT
+from parent_side.config import DEFAULT_ADMIN_SOCKET, DEFAULT_LISTEN, DEFAULT_OUTPUT
 from tests.deploy import seccomp_exec
 from tests.deploy.formats import DockerInstruction, parse_dockerfile, stages
 from tests.deploy.options import (
@@ -54,6 +54,7 @@ DAEMONSET = ROOT / "k8s" / "daemonset.yaml"
 SECCOMP = ROOT / "docker" / "parent" / "seccomp-vsock.json"
 SECCOMP_EXEC = Path(__file__).with_name("seccomp_exec.py")
 SOCKET_DIR = str(PurePosixPath(DEFAULT_OUTPUT.removeprefix("unix://")).parent)
+ADMIN_DIR = str(PurePosixPath(DEFAULT_ADMIN_SOCKET).parent)
 AF_VSOCK = 40
 CONSOLE_SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 PYTHONS = {"python", "python3", "python3.11"}
@@ -209,6 +210,14 @@ def test_compose_runs_the_relay_with_vsock_seccomp_spool_and_a_shared_socket() -
     assert relay_mounts[env[f"{RELAY_ENV}SPOOL"]] in compose()["volumes"], "a volume"
 
 
+def test_compose_relay_can_open_its_admin_socket_on_a_read_only_root() -> None:
+    relay = compose()["services"]["relay"]
+    assert relay["read_only"] is True
+    assert f"{RELAY_ENV}ADMIN_SOCKET" not in relay["environment"]
+    writable = set(relay.get("tmpfs", [])) | {v.split(":")[1] for v in relay["volumes"]}
+    assert ADMIN_DIR in writable, "status could not reach the relay"
+
+
 def fluent_config_from_command(command: list[str], mounts: dict[str, Path]) -> Path:
     config = command[command.index("-c") + 1]
     for target, source in mounts.items():
@@ -259,6 +268,16 @@ def test_daemonset_runs_relay_and_fluent_bit_on_enclave_nodes() -> None:
     assert "hostPath" in spool, "the spool outlives the pod"
 
 
+def test_daemonset_relay_can_open_its_admin_socket_on_a_read_only_root() -> None:
+    relay = container("relay")
+    assert relay["securityContext"]["readOnlyRootFilesystem"] is True
+    assert f"{RELAY_ENV}ADMIN_SOCKET" not in {e["name"] for e in relay["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in relay["volumeMounts"]}
+    assert ADMIN_DIR in mounts, "status could not reach the relay"
+    volume = next(v for v in pod_spec()["volumes"] if v["name"] == mounts[ADMIN_DIR])
+    assert "emptyDir" in volume, "the socket belongs to this pod"
+
+
 def test_daemonset_fluent_bit_config_comes_from_fluentbit_flat() -> None:
     fluent = container("fluent-bit")
     config_mount = next(m for m in fluent["volumeMounts"] if m["name"] == "fluent-bit-config")
@@ -274,7 +293,10 @@ REPO_PATH = re.compile(r"(?<![\w/.-])((?:docker|fluentbit|k8s|systemd|tools|exam
 
 
 @pytest.mark.parametrize("path", [DAEMONSET, COMPOSE, ENCLAVE_DOCKERFILE, PARENT_DOCKERFILE,
-                                  ROOT / "systemd" / "enclave-log-relay.service"],
+                                  ROOT / "systemd" / "enclave-log-relay.service",
+                                  ROOT / "systemd" / "enclave-log-relay-console.service",
+                                  ROOT / "systemd" / "enclave-log-relay.toml",
+                                  *sorted((ROOT / "fluentbit").glob("input-[cs]*"))],
                          ids=lambda p: p.name)
 def test_repository_paths_in_comments_and_commands_exist(path: Path) -> None:
     named = REPO_PATH.findall(path.read_text())

@@ -1,7 +1,7 @@
-"""The relay's systemd unit, sysusers and tmpfiles entries.
+"""The relay's systemd unit, the console companion's, sysusers and tmpfiles entries.
 
-``systemd-analyze verify`` (Debian's systemd package) checks the unit in a scratch
-root that holds systemd's own units and a stand-in for the relay's executable, and
+``systemd-analyze verify`` (Debian's systemd package) checks each unit in a scratch
+root that holds systemd's own units and stand-ins for the executables it runs, and
 any warning it prints fails the test (it exits 0 on unknown keys and bad values).
 ``systemd-sysusers`` and ``systemd-tmpfiles`` run against the same scratch root.
 Without those tools the tests skip, except under CI=true, where .ci/run installs them.
@@ -9,25 +9,38 @@ Without those tools the tests skip, except under CI=true, where .ci/run installs
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fluent_forward.endpoints import parse_endpoint
-from parent_side.cli import parse_args
-from parent_side.config import DEFAULT_LISTEN, DEFAULT_OUTPUT
+from parent_side import relay as relay_module
+from parent_side.cli import parse_args, serve_config
+from parent_side.config import DEFAULT_ADMIN_SOCKET, DEFAULT_LISTEN, DEFAULT_OUTPUT, RelayConfig
+from parent_side.console import ConsoleOptions
+from parent_side.outputs import parse_output
 from tests.deploy.formats import parse_unit
 from tests.deploy.options import PENDING_RELAY_OPTIONS, RELAY_ENV, env_assignments, relay_options
 from tests.helpers import ROOT
 
 UNIT = ROOT / "systemd" / "enclave-log-relay.service"
+CONSOLE_UNIT = ROOT / "systemd" / "enclave-log-relay-console.service"
+UNITS = [UNIT, CONSOLE_UNIT]
 SYSUSERS = ROOT / "systemd" / "enclave-log-relay.sysusers"
 TMPFILES = ROOT / "systemd" / "enclave-log-relay.tmpfiles"
+EXAMPLE_CONFIG = ROOT / "systemd" / "enclave-log-relay.toml"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
+#: Options a reload keeps as they were (RelayConfig fields, parent_side.relay), by
+#: their option names.
+RESTART_ONLY = {"listen": "listen", "listen_mode": "listen_mode", "spool": "spool",
+                "spool_size": "spool_bytes", "spool_full": "spool_full",
+                "admin_socket": "admin_socket", "hostname": "hostname"}
 
 
 def need(tool: str) -> str:
@@ -41,37 +54,47 @@ def need(tool: str) -> str:
     return path
 
 
-def service() -> dict[str, list[str]]:
+def service(unit: Path = UNIT) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for key, value in parse_unit(UNIT.read_text())["Service"]:
+    for key, value in parse_unit(unit.read_text())["Service"]:
         out.setdefault(key, []).append(value)
     return out
 
 
-def exec_start() -> list[str]:
-    return service()["ExecStart"][0].split()
+def exec_start(unit: Path = UNIT) -> list[str]:
+    return service(unit)["ExecStart"][0].split()
+
+
+def install(root: Path, unit: Path) -> None:
+    """Put ``unit`` in ``root`` with a stand-in for every program its Exec lines run."""
+    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    for key, values in service(unit).items():
+        if key.startswith("Exec"):
+            for value in values:
+                binary = root / value.split()[0].lstrip("-@:+!").lstrip("/")
+                binary.parent.mkdir(parents=True, exist_ok=True)
+                binary.write_text("#!/bin/sh\n")
+                binary.chmod(0o755)
 
 
 @pytest.fixture
 def scratch_root(tmp_path: Path) -> Iterator[Path]:
-    """A root with systemd's units, the unit installed, and a stub relay executable."""
+    """A root with systemd's units, the relay's unit installed, and stub executables."""
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / SYSTEM_UNITS.relative_to("/"), symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system" / UNIT.name)
-    binary = root / exec_start()[0].lstrip("/")
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
+    install(root, UNIT)
     yield root
 
 
-def test_systemd_analyze_verify_passes_without_warnings(scratch_root: Path) -> None:
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_systemd_analyze_verify_passes_without_warnings(scratch_root: Path, unit: Path) -> None:
     tool = need("systemd-analyze")
     if not SYSTEM_UNITS.is_dir():
         pytest.fail(f"{SYSTEM_UNITS} missing: is Debian's systemd package installed?")
+    install(scratch_root, unit)
     result = subprocess.run(
-        [tool, "verify", f"--root={scratch_root}", f"/etc/systemd/system/{UNIT.name}"],
+        [tool, "verify", f"--root={scratch_root}", f"/etc/systemd/system/{unit.name}"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", f"systemd-analyze verify warned:\n{result.stderr}"
@@ -118,7 +141,6 @@ def test_nitro_cli_describe_enclaves_has_what_it_needs() -> None:
 def test_unit_uses_the_relay_defaults_and_real_options() -> None:
     env = env_assignments(UNIT)
     assert env[f"{RELAY_ENV}LISTEN"] == DEFAULT_LISTEN
-    assert env[f"{RELAY_ENV}OUTPUT"] == DEFAULT_OUTPUT
     known = relay_options()
     checked = {}
     for name, value in env.items():
@@ -129,8 +151,67 @@ def test_unit_uses_the_relay_defaults_and_real_options() -> None:
         checked[name] = value
     argv = exec_start()[1:]
     command, config = parse_args(argv, environ=checked)
-    assert command == "serve"
+    assert command == "serve" and isinstance(config, RelayConfig)
     assert config.listen == parse_endpoint(DEFAULT_LISTEN, listen=True)
+    assert config.output == parse_output(DEFAULT_OUTPUT), "Fluent Bit's forward socket"
+    assert config.admin_socket == DEFAULT_ADMIN_SOCKET
+
+
+def test_unit_reloads_with_sighup() -> None:
+    assert service()["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+def test_unit_environment_sets_only_what_a_reload_would_keep() -> None:
+    """The environment wins over a --config file and is read once: an option the unit
+    set there could never change on reload."""
+    assert set(RESTART_ONLY.values()) == set(relay_module._RESTART_ONLY) - {
+        "spool_segment_bytes"}, "RESTART_ONLY is out of step with the relay"
+    for name in env_assignments(UNIT):
+        dest = name.removeprefix(RELAY_ENV).lower()
+        assert dest in RESTART_ONLY, f"{name} in the unit would block reloading {dest}"
+
+
+def test_admin_socket_lives_in_the_runtime_directory_the_relay_group_may_enter() -> None:
+    s = service()
+    assert DEFAULT_ADMIN_SOCKET == f"/run/{s['RuntimeDirectory'][0]}/admin.sock"
+    mode = int(s["RuntimeDirectoryMode"][0], 8)
+    assert mode & 0o050 == 0o050, "the group (a Fluent Bit given it) may look up the socket"
+    assert mode & 0o007 == 0, "other users may not"
+
+
+def test_example_config_file_holds_the_defaults_and_only_reloadable_options() -> None:
+    with EXAMPLE_CONFIG.open("rb") as f:
+        keys = set(tomllib.load(f))
+    assert keys, "an example with nothing in it"
+    assert not keys & set(RESTART_ONLY), "a reload would ignore these"
+    from_file = serve_config(["serve", "--config", str(EXAMPLE_CONFIG)], {})
+    defaults = serve_config(["serve"], {})
+    assert from_file == dataclasses.replace(defaults, config_file=str(EXAMPLE_CONFIG))
+
+
+def test_console_unit_runs_the_console_into_fluent_bit_as_the_relays_user() -> None:
+    console, relay = service(CONSOLE_UNIT), service()
+    command, options = parse_args(exec_start(CONSOLE_UNIT)[1:], environ={})
+    assert command == "console" and isinstance(options, ConsoleOptions)
+    assert options.output == parse_output(DEFAULT_OUTPUT), "through Fluent Bit's forward input"
+    assert options.admin_socket == DEFAULT_ADMIN_SOCKET, "to skip enclaves with an agent"
+    assert exec_start(CONSOLE_UNIT)[0] == exec_start()[0]
+    for key in ("User", "Group", "SupplementaryGroups", "ReadWritePaths"):
+        assert console[key] == relay[key], f"{key}: nitro-cli and the sockets, as the relay"
+    unit = dict(parse_unit(CONSOLE_UNIT.read_text())["Unit"])
+    assert unit["StartLimitIntervalSec"] == "0"
+    assert console["Restart"] == ["on-failure"]
+
+
+def test_console_unit_is_hardened_as_the_relay_is() -> None:
+    console, relay = service(CONSOLE_UNIT), service()
+    hardening = [k for k in relay if k.startswith(("Protect", "Private", "Restrict"))
+                 or k in ("NoNewPrivileges", "LockPersonality", "MemoryDenyWriteExecute",
+                          "SystemCallArchitectures", "SystemCallFilter", "SystemCallErrorNumber",
+                          "CapabilityBoundingSet", "AmbientCapabilities", "UMask")]
+    assert len(hardening) > 15
+    for key in hardening:
+        assert console.get(key) == relay[key], key
 
 
 def test_spool_lives_in_the_state_directory() -> None:
