@@ -204,6 +204,8 @@ def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                          help="where lines go, as for serve (default: %(default)s)")
     console.add_argument("--upstream-shared-key", default=None, metavar="KEY",
                          help="shared key of Fluent Bit's forward input, if it has one")
+    console.add_argument("--upstream-shared-key-file", default=None, metavar="PATH",
+                         help="read --upstream-shared-key from this file (keeps it out of ps)")
     console.add_argument("--nitro-cli", default="nitro-cli", metavar="PATH",
                          help="nitro-cli to run (default: %(default)s)")
     console.add_argument("--interval", type=duration_arg, default=5.0, metavar="DURATION",
@@ -280,7 +282,9 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
             nitro_cli=ns.nitro_cli, interval=ns.interval, output=output,
             admin_socket=None if ns.admin_socket.lower() == "none" else ns.admin_socket,
             hostname=socket.gethostname() or "relay",
-            upstream_shared_key=ns.upstream_shared_key, log_level=ns.log_level)
+            upstream_shared_key=_read_key(parser, ns.upstream_shared_key,
+                                          ns.upstream_shared_key_file, "--upstream-shared-key"),
+            log_level=ns.log_level)
     return "serve", serve_config(args, env)
 
 

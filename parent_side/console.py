@@ -147,14 +147,21 @@ class _Sender:
     def __init__(self, output: Output) -> None:
         self.output = output
         self.queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(10_000)
+        self.dropped = 0
 
     def write(self, enclave: EnclaveInfo, line: bytes, ns: int) -> None:
         name = sanitize_name(enclave.name or f"cid-{enclave.cid}")
         record = {"log": line.decode("utf-8", "backslashreplace"), "stream": "console",
                   "enclave_id": enclave.enclave_id, "enclave_cid": enclave.cid}
-        with contextlib.suppress(asyncio.QueueFull):  # the console must never block
+        try:
             self.queue.put_nowait((f"enclave.{name}.console",
                                    pack_entry(EventTime.from_ns(ns), record), 1))
+        except asyncio.QueueFull:
+            # The output is far behind: the console must never block, so drop, counted.
+            self.dropped += 1
+            if self.dropped in (1, 100, 10_000) or self.dropped % 100_000 == 0:
+                log.warning("the output is behind: %d console lines dropped so far",
+                            self.dropped)
 
     async def run(self) -> None:
         while True:

@@ -295,10 +295,14 @@ class Listener:
             where += f", {ident.enclave.enclave_id}" + (", DEBUG MODE" if ident.enclave.debug
                                                         else "")
         log.info("%s connected (%s)", ident.name, where)
-        handshaken = False
+        greeted: list[bool] = []
+
+        def connected() -> None:
+            greeted.append(True)
+            self._lifecycle("connected", ident, peer)
+
         try:
-            await self._serve(conn, ident, peer, lambda: self._lifecycle("connected", ident, peer))
-            handshaken = True
+            await self._serve(conn, ident, peer, connected)
         except ConnectionClosed as exc:
             if exc.partial:
                 log.info("%s closed %d bytes into a frame (it will resend)", ident.name,
@@ -329,7 +333,7 @@ class Listener:
             peer.open_connections -= 1
             await conn.close()
             log.info("%s disconnected", ident.name)
-            if peer.last_seen >= peer.connected_since and (handshaken or peer.frames):
+            if greeted:  # every "connected" record gets its "disconnected"
                 self._lifecycle("disconnected", ident, peer)
 
     def _lifecycle(self, event: str, ident: Identity, peer: PeerStats) -> None:
@@ -380,13 +384,6 @@ class Listener:
                          frames: list[Any],
                          acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                          ) -> None:
-        cfg = self.config
-        bucket = None
-        if cfg.rate_limit:
-            bucket = self._buckets.get(ident.name)
-            if bucket is None:
-                bucket = self._buckets[ident.name] = TokenBucket(cfg.rate_limit,
-                                                                 max(cfg.rate_limit, 1 << 20))
         while True:
             for frame in frames:
                 if isinstance(frame, EventFrame):
@@ -394,6 +391,7 @@ class Listener:
                 elif not isinstance(frame, Heartbeat):
                     raise HandshakeError(f"unexpected {type(frame).__name__} after the handshake")
             before = conn.bytes_in
+            cfg = self.config  # read again each time: a reload may have changed it
             try:
                 # Between frames an agent may be quiet for hours; inside one, it may not.
                 frames = await conn.read_frames(
@@ -402,8 +400,21 @@ class Listener:
                 raise TransportTimeout(f"half a frame ({conn.decoder.buffered} bytes) and "
                                        f"nothing more for {cfg.frame_timeout}s") from None
             peer.last_seen = time.time()
+            bucket = self._bucket(ident.name)
             if bucket is not None:
                 await bucket.take(conn.bytes_in - before)
+
+    def _bucket(self, name: str) -> TokenBucket | None:
+        """The enclave's rate bucket, following the configured rate (None: no limit)."""
+        rate = self.config.rate_limit
+        if not rate:
+            return None
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = TokenBucket(rate, max(rate, 1 << 20))
+        elif bucket.rate != rate:
+            bucket.rate, bucket.burst = rate, max(rate, 1 << 20)
+        return bucket
 
     async def _on_event(self, frame: EventFrame, ident: Identity, peer: PeerStats,
                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]

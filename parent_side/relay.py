@@ -205,14 +205,15 @@ class Relay:
                 peer.records_out += count
 
     async def _status_records(self) -> None:
-        interval = self.config.status_interval
-        while interval > 0:
-            await asyncio.sleep(interval)
+        while True:
+            interval = self.config.status_interval  # a reload may change it, or turn it on
+            await asyncio.sleep(interval if interval > 0 else 1.0)
+            if self.config.status_interval <= 0:
+                continue
             snap = self.snapshot()
             self.emit(STATUS_TAG, {"relay": snap["relay"], "spool": snap["spool"],
                                    "upstream": snap["upstream"],
                                    "enclaves": snap["enclaves"]})
-            interval = self.config.status_interval
 
     def snapshot(self) -> dict[str, Any]:
         """The relay's state: what ``status`` shows."""
@@ -253,9 +254,7 @@ class Relay:
         self.config = new
         self.listener.config = _listener_config(new)
         logging.getLogger().setLevel(new.log_level.upper())
-        if self.registry is not None and new.nitro_cli:
-            self.registry.command = (new.nitro_cli, "describe-enclaves")
-            self.registry.interval = new.describe_interval
+        self._reload_registry(new)
         if any(k in changed for k in _OUTPUT_KEYS):
             task = asyncio.get_running_loop().create_task(self._swap_output(_make_output(new)))
             self._tasks.add(task)
@@ -263,6 +262,24 @@ class Relay:
         self.reloads += 1
         log.info("reloaded the configuration; changed: %s", ", ".join(changed) or "nothing")
         return "changed: " + (", ".join(changed) or "nothing")
+
+    def _reload_registry(self, new: RelayConfig) -> None:
+        """Start, change or stop asking describe-enclaves, as the new configuration says."""
+        vsock = new.listen.scheme.value == "vsock"
+        if self.registry is not None and new.nitro_cli:
+            self.registry.command = (new.nitro_cli, "describe-enclaves")
+            self.registry.interval = new.describe_interval
+            self.registry.available = True  # try the new command, even if the old failed
+        elif self.registry is None and new.nitro_cli and vsock:
+            self.registry = EnclaveRegistry((new.nitro_cli, "describe-enclaves"),
+                                            interval=new.describe_interval,
+                                            on_terminated=self._terminated)
+            self.listener.registry = self.registry
+            self._polling = asyncio.get_running_loop().create_task(self.registry.poll())
+        elif self.registry is not None and not new.nitro_cli:
+            self.registry = self.listener.registry = None
+            if self._polling is not None:
+                self._polling.cancel()
 
     async def _swap_output(self, new: Output) -> None:
         """Start the new output, route everything to it, then let the old one go.

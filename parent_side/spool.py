@@ -697,6 +697,17 @@ class Spool:
             if seg.fd >= 0:
                 os.close(seg.fd)
                 seg.fd = -1
+        if self.backlog == 0 and not self._outstanding:
+            # Everything was delivered: leave no segment behind, so that the directory
+            # is empty and any relay version (an older one, after a downgrade) takes it.
+            for seg in list(self._segments.values()):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(seg.path)
+            self._segments.clear()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.path, "acked"))
+            if self._dir_fd >= 0:
+                os.fsync(self._dir_fd)
         self._executor.shutdown(wait=True)
         for fd in (self._dir_fd, self._lock_fd):
             if fd >= 0:

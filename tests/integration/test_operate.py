@@ -268,3 +268,35 @@ async def test_a_child_killed_by_a_signal_is_a_lifecycle_record_over_the_relay(
     finally:
         await cleanup(run)
 
+
+
+@pytest.mark.asyncio
+async def test_a_connection_that_never_sends_a_frame_still_gets_its_disconnected_record(
+        start_relay: StartRelay, sockdir: Path, nitro_cli: FakeNitroCli) -> None:
+    relay, as_cid, sock, out = await relay_with_enclaves(start_relay, sockdir, nitro_cli)
+    agent = await as_cid.connect(sock, 16)  # the handshake, then nothing
+    await agent.close()
+    await wait_until(lambda: relay_records(out, "enclave_disconnected"),
+                     "the disconnected record")
+    assert len(relay_records(out, "enclave_connected")) == 1
+
+
+@pytest.mark.asyncio
+async def test_reload_changes_the_rate_limit_of_enclaves_already_seen(
+        start_relay: StartRelay, sockdir: Path, nitro_cli: FakeNitroCli) -> None:
+    relay, as_cid, sock, out = await relay_with_enclaves(start_relay, sockdir, nitro_cli,
+                                                         rate_limit=64 << 20)
+    agent = await as_cid.connect(sock, 16)
+    await agent.send_batch(["seen at the old rate"])
+    config = sockdir / "relay.toml"
+    config.write_text('rate_limit = "256KiB"\n')
+    args = ["serve", "--config", str(config), "--listen", f"unix://{sock}",
+            "--output", f"file://{out}", "--spool", str(relay.config.spool)]
+    relay._reloader = lambda: relay_cli.serve_config(args, {}, raising=True)
+    assert "rate_limit" in relay.reload()
+    big = ["r" * 1000] * 400  # ~0.4 MB a batch
+    started = time.monotonic()
+    for _ in range(5):  # 2 MB at 256 KiB/s after a 1 MiB burst: about 4 s
+        await agent.send_batch(big)
+    assert time.monotonic() - started > 2.0, "the new, lower rate was not applied"
+    await agent.close()

@@ -313,3 +313,20 @@ async def test_spool_files_survive_a_copy_as_a_whole(spool_dir: Path) -> None:
     again.open()
     assert await drain(again, 20) == list(range(20))
     await again.close()
+
+
+async def test_a_drained_spool_leaves_no_segment_so_any_relay_version_can_take_it(
+        spool_dir: Path) -> None:
+    spool = Spool(str(spool_dir))
+    spool.open()
+    await fill(spool, 10)
+    await drain(spool, 10)
+    await spool.close()
+    assert list(spool_dir.glob("*.seg")) == [], "a drained spool kept a segment"
+    # Not drained: everything stays for the next start.
+    spool = Spool(str(spool_dir))
+    spool.open()
+    await fill(spool, 10)
+    await drain(spool, 4)
+    await spool.close()
+    assert list(spool_dir.glob("*.seg"))
