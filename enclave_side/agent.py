@@ -255,7 +255,9 @@ class Agent:
             source = PipeSource(stream, f"{self.config.tag}.{stream}", self.buffer,
                                 policy=self.config.overflow,
                                 max_line_bytes=self.config.max_line_bytes,
-                                pipeline=self.pipeline(processing, {"stream": stream}, stream))
+                                pipeline=self.pipeline(processing, {"stream": stream}, stream),
+                                tee=(1 if stream == "stdout" else 2)
+                                if self.config.tee_console else None)
             await loop.connect_read_pipe(_factory(source), os.fdopen(fd, "rb", buffering=0))
             self.sources.append(source)
         log.info("started %s (pid %d)", argv[0], proc.pid)

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="DURATION",
                    help="wait this long for the relay's HELO, then go on without a "
                         "handshake (default: 500ms)")
+    p.add_argument("--tee-console", action="store_true", default=d.tee_console,
+                   help="also copy the app's stdout and stderr, as they come, to the agent's "
+                        "own (the enclave console), so 'nitro-cli console' keeps working in "
+                        "debug builds; a slow console then slows the agent")
     p.add_argument("--pty", action="store_true", default=d.pty,
                    help="give the app a pseudo-terminal for stdout and one for stderr, so "
                         "it line-buffers as on a console (streams stay apart)")
@@ -211,6 +215,7 @@ def _build(ns: argparse.Namespace, command: tuple[str, ...], settings: FileSetti
         partial_flush=ns.partial_flush,
         overflow=Policy(ns.overflow), window=ns.window, handshake_wait=ns.handshake_wait,
         drain_timeout=ns.drain_timeout, log_level=ns.log_level, pty=ns.pty,
+        tee_console=ns.tee_console,
         stdout=settings.stdout, stderr=settings.stderr, files=tuple(files),
         forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction,
         poll_interval=ns.poll_interval, rotated_idle=ns.rotated_idle,

@@ -203,6 +203,7 @@ class AgentConfig:
     exit_grace: float = 0.5
     log_level: str = "info"
     pty: bool = False
+    tee_console: bool = False
     stdout: Processing = field(default_factory=Processing)
     stderr: Processing = field(default_factory=Processing)
     files: tuple[FileSource, ...] = ()

@@ -173,6 +173,7 @@ _OPTIONS: dict[str, Callable[[Any, str], Any]] = {
     "flush_interval": _duration, "max_line_bytes": _size, "partial_flush": _duration,
     "window": _int, "drain_timeout": _duration, "handshake_wait": _duration,
     "log_level": _choice("debug", "info", "warning", "error"), "pty": _bool,
+    "tee_console": _bool,
     "metrics_interval": _duration, "poll_interval": _duration, "rotated_idle": _duration,
 }
 

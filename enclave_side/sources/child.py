@@ -160,8 +160,9 @@ class PipeSource(asyncio.Protocol):
 
     def __init__(self, stream: str, tag: str, buffer: Buffer, *, policy: Policy,
                  max_line_bytes: int, pipeline: Pipeline | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tee: int | None = None) -> None:
         self.name = stream
+        self.tee = tee  # a file descriptor to copy the raw output to (--tee-console)
         self.tag = tag
         self.buffer = buffer
         self.policy = policy
@@ -181,12 +182,23 @@ class PipeSource(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.tee is not None:
+            self._copy(data)
         self.stream.feed(data)
         if self.policy is Policy.BLOCK and not self.buffer.has_room() and not self.paused:
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
             asyncio.get_running_loop().create_task(self._resume_when_room())
+
+    def _copy(self, data: bytes) -> None:
+        """Copy to the console as it came; a console that went away stops the copying."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.tee, view):]  # type: ignore[arg-type]
+        except OSError:
+            self.tee = None
 
     async def _resume_when_room(self) -> None:
         await self.buffer.wait_for_room()

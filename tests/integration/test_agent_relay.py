@@ -6,6 +6,7 @@ embedded output would see. The relay listens on TCP and on a Unix socket.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from enclave_side.lines import unescape_line
 from parent_side.relay import Relay
 from tests.agentproc import cleanup, python_child, start_agent
 from tests.conftest import StartRelay, delivered, relay_url
-from tests.helpers import read_json_lines, wait_until
+from tests.helpers import PYTHON, env_for_subprocess, read_json_lines, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -275,3 +276,21 @@ async def test_a_missing_command_is_reported_and_exits_127(
     finally:
         await cleanup(run)
 
+
+
+async def test_tee_console_copies_the_apps_output_to_the_agents_own(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    url, out = await relay_to_file(start_relay, sockdir)
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "enclave_side", "--relay", url, "--tee-console", "--log-level", "error",
+        "--", *python_child("import sys\nprint('to the console too')\n"
+                            "print('and this', file=sys.stderr)\n"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env_for_subprocess())
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0
+    assert stdout == b"to the console too\n", "stdout is copied as it came, and only stdout"
+    assert b"and this\n" in stderr
+    await settled(out)
+    assert [r["record"]["log"] for r in records(out, "app.stdout")] == [  # type: ignore[index]
+        "to the console too"], "the copy does not replace shipping"
