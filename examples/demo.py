@@ -79,15 +79,20 @@ def main() -> int:
             code = subprocess.call([sys.executable, "-m", "enclave_side", "--relay", url,
                                     "--tag", "hello", "--log-level", "warning", "--", *app],
                                    env=env)
-            wait_for(lambda: any(r["record"].get("event") == "child_exit"  # type: ignore[union-attr]
-                                 for r in delivered), "the app's exit record")
+            # The agent drains before it exits; its disconnect is the relay's last word on it.
+            wait_for(lambda: any(r["record"].get("event") == "enclave_disconnected"  # type: ignore[union-attr]
+                                 for r in delivered), "the agent to finish")
         finally:
             relay.send_signal(signal.SIGTERM)
             relay.wait(10)
             reader.join(5)
-        apps = sum(1 for r in delivered if ".hello." in str(r["tag"]))
+        tags = [str(r["tag"]) for r in delivered]
+        app = sum(1 for t in tags if ".hello." in t)
+        agent = sum(1 for t in tags if ".agent." in t)
+        relay_own = sum(1 for t in tags if t.startswith("relay."))
         print(f"demo: the app exited with status {code}; the relay delivered {len(delivered)} "
-              f"records ({apps} from the app, the rest the agent's own)", file=sys.stderr)
+              f"records: {app} from the app, {agent} from the agent about itself, "
+              f"{relay_own} from the relay about itself", file=sys.stderr)
         return code
 
 

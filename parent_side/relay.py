@@ -157,7 +157,17 @@ class Relay:
         return 0
 
     async def _shutdown(self, forwarding: asyncio.Task[None] | None, *, timeout: float) -> None:
-        """Stop taking from the spool, let the output finish, then close the spool."""
+        """Deliver what the spool holds (for at most ``timeout``), stop, close the spool.
+
+        What is not delivered by then stays in the spool for the next start.
+        """
+        if self.spool is not None and forwarding is not None and timeout > 0:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.spool.wait_drained()
+            except TimeoutError:
+                log.info("stopping with %d batches in the spool; they go out on the next "
+                         "start", self.spool.backlog)
         if self._polling is not None:
             self._polling.cancel()
             await asyncio.gather(self._polling, return_exceptions=True)

@@ -581,6 +581,7 @@ class Spool:
         seg = self._segments.get(entry.segment)
         if seg is not None:
             self._maybe_delete(seg)
+        self._changed.set()  # wait_drained() waits on acks
 
     def _maybe_delete(self, seg: _Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
@@ -665,6 +666,12 @@ class Spool:
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
                 "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered}
+
+    async def wait_drained(self) -> None:
+        """Return once every batch in the spool was acked downstream."""
+        while self.backlog > 0:
+            self._changed.clear()
+            await self._changed.wait()
 
     @property
     def idle(self) -> bool:

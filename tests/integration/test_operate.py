@@ -300,3 +300,23 @@ async def test_reload_changes_the_rate_limit_of_enclaves_already_seen(
         await agent.send_batch(big)
     assert time.monotonic() - started > 2.0, "the new, lower rate was not applied"
     await agent.close()
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_relay_delivers_its_spool_before_it_exits(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    from tests.fakes.fluentbit import FakeFluentBit
+
+    async with FakeFluentBit(f"unix://{sockdir}/fb.sock", ack_delay=0.05) as fb:
+        relay = await start_relay(f"unix://{sockdir}/r.sock", fb.url)
+        agent = await RawAgent.connect(sockdir / "r.sock")
+        for i in range(20):
+            await agent.send_batch([f"line {i}"])  # acked once spooled, not delivered yet
+        await agent.close()
+        assert relay.spool is not None and relay.spool.backlog > 0, "nothing left to drain"
+        relay.stop()
+        await wait_until(lambda: relay.spool is not None and relay.spool._closed,
+                         "the relay to stop")
+        got = {r.record["log"] for r in fb.records if r.tag.startswith("enclave.")}
+        assert got == {f"line {i}" for i in range(20)}
+        assert any(r.record.get("event") == "relay_stop" for r in fb.records)
