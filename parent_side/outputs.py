@@ -388,7 +388,9 @@ class ForwardOutput(Output):
                                     require_handshake=shared_key is not None, window=window,
                                     connect_timeout=connect_timeout, max_backoff=max_backoff,
                                     ack_timeout=ack_timeout, name="Fluent Bit",
-                                    logger=logging.getLogger("parent_side.upstream"))
+                                    logger=logging.getLogger("parent_side.upstream"),
+                                    on_connect=self.queue.connection_up,
+                                    on_disconnect=self.queue.connection_down)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
