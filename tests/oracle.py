@@ -129,7 +129,7 @@ def check(lines: Iterable[str], sources_counts: Mapping[str, int]) -> Report:
             if seq < highest.get(source, -1):
                 out_of_order += 1
             highest[source] = max(highest.get(source, -1), seq)
-    lost_sample = []
+    lost_sample: list[tuple[str, int]] = []
     lost = 0
     for source, count in sources_counts.items():
         for seq in range(count):
