@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from enclave_side.lines import unescape_line
-from tests.agentproc import cleanup, python_child, start_agent
 from parent_side.relay import Relay
+from tests.agentproc import cleanup, python_child, start_agent
 from tests.conftest import StartRelay, delivered, relay_url
 from tests.helpers import read_json_lines, wait_until
 
