@@ -278,8 +278,12 @@ def distinct_delivered(fb: FakeFluentBit, source: str) -> int:
 
 async def all_delivered(fb: FakeFluentBit, writer: Writer, timeout: float = SLOW) -> Report:
     """Wait until every line of ``writer`` reached Fluent Bit; the oracle's report."""
-    await fb.wait_for(lambda: distinct_delivered(fb, writer.source) >= writer.count,
-                      timeout=timeout, what=f"all {writer.count} lines of {writer.source}")
+    try:
+        await fb.wait_for(lambda: distinct_delivered(fb, writer.source) >= writer.count,
+                          timeout=timeout, what=f"all {writer.count} lines of {writer.source}")
+    except TimeoutError:
+        report = check(app_logs(fb), {writer.source: writer.count})
+        raise AssertionError(f"not everything arrived within {timeout}s: {report}") from None
     return check(app_logs(fb), {writer.source: writer.count})
 
 
@@ -348,21 +352,29 @@ async def test_relay_sigkilled_mid_stream_and_restarted_loses_nothing(
     recovered = [int(n) for n in re.findall(r"recovered (\d+) batches", relay.log())]
     assert recovered and recovered[-1] >= 4, relay.log()
 
-    # Kill 2: the relay hangs; the agent fills its window; then it is killed.
-    await after(writer.count * 3 // 5)
+    # Kill 2: the relay hangs while the agent streams to it; the agent fills its window
+    # with batches the relay never reads; then the relay is killed.
+    await wait_until(lambda: relay.log().count(" connected from ") >= 2,
+                     "the agent to reconnect", timeout=SLOW)
+    await after(writer.progress()[0] + 300)
     relay.signal(signal.SIGSTOP)
-    await asyncio.sleep(0.5)  # hold the fault: ~15 batches' worth, more than the window
+    # Hold the fault until the app wrote two windows of batches (lines of ~170 bytes).
+    await after(writer.progress()[0] + 2 * AGENT_WINDOW * batch // 170)
     await relay.kill()
     kills += 1
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # hold the fault: no relay
     await relay.start()
 
     assert await run.wait(timeout=SLOW) == 0, run.stderr.decode(errors="replace")[-3000:]
     report = await all_delivered(fluentbit, writer)
-    resent = agent_resent(run)
-    show("relay SIGKILL x2", report, agent_resent_batches=resent, spool_recovered=recovered)
+    per_reconnect = [int(n) for n in re.findall(
+        rb"relay: (\d+) unacked batches will be resent", run.stderr)] or [0]
+    show("relay SIGKILL x2", report, agent_resent_batches=per_reconnect,
+         spool_recovered=recovered)
     assert report.lost == 0 and report.corrupted == 0, report
-    assert resent >= 1, "the agent resent nothing after the hung relay was killed"
+    # The hung relay's kill left a full window of batches it never read: the agent
+    # resent them (it logs each time it puts unacked batches back).
+    assert max(per_reconnect) == AGENT_WINDOW, per_reconnect
     # Bound: after each kill the restarted relay forwards again what Fluent Bit acked
     # since the last hint (HINT_INTERVAL at the writer's rate, plus one flush interval),
     # and what was in flight on either hop (both windows, in batches of at most
