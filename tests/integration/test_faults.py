@@ -709,6 +709,7 @@ async def test_network_between_agent_and_relay_cut_and_restored_repeatedly_under
         async def connected() -> None:
             await wait_until(lambda: proxy.open_connections >= 1, "the agent to reconnect")
 
+        # Each sleep holds a state (traffic flowing, or a fault) for a while.
         while writer.progress()[0] < writer.count:
             await connected()
             await asyncio.sleep(150 * MS)
