@@ -296,11 +296,7 @@ class BatchSource(Protocol):
         ...
 
     def requeue_unacked(self) -> int:
-        """After a lost connection: put every unacked batch back, oldest first.
-
-        A source may also define ``connection_up()`` and ``connection_down()``,
-        called as the client connects and loses a connection.
-        """
+        """After a lost connection: put every unacked batch back, oldest first."""
         ...
 
 
@@ -341,13 +337,17 @@ class ForwardClient:
             connection and resend (None: wait forever; slow acks are backpressure).
         max_inbound_frame: largest frame accepted from the server (acks are tiny).
         name: used in log lines.
+        on_connect, on_disconnect: called when a connection is up (after the
+            handshake, before the first batch is taken) and when it is gone.
     """
 
     def __init__(self, endpoint: Endpoint, source: BatchSource, handshake: ClientHandshake, *,
                  handshake_wait: float = 0.5, require_handshake: bool = False,
                  window: int = 8, connect_timeout: float = 5.0, max_backoff: float = 5.0,
                  ack_timeout: float | None = None, max_inbound_frame: int = 64 * 1024,
-                 name: str = "peer", logger: logging.Logger | None = None) -> None:
+                 name: str = "peer", logger: logging.Logger | None = None,
+                 on_connect: Callable[[], None] | None = None,
+                 on_disconnect: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.source = source
         self.handshake = handshake
@@ -359,6 +359,8 @@ class ForwardClient:
         self.ack_timeout = ack_timeout
         self.max_inbound_frame = max_inbound_frame
         self.name = name
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
         self.log = logger or logging.getLogger(__name__)
         self.stats = ClientStats()
         self.connected = asyncio.Event()
@@ -386,14 +388,15 @@ class ForwardClient:
                 continue
             delays = backoff(initial=0.05, maximum=self.max_backoff)
             try:
+                if self.on_connect is not None:
+                    self.on_connect()
                 await first_error(self._send_loop(conn), self._ack_loop(conn))
             except (TransportError, ProtocolError) as exc:
                 self._failed(exc, first=True)
             finally:
                 self.connected.clear()
-                hook = getattr(self.source, "connection_down", None)
-                if hook is not None:
-                    hook()
+                if self.on_disconnect is not None:
+                    self.on_disconnect()
                 self.stats.disconnects += 1
                 await conn.close()
                 self._unacked = 0
@@ -424,9 +427,6 @@ class ForwardClient:
             raise
         self.stats.connects += 1
         self.connected.set()
-        hook = getattr(self.source, "connection_up", None)
-        if hook is not None:
-            hook()
         self.log.info("connected to %s %s", self.name, self.endpoint)
         return conn
 

@@ -282,18 +282,20 @@ class _Pending:
     frame: bytes
     count: int
     done: asyncio.Future[None] = field(repr=False)
-    failures: int = 0  # connections lost while it was unacked
+    failures: int = 0  # connections lost while it was the oldest unacked frame
 
 
 class UpstreamQueue:
     """Frames waiting for Fluent Bit's ack, bounded by bytes; a ``BatchSource``.
 
     Poison frames: Fluent Bit closes the connection on a frame it cannot take, and
-    would do so forever. A frame that was unacked when ``isolate_after`` connections
-    were lost is then sent alone, on a connection that has stayed up ``settle``
-    seconds (a paused Fluent Bit closes new connections at once, before it reads
-    anything, so such closes are not blamed on the frame). Lost ``poison_after``
-    times in all, the last ones alone, it is given up with ``PoisonFrame``.
+    would do so forever. It takes a connection's frames in order, so a lost
+    connection is blamed on the oldest frame it left unacked only. A frame blamed
+    ``isolate_after`` times is then sent alone, on a connection that has stayed up
+    ``settle`` seconds (a paused Fluent Bit closes new connections at once, before it
+    reads anything, so such closes are not blamed on the frame). Blamed
+    ``poison_after`` times in all, the last ones alone, it is given up with
+    ``PoisonFrame``.
     """
 
     def __init__(self, *, boot_id: bytes, max_bytes: int, isolate_after: int = 2,
@@ -367,8 +369,11 @@ class UpstreamQueue:
     def requeue_unacked(self) -> int:
         items = sorted(self._unacked.values(), key=lambda i: i.seq)
         self._unacked.clear()
-        for item in items:
-            item.failures += 1
+        if items:
+            # Fluent Bit takes a connection's frames in order and acks them in order:
+            # only the oldest unacked one can have made it close. The others were sent
+            # behind it and are not suspects.
+            items[0].failures += 1
         if len(items) == 1 and items[0].failures >= self.poison_after:
             item = items.pop()
             self.used -= len(item.frame)
@@ -418,7 +423,9 @@ class ForwardOutput(Output):
                                     require_handshake=shared_key is not None, window=window,
                                     connect_timeout=connect_timeout, max_backoff=max_backoff,
                                     ack_timeout=ack_timeout, name="Fluent Bit",
-                                    logger=logging.getLogger("parent_side.upstream"))
+                                    logger=logging.getLogger("parent_side.upstream"),
+                                    on_connect=self.queue.connection_up,
+                                    on_disconnect=self.queue.connection_down)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

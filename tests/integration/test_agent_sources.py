@@ -14,8 +14,8 @@ import pytest
 
 from tests.agentproc import cleanup, python_child, start_agent
 from tests.conftest import StartRelay, relay_url
+from tests.file_oracle import Output
 from tests.helpers import DEADLINE, wait_until
-from tests.oracle import Output
 
 pytestmark = pytest.mark.asyncio
 

@@ -28,8 +28,8 @@ from fluent_forward.codec import (
 from fluent_forward.handshake import ClientHandshake, Helo, Pong
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, relay_url
+from tests.file_oracle import Output
 from tests.helpers import wait_until
-from tests.oracle import Output
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,6 +1,6 @@
 """File tailing with the real agent, real files and the in-process relay.
 
-Every case writes sequence-numbered, checksummed lines (tests/oracle.py) and counts
+Every case writes sequence-numbered, checksummed lines (tests/file_oracle.py) and counts
 what arrived lost, duplicated and corrupted. The agent polls every 50 ms here.
 """
 
@@ -22,8 +22,8 @@ from enclave_side.sources.tail import TailSource, _Remembered
 from fluent_forward.units import parse_duration
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, relay_url
+from tests.file_oracle import LineWriter, Output, check
 from tests.helpers import DEADLINE, MS, wait_until
-from tests.oracle import LineWriter, Output, check
 
 pytestmark = pytest.mark.asyncio
 
