@@ -36,12 +36,13 @@ from .errors import (
     TransportTimeout,
     WriteError,
 )
-from .handshake import ClientHandshake, Helo, Pong
+from .handshake import ClientHandshake, Helo, Ping, Pong, ServerHandshake, encode_pong
 from .retry import backoff
 
 __all__ = [
     "READ_SIZE",
     "STREAM_LIMIT",
+    "accept_handshake",
     "BatchSource",
     "ClientStats",
     "Connection",
@@ -497,3 +498,44 @@ class ForwardClient:
                                          "connection")
                 self._unacked = max(self._unacked - 1, 0)
                 self.stats.batches_acked += 1
+
+
+async def accept_handshake(conn: Connection, hs: ServerHandshake, *, timeout: float,
+                           required: bool) -> tuple[Ping | None, list[Frame]]:
+    """The server's side of the handshake on a fresh connection.
+
+    Sends HELO and waits (at most ``timeout``) for the client's first frames. A PING
+    is judged and answered with PONG. A client that goes on without one (a plain
+    Forward client such as fluent-logger) is let through unless ``required``.
+
+    Returns:
+        The PING (None if there was none) and the frames that came after it.
+
+    Raises:
+        HandshakeError: nothing came in time.
+        AuthenticationError: the PING failed, or was required and missing.
+    """
+    await conn.send(hs.helo())
+    frames: list[Frame] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not frames:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise HandshakeError(f"nothing received within {timeout}s of connecting")
+        try:
+            frames = await conn.read_frames(timeout=remaining)
+        except TransportTimeout:
+            raise HandshakeError(f"nothing received within {timeout}s of connecting") from None
+    if isinstance(frames[0], Ping):
+        ping = frames.pop(0)
+        assert isinstance(ping, Ping)
+        pong = hs.check(ping)
+        await conn.send(encode_pong(pong))
+        if not pong.auth_result:
+            raise AuthenticationError(pong.reason)
+        return ping, frames
+    if required:
+        raise AuthenticationError("the client skipped the handshake, but a shared key is "
+                                  "required")
+    return None, frames

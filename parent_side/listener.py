@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.aio import Connection, Peer, first_error, peer_of, start_server
+from fluent_forward.aio import (
+    Connection,
+    Peer,
+    accept_handshake,
+    first_error,
+    peer_of,
+    start_server,
+)
 from fluent_forward.codec import (
     EventFrame,
     FrameDecoder,
@@ -39,7 +46,7 @@ from fluent_forward.errors import (
     TransportError,
     TransportTimeout,
 )
-from fluent_forward.handshake import Ping, ServerHandshake, encode_pong
+from fluent_forward.handshake import ServerHandshake
 
 from .forwarder import Sink
 from .identity import CidSet, EnclaveRegistry, Identity, identity_of, stamp_entries
@@ -350,34 +357,18 @@ class Listener:
                           self._ack_loop(conn, peer, acks))
 
     async def _handshake(self, conn: Connection, peer: PeerStats) -> list[Any]:
-        """Send HELO, judge the PING. Returns frames that came after it.
+        """Send HELO, judge the PING; return the frames that came after it.
 
         A client that skips the handshake (fluent-logger, a plain Forward client) is
         accepted when no shared key is configured.
         """
         hs = ServerHandshake(hostname=self.config.hostname, shared_key=self.config.shared_key,
                              version=__version__)
-        await conn.send(hs.helo())
-        frames: list[Any] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.handshake_timeout
-        while not frames:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise HandshakeError(f"nothing received within {self.config.handshake_timeout}s"
-                                     " of connecting")
-            frames = await conn.read_frames(timeout=remaining)
-        if isinstance(frames[0], Ping):
-            ping = frames.pop(0)
-            pong = hs.check(ping)
-            await conn.send(encode_pong(pong))
-            if not pong.auth_result:
-                raise AuthenticationError(pong.reason)
+        ping, frames = await accept_handshake(conn, hs, timeout=self.config.handshake_timeout,
+                                              required=self.config.shared_key is not None)
+        if ping is not None:
             peer.claimed_hostname = ping.hostname
             peer.agent_version = ping.version
-        elif self.config.shared_key is not None:
-            raise AuthenticationError("the client skipped the handshake, but a shared key "
-                                      "is required")
         return frames
 
     async def _read_loop(self, conn: Connection, ident: Identity, peer: PeerStats,

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fluent_forward.aio import Connection, bound_port, start_server
+from fluent_forward.aio import Connection, accept_handshake, bound_port, start_server
 from fluent_forward.codec import (
     EventFrame,
     Frame,
@@ -39,7 +39,7 @@ from fluent_forward.errors import (
     ProtocolError,
     TransportError,
 )
-from fluent_forward.handshake import Ping, ServerHandshake, encode_pong
+from fluent_forward.handshake import ServerHandshake
 
 from ..buffer import Buffer
 from ..config import RESERVED_TAG_PREFIX
@@ -172,18 +172,7 @@ class ForwardInputServer:
         if self.shared_key is None:
             return []  # no HELO: fluent-logger and Fluent Bit without a key expect none
         hs = ServerHandshake(hostname=self.hostname, shared_key=self.shared_key)
-        await conn.send(hs.helo())
-        frames: list[Frame] = []
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            while not frames:
-                frames = await conn.read_frames()
-        ping = frames.pop(0)
-        if not isinstance(ping, Ping):
-            raise AuthenticationError("a shared key is required: the client must answer HELO")
-        pong = hs.check(ping)
-        await conn.send(encode_pong(pong))
-        if not pong.auth_result:
-            raise AuthenticationError(pong.reason)
+        _, frames = await accept_handshake(conn, hs, timeout=HANDSHAKE_TIMEOUT, required=True)
         return frames
 
     async def _on_event(self, conn: Connection, frame: EventFrame) -> None:
