@@ -146,18 +146,24 @@ def test_a_relay_connection_takes_anything_and_memory_stays_bounded(kind: str) -
                 else st.lists(wrong_frames(), min_size=1, max_size=4).map(b"".join))
     tracemalloc.start()
     warm: list[int] = []
+    peak = 0
 
     @settings(max_examples=RELAY_EXAMPLES)
     @given(strategy)
     def check(data: bytes) -> None:
+        nonlocal peak
+        # The peak of this one case, over what was live when it began: hypothesis's own
+        # bookkeeping grows over a long run, and is not ours to bound.
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
         loop.run_until_complete(serve_once(listener, data))
+        peak = max(peak, tracemalloc.get_traced_memory()[1] - before)
         if not warm:
             warm.append(held_by_us())
 
     try:
         check()
         held = held_by_us()
-        _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         loop.close()
@@ -167,7 +173,7 @@ def test_a_relay_connection_takes_anything_and_memory_stays_bounded(kind: str) -
     # Whatever it was fed, our code holds on to almost nothing afterwards (hypothesis's
     # own bookkeeping is traced too, so only allocations made by our modules count).
     assert held - warm[0] < 1 << 20, f"our code now holds {held - warm[0]} more bytes"
-    assert peak < 256 << 20, f"peak traced memory {peak} bytes"
+    assert peak < 64 << 20, f"one connection's case peaked at {peak} bytes"
 
 
 def held_by_us() -> int:
