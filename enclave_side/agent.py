@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -230,6 +231,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        # Its configuration is part of the measured image and does not reload; a SIGHUP
+        # (a habit from other daemons) must not end it without draining.
+        loop.add_signal_handler(signal.SIGHUP, log.info,
+                                "SIGHUP ignored: the agent's configuration does not reload")
         await self._stop.wait()
         log.info("stopping on signal; draining")
         return 0
@@ -355,6 +360,9 @@ class Agent:
             record["pattern_timeouts"] = timeouts
         if self.tail is not None:
             record["files"] = dataclasses.asdict(self.tail.stats)
+        # Outputs that keep only `log` (CloudWatch with log_key log) get the counters too.
+        counters = {k: v for k, v in record.items() if k not in ("log", "event")}
+        record["log"] = "agent metrics " + json.dumps(counters, separators=(",", ":"))
         return record
 
     async def _drain(self) -> None:

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fluent_forward import __version__
@@ -141,15 +141,18 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
     return argv, ()
 
 
-def _config_path(options: list[str]) -> tuple[str | None, bool]:
-    """The configuration file named on the command line, and whether only to check it."""
+def _config_path(options: list[str], environ: Mapping[str, str] | None = None
+                 ) -> tuple[str | None, bool]:
+    """The configuration file (``--config``, else ``ENCLAVE_LOG_AGENT_CONFIG``), and
+    whether only to check it (``--check-config``, a command-line request only)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--check-config")
     known, _ = pre.parse_known_args(options)
     if known.check_config:
         return known.check_config, True
-    return known.config, False
+    env = os.environ if environ is None else environ
+    return known.config or env.get(ENV_PREFIX + "CONFIG") or None, False
 
 
 def parse_args(argv: Sequence[str] | None = None,
@@ -157,7 +160,7 @@ def parse_args(argv: Sequence[str] | None = None,
     """Parse the command line into an ``AgentConfig``; exit 2 with a message on error."""
     parser = build_parser()
     options, command = _split_command(sys.argv[1:] if argv is None else argv)
-    path, _ = _config_path(options)
+    path, _ = _config_path(options, environ)
     settings = FileSettings()
     try:
         if path:
@@ -165,7 +168,8 @@ def parse_args(argv: Sequence[str] | None = None,
     except ConfigError as exc:
         parser.error(f"config {exc}")
     parser.set_defaults(**settings.options)
-    apply_env_defaults(parser, ENV_PREFIX, os.environ if environ is None else environ)
+    apply_env_defaults(parser, ENV_PREFIX, os.environ if environ is None else environ,
+                       skip=frozenset({"check_config"}))
     ns = parser.parse_args(options)
     try:
         return _build(ns, command, settings, parser)

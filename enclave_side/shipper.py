@@ -8,8 +8,9 @@ are waited for, never taken for loss (a relay whose spool is full withholds acks
 on purpose, so there is no ack timeout here).
 
 The parent is untrusted (Nitro's threat model): the client accepts only small
-frames of the client role (HELO, PONG, acks); an ack for a chunk the agent never
-sent is counted and ignored; anything else closes the connection and reconnects.
+frames of the client role (HELO, PONG, acks); an ack for a chunk not in flight on
+the connection, or anything else unexpected, is counted and closes the connection,
+and the agent reconnects and resends what was not acked.
 """
 
 from __future__ import annotations

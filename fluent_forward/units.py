@@ -59,13 +59,16 @@ def duration_arg(text: str) -> float:
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser, prefix: str,
-                       environ: Mapping[str, str]) -> None:
+                       environ: Mapping[str, str], *, skip: frozenset[str] = frozenset()
+                       ) -> None:
     """Let ``PREFIX_OPTION`` environment variables set option defaults (flags still win).
 
-    A bad value is reported as a usage error that names the variable.
+    Options in ``skip`` (requests such as ``--check-config``, not settings) have no
+    variable. A bad value is reported as a usage error that names the variable.
     """
     for action in parser._actions:  # argparse has no public iterator over options
-        if not action.option_strings or action.dest in ("help", "version"):
+        if (not action.option_strings or action.dest in ("help", "version")
+                or action.dest in skip):
             continue
         name = prefix + action.dest.upper()
         if name not in environ:

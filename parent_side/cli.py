@@ -120,8 +120,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="frames sent to Fluent Bit and not yet acked (default: %(default)s)")
     p.add_argument("--upstream-buffer", type=size_arg, default=d.upstream_buffer_bytes,
                    metavar="SIZE",
-                   help="memory for frames on their way to Fluent Bit; when full, agents "
-                        "wait (default: 64MiB)")
+                   help="memory for frames on their way to Fluent Bit; when full, the "
+                        "spool keeps the backlog (with --spool none, agents wait) "
+                        "(default: 64MiB)")
     p.add_argument("--spool", default=DEFAULT_SPOOL, metavar="DIR",
                    help="spool directory: batches are on disk before agents are acked "
                         "(default: %(default)s); 'none' for memory-only mode")
@@ -139,8 +140,8 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s; 'none' to name enclaves by CID)")
     p.add_argument("--describe-interval", type=duration_arg, default=d.describe_interval,
                    metavar="DURATION",
-                   help="how often to run describe-enclaves (default: 30s; also run when an "
-                        "unknown CID connects)")
+                   help="how often to run describe-enclaves (default: 30s; also run for each "
+                        "new vsock connection, at most every 2s)")
     p.add_argument("--require-known-enclave", action="store_true",
                    help="refuse CIDs that describe-enclaves does not list")
     p.add_argument("--stamp-records", action="store_true",

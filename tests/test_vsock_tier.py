@@ -64,7 +64,7 @@ CLAIMS = {
     "test_socat.py::test_relay_acks_a_frame_from_a_socat_vsock_client":
         "the relay works against an independent vsock client (socat)",
 }
-#: Passes once the relay has --allow-cid (the trust issue); skips until then.
+#: Required whenever the relay has --allow-cid (it has); kept apart for older checkouts.
 ALLOW_LIST_CLAIM = "test_allow_list.py::test_the_default_allow_list_refuses_cid_1"
 
 

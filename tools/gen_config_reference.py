@@ -31,6 +31,8 @@ END = "<!-- END configuration reference -->"
 #: parent_side.cli.parse_args.
 SUBCOMMAND_ENV: dict[str, set[str]] = {"status": {"admin_socket"}, "console": set()}
 NO_VARIABLE = "(none)"
+#: Options no environment variable sets (a request to do something else, not a setting).
+COMMAND_LINE_ONLY = {"check_config"}
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -53,12 +55,14 @@ def _rows(parser: argparse.ArgumentParser, prefix: str,
         if action.choices is not None:
             flag += " {" + ",".join(str(c) for c in action.choices) + "}"
         elif action.nargs != 0:
-            flag += " " + (action.metavar if isinstance(action.metavar, str)
-                           else action.dest.upper())
+            value = (action.metavar if isinstance(action.metavar, str)
+                     else action.dest.upper())
+            flag += f" [{value}]" if action.nargs == "?" else f" {value}"
         text = formatter._expand_help(action) if action.help else ""
         text = " ".join(text.split()).replace("|", "\\|")
-        variable = (f"`{prefix}{action.dest.upper()}`" if env is None or action.dest in env
-                    else NO_VARIABLE)
+        has_env = (action.dest in env if env is not None
+                   else action.dest not in COMMAND_LINE_ONLY)
+        variable = f"`{prefix}{action.dest.upper()}`" if has_env else NO_VARIABLE
         rows.append(f"| `{flag}` | {variable} | {text} |")
     return rows
 

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         sock = f"unix://{tmp}/relay.sock"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         relay = subprocess.Popen([sys.executable, "-m", "parent_side", "--listen", sock,
-                                  "--output", "stdout", "--log-level", "warning"],
+                                  "--output", "stdout", "--log-level", "warning",
+                                  "--spool", f"{tmp}/spool", "--admin-socket", "none"],
                                  stdout=subprocess.DEVNULL, env=env)
         try:
             deadline = time.monotonic() + 15

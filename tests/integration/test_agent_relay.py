@@ -7,6 +7,7 @@ embedded output would see. The relay listens on TCP and on a Unix socket.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -294,3 +295,23 @@ async def test_tee_console_copies_the_apps_output_to_the_agents_own(
     await settled(out)
     assert [r["record"]["log"] for r in records(out, "app.stdout")] == [  # type: ignore[index]
         "to the console too"], "the copy does not replace shipping"
+
+
+async def test_without_a_command_sighup_does_not_end_the_agent(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    url, out = await relay_to_file(start_relay, sockdir)
+    run = await start_agent(url)
+    try:
+        await wait_until(lambda: lifecycle(out, "agent_start"), "the agent to start")
+        run.signal(signal.SIGHUP)
+        await wait_until(lambda: b"SIGHUP ignored" in run.stderr, "the agent to note it")
+        assert run.proc.returncode is None, "SIGHUP ended the agent"
+        run.signal(signal.SIGTERM)
+        assert await run.wait() == 0
+        await settled(out)
+        metrics = [r["record"] for r in records(out, "agent.metrics")]
+        assert metrics, "the last metrics record goes out when the agent stops"
+        counters = json.loads(str(metrics[-1]["log"]).removeprefix("agent metrics "))  # type: ignore[index]
+        assert counters["acked_batches"] == metrics[-1]["acked_batches"]  # type: ignore[index]
+    finally:
+        await cleanup(run)

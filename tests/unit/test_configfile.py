@@ -168,3 +168,16 @@ def test_kmsg_lines() -> None:
     assert parse_kmsg_line(b" SUBSYSTEM=acpi") is None
     assert parse_kmsg_line(b"garbage") is None
     assert parse_kmsg_line(b"14,1,5,c;user facility")["facility"] == 1  # type: ignore[index]
+
+
+def test_the_config_file_may_come_from_the_environment_but_check_config_may_not(
+        tmp_path: Path) -> None:
+    from enclave_side.cli import _config_path, parse_args
+
+    path = tmp_path / "agent.toml"
+    path.write_text('tag = "fromfile"\n')
+    config = parse_args([], environ={"ENCLAVE_LOG_AGENT_CONFIG": str(path)})
+    assert config.tag == "fromfile"
+    # --check-config is a request, not a setting: no variable turns it on.
+    assert _config_path([], {"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}) == (None, False)
+    assert parse_args([], environ={"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}).tag == "app"

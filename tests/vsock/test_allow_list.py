@@ -1,10 +1,9 @@
 """The relay's default allow-list refuses the guest's peers (CID 1, loopback).
 
-The trust issue gives the relay an allow-list of peer CIDs (``--allow-cid``), enclave
-CIDs only by default; CID 1 is the host's own loopback, never an enclave. Until that
-option exists this test skips (the other tests pass ``--allow-cid 1`` only once the relay
-has it, see support.allow_cid_1). The behaviour is asserted by its effects only: no
-ack, no record, and the relay says why; check the log wording when the option lands.
+The relay has an allow-list of peer CIDs (``--allow-cid``), enclave CIDs (4 and up)
+by default; CID 1 is the host's own loopback, never an enclave. The other tests pass
+``--allow-cid 1`` (support.allow_cid_1). The behaviour is asserted by its effects: no
+ack, no record, and the relay names the CID it refused.
 """
 
 from __future__ import annotations

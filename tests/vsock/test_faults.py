@@ -58,10 +58,10 @@ def lines_per_batch() -> int:
 def test_relay_killed_and_restarted_mid_stream_loses_nothing(workdir: Path) -> None:
     """SIGKILL the relay with batches in flight, start a new one: every line arrives.
 
-    The relay has no spool (yet): what it had not acked when it died is still in the
-    agent, which reconnects and resends it. The relay acks only what its file output
-    fsynced, so a line is repeated only if it was written and not yet acked: at most
-    the agent's window of batches.
+    What the relay had spooled survives in its spool; what it had not acked when it
+    died is still in the agent, which reconnects and resends it. A line is repeated
+    only if it was spooled and not yet acked to the agent: at most the agent's window
+    of batches.
     """
     out = workdir / "restart.jsonl"
     stop_file = workdir / "restart.stop"
