@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,18 +19,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "Proc", "bench_env", "cpu_seconds", "status_kib"]
+__all__ = ["CLK_TCK", "Proc", "bench_env", "cpu_seconds", "cpu_times", "status_kib"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_INTERVAL = 0.05
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (a zombie's too, until it is reaped)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` (a zombie's too, until it is reaped)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid``."""
+    return sum(cpu_times(pid))
 
 
 def status_kib(pid: int, name: str) -> int:
@@ -67,7 +73,8 @@ class Proc:
         self.started = time.monotonic()
         self.peak_rss_kib = 0
         self.last_rss_kib = 0
-        self.exit_cpu: float | None = None
+        self.exit_cpu: tuple[float, float] | None = None
+        self._spy: subprocess.Popen[bytes] | None = None
         self._sampler = asyncio.get_running_loop().create_task(self._sample())
 
     @staticmethod
@@ -75,10 +82,26 @@ class Proc:
                env: dict[str, str] | None = None) -> Proc:
         return Proc(name, [sys.executable, *module_args], log=log, env=env)
 
+    def profile(self, out: Path) -> None:
+        """Sample this process with py-spy (if installed) into ``out``, folded stacks."""
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy")
+        if spy is None:
+            raise RuntimeError("--profile needs py-spy: pip install py-spy (into the venv)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._spy = subprocess.Popen([spy, "record", "--pid", str(self.pid), "--rate", "250",
+                                      "--nonblocking", "--format", "raw", "-o", str(out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def cpu(self) -> float:
+        """User + system CPU seconds so far."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far."""
         if self.exit_cpu is not None:
             return self.exit_cpu
-        return cpu_seconds(self.pid)
+        return cpu_times(self.pid)
 
     def sample(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -92,7 +115,7 @@ class Proc:
         info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         if info is None:
             return False
-        self.exit_cpu = cpu_seconds(self.pid)
+        self.exit_cpu = cpu_times(self.pid)
         self.popen.wait()
         return True
 
@@ -117,6 +140,8 @@ class Proc:
             except TimeoutError:
                 self.popen.kill()
                 await self.wait(5.0)
+        if self._spy is not None:
+            self._spy.wait(30)
         self._sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sampler

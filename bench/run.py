@@ -127,7 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             d.mkdir()
             sink, url = sinks[t]
             sink.reset()
-            return sc.Env(d, t, sink, url)
+            return sc.Env(d, t, sink, url, profile=args.profile)
 
         async def one(key: str, make: Callable[[sc.Env], Awaitable[dict[str, float]]],
                       t: str) -> None:
@@ -321,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=4.0)
     p.add_argument("--latency-rate", type=float, default=0.0,
                    help="lines/s for the latency runs (default: half the e2e median)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="profile the agent and the relay with py-spy into DIR (folded "
+                        "stacks; python -m bench.folded DIR/FILE summarises one)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = p.parse_args(argv)
     report = asyncio.run(run(args))

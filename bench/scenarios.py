@@ -79,6 +79,7 @@ class Env:
     sink: BenchSink
     sink_url: str
     procs: list[Proc] = field(default_factory=list)
+    profile: Path | None = None  # py-spy profiles of the agent and the relay go here
     _n: int = 0
 
     def url(self, name: str) -> str:
@@ -91,6 +92,8 @@ class Env:
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         proc = Proc.python(name, args, log=self.tmp / f"{name}{self._n}.log", env=env)
         self.procs.append(proc)
+        if self.profile is not None and name in ("agent", "relay"):
+            proc.profile(self.profile / f"{self.tmp.name}-{name}.txt")
         return proc
 
     async def stop_all(self) -> None:
@@ -145,8 +148,8 @@ class Window:
         self.tag, self.total, self.procs = tag, total, procs
         self.t0 = self.t1 = 0.0
         self.lines0 = 0
-        self.cpu0: list[float] = []
-        self.cpu1: list[float] = []
+        self.cpu0: list[tuple[float, float]] = []
+        self.cpu1: list[tuple[float, float]] = []
         self.self0 = self.self1 = 0.0
         sink.on_frame = self._frame
 
@@ -156,11 +159,11 @@ class Window:
         if not self.t0:
             self.t0 = time.monotonic()
             self.lines0 = sink.count(self.tag)
-            self.cpu0 = [p.cpu() for p in self.procs]
+            self.cpu0 = [p.cpu_split() for p in self.procs]
             self.self0 = time.process_time()
         if not self.t1 and sink.count(self.tag) >= self.total:
             self.t1 = time.monotonic()
-            self.cpu1 = [p.cpu() for p in self.procs]
+            self.cpu1 = [p.cpu_split() for p in self.procs]
             self.self1 = time.process_time()
 
     @property
@@ -171,7 +174,12 @@ class Window:
         return self.lines / (self.t1 - self.t0)
 
     def us_per_line(self, i: int) -> float:
-        return (self.cpu1[i] - self.cpu0[i]) / self.lines * 1e6
+        """User + system CPU microseconds per line of process ``i``."""
+        return (sum(self.cpu1[i]) - sum(self.cpu0[i])) / self.lines * 1e6
+
+    def sys_us_per_line(self, i: int) -> float:
+        """The system (kernel) part of it."""
+        return (self.cpu1[i][1] - self.cpu0[i][1]) / self.lines * 1e6
 
     def sink_us_per_line(self) -> float:
         return (self.self1 - self.self0) / self.lines * 1e6
@@ -228,6 +236,7 @@ async def agent_child(env: Env, n: int) -> dict[str, float]:
     if code != 0 or env.sink.count(tag) != n:
         raise RuntimeError(f"agent exit {code}, {env.sink.count(tag)} of {n} lines")
     return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+            "agent_sys_us_per_line": window.sys_us_per_line(0),
             "agent_peak_rss_mib": agent.peak_rss_kib / 1024,
             "app_elapsed_s": data["elapsed"], "app_cpu_s": data["cpu"],
             "sink_us_per_line": window.sink_us_per_line(), "drops": n - env.sink.count(tag)}
@@ -246,6 +255,7 @@ async def agent_tail(env: Env, n: int, data_file: Path, redact: bool) -> dict[st
     agent.sample()
     await env.stop_all()
     return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+            "agent_sys_us_per_line": window.sys_us_per_line(0),
             "agent_peak_rss_mib": agent.peak_rss_kib / 1024,
             "sink_us_per_line": window.sink_us_per_line()}
 
@@ -348,6 +358,7 @@ async def relay_alone(env: Env, n: int) -> dict[str, float]:
     relay.sample()
     await env.stop_all()
     return {"lines_per_s": window.rate(), "relay_us_per_line": window.us_per_line(0),
+            "relay_sys_us_per_line": window.sys_us_per_line(0),
             "relay_peak_rss_mib": relay.peak_rss_kib / 1024,
             "harness_us_per_line": window.sink_us_per_line()}
 
@@ -399,6 +410,8 @@ async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, 
     await env.stop_all()
     return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
             "relay_us_per_line": window.us_per_line(1),
+            "agent_sys_us_per_line": window.sys_us_per_line(0),
+            "relay_sys_us_per_line": window.sys_us_per_line(1),
             "agent_peak_rss_mib": agent.peak_rss_kib / 1024,
             "relay_peak_rss_mib": relay.peak_rss_kib / 1024,
             "sink_us_per_line": window.sink_us_per_line()}
