@@ -15,7 +15,9 @@ not outlive the agent either.
   the old name is read from 0.
 - **A rotated file the glob matches again** (``app.log*`` matching ``app.log.1``)
   is the same file: it continues from its offset. Once let go, its identity and
-  offset are remembered for as long as the glob still shows it.
+  offset are remembered for as long as the glob still shows it (a file missing from
+  one listing, renamed while the directory was read, is not forgotten until the next
+  poll misses it too).
 - **Truncation** (size below the offset, or the first bytes changed) restarts at 0,
   counted; a partial line cut by it is dropped, counted, never glued.
 - **copytruncate copies** (opt-in, ``copytruncate = true``): a new file whose first
@@ -90,6 +92,7 @@ class FollowedFile:
         self.deleted = False
         self.finished = False
         self.acked = 0
+        self.unlisted = False  # missing from a listing when it was to be let go
 
     def parts_acked(self, parts: int) -> None:
         self.acked += parts
@@ -106,6 +109,7 @@ class _Remembered:
     offset: int
     size: int
     mtime_ns: int
+    missing: bool = False  # not seen by the last poll
 
 
 @dataclass(slots=True)
@@ -190,8 +194,15 @@ class TailSource:
             key = (st.st_dev, st.st_ino)
             if key not in self.followed and by_key.get(key) == path:
                 busy |= self._discover(path, st, index, now)
-        for key in [k for k in self.remembered if k not in by_key]:
-            del self.remembered[key]  # gone or out of every glob: forget it
+        for key, mem in list(self.remembered.items()):
+            if key in by_key:
+                mem.missing = False
+            elif mem.missing:
+                del self.remembered[key]  # gone or out of every glob: forget it
+            else:
+                # Maybe renamed while glob listed the directory (then it is under no
+                # name for this one poll): forget it only if the next poll agrees.
+                mem.missing = True
         return busy
 
     def _glob(self) -> dict[str, tuple[os.stat_result, int]]:
@@ -286,6 +297,9 @@ class TailSource:
                                                  st.st_size, st.st_mtime_ns)
             while len(self.remembered) > MAX_REMEMBERED:
                 del self.remembered[next(iter(self.remembered))]
+        elif not f.deleted and not f.unlisted:
+            f.unlisted = True  # maybe renamed while glob listed the directory: look again
+            return
         self.released_lines[f.spec_index] += f.stream.lines
         self.released_bytes[f.spec_index] += f.stream.bytes
         os.close(f.fd)
