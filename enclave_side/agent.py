@@ -153,7 +153,18 @@ class Agent:
             record = self.redactor.record(record)
         self.buffer.add_record(LIFECYCLE_TAG, time.time_ns(), record)
 
+    def _seal_when_due(self, due: float) -> None:
+        """A batch was opened: seal it as soon as it is due (``flush_interval`` after its
+        first record), not up to a tick later. The ticker stays as a backstop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the loop's thread: the ticker will seal it
+            return
+        # A millisecond late: call_later may fire a hair early, and then nothing is due.
+        loop.call_later(max(due - time.monotonic(), 0.0) + 0.001, self.buffer.seal_due)
+
     async def run(self) -> int:
+        self.buffer.on_open = self._seal_when_due
         logging.getLogger().addHandler(self._log_handler)
         tasks = [asyncio.create_task(self.shipper.run(), name="shipper"),
                  asyncio.create_task(self._tick(), name="ticker")]

@@ -139,6 +139,9 @@ class Buffer:
         self._sealed = self._acked = self._acked_records = 0
         self.dropped_records = self.dropped_bytes = 0
         self._unreported_records = self._unreported_bytes = 0
+        #: Called with the clock time a newly opened batch falls due (its first record
+        #: plus ``flush_interval``), so that it can be sealed then, not at the next tick.
+        self.on_open: Callable[[float], None] | None = None
 
     # -- sources --------------------------------------------------------------------
 
@@ -187,6 +190,8 @@ class Buffer:
         if batch is None:
             batch = self._open[key] = _Open(since=self._clock(), reserved=_overhead(tag))
             self._used += batch.reserved
+            if self.on_open is not None:
+                self.on_open(batch.since + self.flush_interval)
         batch.parts.append(entries)
         batch.size += size
         batch.count += count

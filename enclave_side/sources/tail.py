@@ -25,6 +25,9 @@ not outlive the agent either.
   where we had got to: the lines written between our last read and the truncation
   are recovered, none is read twice.
 - **When the buffer is full** reading waits: the file is the buffer.
+- **Polling adapts**: after a poll that read something the next one comes after
+  ``ACTIVE_POLL`` (10 ms), and the wait doubles with each empty poll up to
+  ``poll_interval``, so a busy file is followed closely and an idle one cheaply.
 - **delete_rotated**: a rotated file is deleted (RAM freed) once all of it is acked.
 """
 
@@ -49,6 +52,10 @@ __all__ = ["FollowedFile", "TailSource", "compatible"]
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+#: After a poll that read something, the next comes this soon; each poll that finds
+#: nothing doubles the wait, up to ``poll_interval``. A file being written is followed
+#: within milliseconds, an idle one costs what ``poll_interval`` says.
+ACTIVE_POLL = 0.01
 #: Reads per file per poll before the other files get their turn.
 READS_PER_TURN = 16
 #: Most identities of let-go files remembered.
@@ -149,13 +156,20 @@ class TailSource:
         self.stats = TailStats()
         self.released_lines = [0] * len(self.specs)
         self.released_bytes = [0] * len(self.specs)
+        self.bytes_read = 0  # by every file, ever
 
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        wait = self.poll_interval
         while True:
+            before = self.bytes_read
             busy = await self.poll()
-            await asyncio.sleep(0 if busy else self.poll_interval)
+            if busy or self.bytes_read != before:
+                wait = min(ACTIVE_POLL, self.poll_interval)
+            else:
+                wait = min(wait * 2, self.poll_interval)
+            await asyncio.sleep(0 if busy else wait)
 
     async def drain(self) -> None:
         """Read everything there is now (the agent is stopping), then flush held lines."""
@@ -240,6 +254,7 @@ class TailSource:
                 break
             self._capture_fingerprint(f, data)
             f.offset += len(data)
+            self.bytes_read += len(data)
             f.stream.feed(data)
             f.last_change = now
             await asyncio.sleep(0)

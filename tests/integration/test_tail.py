@@ -527,3 +527,34 @@ async def test_a_rotated_file_missing_from_the_listing_as_it_is_let_go_is_rememb
     report = check(_logs(buf), range(20))
     assert (report.lost, report.duplicated) == ([], 0), str(report)
     tail.close()
+
+
+async def test_polling_follows_a_growing_file_closely_and_backs_off_when_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from enclave_side.config import FileSource
+    from enclave_side.sources import tail as tail_mod
+    tail = TailSource([FileSource(str(tmp_path / "x"))], _Buffer(),  # type: ignore[arg-type]
+                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
+                      poll_interval=0.25, rotated_idle=0.0, fingerprint_bytes=256,
+                      make_pipeline=lambda i, f: None)
+    # (busy, bytes read) of each poll: idle, data, idle x6, a busy burst, data, idle
+    script = iter([(False, 0), (False, 10), *[(False, 0)] * 6, (True, 4096), (False, 5),
+                   (False, 0)])
+    waits: list[float] = []
+
+    async def poll(final: bool = False) -> bool:
+        busy, n = next(script)
+        tail.bytes_read += n
+        return busy
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 11:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(tail, "poll", poll)
+    monkeypatch.setattr(tail_mod.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await tail.run()
+    assert waits == pytest.approx([0.25, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0,
+                                   0.01, 0.02])
