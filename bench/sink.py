@@ -8,8 +8,9 @@ record count from the ``size`` option (both the agent and the relay set it), ack
 one (the agent runs with ``--handshake-wait 0``; the relay's output never waits).
 
 Optionally it looks for ``ts=<19 digits>`` in the entries with one regex pass per frame
-(``latency=True``): the write time the latency generator puts in its lines, to give
-each line's delay from the write to here.
+(``latency_from`` set): the write time the latency generator puts in its lines, to give
+each line's delay from the write to here. Lines written before ``latency_from`` (a
+warm-up) count only towards ``cold_max``.
 
 ``python -m bench.sink`` measures its own capacity and that of the fake Fluent Bit
 (``tests/fakes/fluentbit.py``, which decodes every record) on the same frames.
@@ -90,11 +91,13 @@ class BenchSink:
     """The server. ``records`` counts per tag; ``on_frame`` sees every frame's arrival.
 
     Args:
-        latency: extract ``ts=`` stamps and keep each line's delay (ns) in ``delays``.
+        latency_from: extract ``ts=`` stamps and keep the delay (ns) of each line written
+            from this time (ns) on in ``delays``; None: do not look.
     """
 
-    def __init__(self, *, latency: bool = False) -> None:
-        self.latency = latency
+    def __init__(self, *, latency_from: int | None = None) -> None:
+        self.latency_from = latency_from
+        self.cold_max = 0  # the longest delay of any line, warm-up included
         self.records: collections.Counter[str] = collections.Counter()
         self.frames = 0
         self.bytes = 0
@@ -131,6 +134,7 @@ class BenchSink:
     def reset(self) -> None:
         self.records.clear()
         self.delays.clear()
+        self.cold_max = 0
         self.frames = self.bytes = 0
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
@@ -176,9 +180,12 @@ class BenchSink:
         self.frames += 1
         self.bytes += end - start
         self.records[tag] += count
-        if self.latency:
-            for stamp, n in collections.Counter(_TS.findall(buf, start, end)).items():
-                self.delays[now - int(stamp)] += n
+        if self.latency_from is not None:
+            for raw, n in collections.Counter(_TS.findall(buf, start, end)).items():
+                stamp = int(raw)
+                self.cold_max = max(self.cold_max, now - stamp)
+                if stamp >= self.latency_from:
+                    self.delays[now - stamp] += n
         if self.on_frame is not None:
             self.on_frame(self, tag, count)
         if self._waiters:
