@@ -19,7 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "Proc", "bench_env", "cpu_seconds", "cpu_times", "status_kib"]
+__all__ = ["CLK_TCK", "Proc", "bench_env", "cpu_seconds", "cpu_times", "io_calls",
+           "status_kib"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_INTERVAL = 0.05
@@ -31,6 +32,17 @@ def cpu_times(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def io_calls(pid: int) -> tuple[int, int]:
+    """(read-like, write-like) syscalls ``pid`` made so far (``/proc/PID/io``)."""
+    counts = {}
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                name, _, value = line.partition(b":")
+                counts[name] = int(value)
+    return counts.get(b"syscr", 0), counts.get(b"syscw", 0)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Proc, bench_env, cpu_seconds
+from bench.procs import Proc, bench_env, cpu_seconds, io_calls
 from bench.sink import BenchSink
 from enclave_side.lines import EntryEncoder
 from fluent_forward.aio import ForwardClient
@@ -151,6 +151,8 @@ class Window:
         self.cpu0: list[tuple[float, float]] = []
         self.cpu1: list[tuple[float, float]] = []
         self.self0 = self.self1 = 0.0
+        self.io0: list[tuple[int, int]] = []
+        self.io1: list[tuple[int, int]] = []
         sink.on_frame = self._frame
 
     def _frame(self, sink: BenchSink, tag: str, count: int) -> None:
@@ -160,10 +162,12 @@ class Window:
             self.t0 = time.monotonic()
             self.lines0 = sink.count(self.tag)
             self.cpu0 = [p.cpu_split() for p in self.procs]
+            self.io0 = [io_calls(p.pid) for p in self.procs]
             self.self0 = time.process_time()
         if not self.t1 and sink.count(self.tag) >= self.total:
             self.t1 = time.monotonic()
             self.cpu1 = [p.cpu_split() for p in self.procs]
+            self.io1 = [io_calls(p.pid) for p in self.procs]
             self.self1 = time.process_time()
 
     @property
@@ -180,6 +184,11 @@ class Window:
     def sys_us_per_line(self, i: int) -> float:
         """The system (kernel) part of it."""
         return (self.cpu1[i][1] - self.cpu0[i][1]) / self.lines * 1e6
+
+    def io_per_kline(self, i: int) -> float:
+        """Read and write syscalls of process ``i`` per 1,000 lines."""
+        calls = sum(self.io1[i]) - sum(self.io0[i])
+        return calls / self.lines * 1000
 
     def sink_us_per_line(self) -> float:
         return (self.self1 - self.self0) / self.lines * 1e6
@@ -237,6 +246,7 @@ async def agent_child(env: Env, n: int) -> dict[str, float]:
         raise RuntimeError(f"agent exit {code}, {env.sink.count(tag)} of {n} lines")
     return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
             "agent_sys_us_per_line": window.sys_us_per_line(0),
+            "agent_syscalls_per_kline": window.io_per_kline(0),
             "agent_peak_rss_mib": agent.peak_rss_kib / 1024,
             "app_elapsed_s": data["elapsed"], "app_cpu_s": data["cpu"],
             "sink_us_per_line": window.sink_us_per_line(), "drops": n - env.sink.count(tag)}
@@ -256,6 +266,7 @@ async def agent_tail(env: Env, n: int, data_file: Path, redact: bool) -> dict[st
     await env.stop_all()
     return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
             "agent_sys_us_per_line": window.sys_us_per_line(0),
+            "agent_syscalls_per_kline": window.io_per_kline(0),
             "agent_peak_rss_mib": agent.peak_rss_kib / 1024,
             "sink_us_per_line": window.sink_us_per_line()}
 
@@ -359,6 +370,7 @@ async def relay_alone(env: Env, n: int) -> dict[str, float]:
     await env.stop_all()
     return {"lines_per_s": window.rate(), "relay_us_per_line": window.us_per_line(0),
             "relay_sys_us_per_line": window.sys_us_per_line(0),
+            "relay_syscalls_per_kline": window.io_per_kline(0),
             "relay_peak_rss_mib": relay.peak_rss_kib / 1024,
             "harness_us_per_line": window.sink_us_per_line()}
 
@@ -412,6 +424,8 @@ async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, 
             "relay_us_per_line": window.us_per_line(1),
             "agent_sys_us_per_line": window.sys_us_per_line(0),
             "relay_sys_us_per_line": window.sys_us_per_line(1),
+            "agent_syscalls_per_kline": window.io_per_kline(0),
+            "relay_syscalls_per_kline": window.io_per_kline(1),
             "agent_peak_rss_mib": agent.peak_rss_kib / 1024,
             "relay_peak_rss_mib": relay.peak_rss_kib / 1024,
             "sink_us_per_line": window.sink_us_per_line()}
