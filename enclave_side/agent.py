@@ -31,7 +31,7 @@ from .patterns import UserPattern
 from .processing import Pipeline
 from .redact import CustomRule, Redactor
 from .shipper import make_shipper
-from .sources.child import FORWARDED_SIGNALS, PipeSource, Reaper, spawn
+from .sources.child import FORWARDED_SIGNALS, READ_NAP, PipeSource, Reaper, spawn
 from .sources.forward_input import ForwardInputServer
 from .sources.kmsg import KmsgSource
 from .sources.tail import TailSource
@@ -268,7 +268,10 @@ class Agent:
                                 max_line_bytes=self.config.max_line_bytes,
                                 pipeline=self.pipeline(processing, {"stream": stream}, stream),
                                 tee=(1 if stream == "stdout" else 2)
-                                if self.config.tee_console else None)
+                                if self.config.tee_console else None,
+                                # A terminal holds a few KiB: letting it fill would stall
+                                # the app; a pipe holds PIPE_BYTES.
+                                nap=0.0 if self.config.pty else READ_NAP)
             await loop.connect_read_pipe(_factory(source), os.fdopen(fd, "rb", buffering=0))
             self.sources.append(source)
         log.info("started %s (pid %d)", argv[0], proc.pid)

@@ -1,0 +1,88 @@
+"""The app's pipes: 1 MiB of room, and short reads followed by a nap so that the next
+read takes many of the app's writes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sys
+
+import pytest
+
+from enclave_side.buffer import Buffer, Policy
+from enclave_side.sources.child import PIPE_BYTES, PipeSource, spawn
+from tests.helpers import MS
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeTransport(asyncio.ReadTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def source(nap: float, max_bytes: int = 1 << 20) -> tuple[PipeSource, FakeTransport]:
+    buf = Buffer(boot_id=b"\x01" * 8, max_bytes=max_bytes, batch_bytes=max_bytes // 4,
+                 flush_interval=0.05)
+    src = PipeSource("stdout", "t.stdout", buf, policy=Policy.BLOCK, max_line_bytes=1024,
+                     nap=nap)
+    transport = FakeTransport()
+    src.connection_made(transport)
+    return src, transport
+
+
+async def test_the_apps_pipes_hold_a_mebibyte() -> None:
+    proc, out_fd, err_fd = spawn([sys.executable, "-c", "pass"])
+    try:
+        for fd in (out_fd, err_fd):
+            assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+    finally:
+        proc.wait()
+        os.close(out_fd)
+        os.close(err_fd)
+
+
+async def test_a_short_read_is_followed_by_a_nap() -> None:
+    src, transport = source(nap=20 * MS)
+    src.data_received(b"one line\n")
+    assert not transport.reading and src.napping
+    await asyncio.sleep(60 * MS)
+    assert transport.reading and not src.napping
+    src.data_received(b"x" * (64 * 1024) + b"\n")  # a long read: no nap
+    assert transport.reading
+    assert src.naps == 1
+
+
+async def test_no_nap_without_one_configured() -> None:
+    src, transport = source(nap=0.0)
+    src.data_received(b"one line\n")
+    assert transport.reading and src.naps == 0
+
+
+async def test_a_nap_ending_while_the_buffer_is_full_does_not_resume_reading() -> None:
+    src, transport = source(nap=10 * MS, max_bytes=4096)
+    src.data_received(b"x" * 1000 + b"\n")  # short: a nap
+    await asyncio.sleep(30 * MS)
+    src.data_received((b"y" * 1000 + b"\n") * 5)  # short, and fills the buffer
+    assert src.paused and not transport.reading
+    await asyncio.sleep(30 * MS)
+    assert not transport.reading, "resumed while the buffer is full"
+    batch = await src.buffer.next_batch(8)
+    src.buffer.ack(batch.chunk)
+    while src.buffer.stats().queued_batches or src.buffer.stats().open_records:
+        src.buffer.seal_all()
+        src.buffer.ack((await src.buffer.next_batch(8)).chunk)
+    await asyncio.sleep(10 * MS)
+    assert transport.reading and not src.paused
