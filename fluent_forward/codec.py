@@ -22,11 +22,9 @@ needed no change are the very bytes that arrived, so a relay forwards them untou
 from __future__ import annotations
 
 import base64
-import collections
-import itertools
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter, itemgetter
@@ -42,6 +40,7 @@ from .errors import (
     TooManyEntries,
     UsageError,
 )
+from .fastpath import BILLION, NANOS, shape_ok, validate_fast
 from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
 
 __all__ = [
@@ -588,7 +587,7 @@ def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES,
     wrong hint, a time to normalise, an error to name) takes the entry-by-entry path,
     which gives the same answer for every input.
     """
-    count = _validate_fast(data, max_entries, count_hint)
+    count = validate_fast(data, max_entries, count_hint)
     if count is not None:
         return data, count
     return _validate_slow(data, max_entries)
@@ -616,106 +615,13 @@ def _validate_slow(data: bytes, max_entries: int) -> tuple[bytes, int]:
         raise MalformedFrame("packed entries end in the middle of an entry")
     if not items:
         return data, 0
-    if _shape_ok(items, msgpack.ExtType, _exts_ok):
+    if shape_ok(items, msgpack.ExtType, _exts_ok):
         return data, len(items)
     # Something to normalise, or something wrong; find out which entry.
     return b"".join(map(_normal_entry, items)), len(items)
 
 
-def _shape_ok(items: Sequence[Any], ext_type: type, exts_ok: Callable[[list[Any]], bool]
-              ) -> bool:
-    """Whether every entry is ``[time, map]`` or ``[[time, map], map]`` with a time that
-    needs no change: C-level passes over all of them."""
-    if not (set(map(type, items)) == {tuple} and set(map(len, items)) == {2}
-            and set(map(type, map(_second, items))) == {dict}):
-        return False
-    times = list(map(_first, items))
-    ttypes = set(map(type, times))
-    if tuple in ttypes:  # Fluent Bit's [[time, metadata], record]: check the header
-        headers = [t for t in times if type(t) is tuple] if len(ttypes) > 1 else times
-        if set(map(len, headers)) == {2} and set(map(type, map(_second, headers))) == {dict}:
-            times = [t for t in times if type(t) is not tuple] + list(map(_first, headers))
-            ttypes = set(map(type, times))
-    if not ttypes <= {int, ext_type}:
-        return False
-    if int in ttypes:
-        ints = [t for t in times if type(t) is int] if len(ttypes) > 1 else times
-        if min(ints) < 0 or max(ints) > _U32:
-            return False
-    if ext_type in ttypes:
-        return exts_ok([t for t in times if type(t) is not int] if len(ttypes) > 1 else times)
-    return True
-
-
-#: Never returned by ``Unpacker.skip()``: ``iter(skip, _NEVER)`` runs until it raises.
-_NEVER = object()
-_START = attrgetter("start")
-_STOP = attrgetter("stop")
-
-
-def _validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
-    """The entry count if every entry is valid as it is; None to take the slow path.
-
-    The entries are decoded by one ``unpackb`` as an array of exactly ``n`` entries,
-    with the same limits and key rule as ``_validate_slow`` (``raw=True`` changes no
-    verdict there: str values are decoded with surrogateescape, which cannot fail), and
-    ext types as ``slice(code, data)``, a C type, instead of ``ExtType``, whose
-    constructor is Python. A wrong ``n`` fails that call and nothing is accepted.
-    """
-    items = None
-    if count_hint is not None and 0 < count_hint <= max_entries:
-        items = _decode_exactly(data, count_hint)
-    if items is None:
-        n = _count_objects(data, max_entries)
-        if n:
-            items = _decode_exactly(data, n)
-    if items is None or not _shape_ok(items, slice, _slices_ok):
-        return None
-    return len(items)
-
-
-def _count_objects(data: bytes, max_entries: int) -> int | None:
-    """How many objects ``skip()`` gets through, counted in C (capped past ``max_entries``)."""
-    up = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
-    up.feed(data)
-    counter = itertools.count()
-    try:
-        collections.deque(zip(itertools.islice(iter(up.skip, _NEVER), max_entries + 1),
-                              counter, strict=False), maxlen=0)
-    except msgpack.OutOfData:
-        pass
-    except Exception:  # noqa: BLE001 - malformed: the slow path names the error
-        return None
-    n = next(counter)
-    return n if n <= max_entries else None
-
-
-def _decode_exactly(data: bytes, n: int) -> tuple[Any, ...] | None:
-    """``data`` decoded as exactly ``n`` objects, or None."""
-    head = bytes((0x90 | n,)) if n < 16 else (
-        b"\xdc" + n.to_bytes(2, "big") if n < 0x10000 else b"\xdd" + n.to_bytes(4, "big"))
-    try:
-        items: tuple[Any, ...] = msgpack.unpackb(head + data, raw=True, use_list=False,
-                                                 strict_map_key=True, ext_hook=slice)
-    except Exception:  # noqa: BLE001 - wrong count or invalid: the slow path decides
-        return None
-    return items
-
-
-def _slices_ok(exts: list[slice]) -> bool:
-    """Ext times decoded as ``slice(code, data)``: all EventTimes, nanoseconds < 1e9."""
-    if set(map(_START, exts)) != {0}:
-        return False
-    datas = list(map(_STOP, exts))
-    if set(map(len, datas)) != {8}:
-        return False
-    # Big-endian bytes compare as the numbers do: one C-level max() over them all.
-    return bool(max(map(_NANOS, datas)) < _BILLION)
-
-
-_NANOS = itemgetter(slice(4, 8))
 _DATA = attrgetter("data")
-_BILLION = (1_000_000_000).to_bytes(4, "big")
 
 
 def _exts_ok(exts: list[Any]) -> bool:
@@ -723,7 +629,7 @@ def _exts_ok(exts: list[Any]) -> bool:
     if {(t.code, len(t.data)) for t in exts} != {(0, 8)}:
         return False
     # Big-endian bytes compare as the numbers do: one C-level max() over them all.
-    return bool(max(map(_NANOS, map(_DATA, exts))) < _BILLION)
+    return bool(max(map(NANOS, map(_DATA, exts))) < BILLION)
 
 
 def _record(record: Any) -> dict[str, Any]:

@@ -76,6 +76,8 @@ def test_the_fast_path_is_taken_for_agent_entries(monkeypatch: pytest.MonkeyPatc
     pytest.param(b"\x92" + ET_1E9_NS + b"\x80", id="nanoseconds-1e9"),
     pytest.param(b"\x92\x92\x01\x91\x01\x80", id="v2-header-without-map"),
     pytest.param(b"\x92\x92\x01\x80\x80" + b"\x92\x92\x01\x80\x80\x01", id="v2-then-junk"),
+    pytest.param(b"\x92\x00\x81\xa0\xd4\x80\x00", id="negative-ext-in-record"),
+    pytest.param(b"\x92\xd7\xfe\x00\x00\x00\x01\x00\x00\x00\x02\x80", id="negative-ext-time"),
 ])
 def test_invalid_entries_are_refused_as_before(data: bytes) -> None:
     for hint in (None, 1, 2):
@@ -140,12 +142,19 @@ records = st.dictionaries(st.text(max_size=4), values, max_size=3) | values
 entry_lists = st.lists(st.tuples(times, records), max_size=6)
 
 
+#: Ext values msgpack-python cannot pack itself: negative types (reserved by the spec).
+raw_exts = st.builds(lambda code, data: bytes((0xD4, code)) + data,
+                     st.sampled_from([0x80, 0xFE, 0xFF, 0x00, 0x7F]), st.binary(min_size=1,
+                                                                               max_size=1))
+
+
 @settings(max_examples=300, deadline=None)
 @given(entry_lists, st.one_of(st.none(), st.integers(-1, 8)), st.integers(0, 3),
-       st.binary(max_size=3))
+       st.binary(max_size=3) | raw_exts, st.integers(0, 200))
 def test_fast_and_slow_paths_agree_on_anything(entries: list[tuple[object, object]],
                                                hint: int | None, cut: int,
-                                               junk: bytes) -> None:
+                                               junk: bytes, at: int) -> None:
     data = b"".join(msgpack.packb(e, use_bin_type=True) for e in entries)
     both(data, hint, max_entries=5)
     both(data[:len(data) - cut] + junk, hint, max_entries=5)
+    both(data[:at] + junk + data[at + len(junk):], hint, max_entries=5)  # overwritten
