@@ -5,10 +5,16 @@ know" (None); ``codec._validate_slow`` decides everything else, entry by entry. 
 fast path may refuse anything, but must accept only what the slow path would take
 unchanged, and the tests hold them to that.
 
-``decoded_count``: one ``unpackb`` decodes all the entries as an array of exactly
-``n`` (the frame's ``size`` option, or as many as ``skip()`` counts), with ext types as
-``slice(code, data)`` instead of msgpack's ``ExtType`` (whose constructor is four times
-slower), then ``shape_ok`` checks them with ``map``/``set`` passes.
+1. ``agent_shape_count``: entries exactly as our agent packs them, ``[EventTime,
+   {"log": str, <fields that repeat byte for byte>}]``. One ``bytes.split`` on the
+   bytes every such entry starts with, then ``map`` passes over the pieces check each
+   one's time, key, str header against its length, and fixed fields: no msgpack
+   object is built but those of the first entry. About five times cheaper than (2).
+2. ``decoded_count``: any entries. One ``unpackb`` decodes all of them as an array of
+   exactly ``n`` (the frame's ``size`` option, or as many as ``skip()`` counts), with
+   ext types as ``slice(code, data)`` instead of msgpack's ``ExtType`` (whose
+   constructor is four times slower), then ``shape_ok`` checks them with ``map``/``set``
+   passes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable, Sequence
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, sub
 from typing import Any
 
 import msgpack
@@ -24,6 +30,7 @@ import msgpack
 __all__ = [
     "BILLION",
     "NANOS",
+    "agent_shape_count",
     "decoded_count",
     "shape_ok",
     "validate_fast",
@@ -40,7 +47,113 @@ _second = itemgetter(1)
 
 def validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
     """The entry count if every entry is valid as it is; None: ask the slow path."""
-    return decoded_count(data, max_entries, count_hint)
+    n = agent_shape_count(data, max_entries)
+    return n if n is not None else decoded_count(data, max_entries, count_hint)
+
+
+# -- 1. entries as our agent packs them -----------------------------------------------
+
+#: What an entry ``[EventTime, ...]`` starts with: fixarray 2, fixext 8 of type 0.
+_ENTRY_HEAD = b"\x92\xd7\x00"
+_LOG_KEY = b"\xa3log"
+#: Offsets in a piece (an entry without its head): 8 time bytes, the fixmap header,
+#: the "log" key, then the str header of the line.
+_MAP_AT, _STR_AT = 8, 13
+
+
+def _str_header(n: int) -> bytes:
+    if n < 32:
+        return bytes((0xA0 | n,))
+    if n < 0x100:
+        return bytes((0xD9, n))
+    return b"\xda" + n.to_bytes(2, "big")
+
+
+#: _BY_SIZE[c]: the header of the str whose header and body take ``c`` bytes together,
+#: as msgpack writes it (the shortest form); None where no such str exists.
+_BY_SIZE: list[bytes | None] = [None] * (4096 + 3)
+for _n in range(4096):
+    _h = _str_header(_n)
+    _BY_SIZE[len(_h) + _n] = _h
+del _n, _h
+
+
+def agent_shape_count(data: bytes, max_entries: int) -> int | None:
+    """Entries of our agent's shape: their count, or None if they are anything else.
+
+    ``data`` split on ``_ENTRY_HEAD`` gives one piece per entry only if each piece is
+    exactly: 8 EventTime bytes with nanoseconds below 1e9, the first entry's fixmap
+    header and ``"log"`` key, the shortest str header for the piece's remaining
+    length, that many bytes, and the first entry's other fields byte for byte (which
+    msgpack has decoded once, in the first entry, with the slow path's rules). A head
+    that occurs inside a line cuts it into pieces whose lengths disagree with their
+    headers, so such data is refused, never misread.
+    """
+    if not data.startswith(_ENTRY_HEAD):
+        return None
+    pieces = data.split(_ENTRY_HEAD)
+    del pieces[0]  # b"": data starts with the head
+    if len(pieces) > max_entries:
+        return None
+    fixed = _first_entry_fields(pieces[0])
+    if fixed is None:
+        return None
+    prefix, tail = fixed
+    n = len(pieces)
+    sizes = list(map(sub, map(len, pieces), itertools.repeat(_STR_AT + len(tail))))
+    lo, hi = min(sizes), max(sizes)
+    if lo < 1 or hi >= len(_BY_SIZE):
+        return None
+    headers = list(map(_BY_SIZE.__getitem__, sizes))
+    # Lines all under 32 bytes, or all of 32-255: every header has the same width, and
+    # the map header, key and str header of all pieces are compared in one go.
+    width = 1 if hi <= 32 else 2 if lo >= 34 and hi <= 257 else 0
+    if width:
+        expected: list[bytes | None] = [prefix] * (2 * n)
+        expected[1::2] = headers
+        if (b"".join(map(itemgetter(slice(_MAP_AT, _STR_AT + width)), pieces))
+                != b"".join(expected)):  # type: ignore[arg-type]  # no None at these sizes
+            return None
+    elif None in headers or not (
+            all(map(bytes.startswith, pieces, headers, itertools.repeat(_STR_AT)))  # type: ignore[arg-type]
+            and all(map(bytes.startswith, pieces, itertools.repeat(prefix),
+                        itertools.repeat(_MAP_AT)))):
+        return None
+    if tail and (b"".join(map(itemgetter(slice(-len(tail), None)), pieces))
+                 != tail * n):
+        return None
+    if max(map(NANOS, pieces)) >= BILLION:
+        return None
+    return len(pieces)
+
+
+def _first_entry_fields(piece: bytes) -> tuple[bytes, bytes] | None:
+    """(map header + "log" key, the fields after the line) of the first entry, after
+    decoding it whole as the slow path would: None unless it is of the agent's shape."""
+    if len(piece) <= _STR_AT or not 0x81 <= piece[_MAP_AT] <= 0x8F:
+        return None
+    if piece[_MAP_AT + 1:_STR_AT] != _LOG_KEY:
+        return None
+    up = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", use_list=False,
+                          strict_map_key=True, max_buffer_size=len(piece) + 3)
+    up.feed(_ENTRY_HEAD + piece)
+    try:
+        entry = up.unpack()
+    except Exception:  # noqa: BLE001 - not one valid entry: someone else's shape
+        return None
+    if (up.tell() != len(piece) + 3 or type(entry) is not tuple or len(entry) != 2
+            or type(entry[1]) is not dict or type(entry[1].get("log")) is not str):
+        return None
+    b = piece[_STR_AT]
+    if 0xA0 <= b <= 0xBF:
+        end = _STR_AT + 1 + (b & 0x1F)
+    elif b == 0xD9:
+        end = _STR_AT + 2 + piece[_STR_AT + 1]
+    elif b == 0xDA:
+        end = _STR_AT + 3 + int.from_bytes(piece[_STR_AT + 1:_STR_AT + 3], "big")
+    else:
+        return None  # str32: a line of 64 KiB or more is not this path's business
+    return piece[_MAP_AT:_STR_AT], piece[end:]
 
 
 # -- 2. any entries, decoded at once -----------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluent_forward import codec
+from fluent_forward import codec, fastpath
 from fluent_forward.codec import validate_entries
 from fluent_forward.errors import MalformedFrame, ProtocolError, TooManyEntries
 
@@ -158,3 +158,103 @@ def test_fast_and_slow_paths_agree_on_anything(entries: list[tuple[object, objec
     both(data, hint, max_entries=5)
     both(data[:len(data) - cut] + junk, hint, max_entries=5)
     both(data[:at] + junk + data[at + len(junk):], hint, max_entries=5)  # overwritten
+
+
+# -- entries of our agent's shape: split, not decoded ------------------------------------
+
+from enclave_side.lines import ESCAPED, PARTIAL, TRUNCATED, EntryEncoder  # noqa: E402
+
+HEAD = b"\x92\xd7\x00"
+
+
+def agent_entries(lines: list[bytes], fields: dict[str, str] | None = None,
+                  ns: int = 1_700_000_000_123_456_789) -> bytes:
+    return EntryEncoder(fields if fields is not None else {"stream": "stdout"}).encode(
+        lines, ns)  # type: ignore[arg-type]
+
+
+def no_other_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("not the agent-shape path")
+    monkeypatch.setattr(codec, "_validate_slow", refuse)
+    monkeypatch.setattr(fastpath, "decoded_count", refuse)
+
+
+@pytest.mark.parametrize("lengths", [
+    [150] * 100, [0], [1, 31, 32, 33, 255, 256, 257, 4095], list(range(0, 300, 7)),
+])
+@pytest.mark.parametrize("fields", [{}, {"stream": "stdout"},
+                                    {"file": "/var/log/app.log", "x": "é"}])
+def test_agent_entries_take_the_split_path(lengths: list[int], fields: dict[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b"".join(agent_entries([b"x" * n for n in lengths[i:i + 3]], fields, ns=i)
+                    for i in range(0, len(lengths), 3))  # several reads, several times
+    expected = both(data)
+    no_other_path(monkeypatch)
+    assert validate_entries(data) == expected[1:]
+
+
+@pytest.mark.parametrize("line", [
+    pytest.param(b"abc" + HEAD + b"\x00" * 8 + b"\x82\xa3log\xa1x" + b"\xa6stream\xa6stdout",
+                 id="a whole fake entry inside a line"),
+    pytest.param(HEAD, id="the head alone"),
+    pytest.param(HEAD * 3 + b"tail", id="heads in a row"),
+    pytest.param(b"x" * 40 + HEAD, id="the head at the end"),
+    pytest.param(b"\xc3\x92\xd7\x00", id="non-ascii around it"),
+])
+def test_a_head_inside_a_line_never_splits_an_entry(line: bytes) -> None:
+    data = agent_entries([b"before", line, b"after"])
+    assert both(data) == ("ok", data, 3)
+
+
+def test_agent_entries_with_flags_or_other_fields_in_the_same_batch() -> None:
+    enc = EntryEncoder({"stream": "stdout"})
+    flagged = enc.encode([(b"cut", TRUNCATED), (b"half", PARTIAL), (b"\xff", ESCAPED)], 5)
+    data = agent_entries([b"a", b"b"]) + flagged + agent_entries([b"c"], {"stream": "stderr"})
+    assert both(data) == ("ok", data, 6)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(agent_entries([b"a" * 40])[:-1], id="cut short"),
+    pytest.param(agent_entries([b"a" * 40]) + b"\x00", id="a byte too many"),
+    pytest.param(agent_entries([b"a" * 40]).replace(b"\xd9\x28", b"\xd9\x27"),
+                 id="header one short"),
+    pytest.param(agent_entries([b"a" * 40]).replace(b"\xd9\x28", b"\xda\x00\x28"),
+                 id="non-minimal header"),
+    pytest.param(agent_entries([b"a"], ns=1_000_000_000) [:7] + b"\x3b\x9a\xca\x00"
+                 + agent_entries([b"a"])[11:], id="nanoseconds 1e9"),
+    pytest.param(agent_entries([b"a", b"b"]).replace(b"\xa3log", b"\xa3lag", 1),
+                 id="another key first"),
+    pytest.param(agent_entries([b"a"]) + agent_entries([b"b"], {"stream": "stdouT"}),
+                 id="fields differ"),
+    pytest.param(agent_entries([b"a"]).replace(b"\x82\xa3log", b"\x83\xa3log"),
+                 id="map claims a field too many"),
+    pytest.param(HEAD + b"\x00" * 8 + b"\x81\xa3log\xc4\x01x", id="bin line"),
+    pytest.param(HEAD + b"\x00" * 8 + b"\x82\xa3log\xa1x\x01\xa1y", id="int key in the fields"),
+])
+def test_almost_agent_entries_get_the_slow_paths_verdict(data: bytes) -> None:
+    both(data)
+    both(data, 1)
+
+
+agent_lines = st.lists(
+    st.binary(max_size=300) | st.sampled_from([HEAD, b"\x92", b"\xd7\x00", b"\xa3log"]).map(
+        lambda h: b"x" + h + b"\x00" * 8 + b"\x82\xa3log\xa1z"), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(agent_lines, min_size=1, max_size=3),
+       st.dictionaries(st.sampled_from(["stream", "file", "log"]),
+                       st.text(st.characters(blacklist_categories=["Cs"]), max_size=5),
+                       max_size=2),
+       st.integers(0, 2**64 - 1), st.integers(0, 12), st.binary(max_size=2))
+def test_agent_shape_path_agrees_with_the_slow_path(reads: list[list[bytes]],
+                                                    fields: dict[str, str], ns: int,
+                                                    cut: int, junk: bytes) -> None:
+    enc = EntryEncoder(fields)
+    data = b"".join(enc.encode(lines, ns % (2**32 * 10**9))  # type: ignore[arg-type]
+                    for lines in reads)
+    both(data)
+    both(data[:len(data) - cut] + junk)
+    # a time's nanoseconds pushed to 1e9 or past it
+    both(data[:7] + b"\x3b\x9a\xca" + data[10:])
