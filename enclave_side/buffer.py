@@ -242,8 +242,9 @@ class Buffer:
         seq = self._next_seq
         self._next_seq += 1
         chunk = chunk_id(self.boot_id, seq)
-        entries = b"".join(opened.parts)
-        frame = encode_packed_forward(key[0], entries, {"chunk": chunk, "size": opened.count})
+        # The parts go into the frame as they are: one copy of the entries, not two.
+        frame = encode_packed_forward(key[0], opened.parts,
+                                      {"chunk": chunk, "size": opened.count})
         batch = Batch(seq, key[0], chunk, frame, opened.count, key[1] is _Kind.PROTECTED,
                       droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners)
         self._used += batch.size - opened.size - opened.reserved

@@ -103,9 +103,9 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[Item]:
         """Return the complete lines in ``carry + data``; keep the unfinished tail."""
-        if self._carry:
-            data = self._carry + data
         lines = data.split(b"\n")
+        if self._carry:  # it holds no newline: it only lengthens the first line
+            lines[0] = self._carry + lines[0]
         tail = lines.pop()
         if self._discarding and lines:
             self.dropped_bytes += len(lines.pop(0))

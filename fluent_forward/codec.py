@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter, itemgetter
@@ -195,11 +195,18 @@ def _bin_header(n: int) -> bytes:
     return b"\xc6" + n.to_bytes(4, "big")
 
 
-def encode_packed_forward(tag: str, entries: bytes,
+def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
                           options: Mapping[str, Any] | None = None) -> bytes:
-    """PackedForward: ``[tag, bin(entries), options?]``, entries copied once."""
+    """PackedForward: ``[tag, bin(entries), options?]``, entries copied once.
+
+    ``entries`` may also be a sequence of parts (packed entries to concatenate): they
+    are then copied once too, straight into the frame.
+    """
     head = b"\x93" if options is not None else b"\x92"
-    parts = [head, _packb(tag), _bin_header(len(entries)), entries]
+    if isinstance(entries, bytes):
+        parts = [head, _packb(tag), _bin_header(len(entries)), entries]
+    else:
+        parts = [head, _packb(tag), _bin_header(sum(map(len, entries))), *entries]
     if options is not None:
         parts.append(_packb(options))
     return b"".join(parts)
