@@ -259,7 +259,9 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                     ("", "latency max, 1st second (ms)", m(lat, "cold_max_ms"), "")]
     if "idle" in res:
         out += [("5 memory", "agent RSS idle (MiB)", m("idle", "agent_idle_rss_mib"), "<= 40"),
-                ("", "relay RSS idle (MiB)", m("idle", "relay_idle_rss_mib"), "")]
+                ("", "relay RSS idle (MiB)", m("idle", "relay_idle_rss_mib"), ""),
+                ("", "agent CPU idle (% of a core)", m("idle", "agent_idle_cpu_pct"), ""),
+                ("", "relay CPU idle (% of a core)", m("idle", "relay_idle_cpu_pct"), "")]
     loads = [(k, "agent_peak_rss_mib") for k in ("child", "tail", "tail.redact")] + [
         (k, "relay_peak_rss_mib") for k in sorted(res) if k.startswith(("relay.", "e2e."))]
     for key, name in loads:

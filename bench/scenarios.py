@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Proc, bench_env, cpu_seconds, io_calls
+from bench.procs import Proc, bench_env, io_calls
 from bench.sink import BenchSink
 from enclave_side.lines import EntryEncoder
 from fluent_forward.aio import ForwardClient
@@ -504,14 +504,20 @@ def percentiles(counts: collections.Counter[int], qs: tuple[float, ...]) -> list
 
 
 async def idle(env: Env, settle: float = 3.0) -> dict[str, Any]:
+    """Agent (tailing an empty file) and relay, connected and idle: RSS, and CPU as a
+    share of one core over ``settle`` seconds after a second to start."""
     data_file = env.tmp / "idle.log"
     data_file.write_bytes(b"")
     agent, relay = await _pipeline(env, data_file)
+    await asyncio.sleep(1.0)
+    cpu0 = agent.cpu(), relay.cpu()
     await asyncio.sleep(settle)
+    cpu1 = agent.cpu(), relay.cpu()
     agent.sample()
     relay.sample()
     out = {"agent_idle_rss_mib": agent.last_rss_kib / 1024,
            "relay_idle_rss_mib": relay.last_rss_kib / 1024,
-           "agent_idle_cpu_s": cpu_seconds(agent.pid), "relay_idle_cpu_s": cpu_seconds(relay.pid)}
+           "agent_idle_cpu_pct": (cpu1[0] - cpu0[0]) / settle * 100,
+           "relay_idle_cpu_pct": (cpu1[1] - cpu0[1]) / settle * 100}
     await env.stop_all()
     return out
