@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import signal
 import subprocess
@@ -247,11 +248,17 @@ class PipeSource(asyncio.Protocol):
     async def _resume_when_room(self) -> None:
         await self.buffer.wait_for_room()
         self.paused = False
+        # The app's silence is counted from now: what it wrote meanwhile is in the pipe.
+        self.stream.last_data = self._clock()
         self._resume()
 
     def tick(self, now: float, partial_flush: float) -> None:
-        """Flush a line waiting for its newline, or a multiline record, when due."""
-        self.stream.tick(now, partial_flush)
+        """Flush a line waiting for its newline, or a multiline record, when due.
+
+        Not while reading is paused because the buffer is full: the rest of the line
+        may be waiting in the pipe, and the app is not quiet, the agent is not reading.
+        """
+        self.stream.tick(now, math.inf if self.paused else partial_flush)
 
     def flush_partial(self, older_than: float) -> None:
         """Send a line still waiting for its newline after ``older_than`` seconds."""

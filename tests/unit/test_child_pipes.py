@@ -12,6 +12,7 @@ import pytest
 
 from enclave_side.buffer import Buffer, Policy
 from enclave_side.sources.child import PIPE_BYTES, PipeSource, spawn
+from fluent_forward.codec import FrameDecoder, Role, iter_entries
 from tests.helpers import MS
 
 pytestmark = pytest.mark.asyncio
@@ -86,3 +87,33 @@ async def test_a_nap_ending_while_the_buffer_is_full_does_not_resume_reading() -
         src.buffer.ack((await src.buffer.next_batch(8)).chunk)
     await asyncio.sleep(10 * MS)
     assert transport.reading and not src.paused
+
+
+async def test_a_half_line_is_not_flushed_as_partial_while_reading_is_paused() -> None:
+    """The buffer is full, so the agent stops reading: the app is not quiet, and the
+    rest of its line may be in the pipe. Flushing the half line as partial then would
+    cut one line in two (the vsock tier's stall test caught it once reads could end
+    mid-line)."""
+    now = [100.0]
+    buf = Buffer(boot_id=b"\x01" * 8, max_bytes=4096, batch_bytes=1024, flush_interval=0.05)
+    src = PipeSource("stdout", "t.stdout", buf, policy=Policy.BLOCK, max_line_bytes=8192,
+                     clock=lambda: now[0])
+    transport = FakeTransport()
+    src.connection_made(transport)
+    src.data_received((b"y" * 1000 + b"\n") * 5 + b"half of a li")  # fills the buffer
+    assert src.paused and src.stream.pending == 12
+    now[0] += 5.0
+    src.tick(now[0], 1.0)
+    assert src.stream.pending == 12, "the half line was flushed while reading was paused"
+    while src.buffer.stats().queued_batches or src.buffer.stats().open_records:
+        src.buffer.seal_all()
+        src.buffer.ack((await src.buffer.next_batch(8)).chunk)
+    await asyncio.sleep(10 * MS)  # room again: reading resumes
+    assert not src.paused and transport.reading
+    src.tick(now[0], 1.0)  # silence counts from the resume, not from the last read
+    assert src.stream.pending == 12
+    src.data_received(b"ne\n")
+    src.buffer.seal_all()
+    batch = await src.buffer.next_batch(8)
+    (frame,) = FrameDecoder(Role.SERVER).feed(batch.frame)
+    assert [r["log"] for _, r in iter_entries(frame.entries)] == ["half of a line"]
