@@ -232,8 +232,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                 ("", "agent CPU us/line", m("child", "agent_us_per_line"), "<= 2"),
                 ("", "app time under agent (s)", m("child", "app_elapsed_s"), ""),
                 ("", "app time into cat (s)", m("child.baseline", "app_elapsed_s"), ""),
-                ("", "app slowdown (x, medians)", _ratio(res, "child", "child.baseline",
-                                                         "app_elapsed_s"), "<= 1.5"),
+                ("", "app slowdown (x, run by run)", _paired(res, "child", "child.baseline",
+                                                            "app_elapsed_s"), "<= 1.5"),
                 ("", "drops", m("child", "drops"), "0")]
     if "tail" in res:
         out += [("2 agent, file tail", "lines/s", m("tail", "lines_per_s"), ""),
@@ -292,6 +292,27 @@ def _ratio(res: dict[str, Any], a: str, b: str, name: str) -> dict[str, float] |
     return {"min": r, "median": r, "max": r}
 
 
+def met(target: str, median: float) -> str:
+    """"yes" or "NO" for a target such as ``<= 2.5``, ``>= 300k`` or ``0``; "" if none."""
+    t = target.strip()
+    if not t or not (t[0] in "<>" or t[0].isdigit()):
+        return ""
+    op, _, value = t.partition(" ") if t[0] in "<>" else ("==", "", t)
+    limit = float(value.rstrip("k")) * (1000 if value.endswith("k") else 1)
+    ok = {"<=": median <= limit, ">=": median >= limit, "==": median == limit}[op]
+    return "yes" if ok else "NO"
+
+
+def _paired(res: dict[str, Any], a: str, b: str, name: str) -> dict[str, float] | None:
+    """a/b for each run (each run measured both, one after the other), summarised."""
+    try:
+        ratios = [x / y for x, y in zip(res[a][name]["runs"], res[b][name]["runs"],
+                                        strict=False)]
+    except (KeyError, ZeroDivisionError):
+        return None
+    return summary(ratios) if ratios else None
+
+
 def table(report: dict[str, Any]) -> str:
     mach = report["machine"]
     lines = [f"machine: {mach['cores']} cores, {mach['cpu']}, {mach['implementation']} "
@@ -302,13 +323,13 @@ def table(report: dict[str, Any]) -> str:
                                                report['load_after'][0])),
              f"{report['lines_per_run']:,} lines of {report['line_bytes']} bytes per run, "
              f"{report['runs']} runs: min / median / max", "",
-             "| scenario | metric | min | median | max | target |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]
+             "| scenario | metric | min | median | max | target | met (median) |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for what, metric, v, target in rows(report):
         if v is None:
             continue
         lines.append(f"| {what} | {metric} | {_fmt(v['min'])} | {_fmt(v['median'])} | "
-                     f"{_fmt(v['max'])} | {target} |")
+                     f"{_fmt(v['max'])} | {target} | {met(target, v['median'])} |")
     fb = report.get("fluent_bit", {})
     if fb.get("skipped"):
         lines += ["", fb["skipped"]]
@@ -330,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="profile the agent and the relay with py-spy into DIR (folded "
                         "stacks; python -m bench.folded DIR/FILE summarises one)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    p.add_argument("--show", type=Path, default=None, metavar="JSON",
+                   help="print the table of an earlier run's JSON and exit")
     args = p.parse_args(argv)
+    if args.show is not None:
+        print(table(json.loads(args.show.read_text())))
+        return 0
     report = asyncio.run(run(args))
     text = table(report)
     print()
