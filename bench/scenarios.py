@@ -460,12 +460,13 @@ print(written)
 
 
 async def latency(env: Env, rate: float, seconds: float, relay_extra: tuple[str, ...],
-                  warmup: float = 1.0) -> dict[str, float]:
+                  warmup: float = 2.0) -> dict[str, float]:
     """Lines written at ``rate`` into a tailed file; each line's delay from its write to
-    the sink. Lines of the first ``warmup`` seconds are left out of p50/p99 (an idle
-    agent looks at the file every --poll-interval, 250 ms, so a burst's first lines
-    wait up to that long, and those of the next few hundred ms queue behind them);
-    ``cold_max_ms`` is the longest delay of any line, warm-up included."""
+    the sink. Lines of the first ``warmup`` seconds are left out of p50/p99: an idle
+    agent looks at the file every --poll-interval (250 ms), so a burst's first lines
+    wait up to that long, and at half the maximum rate the backlog they leave takes up
+    to a second or so to drain; ``cold_max_ms`` is the longest delay of any line,
+    warm-up included."""
     data_file = env.tmp / "latency.log"
     data_file.write_bytes(b"")
     agent, relay = await _pipeline(env, data_file, *relay_extra)
