@@ -8,8 +8,8 @@ record count from the ``size`` option (both the agent and the relay set it), ack
 one (the agent runs with ``--handshake-wait 0``; the relay's output never waits).
 
 Optionally it looks for ``ts=<19 digits>`` in the entries with one regex pass per frame
-(``latency_from`` set): the write time the latency generator puts in its lines, to give
-each line's delay from the write to here. Lines written before ``latency_from`` (a
+(``latency_from`` set): the write time the latency generator puts in one line in 16, to
+give those lines' delay from the write to here. Lines written before ``latency_from`` (a
 warm-up) count only towards ``cold_max``.
 
 ``python -m bench.sink`` measures its own capacity and that of the fake Fluent Bit
