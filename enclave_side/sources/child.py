@@ -215,7 +215,16 @@ class PipeSource(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tee is not None:
             self._copy(data)
-        self.stream.feed(data)
+        # A read (up to 256 KiB from a 1 MiB pipe) goes to the buffer in pieces of at
+        # most a quarter of its cap: under drop_oldest a piece whose records cannot fit
+        # even in an empty buffer is dropped whole, and a small --buffer-size must not
+        # lose whole reads for it.
+        step = max(self.buffer.max_bytes // 4, 4096)
+        if len(data) <= step:
+            self.stream.feed(data)
+        else:
+            for at in range(0, len(data), step):
+                self.stream.feed(data[at:at + step])
         assert self.transport is not None
         if self.policy is Policy.BLOCK and not self.buffer.has_room() and not self.paused:
             self.paused = True

@@ -117,3 +117,27 @@ async def test_a_half_line_is_not_flushed_as_partial_while_reading_is_paused() -
     batch = await src.buffer.next_batch(8)
     (frame,) = FrameDecoder(Role.SERVER).feed(batch.frame)
     assert [r["log"] for _, r in iter_entries(frame.entries)] == ["half of a line"]
+
+
+async def test_a_read_larger_than_a_small_buffer_keeps_its_newest_lines() -> None:
+    """A 1 MiB pipe allows 256 KiB reads; with --buffer-size 64KiB and drop_oldest the
+    newest lines of such a read must survive (the buffer takes it in pieces), not the
+    whole read be dropped because it cannot fit at once."""
+    buf = Buffer(boot_id=b"\x01" * 8, max_bytes=64 * 1024, batch_bytes=8 * 1024,
+                 flush_interval=0.05)
+    src = PipeSource("stdout", "t.stdout", buf, policy=Policy.DROP_OLDEST,
+                     max_line_bytes=1024)
+    src.connection_made(FakeTransport())
+    n = 2000
+    src.data_received(b"".join(b"line %06d " % i + b"x" * 120 + b"\n" for i in range(n)))
+    buf.seal_all()
+    kept = []
+    while buf.stats().queued_batches:
+        batch = await buf.next_batch(64)
+        (frame,) = FrameDecoder(Role.SERVER).feed(batch.frame)
+        if frame.tag == "t.stdout":  # not the drop report
+            kept += [r["log"] for _, r in iter_entries(frame.entries)]
+        buf.ack(batch.chunk)
+    assert kept, "the whole read was dropped"
+    assert kept[-1].startswith(f"line {n - 1:06d}")
+    assert buf.dropped_records + len(kept) == n
