@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit vsock-image vsock-test clean agent-pyz config-reference
+.PHONY: demo test lint unit bench vsock-image vsock-test clean agent-pyz config-reference
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nitro-enclave-logs needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
@@ -28,6 +28,12 @@ unit: $(STAMP)
 # enable it, and under CI=true that is a failure.
 test: lint
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest
+
+# Every hop measured, 1M lines of 150 bytes per run, 3 runs (a few minutes): prints a
+# table and writes bench/results/latest.json. BENCH_ARGS="--lines 200000 --runs 1" for
+# a quick look; see `python -m bench --help`.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The agent as one file (Python 3.11+ and msgpack only), for minimal enclave images.
 agent-pyz: $(STAMP)

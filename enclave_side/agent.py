@@ -32,7 +32,7 @@ from .patterns import UserPattern
 from .processing import Pipeline
 from .redact import CustomRule, Redactor
 from .shipper import make_shipper
-from .sources.child import FORWARDED_SIGNALS, PipeSource, Reaper, spawn
+from .sources.child import FORWARDED_SIGNALS, READ_NAP, PipeSource, Reaper, spawn
 from .sources.forward_input import ForwardInputServer
 from .sources.kmsg import KmsgSource
 from .sources.tail import TailSource
@@ -154,7 +154,18 @@ class Agent:
             record = self.redactor.record(record)
         self.buffer.add_record(LIFECYCLE_TAG, time.time_ns(), record)
 
+    def _seal_when_due(self, due: float) -> None:
+        """A batch was opened: seal it as soon as it is due (``flush_interval`` after its
+        first record), not up to a tick later. The ticker stays as a backstop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the loop's thread: the ticker will seal it
+            return
+        # A millisecond late: call_later may fire a hair early, and then nothing is due.
+        loop.call_later(max(due - time.monotonic(), 0.0) + 0.001, self.buffer.seal_due)
+
     async def run(self) -> int:
+        self.buffer.on_open = self._seal_when_due
         logging.getLogger().addHandler(self._log_handler)
         tasks = [asyncio.create_task(self.shipper.run(), name="shipper"),
                  asyncio.create_task(self._tick(), name="ticker")]
@@ -262,7 +273,10 @@ class Agent:
                                 max_line_bytes=self.config.max_line_bytes,
                                 pipeline=self.pipeline(processing, {"stream": stream}, stream),
                                 tee=(1 if stream == "stdout" else 2)
-                                if self.config.tee_console else None)
+                                if self.config.tee_console else None,
+                                # A terminal holds a few KiB: letting it fill would stall
+                                # the app; a pipe holds PIPE_BYTES.
+                                nap=0.0 if self.config.pty else READ_NAP)
             await loop.connect_read_pipe(_factory(source), os.fdopen(fd, "rb", buffering=0))
             self.sources.append(source)
         log.info("started %s (pid %d)", argv[0], proc.pid)

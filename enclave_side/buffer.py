@@ -139,6 +139,9 @@ class Buffer:
         self._sealed = self._acked = self._acked_records = 0
         self.dropped_records = self.dropped_bytes = 0
         self._unreported_records = self._unreported_bytes = 0
+        #: Called with the clock time a newly opened batch falls due (its first record
+        #: plus ``flush_interval``), so that it can be sealed then, not at the next tick.
+        self.on_open: Callable[[float], None] | None = None
 
     # -- sources --------------------------------------------------------------------
 
@@ -187,6 +190,8 @@ class Buffer:
         if batch is None:
             batch = self._open[key] = _Open(since=self._clock(), reserved=_overhead(tag))
             self._used += batch.reserved
+            if self.on_open is not None:
+                self.on_open(batch.since + self.flush_interval)
         batch.parts.append(entries)
         batch.size += size
         batch.count += count
@@ -237,8 +242,9 @@ class Buffer:
         seq = self._next_seq
         self._next_seq += 1
         chunk = chunk_id(self.boot_id, seq)
-        entries = b"".join(opened.parts)
-        frame = encode_packed_forward(key[0], entries, {"chunk": chunk, "size": opened.count})
+        # The parts go into the frame as they are: one copy of the entries, not two.
+        frame = encode_packed_forward(key[0], opened.parts,
+                                      {"chunk": chunk, "size": opened.count})
         batch = Batch(seq, key[0], chunk, frame, opened.count, key[1] is _Kind.PROTECTED,
                       droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners)
         self._used += batch.size - opened.size - opened.reserved

@@ -117,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redact with built-in rules: all, or a comma list of email, card, "
                         "ssn, aws_access_key_id, bearer, jwt")
     p.add_argument("--poll-interval", type=duration_arg, default=d.poll_interval,
-                   metavar="DURATION", help="how often tailed files are checked "
-                                            "(default: 250ms)")
+                   metavar="DURATION",
+                   help="how often idle tailed files are checked; after a read the next "
+                        "check comes within 10ms, the wait doubling while nothing is "
+                        "new (default: 250ms)")
     p.add_argument("--rotated-idle", type=duration_arg, default=d.rotated_idle,
                    metavar="DURATION",
                    help="let a rotated file go once read to its end and unchanged this "

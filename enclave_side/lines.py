@@ -51,9 +51,14 @@ def str_header(n: int) -> bytes:
     return b"\xdb" + n.to_bytes(4, "big")
 
 
+_HEADER_OF = _STR_HEADERS.__getitem__
+
+
 def _headers(lines: list[bytes]) -> list[bytes]:
-    table, table_len = _STR_HEADERS, _TABLE
-    return [table[n] if n < table_len else str_header(n) for n in map(len, lines)]
+    try:
+        return list(map(_HEADER_OF, map(len, lines)))  # C-level, no Python step per line
+    except IndexError:  # a line of 4 KiB or more
+        return [str_header(n) for n in map(len, lines)]
 
 
 def escape_line(line: bytes) -> bytes:
@@ -103,9 +108,9 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[Item]:
         """Return the complete lines in ``carry + data``; keep the unfinished tail."""
-        if self._carry:
-            data = self._carry + data
         lines = data.split(b"\n")
+        if self._carry:  # it holds no newline: it only lengthens the first line
+            lines[0] = self._carry + lines[0]
         tail = lines.pop()
         if self._discarding and lines:
             self.dropped_bytes += len(lines.pop(0))
@@ -164,13 +169,15 @@ class EntryEncoder:
             return b""
         head = b"\x92" + event_time_bytes(ns) + bytes((self._map1,)) + b"\xa3log"
         tail = self._tail
-        plain = all(type(i) is bytes for i in items)
+        plain = set(map(type, items)) == {bytes}  # no flags
         if plain:
             lines: list[bytes] = items  # type: ignore[assignment]
-            try:
-                b"\n".join(lines).decode("utf-8")  # one C-level pass validates them all
-            except UnicodeDecodeError:
-                plain = False
+            blob = b"\n".join(lines)
+            if not blob.isascii():  # ASCII is UTF-8; anything else is decoded to be sure
+                try:
+                    blob.decode("utf-8")  # one C-level pass validates them all
+                except UnicodeDecodeError:
+                    plain = False
         if not plain:
             return b"".join(self._encode_one(head, i) for i in items)
         n = len(lines)

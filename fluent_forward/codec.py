@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter, itemgetter
@@ -40,6 +40,7 @@ from .errors import (
     TooManyEntries,
     UsageError,
 )
+from .fastpath import BILLION, NANOS, shape_ok, validate_fast
 from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
 
 __all__ = [
@@ -194,11 +195,18 @@ def _bin_header(n: int) -> bytes:
     return b"\xc6" + n.to_bytes(4, "big")
 
 
-def encode_packed_forward(tag: str, entries: bytes,
+def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
                           options: Mapping[str, Any] | None = None) -> bytes:
-    """PackedForward: ``[tag, bin(entries), options?]``, entries copied once."""
+    """PackedForward: ``[tag, bin(entries), options?]``, entries copied once.
+
+    ``entries`` may also be a sequence of parts (packed entries to concatenate): they
+    are then copied once too, straight into the frame.
+    """
     head = b"\x93" if options is not None else b"\x92"
-    parts = [head, _packb(tag), _bin_header(len(entries)), entries]
+    if isinstance(entries, bytes):
+        parts = [head, _packb(tag), _bin_header(len(entries)), entries]
+    else:
+        parts = [head, _packb(tag), _bin_header(sum(map(len, entries))), *entries]
     if options is not None:
         parts.append(_packb(options))
     return b"".join(parts)
@@ -532,7 +540,9 @@ def _parse_packed(tag: str, obj: tuple[Any, ...], max_decompressed: int,
         kind = FrameKind.COMPRESSED_PACKED_FORWARD
     elif compressed is not None and payload[:4] == b"\x28\xb5\x2f\xfd":
         raise MalformedFrame("zstd-compressed frames are not supported; use gzip")
-    entries, count = validate_entries(payload, max_entries=max_entries)
+    size = opts.get("size")
+    entries, count = validate_entries(payload, max_entries=max_entries,
+                                      count_hint=size if type(size) is int else None)
     return EventFrame(kind, tag, entries, count, _chunk(opts))
 
 
@@ -557,7 +567,6 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(out)
 
 
-_TIME_TYPES = frozenset((int, msgpack.ExtType))
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -569,7 +578,8 @@ def iter_entries(entries: bytes) -> Iterator[tuple[Any, Any]]:
     return iter(up)
 
 
-def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> tuple[bytes, int]:
+def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES,
+                     count_hint: int | None = None) -> tuple[bytes, int]:
     """Check packed entries; return ``(entries, count)``.
 
     Each entry must be ``[time, record]`` or ``[[time, metadata], record]`` with a map
@@ -577,9 +587,21 @@ def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> 
     msgpack Timestamps (ext -1) are converted to EventTime, which re-encodes the
     entries; otherwise the input bytes are returned as they are.
 
-    The common case is checked with a few C-level passes (``map``/``set``) over the
-    decoded entries, not a Python loop per entry.
+    The common case costs two C calls and a few C-level passes: the entries are
+    decoded all at once by one ``unpackb`` (as an array of ``count_hint`` entries, the
+    frame's ``size`` option, or of as many as ``skip()`` counts), then their shape is
+    checked with ``map``/``set``, never a Python loop per entry. Anything else (a
+    wrong hint, a time to normalise, an error to name) takes the entry-by-entry path,
+    which gives the same answer for every input.
     """
+    count = validate_fast(data, max_entries, count_hint)
+    if count is not None:
+        return data, count
+    return _validate_slow(data, max_entries)
+
+
+def _validate_slow(data: bytes, max_entries: int) -> tuple[bytes, int]:
+    """``validate_entries`` entry by entry: normalises times, names what is wrong."""
     up = _unpacker(len(data))
     up.feed(data)
     items: list[Any] = []
@@ -600,40 +622,21 @@ def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> 
         raise MalformedFrame("packed entries end in the middle of an entry")
     if not items:
         return data, 0
-    if (set(map(type, items)) == {tuple} and set(map(len, items)) == {2}
-            and set(map(type, map(_second, items))) == {dict}):
-        times = list(map(_first, items))
-        ttypes = set(map(type, times))
-        if tuple in ttypes:  # Fluent Bit's [[time, metadata], record]: check the header
-            headers = [t for t in times if type(t) is tuple] if len(ttypes) > 1 else times
-            if set(map(len, headers)) == {2} and set(map(type, map(_second, headers))) == {dict}:
-                times = [t for t in times if type(t) is not tuple] + list(map(_first, headers))
-                ttypes = set(map(type, times))
-        if ttypes <= _TIME_TYPES and _times_ok(times, ttypes):
-            return data, len(items)
-    # Slow path: something to normalise, or something wrong; find out which entry.
+    if shape_ok(items, msgpack.ExtType, _exts_ok):
+        return data, len(items)
+    # Something to normalise, or something wrong; find out which entry.
     return b"".join(map(_normal_entry, items)), len(items)
 
 
-_NANOS = itemgetter(slice(4, 8))
 _DATA = attrgetter("data")
-_BILLION = (1_000_000_000).to_bytes(4, "big")
 
 
-def _times_ok(times: list[Any], ttypes: set[type]) -> bool:
-    """All integer times in range; all ext times EventTimes with nanoseconds < 1e9."""
-    if int in ttypes:
-        ints = [t for t in times if type(t) is int] if len(ttypes) > 1 else times
-        if min(ints) < 0 or max(ints) > _U32:
-            return False
-    if msgpack.ExtType in ttypes:
-        exts = [t for t in times if type(t) is not int] if len(ttypes) > 1 else times
-        if {(t.code, len(t.data)) for t in exts} != {(0, 8)}:
-            return False
-        # Big-endian bytes compare as the numbers do: one C-level max() over them all.
-        if max(map(_NANOS, map(_DATA, exts))) >= _BILLION:
-            return False
-    return True
+def _exts_ok(exts: list[Any]) -> bool:
+    """ExtType times: all EventTimes with nanoseconds < 1e9."""
+    if {(t.code, len(t.data)) for t in exts} != {(0, 8)}:
+        return False
+    # Big-endian bytes compare as the numbers do: one C-level max() over them all.
+    return bool(max(map(NANOS, map(_DATA, exts))) < BILLION)
 
 
 def _record(record: Any) -> dict[str, Any]:

@@ -15,7 +15,9 @@ not outlive the agent either.
   the old name is read from 0.
 - **A rotated file the glob matches again** (``app.log*`` matching ``app.log.1``)
   is the same file: it continues from its offset. Once let go, its identity and
-  offset are remembered for as long as the glob still shows it.
+  offset are remembered for as long as the glob still shows it (a file missing from
+  one listing, renamed while the directory was read, is not forgotten until the next
+  poll misses it too).
 - **Truncation** (size below the offset, or the first bytes changed) restarts at 0,
   counted; a partial line cut by it is dropped, counted, never glued.
 - **copytruncate copies** (opt-in, ``copytruncate = true``): a new file whose first
@@ -23,6 +25,9 @@ not outlive the agent either.
   where we had got to: the lines written between our last read and the truncation
   are recovered, none is read twice.
 - **When the buffer is full** reading waits: the file is the buffer.
+- **Polling adapts**: after a poll that read something the next one comes after
+  ``ACTIVE_POLL`` (10 ms), and the wait doubles with each empty poll up to
+  ``poll_interval``, so a busy file is followed closely and an idle one cheaply.
 - **delete_rotated**: a rotated file is deleted (RAM freed) once all of it is acked.
 """
 
@@ -47,6 +52,10 @@ __all__ = ["FollowedFile", "TailSource", "compatible"]
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+#: After a poll that read something, the next comes this soon; each poll that finds
+#: nothing doubles the wait, up to ``poll_interval``. A file being written is followed
+#: within milliseconds, an idle one costs what ``poll_interval`` says.
+ACTIVE_POLL = 0.01
 #: Reads per file per poll before the other files get their turn.
 READS_PER_TURN = 16
 #: Most identities of let-go files remembered.
@@ -90,6 +99,7 @@ class FollowedFile:
         self.deleted = False
         self.finished = False
         self.acked = 0
+        self.unlisted = False  # missing from a listing when it was to be let go
 
     def parts_acked(self, parts: int) -> None:
         self.acked += parts
@@ -106,6 +116,7 @@ class _Remembered:
     offset: int
     size: int
     mtime_ns: int
+    missing: bool = False  # not seen by the last poll
 
 
 @dataclass(slots=True)
@@ -145,13 +156,20 @@ class TailSource:
         self.stats = TailStats()
         self.released_lines = [0] * len(self.specs)
         self.released_bytes = [0] * len(self.specs)
+        self.bytes_read = 0  # by every file, ever
 
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        wait = self.poll_interval
         while True:
+            before = self.bytes_read
             busy = await self.poll()
-            await asyncio.sleep(0 if busy else self.poll_interval)
+            if busy or self.bytes_read != before:
+                wait = min(ACTIVE_POLL, self.poll_interval)
+            else:
+                wait = min(wait * 2, self.poll_interval)
+            await asyncio.sleep(0 if busy else wait)
 
     async def drain(self) -> None:
         """Read everything there is now (the agent is stopping), then flush held lines."""
@@ -190,8 +208,15 @@ class TailSource:
             key = (st.st_dev, st.st_ino)
             if key not in self.followed and by_key.get(key) == path:
                 busy |= self._discover(path, st, index, now)
-        for key in [k for k in self.remembered if k not in by_key]:
-            del self.remembered[key]  # gone or out of every glob: forget it
+        for key, mem in list(self.remembered.items()):
+            if key in by_key:
+                mem.missing = False
+            elif mem.missing:
+                del self.remembered[key]  # gone or out of every glob: forget it
+            else:
+                # Maybe renamed while glob listed the directory (then it is under no
+                # name for this one poll): forget it only if the next poll agrees.
+                mem.missing = True
         return busy
 
     def _glob(self) -> dict[str, tuple[os.stat_result, int]]:
@@ -229,6 +254,7 @@ class TailSource:
                 break
             self._capture_fingerprint(f, data)
             f.offset += len(data)
+            self.bytes_read += len(data)
             f.stream.feed(data)
             f.last_change = now
             await asyncio.sleep(0)
@@ -286,6 +312,9 @@ class TailSource:
                                                  st.st_size, st.st_mtime_ns)
             while len(self.remembered) > MAX_REMEMBERED:
                 del self.remembered[next(iter(self.remembered))]
+        elif not f.deleted and not f.unlisted:
+            f.unlisted = True  # maybe renamed while glob listed the directory: look again
+            return
         self.released_lines[f.spec_index] += f.stream.lines
         self.released_bytes[f.spec_index] += f.stream.bytes
         os.close(f.fd)

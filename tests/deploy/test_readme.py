@@ -48,8 +48,8 @@ def test_reference_lists_every_option_of_both_sides() -> None:
 
 #: A value each status and console option takes, to set through the environment.
 SAMPLES = {"admin_socket": "/elsewhere/admin.sock", "json": "1", "stdout": "1",
-           "output": "stdout", "upstream_shared_key": "k", "nitro_cli": "/elsewhere/nitro-cli",
-           "upstream_shared_key_file": "/nonexistent/key",
+           "output": "stdout", "upstream_shared_key": "k",
+           "upstream_shared_key_file": "/elsewhere/key", "nitro_cli": "/elsewhere/nitro-cli",
            "interval": "7s", "log_level": "debug"}
 
 

@@ -466,3 +466,95 @@ async def test_a_file_shorter_than_the_fingerprint_keeps_its_identity(tmp_path: 
     assert _logs(buf) == ["one", "two", "three"]
     assert tail.stats.truncations == 0
     tail.close()
+
+
+async def test_a_let_go_file_missing_from_one_listing_is_not_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """glob lists a directory, then stats each name: a file renamed in between (logrotate
+    shifting app.log.2 to app.log.3) is in neither list for that one poll. Forgetting
+    it then would read it again from the start at the next poll."""
+    buf = _Buffer()
+    from enclave_side.config import FileSource
+    tail = TailSource([FileSource(str(tmp_path / "app.log*"))], buf,  # type: ignore[arg-type]
+                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
+                      poll_interval=0.05, rotated_idle=0.0, fingerprint_bytes=256,
+                      make_pipeline=lambda i, f: None)
+    w = LineWriter(tmp_path / "app.log")
+    w.write(20)
+    await tail.poll()
+    os.rename(tmp_path / "app.log", tmp_path / "app.log.1")
+    await tail.poll()  # rotated, read to its end: let go, remembered
+    await tail.poll()
+    assert tail.remembered and not tail.followed
+    real_glob = tail._glob
+    monkeypatch.setattr(tail, "_glob", lambda: {})  # the rename race: seen under no name
+    await tail.poll()
+    monkeypatch.setattr(tail, "_glob", real_glob)
+    os.rename(tmp_path / "app.log.1", tmp_path / "app.log.2")
+    await tail.poll()
+    await tail.poll()
+    report = check(_logs(buf), range(20))
+    assert (report.lost, report.duplicated) == ([], 0), str(report)
+    # Gone from two listings in a row: gone (forgotten, memory stays bounded).
+    monkeypatch.setattr(tail, "_glob", lambda: {})
+    await tail.poll()
+    await tail.poll()
+    assert not tail.remembered
+    tail.close()
+
+
+async def test_a_rotated_file_missing_from_the_listing_as_it_is_let_go_is_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = _Buffer()
+    from enclave_side.config import FileSource
+    tail = TailSource([FileSource(str(tmp_path / "app.log*"))], buf,  # type: ignore[arg-type]
+                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
+                      poll_interval=0.05, rotated_idle=0.0, fingerprint_bytes=256,
+                      make_pipeline=lambda i, f: None)
+    w = LineWriter(tmp_path / "app.log")
+    w.write(20)
+    await tail.poll()
+    os.rename(tmp_path / "app.log", tmp_path / "app.log.1")
+    real_glob = tail._glob
+    monkeypatch.setattr(tail, "_glob", lambda: {})  # rotated, idle, and unlisted this once
+    await tail.poll()
+    monkeypatch.setattr(tail, "_glob", real_glob)
+    await tail.poll()
+    assert tail.remembered and not tail.followed
+    os.rename(tmp_path / "app.log.1", tmp_path / "app.log.2")
+    await tail.poll()
+    await tail.poll()
+    report = check(_logs(buf), range(20))
+    assert (report.lost, report.duplicated) == ([], 0), str(report)
+    tail.close()
+
+
+async def test_polling_follows_a_growing_file_closely_and_backs_off_when_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from enclave_side.config import FileSource
+    from enclave_side.sources import tail as tail_mod
+    tail = TailSource([FileSource(str(tmp_path / "x"))], _Buffer(),  # type: ignore[arg-type]
+                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
+                      poll_interval=0.25, rotated_idle=0.0, fingerprint_bytes=256,
+                      make_pipeline=lambda i, f: None)
+    # (busy, bytes read) of each poll: idle, data, idle x6, a busy burst, data, idle
+    script = iter([(False, 0), (False, 10), *[(False, 0)] * 6, (True, 4096), (False, 5),
+                   (False, 0)])
+    waits: list[float] = []
+
+    async def poll(final: bool = False) -> bool:
+        busy, n = next(script)
+        tail.bytes_read += n
+        return busy
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 11:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(tail, "poll", poll)
+    monkeypatch.setattr(tail_mod.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await tail.run()
+    assert waits == pytest.approx([0.25, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0,
+                                   0.01, 0.02])

@@ -52,6 +52,21 @@ async def test_batches_seal_on_age() -> None:
     assert buf.stats().queued_batches == 1
 
 
+def test_a_new_batch_says_when_it_falls_due_once() -> None:
+    clock = [3.0]
+    buf = make(clock=clock)
+    due: list[float] = []
+    buf.on_open = due.append
+    buf.add("t", entries(1), 1)
+    clock[0] = 3.01
+    buf.add("t", entries(1), 1)  # the same batch: no second call
+    buf.add("u", entries(1), 1)  # another tag, another batch
+    assert due == pytest.approx([3.05, 3.06])
+    buf.seal_all()
+    buf.add("t", entries(1), 1)  # a new batch again
+    assert due == pytest.approx([3.05, 3.06, 3.06])
+
+
 @pytest.mark.asyncio
 async def test_window_limits_unacked_and_acks_free_memory() -> None:
     buf = make(batch_bytes=1)
@@ -198,3 +213,18 @@ async def test_drop_oldest_never_drops_records_of_sources_that_wait() -> None:
     buf.seal_all()
     held = sum(b.count for b in buf._queue if b.tag == "file")
     assert held == 10, "a waiting source's records were dropped to make room"
+
+
+@pytest.mark.asyncio
+async def test_the_agent_seals_a_batch_when_it_falls_due_not_at_a_tick() -> None:
+    from enclave_side.agent import Agent
+    from enclave_side.config import AgentConfig
+    from fluent_forward.endpoints import parse_endpoint
+
+    agent = Agent(AgentConfig(relay=parse_endpoint("unix:///nonexistent/relay.sock"),
+                              flush_interval=0.2))
+    agent.buffer.on_open = agent._seal_when_due  # as run() does; no ticker runs here
+    agent.buffer.add("t", entries(1), 1)
+    await asyncio.sleep(0.1)
+    assert agent.buffer.stats().queued_batches == 0, "sealed before it was due"
+    await within(agent.buffer.next_batch(8), "the batch sealed by its timer", timeout=2.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enclave_side.lines import (
     ESCAPED,
@@ -126,3 +128,26 @@ def test_escape_line_output_is_always_utf8() -> None:
     escaped = escape_line(every_byte)
     escaped.decode("utf-8")
     assert unescape_line(escaped.decode()) == every_byte
+
+
+class _ReferenceSplitter(LineSplitter):
+    """The splitter as first written: the carry glued to each read before splitting."""
+
+    def feed(self, data: bytes) -> list[object]:  # type: ignore[override]
+        if self._carry:
+            data = self._carry + data
+        self._carry = b""
+        return super().feed(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12) | st.sampled_from([b"\n", b"\n\n", b"x" * 30]),
+                max_size=30), st.integers(1, 20))
+def test_splitting_reads_gives_what_splitting_their_concatenation_gives(
+        reads: list[bytes], limit: int) -> None:
+    new, ref = LineSplitter(limit), _ReferenceSplitter(limit)
+    for data in reads:
+        assert new.feed(data) == ref.feed(data)
+        assert new.pending == ref.pending
+    assert new.flush() == ref.flush()
+    assert (new.dropped_bytes, new.truncated) == (ref.dropped_bytes, ref.truncated)

@@ -1,0 +1,1 @@
+"""Benchmarks of every hop: ``make bench`` (``python -m bench``); see ``bench/run.py``."""

@@ -1,0 +1,370 @@
+"""``make bench``: every hop measured, a table printed and written as JSON.
+
+    python -m bench [--lines 1000000] [--runs 3] [--transports unix,tcp] [--only NAMES]
+
+Scenarios (150-byte lines, ``--lines`` per run, each run ``--runs`` times, interleaved):
+
+  child       the agent capturing a Python app's stdout (print, block-buffered), policy
+              block, vs. the same app into ``cat > /dev/null``
+  tail        the agent tailing a file, without and with ``--redact all``
+  relay       agent-shaped frames into the relay (spool on, every entry validated) and
+              Forward frames out
+  e2e         a file -> agent -> relay -> sink, then latency at half that rate (a 2 s
+              warm-up, then --latency-seconds; p50/p99 leave the warm-up out)
+  idle        resident memory of agent and relay at rest
+  sinks       (only when asked) how fast this bench's sink and the tests' fake Fluent
+              Bit take relay-shaped frames: the sink must not be the bottleneck
+
+Figures are min / median / max over the runs. The JSON goes to ``--out`` (default
+``bench/results/latest.json``). A ``fluent-bit`` on PATH (or ``$FLUENT_BIT``) is run on
+the same file for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from bench import scenarios as sc
+from bench.fluentbit import find_fluent_bit, fluent_bit_two_hops
+from bench.procs import ROOT
+from bench.sink import BenchSink
+
+SCENARIOS = ("child", "tail", "relay", "e2e", "idle", "sinks")
+AGENT_BUFFER_MIB = 32  # the agent's default --buffer-size
+RELAY_WINDOWS_MIB = 64 + 16  # the relay's default --upstream-buffer + spool cache
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "msgpack": ".".join(map(str, msgpack.version)),
+            "msgpack_c": msgpack.Packer.__module__ != "msgpack.fallback",
+            "kernel": platform.release(), "machine": platform.machine()}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+class Results:
+    def __init__(self) -> None:
+        self.runs: dict[str, list[dict[str, float]]] = defaultdict(list)
+
+    def add(self, key: str, figures: dict[str, float]) -> None:
+        self.runs[key].append(figures)
+
+    def metric(self, key: str, name: str) -> dict[str, float] | None:
+        values = [r[name] for r in self.runs.get(key, []) if name in r]
+        return summary(values) if values else None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, runs in self.runs.items():
+            names = sorted({n for r in runs for n in r})
+            out[key] = {n: {**summary([r[n] for r in runs if n in r]),
+                            "runs": [r[n] for r in runs if n in r]} for n in names}
+        return out
+
+
+async def _guarded(what: str, errors: list[str], coro: Awaitable[dict[str, float]]
+                   ) -> dict[str, float] | None:
+    try:
+        return await coro
+    except Exception as exc:  # noqa: BLE001 - one failed run is reported, not fatal
+        errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        print(f"  FAILED {what}: {exc}", file=sys.stderr)
+        return None
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.time()
+    load_before = os.getloadavg()
+    tmp_root = Path(tempfile.mkdtemp(prefix="nel-bench-", dir="/tmp"))
+    results = Results()
+    errors: list[str] = []
+    n = args.lines
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS) - {"sinks"}
+    transports = args.transports.split(",")
+    sinks: dict[str, tuple[BenchSink, str]] = {}
+    try:
+        data_file = tmp_root / "lines.log"
+        sc.write_lines(data_file, n)
+        for t in transports:
+            sink = BenchSink()
+            url = f"unix://{tmp_root}/sink.sock" if t == "unix" else "tcp://127.0.0.1:0"
+            await sink.start(url)
+            if t == "tcp":
+                url = f"tcp://127.0.0.1:{sink.port}"
+            sinks[t] = (sink, url)
+        counter = 0
+
+        def env(t: str) -> sc.Env:
+            nonlocal counter
+            counter += 1
+            d = tmp_root / f"r{counter}"
+            d.mkdir()
+            sink, url = sinks[t]
+            sink.reset()
+            return sc.Env(d, t, sink, url, profile=args.profile)
+
+        async def one(key: str, make: Callable[[sc.Env], Awaitable[dict[str, float]]],
+                      t: str) -> None:
+            e = env(t)
+            try:
+                figures = await _guarded(key, errors, make(e))
+            finally:
+                await e.stop_all()
+            if figures is not None:
+                results.add(key, figures)
+                print(f"  {key}: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()),
+                      flush=True)
+
+        first = transports[0]
+        for r in range(args.runs):
+            print(f"run {r + 1} of {args.runs}", flush=True)
+            if "child" in only:
+                base = await _guarded("child baseline", errors, sc.app_into_cat(tmp_root, n))
+                if base is not None:
+                    results.add("child.baseline", base)
+                await one("child", lambda e: sc.agent_child(e, n), first)
+            if "tail" in only:
+                await one("tail", lambda e: sc.agent_tail(e, n, data_file, False), first)
+                await one("tail.redact", lambda e: sc.agent_tail(e, n, data_file, True), first)
+            for t in transports:
+                if "relay" in only:
+                    await one(f"relay.{t}", lambda e: sc.relay_alone(e, n), t)
+                if "e2e" in only:
+                    await one(f"e2e.{t}", lambda e: sc.end_to_end(e, n, data_file, RELAY_OPTS),
+                              t)
+            if "idle" in only:
+                await one("idle", sc.idle, first)
+            if "sinks" in only:
+                for kind in ("bench", "fake"):
+                    await one(f"sink.{kind}", lambda e, k=kind: sc.sink_capacity(
+                        e, k, min(n, 200_000)), first)
+        if "e2e" in only:
+            for t in transports:
+                m = results.metric(f"e2e.{t}", "lines_per_s")
+                rate = args.latency_rate or (m["median"] / 2 if m else 0)
+                if not rate:
+                    continue
+                for r in range(args.runs):
+                    print(f"latency {t} at {rate:,.0f} lines/s, run {r + 1}", flush=True)
+                    await one(f"latency.{t}", lambda e, rate=rate: sc.latency(
+                        e, rate, args.latency_seconds, RELAY_OPTS,
+                        warmup=args.latency_warmup), t)
+        fluent_bit: dict[str, Any] = {}
+        binary = find_fluent_bit()
+        if binary is None:
+            fluent_bit["skipped"] = ("no fluent-bit on PATH and FLUENT_BIT not set: "
+                                     "Fluent Bit's own two hops were not measured")
+            print(fluent_bit["skipped"])
+        elif "e2e" in only:
+            for _ in range(args.runs):
+                fb = await _guarded("fluent-bit", errors, fluent_bit_two_hops(
+                    binary, tmp_root, data_file, n, (sc._free_port(), sc._free_port())))
+                if fb is not None:
+                    results.add("fluentbit", fb)
+                    print("  fluentbit: " + ", ".join(f"{k} {v:,.2f}" for k, v in fb.items()))
+            fluent_bit["binary"] = binary
+    finally:
+        for sink, _ in sinks.values():
+            await sink.close()
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return {"command": "python -m bench " + " ".join(sys.argv[1:]), "machine": machine(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "seconds": round(time.time() - started, 1), "lines_per_run": n,
+            "line_bytes": sc.LINE_BYTES, "runs": args.runs,
+            "load_before": load_before, "load_after": os.getloadavg(),
+            "relay_options": list(RELAY_OPTS), "results": results.as_json(),
+            "fluent_bit": fluent_bit, "errors": errors}
+
+
+#: The relay's options in the throughput runs besides listen/output/spool: no per-enclave
+#: rate limit (its default, 64 MiB/s, is ~350k lines/s of these lines).
+RELAY_OPTS = ("--rate-limit", "0")
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+def _fmt(v: float) -> str:
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.2f}"
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None, str]]:
+    """(what, metric, min/median/max, target) rows of the table."""
+    res = report["results"]
+
+    def m(key: str, name: str) -> dict[str, float] | None:
+        entry = res.get(key, {}).get(name)
+        return {k: entry[k] for k in ("min", "median", "max")} if entry else None
+
+    out: list[tuple[str, str, dict[str, float] | None, str]] = []
+    if "child" in res:
+        out += [("1 agent, child stdout", "lines/s", m("child", "lines_per_s"), ""),
+                ("", "agent CPU us/line", m("child", "agent_us_per_line"), "<= 2"),
+                ("", "app time under agent (s)", m("child", "app_elapsed_s"), ""),
+                ("", "app time into cat (s)", m("child.baseline", "app_elapsed_s"), ""),
+                ("", "app slowdown (x, run by run)", _paired(res, "child", "child.baseline",
+                                                            "app_elapsed_s"), "<= 1.5"),
+                ("", "drops", m("child", "drops"), "0")]
+    if "tail" in res:
+        out += [("2 agent, file tail", "lines/s", m("tail", "lines_per_s"), ""),
+                ("", "agent CPU us/line", m("tail", "agent_us_per_line"), "<= 2")]
+    if "tail.redact" in res:
+        out += [("  with --redact all", "lines/s", m("tail.redact", "lines_per_s"), ""),
+                ("", "agent CPU us/line", m("tail.redact", "agent_us_per_line"), "<= 6")]
+    for key in sorted(k for k in res if k.startswith("relay.")):
+        t = key.split(".", 1)[1]
+        out += [(f"3 relay, spool on ({t})", "lines/s", m(key, "lines_per_s"), ""),
+                ("", "relay CPU us/line", m(key, "relay_us_per_line"), "<= 2.5")]
+    for key in sorted(k for k in res if k.startswith("e2e.")):
+        t = key.split(".", 1)[1]
+        out += [(f"4 end to end ({t})", "lines/s", m(key, "lines_per_s"), ">= 300k"),
+                ("", "agent CPU us/line", m(key, "agent_us_per_line"), ""),
+                ("", "relay CPU us/line", m(key, "relay_us_per_line"), "")]
+        lat = f"latency.{t}"
+        if lat in res:
+            out += [("", "latency rate (lines/s)", m(lat, "rate"), "max/2"),
+                    ("", "latency p50 (ms)", m(lat, "p50_ms"), "<= 50"),
+                    ("", "latency p99 (ms)", m(lat, "p99_ms"), "<= 250"),
+                    ("", "latency max (ms)", m(lat, "max_ms"), ""),
+                    ("", "latency max, warm-up too (ms)", m(lat, "cold_max_ms"), "")]
+    if "idle" in res:
+        out += [("5 memory", "agent RSS idle (MiB)", m("idle", "agent_idle_rss_mib"), "<= 40"),
+                ("", "relay RSS idle (MiB)", m("idle", "relay_idle_rss_mib"), ""),
+                ("", "agent CPU idle (% of a core)", m("idle", "agent_idle_cpu_pct"), ""),
+                ("", "relay CPU idle (% of a core)", m("idle", "relay_idle_cpu_pct"), "")]
+    loads = [(k, "agent_peak_rss_mib") for k in ("child", "tail", "tail.redact")] + [
+        (k, "relay_peak_rss_mib") for k in sorted(res) if k.startswith(("relay.", "e2e."))]
+    for key, name in loads:
+        if key in res and name in res[key]:
+            who = name.split("_")[0]
+            limit = (f"<= {AGENT_BUFFER_MIB + 40}" if who == "agent"
+                     else f"<= {60 + RELAY_WINDOWS_MIB}")
+            out.append(("", f"{who} peak RSS, {key} (MiB)", m(key, name), limit))
+    for key in ("sink.bench", "sink.fake"):
+        if key in res:
+            out += [(f"sink capacity ({key})", "lines/s", m(key, "lines_per_s"), ""),
+                    ("", "sink CPU us/line", m(key, "sink_us_per_line"), "")]
+    if "fluentbit" in res:
+        out += [("Fluent Bit two hops", "lines/s", m("fluentbit", "lines_per_s"), ""),
+                ("", "sender CPU us/line", m("fluentbit", "sender_us_per_line"), ""),
+                ("", "receiver CPU us/line", m("fluentbit", "receiver_us_per_line"), "")]
+        for key in sorted(k for k in res if k.startswith("e2e.")):
+            out.append(("", f"ours / Fluent Bit ({key})",
+                        _ratio(res, key, "fluentbit", "lines_per_s"), ">= 1"))
+    return out
+
+
+def _ratio(res: dict[str, Any], a: str, b: str, name: str) -> dict[str, float] | None:
+    try:
+        r = res[a][name]["median"] / res[b][name]["median"]
+    except (KeyError, ZeroDivisionError):
+        return None
+    return {"min": r, "median": r, "max": r}
+
+
+def met(target: str, median: float) -> str:
+    """"yes" or "NO" for a target such as ``<= 2.5``, ``>= 300k`` or ``0``; "" if none."""
+    t = target.strip()
+    if not t or not (t[0] in "<>" or t[0].isdigit()):
+        return ""
+    op, _, value = t.partition(" ") if t[0] in "<>" else ("==", "", t)
+    limit = float(value.rstrip("k")) * (1000 if value.endswith("k") else 1)
+    ok = {"<=": median <= limit, ">=": median >= limit, "==": median == limit}[op]
+    return "yes" if ok else "NO"
+
+
+def _paired(res: dict[str, Any], a: str, b: str, name: str) -> dict[str, float] | None:
+    """a/b for each run (each run measured both, one after the other), summarised."""
+    try:
+        ratios = [x / y for x, y in zip(res[a][name]["runs"], res[b][name]["runs"],
+                                        strict=False)]
+    except (KeyError, ZeroDivisionError):
+        return None
+    return summary(ratios) if ratios else None
+
+
+def table(report: dict[str, Any]) -> str:
+    mach = report["machine"]
+    lines = [f"machine: {mach['cores']} cores, {mach['cpu']}, {mach['implementation']} "
+             f"{mach['python']}, msgpack {mach['msgpack']}"
+             f"{' (C)' if mach['msgpack_c'] else ' (pure Python!)'}, Linux {mach['kernel']}",
+             "load average before/after: "
+             + " / ".join(f"{a:.2f}" for a in (report['load_before'][0],
+                                               report['load_after'][0])),
+             f"{report['lines_per_run']:,} lines of {report['line_bytes']} bytes per run, "
+             f"{report['runs']} runs: min / median / max", "",
+             "| scenario | metric | min | median | max | target | met (median) |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for what, metric, v, target in rows(report):
+        if v is None:
+            continue
+        lines.append(f"| {what} | {metric} | {_fmt(v['min'])} | {_fmt(v['median'])} | "
+                     f"{_fmt(v['max'])} | {target} | {met(target, v['median'])} |")
+    fb = report.get("fluent_bit", {})
+    if fb.get("skipped"):
+        lines += ["", fb["skipped"]]
+    if report.get("errors"):
+        lines += ["", "errors:"] + [f"- {e}" for e in report["errors"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--lines", type=int, default=1_000_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--transports", default="unix,tcp")
+    p.add_argument("--only", default="", help="comma list of " + ", ".join(SCENARIOS))
+    p.add_argument("--latency-seconds", type=float, default=4.0)
+    p.add_argument("--latency-warmup", type=float, default=2.0,
+                   help="seconds of the latency runs left out of p50/p99 (default: 2)")
+    p.add_argument("--latency-rate", type=float, default=0.0,
+                   help="lines/s for the latency runs (default: half the e2e median)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="profile the agent and the relay with py-spy into DIR (folded "
+                        "stacks; python -m bench.folded DIR/FILE summarises one)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    p.add_argument("--show", type=Path, default=None, metavar="JSON",
+                   help="print the table of an earlier run's JSON and exit")
+    args = p.parse_args(argv)
+    if args.show is not None:
+        print(table(json.loads(args.show.read_text())))
+        return 0
+    report = asyncio.run(run(args))
+    text = table(report)
+    print()
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 1 if report["errors"] else 0
