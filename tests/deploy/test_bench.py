@@ -1,0 +1,63 @@
+"""The benchmark scripts the README quotes still run, and still measure what they say.
+
+Tiny inputs, so no figure here means anything: these fail when a script breaks (a
+renamed option, a scenario that no longer reaches its sink), not when it is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_make_bench_measures_each_hop_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = run(["-m", "bench", "--lines", "20000", "--runs", "1", "--only", "tail,relay,e2e",
+                "--transports", "unix", "--latency-seconds", "1", "--latency-warmup", "0.5",
+                "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["errors"] == []
+    assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
+    for key in ("tail", "tail.redact", "relay.unix", "e2e.unix"):
+        assert result["results"][key]["lines_per_s"]["median"] > 0, key
+    latency = result["results"]["latency.unix"]
+    assert latency["sampled_lines"]["median"] > 0
+    assert 0 < latency["p50_ms"]["median"] <= latency["p99_ms"]["median"]
+    assert "| 4 end to end (unix) | lines/s |" in proc.stdout
+    if shutil.which("fluent-bit") is None:
+        # Without Fluent Bit the comparison is not silently left out: it says so.
+        assert "Fluent Bit's own two hops were not measured" in proc.stdout
+        assert "skipped" in result["fluent_bit"]
+
+
+def test_the_processing_bench_checks_each_configuration_did_its_work() -> None:
+    proc = run(["-m", "bench.processing", "--lines", "4000", "--runs", "1", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert len(results) == 8
+    assert all(row["us_per_line"][0] > 0 for row in results.values())
+
+
+def test_the_processing_bench_refuses_a_configuration_that_did_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import processing
+    from enclave_side.redact import Redactor
+
+    # A redactor that finds nothing: the bench must stop, not print a fast figure.
+    monkeypatch.setattr(processing, "Redactor", lambda rules: Redactor(()))
+    case = next(c for c in processing.CASES if "every line" in c.name)
+    with pytest.raises(SystemExit, match="redactions"):
+        processing.measure(case, processing.reads(case.lines(100)), 100)
