@@ -56,6 +56,7 @@ __all__ = [
     "FrameKind",
     "Heartbeat",
     "Role",
+    "bin_header",
     "chunk_id",
     "encode_ack",
     "encode_compressed_packed_forward",
@@ -187,7 +188,8 @@ def encode_forward(tag: str, entries: Iterable[tuple[Time, Mapping[str, Any]]],
     return _packb(frame if options is None else (*frame, options))
 
 
-def _bin_header(n: int) -> bytes:
+def bin_header(n: int) -> bytes:
+    """The msgpack header of a bin of ``n`` bytes (the shortest form)."""
     if n < 0x100:
         return bytes((0xC4, n))
     if n < 0x10000:
@@ -204,9 +206,9 @@ def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
     """
     head = b"\x93" if options is not None else b"\x92"
     if isinstance(entries, bytes):
-        parts = [head, _packb(tag), _bin_header(len(entries)), entries]
+        parts = [head, _packb(tag), bin_header(len(entries)), entries]
     else:
-        parts = [head, _packb(tag), _bin_header(sum(map(len, entries))), *entries]
+        parts = [head, _packb(tag), bin_header(sum(map(len, entries))), *entries]
     if options is not None:
         parts.append(_packb(options))
     return b"".join(parts)

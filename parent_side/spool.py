@@ -48,6 +48,8 @@ from typing import Any
 
 import msgpack
 
+from fluent_forward.codec import bin_header
+
 __all__ = [
     "FORMAT_VERSION",
     "Full",
@@ -136,19 +138,11 @@ class _Boot:
 _pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
 
 
-def _bin_header(n: int) -> bytes:
-    if n < 0x100:
-        return bytes((0xC4, n))
-    if n < 0x10000:
-        return b"\xc5" + n.to_bytes(2, "big")
-    return b"\xc6" + n.to_bytes(4, "big")
-
-
 def payload_parts(e: SpoolEntry) -> tuple[bytes, bytes, bytes]:
     """The payload ``[tag, entries, count, boot_id, seq, received_ns]`` in three parts
     whose concatenation is its msgpack; the entries are the batch's own bytes, so
     spooling a batch copies them only into the kernel."""
-    head = b"\x96" + _pack(e.tag) + _bin_header(len(e.entries))
+    head = b"\x96" + _pack(e.tag) + bin_header(len(e.entries))
     tail = _pack((e.count, e.boot_id, e.seq, e.received_ns))[1:]  # without the array header
     return head, e.entries, tail
 
