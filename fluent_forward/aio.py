@@ -408,14 +408,16 @@ class ForwardClient:
             await asyncio.sleep(next(delays))
 
     def _failed(self, exc: BaseException, *, first: bool) -> None:
-        self.stats.last_error = str(exc)
+        # The message, not the exception, goes to the log: a handler that keeps records
+        # would otherwise pin its traceback and the connection's buffers with it.
+        error = self.stats.last_error = str(exc)
         if isinstance(exc, AuthenticationError):
             self.log.error("%s %s refused the handshake: %s (check the shared keys)",
-                           self.name, self.endpoint, exc)
+                           self.name, self.endpoint, error)
         elif first or self.log.isEnabledFor(logging.DEBUG):
-            self.log.warning("%s %s: %s; retrying", self.name, self.endpoint, exc)
+            self.log.warning("%s %s: %s; retrying", self.name, self.endpoint, error)
         else:
-            self.log.info("%s %s: %s; retrying", self.name, self.endpoint, exc)
+            self.log.info("%s %s: %s; retrying", self.name, self.endpoint, error)
 
     async def _connect(self) -> Connection:
         reader, writer = await open_connection(self.endpoint, timeout=self.connect_timeout)

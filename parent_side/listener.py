@@ -314,27 +314,30 @@ class Listener:
             if exc.partial:
                 log.info("%s closed %d bytes into a frame (it will resend)", ident.name,
                          exc.partial)
+        # Messages, not exception objects, go to the log: a handler that keeps records
+        # (pytest's capture, a MemoryHandler) would otherwise pin each exception's
+        # traceback, and with it this connection's frames and buffers.
         except AuthenticationError as exc:
             self.stats.auth_failures += 1
             peer.last_error = str(exc)
             self._warn.warning(f"auth:{ident.name}", "%s (%s) failed the handshake: %s",
-                               ident.name, conn.peer.address, exc)
+                               ident.name, conn.peer.address, peer.last_error)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             peer.protocol_errors += 1
             peer.last_error = str(exc)
             self._warn.warning(f"proto:{ident.name}", "closing connection from %s (%s): %s",
-                               ident.name, conn.peer.address, exc)
+                               ident.name, conn.peer.address, peer.last_error)
         except TransportTimeout as exc:
             self.stats.timeouts += 1
             peer.last_error = str(exc)
             self._warn.warning(f"timeout:{ident.name}", "closing connection from %s (%s): %s",
-                               ident.name, conn.peer.address, exc)
+                               ident.name, conn.peer.address, peer.last_error)
         except DeliveryFailed as exc:
             self._warn.warning(f"store:{ident.name}", "closing connection from %s: %s "
-                               "(it will resend)", ident.name, exc)
+                               "(it will resend)", ident.name, str(exc))
         except TransportError as exc:
-            log.info("%s: %s", ident.name, exc)
+            log.info("%s: %s", ident.name, str(exc))
         finally:
             self.stats.open_connections -= 1
             peer.open_connections -= 1

@@ -155,12 +155,14 @@ class ForwardInputServer:
             pass
         except AuthenticationError as exc:
             self.stats.auth_failures += 1
-            log.warning("Forward input %s: a client failed the handshake: %s", self.address, exc)
+            # str(exc): a kept log record must not pin the connection's frames
+            log.warning("Forward input %s: a client failed the handshake: %s", self.address,
+                        str(exc))
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
-            log.warning("Forward input %s: closing a connection: %s", self.address, exc)
+            log.warning("Forward input %s: closing a connection: %s", self.address, str(exc))
         except TransportError as exc:
-            log.info("Forward input %s: %s", self.address, exc)
+            log.info("Forward input %s: %s", self.address, str(exc))
         except asyncio.CancelledError:
             if not self._closing:
                 raise
