@@ -80,7 +80,7 @@ class DirectSink:
             self.dropped_poison += 1
             log.error("dropped a batch of %d records on %s that Fluent Bit kept refusing "
                       "(%s); memory-only mode has no dead-letter file", batch.count,
-                      batch.tag, exc)
+                      batch.tag, str(exc))
             outer.set_result(None)
         elif exc is not None:
             outer.set_exception(exc)
@@ -147,7 +147,8 @@ class Forwarder:
             self.spool.dead_letter(entry, str(exc))
         else:
             self.retries += 1
-            log.warning("output failed a batch of %d records (%s); retrying", entry.count, exc)
+            log.warning("output failed a batch of %d records (%s); retrying", entry.count,
+                        str(exc))
             asyncio.get_running_loop().create_task(self._retry(entry))
 
     async def _retry(self, entry: SpoolEntry, first_delay: float | None = None) -> None:
@@ -160,7 +161,7 @@ class Forwarder:
                 await self._submit(entry)
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying; the spool holds it
-                log.warning("retrying a batch failed again: %s", exc)
+                log.warning("retrying a batch failed again: %s", str(exc))
 
     async def _hints(self) -> None:
         while True:
