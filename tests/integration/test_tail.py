@@ -422,13 +422,18 @@ def _logs(buf: _Buffer) -> list[str]:
     return [rec["log"] for e in buf.entries for _, rec in iter_entries(e)]
 
 
+def polled_tail(pattern: Path, buf: _Buffer, poll_interval: float = 0.05) -> TailSource:
+    """A TailSource polled by the test itself (``await tail.poll()``), into ``buf``."""
+    from enclave_side.config import FileSource
+    return TailSource([FileSource(str(pattern))], buf,  # type: ignore[arg-type]
+                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
+                      poll_interval=poll_interval, rotated_idle=0.0, fingerprint_bytes=256,
+                      make_pipeline=lambda i, f: None)
+
+
 async def test_a_reused_inode_is_told_apart_by_the_first_bytes(tmp_path: Path) -> None:
     buf = _Buffer()
-    from enclave_side.config import FileSource
-    tail = TailSource([FileSource(str(tmp_path / "app.log*"))], buf,  # type: ignore[arg-type]
-                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
-                      poll_interval=0.05, rotated_idle=0.0, fingerprint_bytes=256,
-                      make_pipeline=lambda i, f: None)
+    tail = polled_tail(tmp_path / "app.log*", buf)
     w = LineWriter(tmp_path / "app.log.3")
     w.write(50)
     st = os.stat(w.path)
@@ -446,11 +451,7 @@ async def test_a_reused_inode_is_told_apart_by_the_first_bytes(tmp_path: Path) -
 
 async def test_a_file_shorter_than_the_fingerprint_keeps_its_identity(tmp_path: Path) -> None:
     buf = _Buffer()
-    from enclave_side.config import FileSource
-    tail = TailSource([FileSource(str(tmp_path / "a*"))], buf,  # type: ignore[arg-type]
-                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
-                      poll_interval=0.05, rotated_idle=0.0, fingerprint_bytes=256,
-                      make_pipeline=lambda i, f: None)
+    tail = polled_tail(tmp_path / "a*", buf)
     path = tmp_path / "a"
     path.write_bytes(b"one\n")
     await tail.poll()
@@ -474,11 +475,7 @@ async def test_a_let_go_file_missing_from_one_listing_is_not_read_again(
     shifting app.log.2 to app.log.3) is in neither list for that one poll. Forgetting
     it then would read it again from the start at the next poll."""
     buf = _Buffer()
-    from enclave_side.config import FileSource
-    tail = TailSource([FileSource(str(tmp_path / "app.log*"))], buf,  # type: ignore[arg-type]
-                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
-                      poll_interval=0.05, rotated_idle=0.0, fingerprint_bytes=256,
-                      make_pipeline=lambda i, f: None)
+    tail = polled_tail(tmp_path / "app.log*", buf)
     w = LineWriter(tmp_path / "app.log")
     w.write(20)
     await tail.poll()
@@ -506,11 +503,7 @@ async def test_a_let_go_file_missing_from_one_listing_is_not_read_again(
 async def test_a_rotated_file_missing_from_the_listing_as_it_is_let_go_is_remembered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     buf = _Buffer()
-    from enclave_side.config import FileSource
-    tail = TailSource([FileSource(str(tmp_path / "app.log*"))], buf,  # type: ignore[arg-type]
-                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
-                      poll_interval=0.05, rotated_idle=0.0, fingerprint_bytes=256,
-                      make_pipeline=lambda i, f: None)
+    tail = polled_tail(tmp_path / "app.log*", buf)
     w = LineWriter(tmp_path / "app.log")
     w.write(20)
     await tail.poll()
@@ -531,12 +524,8 @@ async def test_a_rotated_file_missing_from_the_listing_as_it_is_let_go_is_rememb
 
 async def test_polling_follows_a_growing_file_closely_and_backs_off_when_idle(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from enclave_side.config import FileSource
     from enclave_side.sources import tail as tail_mod
-    tail = TailSource([FileSource(str(tmp_path / "x"))], _Buffer(),  # type: ignore[arg-type]
-                      default_tag="t", max_line_bytes=1024, partial_flush=1.0,
-                      poll_interval=0.25, rotated_idle=0.0, fingerprint_bytes=256,
-                      make_pipeline=lambda i, f: None)
+    tail = polled_tail(tmp_path / "x", _Buffer(), poll_interval=0.25)
     # (busy, bytes read) of each poll: idle, data, idle x6, a busy burst, data, idle
     script = iter([(False, 0), (False, 10), *[(False, 0)] * 6, (True, 4096), (False, 5),
                    (False, 0)])
