@@ -1,12 +1,15 @@
-"""Write the configuration reference in README.md from the argument parsers.
+"""Write the configuration reference in README.md from the declared options.
 
     python tools/gen_config_reference.py          # rewrite the section in README.md
     python tools/gen_config_reference.py --check  # exit 1 if README.md is out of date
 
-The section lies between the BEGIN and END markers below; everything else in the
-README is left as it is. It has a table for each of the relay's subcommands (serve,
-status, console) and one for the agent. tests/deploy/test_readme.py fails when they
-differ, so an option added to either CLI without regenerating is caught.
+The argument parsers are built from the options declared on RelayConfig and
+AgentConfig (nel_config.options), so the tables are too: flag, variable, help, the
+default in the option's unit, and whether a reload applies it. The section lies
+between the BEGIN and END markers below; everything else in the README is left as
+it is. It has a table for each of the relay's subcommands (serve, status, console) and
+one for the agent. tests/deploy/test_readme.py fails when they differ, so an option
+added to either CLI without regenerating is caught.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ END = "<!-- END configuration reference -->"
 #: parent_side.cli.parse_args.
 SUBCOMMAND_ENV: dict[str, set[str]] = {"status": {"admin_socket"}, "console": set()}
 NO_VARIABLE = "(none)"
-#: Options no environment variable sets (a request to do something else, not a setting).
-COMMAND_LINE_ONLY = {"check_config"}
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -60,8 +61,7 @@ def _rows(parser: argparse.ArgumentParser, prefix: str,
             flag += f" [{value}]" if action.nargs == "?" else f" {value}"
         text = formatter._expand_help(action) if action.help else ""
         text = " ".join(text.split()).replace("|", "\\|")
-        has_env = (action.dest in env if env is not None
-                   else action.dest not in COMMAND_LINE_ONLY)
+        has_env = action.dest in env if env is not None else True
         variable = f"`{prefix}{action.dest.upper()}`" if has_env else NO_VARIABLE
         rows.append(f"| `{flag}` | {variable} | {text} |")
     return rows
@@ -88,7 +88,7 @@ def generate() -> str:
         "",
         "### The agent: `enclave-log-agent [OPTIONS] [-- CMD [ARGS...]]`",
         "",
-        *_rows(agent, agent_cli.ENV_PREFIX),
+        *_rows(agent, agent_cli.ENV_PREFIX, {o.key for o in agent_cli.ALL_OPTIONS if o.env}),
         "",
         END,
     ]
