@@ -180,41 +180,22 @@ class Redaction:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """Everything the agent needs to run; the fields declared with ``option`` are its
-    options (flags, ``ENCLAVE_LOG_AGENT_*`` variables, ``--config`` keys).
+    """Everything the agent needs to run. The fields declared with ``option`` are its
+    options (flags, ``ENCLAVE_LOG_AGENT_*`` variables, ``--config`` keys): their help
+    says what they do. The others:
 
     Attributes:
-        relay: where to ship.
         command: the app to run (empty: no child, run until SIGTERM).
-        tag: the app's tag; stdout goes to ``TAG.stdout``, stderr to ``TAG.stderr``.
-        hostname: sent in the handshake (a claim; the relay stamps its own view).
-        shared_key: the Forward shared key, or None.
-        buffer_bytes: memory cap for everything held.
-        batch_bytes: seal a batch at this size.
-        flush_interval: seal a batch after this many seconds.
-        max_line_bytes: longer lines are cut and flagged ``truncated``.
-        partial_flush: send a line without newline after this many idle seconds.
-        overflow: what the app's output does when the buffer is full.
-        window: batches in flight before waiting for acks.
-        handshake_wait: seconds to wait for a HELO before going on without one.
         connect_timeout: seconds for one connection attempt.
         max_backoff: cap on the delay between reconnects.
-        drain_timeout: seconds to keep shipping after the app exits.
         exit_grace: seconds of silence on the pipes, after the app exits, before the
             agent stops reading them (grandchildren may hold them open).
-        log_level: the agent's own log level.
-        pty: give the app a pseudo-terminal for stdout and one for stderr.
-        stdout: processing of the app's stdout.
-        stderr: processing of the app's stderr.
+        stdout, stderr: processing of the app's stdout and stderr.
         files: files to tail.
         forward_inputs: local Forward servers.
         kmsg: the kernel log source, or None.
         redaction: redaction rules for every source.
-        poll_interval: how often tailed files are checked.
-        rotated_idle: a rotated file is let go once read to its end and unchanged
-            for this long (never while it grows).
         fingerprint_bytes: how many first bytes tell files apart (with dev and inode).
-        metrics_interval: seconds between records on ``agent.metrics`` (0: none).
     """
 
     relay: Endpoint = option(

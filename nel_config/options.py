@@ -248,11 +248,13 @@ class Option:
     def file_option(self) -> Option:
         """The ``FLAG-file PATH`` companion of a secret option."""
         return Option(f"{self.flag}-file", STR, f"read {self.flag} from this file "
-                      "(keeps it out of ps)", metavar="PATH", restart=self.restart)
+                      "(keeps it out of ps)", metavar="PATH", restart=self.restart,
+                      env=self.env)
 
 
 def option(default: T, kind: Kind = STR, flag: str | None = None, *, help: str,
-           restart: bool = False, secret: bool = False, minimum: Any = None,
+           restart: bool = False, secret: bool = False, env: bool = True,
+           minimum: Any = None,
            validate: Callable[[Any, str], Any] | None = None,
            default_text: str | None = None, dynamic: Callable[[], Any] | None = None,
            metavar: str | None = None) -> T:
@@ -260,7 +262,8 @@ def option(default: T, kind: Kind = STR, flag: str | None = None, *, help: str,
 
     ``flag`` defaults to the field's name with dashes (``--max-connections``).
     """
-    spec = Option(flag or "", kind, help, restart=restart, secret=secret, minimum=minimum,
+    spec = Option(flag or "", kind, help, restart=restart, secret=secret, env=env,
+                  minimum=minimum,
                   validate=validate, default_text=default_text, dynamic=dynamic,
                   metavar=metavar)
     return dataclasses.field(default=default, metadata={_METADATA: spec})

@@ -19,21 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fluent_forward import __version__
-from fluent_forward.errors import ConnectError, EndpointError
-from nel_config.argv import (
-    Parser,
-    add_options,
-    apply_env_defaults,
-    config_path,
-    option_values,
-    read_secret,
-)
-from nel_config.options import LOG_LEVELS, ConfigError, file_values, load_toml
-from nel_config.units import duration_arg
+from fluent_forward.errors import ConnectError
+from nel_config.argv import Parser, add_options, apply_env_defaults, config_path, option_values
+from nel_config.options import BOOL, STR, ConfigError, file_values, load_toml, option, options_of
 
-from .config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, SERVE_OPTIONS, RelayConfig
-from .console import ConsoleOptions, console_command
-from .outputs import OutputError, parse_output
+from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
+from .console import CONSOLE_OPTIONS, ConsoleOptions, console_command
+from .outputs import OutputError
 from .relay import Relay
 from .spool import SpoolError
 from .status import status_command
@@ -74,9 +66,7 @@ def _build(raising: bool = False) -> tuple[Parser, Parser]:
         description="Ask a running relay, over its admin socket, for its state: per "
                     "enclave, the spool, and Fluent Bit. --json prints JSON lines, one "
                     "record each, for Fluent Bit's exec input.")
-    status.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, metavar="PATH",
-                        help="the relay's admin socket (default: %(default)s)")
-    status.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    add_options(status, STATUS_OPTIONS)
     console = sub.add_parser(
         "console", help="follow the consoles of debug-mode enclaves (no agent needed)",
         description="Follow 'nitro-cli console' for every enclave describe-enclaves lists in "
@@ -84,23 +74,7 @@ def _build(raising: bool = False) -> tuple[Parser, Parser]:
                     "those whose agent is connected to the relay. Lines go to --output tagged "
                     "enclave.<name>.console, or with --stdout as JSON lines for Fluent Bit's "
                     "exec input (Threaded on, a JSON parser).")
-    console.add_argument("--stdout", action="store_true",
-                         help="print JSON lines instead of sending to --output")
-    console.add_argument("--output", default=DEFAULT_OUTPUT, metavar="URL",
-                         help="where lines go, as for serve (default: %(default)s)")
-    console.add_argument("--upstream-shared-key", default=None, metavar="KEY",
-                         help="shared key of Fluent Bit's forward input, if it has one")
-    console.add_argument("--upstream-shared-key-file", default=None, metavar="PATH",
-                         help="read --upstream-shared-key from this file (keeps it out of ps)")
-    console.add_argument("--nitro-cli", default="nitro-cli", metavar="PATH",
-                         help="nitro-cli to run (default: %(default)s)")
-    console.add_argument("--interval", type=duration_arg, default=5.0, metavar="DURATION",
-                         help="how often to look for enclaves (default: 5s)")
-    console.add_argument("--admin-socket", default=DEFAULT_ADMIN_SOCKET, metavar="PATH",
-                         help="the relay to ask which enclaves have an agent connected "
-                              "(default: %(default)s)")
-    console.add_argument("--log-level", default="info", choices=LOG_LEVELS,
-                         help="log level (default: %(default)s)")
+    add_options(console, CONSOLE_OPTIONS)
     return p, serve
 
 
@@ -115,44 +89,38 @@ def _with_default_command(argv: list[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class StatusOptions:
-    """What ``enclave-log-relay status`` needs."""
+    """What ``enclave-log-relay status`` needs; the declared fields are its options."""
 
-    admin_socket: str
-    json: bool
+    admin_socket: str = option(DEFAULT_ADMIN_SOCKET, STR, metavar="PATH",
+                               help="the relay's admin socket")
+    json: bool = option(False, BOOL, env=False, help="JSON lines instead of a table")
     log_level: str = "warning"
+
+
+STATUS_OPTIONS = options_of(StatusOptions)
+#: Each subcommand's options (serve's --config is read before the others).
+COMMAND_OPTIONS = {"serve": SERVE_OPTIONS, "status": STATUS_OPTIONS,
+                   "console": CONSOLE_OPTIONS}
 
 
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
                ) -> tuple[str, RelayConfig | StatusOptions | ConsoleOptions]:
     """Parse the command line into ``(command, options)``; exit 2 with a message on error."""
-    parser, serve = _build()
     env = os.environ if environ is None else environ
     args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
+    if args[0] == "serve":
+        return "serve", serve_config(args, env)
+    parser, _ = _build()
+    sub, options = parser.commands[args[0]], COMMAND_OPTIONS[args[0]]
+    apply_env_defaults(sub, ENV_PREFIX, env, skip=frozenset(o.key for o in options
+                                                            if not o.env))
+    ns = parser.parse_args(args)
+    values = option_values(ns, options, sub)
     if args[0] == "status":
-        ns = parser.parse_args(args)
-        admin = env.get(ENV_PREFIX + "ADMIN_SOCKET") if "--admin-socket" not in args else None
-        return "status", StatusOptions(admin or ns.admin_socket, ns.json)
-    if args[0] == "console":
-        ns = parser.parse_args(args)
-        try:
-            output = None if ns.stdout else parse_output(ns.output)
-        except EndpointError as exc:
-            parser.error(f"--output: {exc}")
-        return "console", ConsoleOptions(
-            nitro_cli=ns.nitro_cli, interval=ns.interval, output=output,
-            admin_socket=None if ns.admin_socket.lower() == "none" else ns.admin_socket,
-            hostname=socket.gethostname() or "relay",
-            upstream_shared_key=_secret(parser, ns.upstream_shared_key,
-                                        ns.upstream_shared_key_file, "--upstream-shared-key"),
-            log_level=ns.log_level)
-    return "serve", serve_config(args, env)
-
-
-def _secret(parser: Parser, key: str | None, path: str | None, flag: str) -> str | None:
-    try:
-        return read_secret(path, flag) if path else key
-    except ConfigError as exc:
-        parser.error(str(exc))
+        return "status", StatusOptions(**values)
+    if ns.stdout:
+        values["output"] = None
+    return "console", ConsoleOptions(**values, hostname=socket.gethostname() or "relay")
 
 
 def serve_config(args: list[str], env: Mapping[str, str], *, raising: bool = False
