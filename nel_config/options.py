@@ -74,68 +74,37 @@ class Kind:
 
     Attributes:
         metavar: its placeholder in help (``SIZE``, ``DURATION``, ``URL`` ...).
-        parse: text (a flag, a variable) to the value; ``ValueError`` says why not.
-        toml: a TOML value to the value; None: TOML strings go through ``parse``.
+        parse: text (a flag, a variable, a TOML string) to the value; ``ValueError``
+            says why not.
         show: the value as text, for help defaults and dumps.
         expected: what a TOML value of another type is told to be instead.
-        choices: the values it takes, if it is a choice.
-        flag: a flag without a value (``--pty``): true when given.
+        toml_types: the TOML types taken as they are (not negative), besides strings.
+        flag: a flag without a value (``--pty``), true when given; TOML: true or false.
         many: repeatable (``--allow-cid A --allow-cid B``); turns the texts into the value.
     """
 
     metavar: str | None
     parse: Callable[[str], Any]
-    toml: Callable[[Any], Any] | None = None
     show: Callable[[Any], str] = str
     expected: str = "a string (in quotes)"
-    choices: tuple[str, ...] | None = None
+    toml_types: tuple[type, ...] = ()
     flag: bool = False
     many: Callable[[list[str]], Any] | None = None
 
     def from_toml(self, value: Any, key: str) -> Any:
         """A TOML value as this kind, or ``ConfigError`` naming ``key``."""
-        try:
-            if self.many is not None:
-                items = [value] if isinstance(value, str) else value
-                if isinstance(items, list) and all(isinstance(v, str) for v in items):
-                    return items
-            elif self.toml is not None:
-                return self.toml(value)
-            elif isinstance(value, str):
+        if self.many is not None:
+            items = [value] if isinstance(value, str) else value
+            if isinstance(items, list) and all(isinstance(v, str) for v in items):
+                return items
+        elif isinstance(value, str) and not self.flag:
+            try:
                 return self.parse(value)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-        except TypeError:
-            pass
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        elif type(value) in self.toml_types and not value < 0:  # bool is not an int here
+            return float(value) if float in self.toml_types else value
         raise ConfigError(f"{key}: expected {self.expected}, got {value!r}")
-
-
-def _not_bool(value: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(value, types) and not isinstance(value, bool)
-
-
-def _size_toml(value: Any) -> int:
-    if _not_bool(value, (int,)) and value >= 0:
-        return int(value)
-    if isinstance(value, str):
-        return parse_size(value)
-    raise TypeError
-
-
-def _duration_toml(value: Any) -> float:
-    if _not_bool(value, (int, float)) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        return parse_duration(value)
-    raise TypeError
-
-
-def _exact(*types: type) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
-            raise TypeError
-        return value
-    return check
 
 
 def _octal(text: str) -> int:
@@ -145,28 +114,18 @@ def _octal(text: str) -> int:
         raise ValueError(f"{text!r} is not an octal mode like 0660") from None
 
 
-def _octal_toml(value: Any) -> int:
-    if _not_bool(value, (int,)):
-        return int(value)
-    if isinstance(value, str):
-        return _octal(value)
-    raise TypeError
-
-
 def _none_or(text: str) -> str | None:
     return None if text.lower() in ("none", "") else text
 
 
 STR = Kind(None, str)
-INT = Kind("N", int, toml=_exact(int), expected="a whole number")
-SIZE = Kind("SIZE", parse_size, toml=_size_toml, show=format_size,
-            expected='a size such as "32MiB", "512KiB" or 4096')
-DURATION = Kind("DURATION", parse_duration, toml=_duration_toml, show=format_duration,
-                expected='a duration such as "250ms", "2s" or 1.5')
-BOOL = Kind(None, str, toml=_exact(bool), show=lambda v: str(v).lower(),
-            expected="true or false", flag=True)
-OCTAL = Kind("MODE", _octal, toml=_octal_toml, show=lambda v: f"0{v:o}",
-             expected='an octal mode such as "0660"')
+INT = Kind("N", int, expected="a whole number", toml_types=(int,))
+SIZE = Kind("SIZE", parse_size, format_size, 'a size such as "32MiB", "512KiB" or 4096',
+            (int,))
+DURATION = Kind("DURATION", parse_duration, format_duration,
+                'a duration such as "250ms", "2s" or 1.5', (int, float))
+BOOL = Kind(None, str, lambda v: str(v).lower(), "true or false", (bool,), flag=True)
+OCTAL = Kind("MODE", _octal, lambda v: f"0{v:o}", 'an octal mode such as "0660"', (int,))
 #: A path, or ``none`` for none (None).
 PATH_OR_NONE = Kind("PATH", _none_or, show=lambda v: "none" if v is None else str(v))
 
@@ -180,7 +139,7 @@ def choice(*values: str, of: type[enum.StrEnum] | None = None) -> Kind:
             raise ValueError(f"expected one of {', '.join(map(repr, names))}, got "
                              f"{text!r}{hint(text, names)}")
         return of(text) if of is not None else text
-    return Kind("{" + ",".join(names) + "}", parse, choices=names,
+    return Kind("{" + ",".join(names) + "}", parse,
                 expected="one of " + ", ".join(map(repr, names)))
 
 
@@ -191,8 +150,7 @@ def url(parse: Callable[[str], Any], metavar: str = "URL") -> Kind:
 
 def repeated(many: Callable[[list[str]], Any], metavar: str) -> Kind:
     """A repeatable option: every ``--flag X`` (or a TOML list) goes to ``many``."""
-    return Kind(metavar, str, many=many, show=lambda v: str(v),
-                expected='a list of strings, e.g. ["4-"]')
+    return Kind(metavar, str, expected='a list of strings, e.g. ["4-"]', many=many)
 
 
 @dataclass(frozen=True, slots=True)
