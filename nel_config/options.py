@@ -271,6 +271,6 @@ def file_values(doc: Mapping[str, Any], options: Sequence[Option],
         spec = by_key.get(key)
         if spec is None:
             raise ConfigError(f"{raw}: unknown key{hint(key, known)}; the keys are the long "
-                              "options without their dashes (see --help)")
+                              "options without their dashes")
         out[key] = spec.kind.from_toml(value, raw)
     return out

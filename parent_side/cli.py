@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from fluent_forward import __version__
 from fluent_forward.errors import ConnectError
 from nel_config.argv import Parser, add_options, apply_env_defaults, config_path, option_values
-from nel_config.options import BOOL, STR, ConfigError, file_values, load_toml, option, options_of
+from nel_config.options import (
+    BOOL,
+    STR,
+    ConfigError,
+    Option,
+    file_values,
+    load_toml,
+    option,
+    options_of,
+)
 
 from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
 from .console import CONSOLE_OPTIONS, ConsoleOptions, console_command
@@ -40,6 +49,10 @@ NITRO_DEVICE = "/dev/nitro_enclaves"
 
 log = logging.getLogger("parent_side")
 
+#: Read before the other options, which it may set.
+CONFIG = Option("--config", STR, "a TOML file of options (keys as the options without "
+                "dashes); re-read on SIGHUP", metavar="FILE", toml=False)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (``parse_args`` also needs the serve subparser)."""
@@ -57,10 +70,7 @@ def _build(raising: bool = False) -> tuple[Parser, Parser]:
                            description="Accept agents and forward their records.",
                            epilog=f"Options may also be set as {ENV_PREFIX}<OPTION> "
                                   "environment variables.")
-    serve.add_argument("--config", default=None, metavar="FILE",
-                       help="a TOML file of options (keys as the options without dashes); "
-                            "re-read on SIGHUP")
-    add_options(serve, SERVE_OPTIONS)
+    add_options(serve, (CONFIG, *SERVE_OPTIONS))
     status = sub.add_parser(
         "status", help="show a running relay's enclaves, spool and upstream",
         description="Ask a running relay, over its admin socket, for its state: per "
