@@ -22,7 +22,7 @@ import dataclasses
 import difflib
 import enum
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -212,8 +212,7 @@ class Option:
 
 def option(default: T, kind: Kind = STR, flag: str | None = None, *, help: str,
            restart: bool = False, secret: bool = False, env: bool = True,
-           minimum: Any = None,
-           validate: Callable[[Any, str], Any] | None = None,
+           minimum: Any = None, validate: Callable[[Any, str], Any] | None = None,
            default_text: str | None = None, dynamic: Callable[[], Any] | None = None,
            metavar: str | None = None) -> T:
     """Declare a configuration field an option (see the module's docstring).
@@ -221,9 +220,8 @@ def option(default: T, kind: Kind = STR, flag: str | None = None, *, help: str,
     ``flag`` defaults to the field's name with dashes (``--max-connections``).
     """
     spec = Option(flag or "", kind, help, restart=restart, secret=secret, env=env,
-                  minimum=minimum,
-                  validate=validate, default_text=default_text, dynamic=dynamic,
-                  metavar=metavar)
+                  minimum=minimum, validate=validate, default_text=default_text,
+                  dynamic=dynamic, metavar=metavar)
     return dataclasses.field(default=default, metadata={_METADATA: spec})
 
 
@@ -255,7 +253,7 @@ def load_toml(path: str) -> dict[str, Any]:
 
 
 def file_values(doc: Mapping[str, Any], options: Sequence[Option],
-                others: Iterable[str] = ()) -> dict[str, Any]:
+                others: Collection[str] = ()) -> dict[str, Any]:
     """The option values a TOML document's top-level keys set, by option key.
 
     Keys are the long options without dashes (``spool_size``; ``spool-size`` too).
