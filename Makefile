@@ -39,7 +39,7 @@ bench: $(STAMP)
 agent-pyz: $(STAMP)
 	$(BIN)/python tools/build_pyz.py --output dist/enclave-log-agent.pyz
 
-# The option tables in README.md, from the argument parsers (a test keeps them in step).
+# The option tables in README.md, from the declared options (a test keeps them in step).
 config-reference: $(STAMP)
 	$(BIN)/python tools/gen_config_reference.py
 

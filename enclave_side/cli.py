@@ -17,27 +17,19 @@ import enum
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.endpoints import parse_endpoint
-from fluent_forward.errors import EndpointError
-from fluent_forward.units import apply_env_defaults, duration_arg, size_arg
+from fluent_forward.codec import DEFAULT_MAX_FRAME_BYTES
+from nel_config.argv import Parser, add_options, apply_env_defaults, config_path, option_values
+from nel_config.options import STR, ConfigError, Option, repeated
+from nel_config.units import format_size
 
 from .agent import Agent
-from .buffer import Policy
-from .config import DEFAULT_RELAY, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
-from .configfile import (
-    ConfigError,
-    FileSettings,
-    check_tag,
-    listen_endpoint,
-    load_config_file,
-    redact_names,
-)
+from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
+from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
 from .sources.forward_input import check_listen
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -46,92 +38,40 @@ ENV_PREFIX = "ENCLAVE_LOG_AGENT_"
 
 log = logging.getLogger("enclave_side")
 
+#: Options that are no field of AgentConfig: requests, and sources added to the file's.
+REQUESTS = (
+    Option("--config", STR, "read options and sources from this TOML file (flags override "
+           "it)", metavar="FILE", toml=False),
+    Option("--check-config", STR, "print the effective configuration from FILE and these "
+           "flags as JSON and exit (2 if it has errors)", metavar="FILE", env=False,
+           toml=False),
+)
+SOURCES = (
+    Option("--file", repeated(list, "GLOB"), "tail files matching GLOB (repeatable; new "
+           "matches are picked up at every poll); records are tagged TAG.file", toml=False),
+    Option("--forward-listen", repeated(list, "URL"), "accept Forward clients "
+           "(fluent-logger ...) on tcp://127.0.0.1:PORT or unix:///PATH (repeatable)",
+           toml=False),
+    Option("--kmsg", STR, "ship the kernel log (default path /dev/kmsg), tagged TAG.kmsg",
+           const="/dev/kmsg", metavar="PATH", toml=False),
+    Option("--redact", STR, "redact with built-in rules: all, or a comma list of email, "
+           "card, ssn, aws_access_key_id, bearer, jwt", metavar="RULES", toml=False),
+)
+ALL_OPTIONS = (*REQUESTS, *AGENT_OPTIONS, *SOURCES)
 
-def build_parser() -> argparse.ArgumentParser:
-    d = AgentConfig()
-    p = argparse.ArgumentParser(
+
+def build_parser() -> Parser:
+    p = Parser(
         prog="enclave-log-agent",
         usage="%(prog)s [OPTIONS] [-- CMD [ARGS...]]",
+        extra_hint="the app's command goes after '--': enclave-log-agent [OPTIONS] -- CMD "
+                   "[ARGS...]",
         description="Run CMD, capture its stdout and stderr as log records, and ship them "
                     "to the parent's enclave-log-relay. Without CMD, run until SIGTERM.",
         epilog=f"Options may also be set as {ENV_PREFIX}<OPTION> environment variables, "
                f"e.g. {ENV_PREFIX}RELAY=vsock://3:24224.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--config", metavar="FILE",
-                   help="read options and sources from this TOML file (flags override it)")
-    p.add_argument("--check-config", metavar="FILE",
-                   help="print the effective configuration from FILE and these flags as "
-                        "JSON and exit (2 if it has errors)")
-    p.add_argument("--relay", default=DEFAULT_RELAY, metavar="URL",
-                   help="the relay: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH "
-                        "(default: %(default)s, the parent instance)")
-    p.add_argument("--tag", default=d.tag,
-                   help="tag of the app's records: TAG.stdout and TAG.stderr "
-                        "(default: %(default)s)")
-    p.add_argument("--hostname", default=None,
-                   help="name sent in the handshake (default: this host's name)")
-    p.add_argument("--shared-key", default=None, metavar="KEY",
-                   help="Forward shared key, if the relay requires one")
-    p.add_argument("--shared-key-file", default=None, metavar="PATH",
-                   help="read the shared key from this file instead")
-    p.add_argument("--buffer-size", type=size_arg, default=d.buffer_bytes, metavar="SIZE",
-                   help="memory cap for records not yet acked (default: 32MiB)")
-    p.add_argument("--overflow", choices=[x.value for x in Policy], default=d.overflow.value,
-                   help="when the buffer is full: block the app (no loss) or drop the oldest "
-                        "unsent records, counted (default: %(default)s)")
-    p.add_argument("--batch-size", type=size_arg, default=d.batch_bytes, metavar="SIZE",
-                   help="seal a batch at this size (default: 512KiB)")
-    p.add_argument("--flush-interval", type=duration_arg, default=d.flush_interval,
-                   metavar="DURATION", help="seal a batch after this long (default: 50ms)")
-    p.add_argument("--max-line-bytes", type=size_arg, default=d.max_line_bytes, metavar="SIZE",
-                   help="cut longer lines and flag them truncated (default: 64KiB)")
-    p.add_argument("--partial-flush", type=duration_arg, default=d.partial_flush,
-                   metavar="DURATION",
-                   help="send a line still missing its newline after this much silence, "
-                        "flagged partial (default: 1s)")
-    p.add_argument("--window", type=int, default=d.window,
-                   help="batches in flight before waiting for acks (default: %(default)s)")
-    p.add_argument("--drain-timeout", type=duration_arg, default=d.drain_timeout,
-                   metavar="DURATION",
-                   help="how long to keep shipping after the app exits (default: 10s)")
-    p.add_argument("--handshake-wait", type=duration_arg, default=d.handshake_wait,
-                   metavar="DURATION",
-                   help="wait this long for the relay's HELO, then go on without a "
-                        "handshake (default: 500ms)")
-    p.add_argument("--tee-console", action="store_true", default=d.tee_console,
-                   help="also copy the app's stdout and stderr, as they come, to the agent's "
-                        "own (the enclave console), so 'nitro-cli console' keeps working in "
-                        "debug builds; a slow console then slows the agent")
-    p.add_argument("--pty", action="store_true", default=d.pty,
-                   help="give the app a pseudo-terminal for stdout and one for stderr, so "
-                        "it line-buffers as on a console (streams stay apart)")
-    p.add_argument("--file", action="append", metavar="GLOB",
-                   help="tail files matching GLOB (repeatable; new matches are picked up "
-                        "at every poll); records are tagged TAG.file")
-    p.add_argument("--forward-listen", action="append", metavar="URL",
-                   help="accept Forward clients (fluent-logger ...) on tcp://127.0.0.1:PORT "
-                        "or unix:///PATH (repeatable)")
-    p.add_argument("--kmsg", nargs="?", const="/dev/kmsg", default=None, metavar="PATH",
-                   help="ship the kernel log (default path /dev/kmsg), tagged TAG.kmsg")
-    p.add_argument("--redact", default=None, metavar="RULES",
-                   help="redact with built-in rules: all, or a comma list of email, card, "
-                        "ssn, aws_access_key_id, bearer, jwt")
-    p.add_argument("--poll-interval", type=duration_arg, default=d.poll_interval,
-                   metavar="DURATION",
-                   help="how often idle tailed files are checked; after a read the next "
-                        "check comes within 10ms, the wait doubling while nothing is "
-                        "new (default: 250ms)")
-    p.add_argument("--rotated-idle", type=duration_arg, default=d.rotated_idle,
-                   metavar="DURATION",
-                   help="let a rotated file go once read to its end and unchanged this "
-                        "long; never while it grows (default: 2s)")
-    p.add_argument("--metrics-interval", type=duration_arg, default=d.metrics_interval,
-                   metavar="DURATION",
-                   help="seconds between records on agent.metrics; 0 for none "
-                        "(default: 60s)")
-    p.add_argument("--log-level", default=d.log_level,
-                   choices=["debug", "info", "warning", "error"],
-                   help="the agent's own log level (default: %(default)s)")
+    add_options(p, ALL_OPTIONS)
     return p
 
 
@@ -147,14 +87,8 @@ def _config_path(options: list[str], environ: Mapping[str, str] | None = None
                  ) -> tuple[str | None, bool]:
     """The configuration file (``--config``, else ``ENCLAVE_LOG_AGENT_CONFIG``), and
     whether only to check it (``--check-config``, a command-line request only)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    pre.add_argument("--check-config")
-    known, _ = pre.parse_known_args(options)
-    if known.check_config:
-        return known.check_config, True
-    env = os.environ if environ is None else environ
-    return known.config or env.get(ENV_PREFIX + "CONFIG") or None, False
+    return config_path(options, os.environ if environ is None else environ, ENV_PREFIX,
+                       check=True)
 
 
 def parse_args(argv: Sequence[str] | None = None,
@@ -168,36 +102,26 @@ def parse_args(argv: Sequence[str] | None = None,
         if path:
             settings = load_config_file(path)
     except ConfigError as exc:
-        parser.error(f"config {exc}")
+        parser.error(str(exc))
     parser.set_defaults(**settings.options)
     apply_env_defaults(parser, ENV_PREFIX, os.environ if environ is None else environ,
-                       skip=frozenset({"check_config"}))
+                       skip=frozenset(o.key for o in ALL_OPTIONS if not o.env))
     ns = parser.parse_args(options)
+    values = option_values(ns, AGENT_OPTIONS, parser)
     try:
-        return _build(ns, command, settings, parser)
+        return _build(values, ns, command, settings)
     except ConfigError as exc:
         parser.error(str(exc))
 
 
-def _build(ns: argparse.Namespace, command: tuple[str, ...], settings: FileSettings,
-           parser: argparse.ArgumentParser) -> AgentConfig:
-    try:
-        relay = parse_endpoint(ns.relay)
-    except EndpointError as exc:
-        raise ConfigError(f"--relay: {exc}") from None
-    check_tag(ns.tag, "--tag")
-    key = ns.shared_key
-    if ns.shared_key_file:
-        try:
-            with open(ns.shared_key_file, encoding="utf-8") as f:
-                key = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"--shared-key-file {ns.shared_key_file}: {exc.strerror}") from None
-    if ns.window < 1:
-        raise ConfigError("--window must be at least 1")
-    if ns.batch_size >= 4 * 1024 * 1024:
-        raise ConfigError("--batch-size must stay under 4MiB (the relay's frame limit)")
-    if ns.buffer_size < 2 * ns.batch_size:
+def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, ...],
+           settings: FileSettings) -> AgentConfig:
+    """The configuration: the options' values, checked together, and the sources of the
+    file with those the flags add."""
+    if values["batch_bytes"] >= DEFAULT_MAX_FRAME_BYTES:
+        raise ConfigError(f"--batch-size must stay under {format_size(DEFAULT_MAX_FRAME_BYTES)}"
+                          " (the relay's frame limit)")
+    if values["buffer_bytes"] < 2 * values["batch_bytes"]:
         raise ConfigError("--buffer-size must be at least twice --batch-size")
     files = list(settings.files)
     known = {f.path for f in files}
@@ -213,19 +137,9 @@ def _build(ns: argparse.Namespace, command: tuple[str, ...], settings: FileSetti
     if ns.redact is not None:
         redaction = Redaction(redact_names(ns.redact, "--redact"), redaction.rules,
                               redaction.pattern_timeout)
-    return AgentConfig(
-        relay=relay, command=command, tag=ns.tag,
-        hostname=ns.hostname or socket.gethostname() or "enclave", shared_key=key,
-        buffer_bytes=ns.buffer_size, batch_bytes=ns.batch_size,
-        flush_interval=ns.flush_interval, max_line_bytes=ns.max_line_bytes,
-        partial_flush=ns.partial_flush,
-        overflow=Policy(ns.overflow), window=ns.window, handshake_wait=ns.handshake_wait,
-        drain_timeout=ns.drain_timeout, log_level=ns.log_level, pty=ns.pty,
-        tee_console=ns.tee_console,
-        stdout=settings.stdout, stderr=settings.stderr, files=tuple(files),
-        forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction,
-        poll_interval=ns.poll_interval, rotated_idle=ns.rotated_idle,
-        metrics_interval=ns.metrics_interval)
+    return AgentConfig(**values, command=command, stdout=settings.stdout,
+                       stderr=settings.stderr, files=tuple(files),
+                       forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction)
 
 
 def effective(config: AgentConfig) -> dict[str, Any]:
@@ -242,8 +156,9 @@ def effective(config: AgentConfig) -> dict[str, Any]:
         return value
 
     data: dict[str, Any] = plain(config)
-    if data.get("shared_key"):
-        data["shared_key"] = "(set)"
+    for o in AGENT_OPTIONS:
+        if o.secret and o.field and data.get(o.field):
+            data[o.field] = "(set)"
     for forward in data["forward_inputs"]:
         if forward.get("shared_key"):
             forward["shared_key"] = "(set)"

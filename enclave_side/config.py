@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass, field
 
 from fluent_forward.endpoints import Endpoint, parse_endpoint
+from nel_config.options import (
+    BOOL,
+    DURATION,
+    INT,
+    LOG_LEVELS,
+    SIZE,
+    STR,
+    ConfigError,
+    choice,
+    option,
+    options_of,
+    url,
+)
 
 from .buffer import Policy
 
 __all__ = [
+    "AGENT_OPTIONS",
     "DEFAULT_LEVEL_KEYS",
     "DEFAULT_RELAY",
     "LEVELS",
@@ -20,12 +36,14 @@ __all__ = [
     "Processing",
     "RedactRuleConfig",
     "Redaction",
+    "check_tag",
 ]
 
 #: The parent instance is CID 3 as seen from an enclave.
 DEFAULT_RELAY = "vsock://3:24224"
 #: Tags of the agent's own records; an app's --tag may not start with it.
 RESERVED_TAG_PREFIX = "agent"
+_TAG = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
 #: Normalised level names and their order (syslog's eight fold into these).
@@ -33,6 +51,20 @@ LEVELS = {"trace": 5, "debug": 10, "info": 20, "notice": 25, "warning": 30, "err
           "critical": 50}
 #: Fields of a structured record a level is read from, first found wins.
 DEFAULT_LEVEL_KEYS = ("level", "severity", "levelname", "lvl", "loglevel", "log.level")
+
+
+def check_tag(tag: str, key: str) -> None:
+    """``ConfigError`` naming ``key`` unless ``tag`` is a tag an app may use."""
+    if not _TAG.match(tag):
+        raise ConfigError(f"{key} {tag!r}: use letters, digits, '_' and '-', in parts "
+                          "separated by dots (e.g. myapp or payments.api)")
+    if tag.split(".")[0] == RESERVED_TAG_PREFIX:
+        raise ConfigError(f"{key} {tag!r}: tags starting with '{RESERVED_TAG_PREFIX}' are "
+                          "reserved for the agent's own records; pick another")
+
+
+def _hostname() -> str:
+    return socket.gethostname() or "enclave"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,69 +180,88 @@ class Redaction:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """Everything the agent needs to run.
+    """Everything the agent needs to run. The fields declared with ``option`` are its
+    options (flags, ``ENCLAVE_LOG_AGENT_*`` variables, ``--config`` keys): their help
+    says what they do. The others:
 
     Attributes:
-        relay: where to ship.
         command: the app to run (empty: no child, run until SIGTERM).
-        tag: the app's tag; stdout goes to ``TAG.stdout``, stderr to ``TAG.stderr``.
-        hostname: sent in the handshake (a claim; the relay stamps its own view).
-        shared_key: the Forward shared key, or None.
-        buffer_bytes: memory cap for everything held.
-        batch_bytes: seal a batch at this size.
-        flush_interval: seal a batch after this many seconds.
-        max_line_bytes: longer lines are cut and flagged ``truncated``.
-        partial_flush: send a line without newline after this many idle seconds.
-        overflow: what the app's output does when the buffer is full.
-        window: batches in flight before waiting for acks.
-        handshake_wait: seconds to wait for a HELO before going on without one.
         connect_timeout: seconds for one connection attempt.
         max_backoff: cap on the delay between reconnects.
-        drain_timeout: seconds to keep shipping after the app exits.
         exit_grace: seconds of silence on the pipes, after the app exits, before the
             agent stops reading them (grandchildren may hold them open).
-        log_level: the agent's own log level.
-        pty: give the app a pseudo-terminal for stdout and one for stderr.
-        stdout: processing of the app's stdout.
-        stderr: processing of the app's stderr.
+        stdout, stderr: processing of the app's stdout and stderr.
         files: files to tail.
         forward_inputs: local Forward servers.
         kmsg: the kernel log source, or None.
         redaction: redaction rules for every source.
-        poll_interval: how often tailed files are checked.
-        rotated_idle: a rotated file is let go once read to its end and unchanged
-            for this long (never while it grows).
         fingerprint_bytes: how many first bytes tell files apart (with dev and inode).
-        metrics_interval: seconds between records on ``agent.metrics`` (0: none).
     """
 
-    relay: Endpoint = parse_endpoint(DEFAULT_RELAY)
+    relay: Endpoint = option(
+        parse_endpoint(DEFAULT_RELAY), url(parse_endpoint),
+        default_text=f"{DEFAULT_RELAY}, the parent instance",
+        help="the relay: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH")
     command: tuple[str, ...] = ()
-    tag: str = "app"
-    hostname: str = "enclave"
-    shared_key: str | None = None
-    buffer_bytes: int = 32 * 1024 * 1024
-    batch_bytes: int = 512 * 1024
-    flush_interval: float = 0.05
-    max_line_bytes: int = 64 * 1024
-    partial_flush: float = 1.0
-    overflow: Policy = Policy.BLOCK
-    window: int = 8
-    handshake_wait: float = 0.5
+    tag: str = option("app", STR, validate=check_tag,
+                      help="tag of the app's records: TAG.stdout and TAG.stderr")
+    hostname: str = option("enclave", STR, dynamic=_hostname, default_text="this host's name",
+                           help="name sent in the handshake")
+    shared_key: str | None = option(None, STR, secret=True, metavar="KEY",
+                                    help="Forward shared key, if the relay requires one")
+    buffer_bytes: int = option(32 * 1024 * 1024, SIZE, "--buffer-size",
+                               help="memory cap for records not yet acked")
+    batch_bytes: int = option(512 * 1024, SIZE, "--batch-size",
+                              help="seal a batch at this size")
+    flush_interval: float = option(0.05, DURATION, help="seal a batch after this long")
+    max_line_bytes: int = option(64 * 1024, SIZE,
+                                 help="cut longer lines and flag them truncated")
+    partial_flush: float = option(
+        1.0, DURATION,
+        help="send a line still missing its newline after this much silence, flagged "
+             "partial")
+    overflow: Policy = option(
+        Policy.BLOCK, choice(of=Policy),
+        help="when the buffer is full: block the app (no loss) or drop the oldest unsent "
+             "records, counted")
+    window: int = option(8, INT, minimum=1,
+                         help="batches in flight before waiting for acks")
+    handshake_wait: float = option(
+        0.5, DURATION,
+        help="wait this long for the relay's HELO, then go on without a handshake")
     connect_timeout: float = 5.0
     max_backoff: float = 5.0
-    drain_timeout: float = 10.0
+    drain_timeout: float = option(10.0, DURATION,
+                                  help="how long to keep shipping after the app exits")
     exit_grace: float = 0.5
-    log_level: str = "info"
-    pty: bool = False
-    tee_console: bool = False
+    log_level: str = option("info", choice(*LOG_LEVELS), help="the agent's own log level")
+    pty: bool = option(
+        False, BOOL,
+        help="give the app a pseudo-terminal for stdout and one for stderr, so it "
+             "line-buffers as on a console (streams stay apart)")
+    tee_console: bool = option(
+        False, BOOL,
+        help="also copy the app's stdout and stderr, as they come, to the agent's own (the "
+             "enclave console), so 'nitro-cli console' keeps working in debug builds; a slow "
+             "console then slows the agent")
     stdout: Processing = field(default_factory=Processing)
     stderr: Processing = field(default_factory=Processing)
     files: tuple[FileSource, ...] = ()
     forward_inputs: tuple[ForwardInput, ...] = ()
     kmsg: KmsgSource | None = None
     redaction: Redaction = field(default_factory=Redaction)
-    poll_interval: float = 0.25
-    rotated_idle: float = 2.0
+    poll_interval: float = option(
+        0.25, DURATION,
+        help="how often idle tailed files are checked; after a read the next check comes "
+             "within 10ms, the wait doubling while nothing is new")
+    rotated_idle: float = option(
+        2.0, DURATION,
+        help="let a rotated file go once read to its end and unchanged this long; never "
+             "while it grows")
     fingerprint_bytes: int = 256
-    metrics_interval: float = 60.0
+    metrics_interval: float = option(60.0, DURATION,
+                                     help="seconds between records on agent.metrics; 0 for none")
+
+
+#: The agent's options declared above, in order.
+AGENT_OPTIONS = options_of(AgentConfig)

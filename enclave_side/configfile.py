@@ -10,27 +10,33 @@ anything but ``ConfigError``.
 
 from __future__ import annotations
 
-import difflib
-import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import EndpointError
-from fluent_forward.units import parse_duration, parse_size
+from nel_config.options import (
+    BOOL,
+    DURATION,
+    STR,
+    ConfigError,
+    choice,
+    file_values,
+    hint,
+    load_toml,
+)
 
-from .buffer import Policy
 from .config import (
+    AGENT_OPTIONS,
     LEVELS,
-    RESERVED_TAG_PREFIX,
     FileSource,
     ForwardInput,
     KmsgSource,
     Processing,
     Redaction,
     RedactRuleConfig,
+    check_tag,
 )
 from .patterns import PatternError, UserPattern
 from .redact import BUILTIN_RULES
@@ -39,16 +45,10 @@ from .sources.forward_input import check_listen
 __all__ = ["ConfigError", "FileSettings", "check_tag", "load_config_file", "parse_config",
            "redact_names"]
 
-_TAG = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and the fix."""
-
 
 @dataclass(slots=True)
 class FileSettings:
-    """What a configuration file says: option values (by argparse dest) and sources."""
+    """What a configuration file says: option values (by option key) and sources."""
 
     options: dict[str, Any] = field(default_factory=dict)
     stdout: Processing = field(default_factory=Processing)
@@ -57,15 +57,6 @@ class FileSettings:
     forward: list[ForwardInput] = field(default_factory=list)
     kmsg: KmsgSource | None = None
     redaction: Redaction = field(default_factory=Redaction)
-
-
-def check_tag(tag: str, key: str) -> None:
-    if not _TAG.match(tag):
-        raise ConfigError(f"{key} {tag!r}: use letters, digits, '_' and '-', in parts "
-                          "separated by dots (e.g. myapp or payments.api)")
-    if tag.split(".")[0] == RESERVED_TAG_PREFIX:
-        raise ConfigError(f"{key} {tag!r}: tags starting with '{RESERVED_TAG_PREFIX}' are "
-                          "reserved for the agent's own records; pick another")
 
 
 def redact_names(value: Any, key: str) -> tuple[str, ...]:
@@ -79,57 +70,24 @@ def redact_names(value: Any, key: str) -> tuple[str, ...]:
         return tuple(BUILTIN_RULES)
     for n in names:
         if n not in BUILTIN_RULES:
-            raise ConfigError(f"{key}: unknown rule {n!r}{_hint(n, BUILTIN_RULES)}; the "
+            raise ConfigError(f"{key}: unknown rule {n!r}{hint(n, BUILTIN_RULES)}; the "
                               f"built-in rules are {', '.join(BUILTIN_RULES)} (or \"all\")")
     return tuple(names)
 
 
-# -- value checkers: each returns the converted value or raises ConfigError ---------------
-
-def _hint(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _size(v: Any, key: str) -> int:
-    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-        return v
-    try:
-        if isinstance(v, str):
-            return parse_size(v)
-    except ValueError:
-        pass
-    raise ConfigError(f"{key}: expected a size such as \"32MiB\", \"512KiB\" or 4096, got {v!r}")
-
-
-def _duration(v: Any, key: str) -> float:
-    if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
-        return float(v)
-    try:
-        if isinstance(v, str):
-            return parse_duration(v)
-    except ValueError:
-        pass
-    raise ConfigError(f"{key}: expected a duration such as \"250ms\", \"2s\" or 1.5, "
-                      f"got {v!r}")
-
+# -- value checkers for the source tables: each returns the value or raises ConfigError --
 
 def _str(v: Any, key: str) -> str:
-    if not isinstance(v, str):
-        raise ConfigError(f"{key}: expected a string (in quotes), got {v!r}")
-    return v
+    text: str = STR.from_toml(v, key)
+    return text
 
 
-def _bool(v: Any, key: str) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}: expected true or false, got {v!r}")
-    return v
+_bool = BOOL.from_toml
+_duration = DURATION.from_toml
 
 
-def _int(v: Any, key: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ConfigError(f"{key}: expected a whole number of at least 1, got {v!r}")
-    return v
+def _choice(*choices: str) -> Callable[[Any, str], Any]:
+    return choice(*choices).from_toml
 
 
 def _strings(v: Any, key: str) -> tuple[str, ...]:
@@ -138,15 +96,6 @@ def _strings(v: Any, key: str) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ConfigError(f"{key}: expected a list of strings, e.g. [\"^GET \", \"^POST \"]")
     return tuple(v)
-
-
-def _choice(*choices: str) -> Callable[[Any, str], str]:
-    def check(v: Any, key: str) -> str:
-        if v not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, choices))}, got "
-                              f"{v!r}{_hint(str(v), choices)}")
-        return str(v)
-    return check
 
 
 def _pattern(v: Any, key: str) -> str:
@@ -164,18 +113,6 @@ def _patterns(v: Any, key: str) -> tuple[str, ...]:
         _pattern(text, f"{key}[{i}]")
     return texts
 
-
-#: Top-level keys: argparse dest -> checker.
-_OPTIONS: dict[str, Callable[[Any, str], Any]] = {
-    "relay": _str, "tag": _str, "hostname": _str, "shared_key": _str,
-    "shared_key_file": _str, "buffer_size": _size,
-    "overflow": _choice(*(p.value for p in Policy)), "batch_size": _size,
-    "flush_interval": _duration, "max_line_bytes": _size, "partial_flush": _duration,
-    "window": _int, "drain_timeout": _duration, "handshake_wait": _duration,
-    "log_level": _choice("debug", "info", "warning", "error"), "pty": _bool,
-    "tee_console": _bool,
-    "metrics_interval": _duration, "poll_interval": _duration, "rotated_idle": _duration,
-}
 
 _PROCESSING: dict[str, Callable[[Any, str], Any]] = {
     "multiline": _choice("indent"), "multiline_start": _pattern,
@@ -201,7 +138,7 @@ def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, Any], where: str
         prefix = f"{where}.{k}" if where else k
         if not_here and k in not_here:
             raise ConfigError(f"{prefix}: {not_here[k]}")
-        raise ConfigError(f"{prefix}: unknown key{_hint(k, allowed)}; the keys here are "
+        raise ConfigError(f"{prefix}: unknown key{hint(k, allowed)}; the keys here are "
                           f"{', '.join(sorted(allowed))}")
 
 
@@ -315,17 +252,12 @@ def parse_config(doc: Mapping[str, Any]) -> FileSettings:
         "stdout": lambda v: _processing(_keys_ok(v, "stdout"), "stdout", _PROCESSING),
         "stderr": lambda v: _processing(_keys_ok(v, "stderr"), "stderr", _PROCESSING),
         "file": _files, "forward": _forward, "kmsg": _kmsg, "redact": _redaction}
-    _check_keys(doc, {**_OPTIONS, **tables}, "")
-    settings = FileSettings()
+    settings = FileSettings(options=file_values(doc, AGENT_OPTIONS, others=tables))
     for key, value in doc.items():
-        if key in _OPTIONS:
-            settings.options[key] = _OPTIONS[key](value, key)
-        else:
+        if key in tables:
             setattr(settings, "forward" if key == "forward" else
                     "files" if key == "file" else "redaction" if key == "redact" else key,
                     tables[key](value))
-    if "tag" in settings.options:
-        check_tag(settings.options["tag"], "tag")
     return settings
 
 
@@ -337,13 +269,7 @@ def _keys_ok(v: Any, where: str) -> dict[str, Any]:
 
 def load_config_file(path: str) -> FileSettings:
     """Read and check ``path``; ``ConfigError`` says what is wrong and where."""
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    doc = load_toml(path)
     try:
         return parse_config(doc)
     except ConfigError as exc:

@@ -1,6 +1,6 @@
 """Fluent Forward v1: the codec and transport both sides of nitro-enclave-logs share.
 
-``codec``, ``handshake``, ``endpoints``, ``retry``, ``units`` and ``errors`` are pure
+``codec``, ``handshake``, ``endpoints``, ``retry`` and ``errors`` are pure
 (no sockets, no asyncio); ``aio`` is the only module that touches either.
 """
 

@@ -1,17 +1,46 @@
-"""The relay's configuration: one frozen dataclass."""
+"""The relay's configuration: one frozen dataclass whose fields declare the options.
+
+Each option is declared once, here (``nel_config.options.option``): its flag, kind,
+default, help and whether a reload applies it. ``enclave-log-relay serve``'s flags, its
+``ENCLAVE_LOG_RELAY_*`` variables, its ``--config`` keys, what a reload keeps, and the
+README's table derive from these declarations. Fields without a declaration are not
+options (set by code and tests).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
+from fluent_forward.codec import (
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_FRAME_BYTES,
+)
 from fluent_forward.endpoints import Endpoint, parse_endpoint
+from nel_config.options import (
+    BOOL,
+    DURATION,
+    INT,
+    LOG_LEVELS,
+    OCTAL,
+    PATH_OR_NONE,
+    SIZE,
+    STR,
+    choice,
+    option,
+    options_of,
+    repeated,
+    url,
+)
 
 from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
 from .spool import Full
 
 __all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
-           "RelayConfig"]
+           "SERVE_OPTIONS", "RelayConfig"]
 
 DEFAULT_LISTEN = "vsock://any:24224"
 #: A Unix socket keeps other local users from injecting records into Fluent Bit.
@@ -22,72 +51,123 @@ DEFAULT_SPOOL = "/var/lib/enclave-log-relay"
 DEFAULT_ADMIN_SOCKET = "/run/enclave-log-relay/admin.sock"
 
 
+def _listen(text: str) -> Endpoint:
+    return parse_endpoint(text, listen=True)
+
+
+def _spool_dir(path: str | None, flag: str) -> None:
+    if path is None:
+        return
+    if not path.startswith("/"):
+        raise ValueError(f"{flag} {path}: give an absolute path, or 'none' for memory-only "
+                         "mode")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file, not a directory: name a directory for "
+                         f"the spool (created if missing), or {flag} none for memory-only mode")
+
+
+def _hostname() -> str:
+    return socket.gethostname() or "relay"
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
-    """Everything the relay needs to serve.
+    """Everything the relay needs to serve; each option's help says what it does.
 
-    Attributes:
-        listen: where agents connect.
-        output: where records go.
-        hostname: our name in the handshake.
-        shared_key: the key agents must prove, or None.
-        upstream_shared_key: the key Fluent Bit's forward input holds, or None.
-        listen_mode: permissions of a Unix listening socket.
-        max_frame_bytes, max_decompressed_bytes, max_entries: per-frame limits.
-        handshake_timeout: seconds a new connection has to say something.
-        upstream_window: frames sent to Fluent Bit and not yet acked.
-        upstream_buffer_bytes: memory for frames on their way to Fluent Bit.
-        ack_timeout: seconds without an ack from Fluent Bit before reconnecting.
+    Attributes not declared as options:
+        max_entries: entries one frame may hold.
         shutdown_timeout: seconds to deliver what was taken when stopping.
-        spool: the spool directory, or None for memory-only mode.
-        spool_bytes: the spool's size cap.
-        spool_full: what to do at the cap: block (backpressure) or drop the oldest.
         spool_segment_bytes: size of one spool segment file.
-        allowed_cids: vsock peers allowed to connect (enclave CIDs, 4 and up, by default).
-        nitro_cli: the ``nitro-cli`` to run ``describe-enclaves`` with, or None.
-        describe_interval: seconds between describe-enclaves polls.
-        require_known_enclave: refuse CIDs describe-enclaves does not list.
-        stamp_records: add the enclave's identity fields to every record.
-        max_connections: open connections in all.
-        max_connections_per_enclave: open connections per enclave.
-        rate_limit: bytes per second read from one enclave (0: no limit).
-        frame_timeout: seconds a started frame has to complete.
-        log_level: the relay's log level.
-        admin_socket: the status socket, or None.
-        status_interval: seconds between relay.status records (0: none).
-        restamp_time: replace record times with the relay's receive time.
         config_file: the --config file this came from, if any.
     """
 
-    listen: Endpoint = parse_endpoint(DEFAULT_LISTEN, listen=True)
-    output: OutputSpec = parse_output(DEFAULT_OUTPUT)
-    hostname: str = "relay"
-    shared_key: str | None = None
-    upstream_shared_key: str | None = None
-    listen_mode: int = 0o660
-    max_frame_bytes: int = 4 * 1024 * 1024
-    max_decompressed_bytes: int = 16 * 1024 * 1024
-    max_entries: int = 500_000
-    handshake_timeout: float = 10.0
-    upstream_window: int = 16
-    upstream_buffer_bytes: int = 64 * 1024 * 1024
-    ack_timeout: float = 60.0
+    listen: Endpoint = option(
+        _listen(DEFAULT_LISTEN), url(_listen), restart=True,
+        help="where agents connect: vsock://any:PORT, tcp://HOST:PORT or unix:///PATH")
+    output: OutputSpec = option(
+        parse_output(DEFAULT_OUTPUT), url(parse_output),
+        help="where records go: unix:///PATH or tcp://HOST:PORT (a Fluent Bit forward "
+             "input), stdout, or file:///PATH (JSON lines)")
+    hostname: str = option("relay", STR, restart=True, dynamic=_hostname,
+                           default_text="this host's name", help="our name in the handshake")
+    shared_key: str | None = option(None, STR, secret=True, metavar="KEY",
+                                    help="shared key agents must prove (Forward handshake)")
+    upstream_shared_key: str | None = option(
+        None, STR, secret=True, metavar="KEY",
+        help="shared key of Fluent Bit's forward input, if it has one")
+    listen_mode: int = option(0o660, OCTAL, restart=True,
+                              help="permissions of a unix:// listening socket")
+    max_frame_bytes: int = option(DEFAULT_MAX_FRAME_BYTES, SIZE, "--max-frame-size",
+                                  minimum=1024, help="largest frame accepted from an agent")
+    max_decompressed_bytes: int = option(
+        DEFAULT_MAX_DECOMPRESSED_BYTES, SIZE, "--max-decompressed-size",
+        help="largest payload a gzip frame may inflate to")
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    handshake_timeout: float = option(10.0, DURATION,
+                                      help="time a new connection has to speak")
+    upstream_window: int = option(16, INT, minimum=1,
+                                  help="frames sent to Fluent Bit and not yet acked")
+    upstream_buffer_bytes: int = option(
+        64 * 1024 * 1024, SIZE, "--upstream-buffer",
+        help="memory for frames on their way to Fluent Bit; when full, the spool keeps the "
+             "backlog (with --spool none, agents wait)")
+    ack_timeout: float = option(60.0, DURATION,
+                                help="reconnect to Fluent Bit after this long without an ack")
     shutdown_timeout: float = 10.0
-    spool: str | None = DEFAULT_SPOOL
-    spool_bytes: int = 1 << 30
-    spool_full: Full = Full.BLOCK
+    spool: str | None = option(
+        DEFAULT_SPOOL, PATH_OR_NONE, restart=True, validate=_spool_dir, metavar="DIR",
+        help="spool directory: batches are on disk before agents are acked; 'none' for "
+             "memory-only mode")
+    spool_bytes: int = option(1 << 30, SIZE, "--spool-size", restart=True, minimum=1 << 20,
+                              help="cap on the spool's size")
+    spool_full: Full = option(
+        Full.BLOCK, choice(of=Full), restart=True,
+        help="when the spool is full: block (agents wait; nothing is lost) or drop_oldest "
+             "(counted)")
     spool_segment_bytes: int = 32 << 20
-    allowed_cids: CidSet = parse_cid_set([DEFAULT_ALLOWED_CIDS])
-    nitro_cli: str | None = "nitro-cli"
-    describe_interval: float = 30.0
-    require_known_enclave: bool = False
-    stamp_records: bool = False
-    max_connections: int = 256
-    max_connections_per_enclave: int = 8
-    rate_limit: int = 64 << 20
-    frame_timeout: float = 30.0
-    log_level: str = "info"
-    admin_socket: str | None = DEFAULT_ADMIN_SOCKET
-    status_interval: float = 60.0
-    restamp_time: bool = False
+    allowed_cids: CidSet = option(
+        parse_cid_set([DEFAULT_ALLOWED_CIDS]), repeated(parse_cid_set, "CIDS"), "--allow-cid",
+        default_text="4-, enclaves only; the parent's own processes appear as CID 1 or 3 "
+                     "and are refused",
+        help="vsock peers that may connect: a CID, a range (16-20), '4-' (4 and up) or "
+             "'any'; repeatable")
+    nitro_cli: str | None = option(
+        "nitro-cli", PATH_OR_NONE,
+        help="nitro-cli to map CIDs to enclaves with describe-enclaves ('none' to name "
+             "enclaves by CID)")
+    describe_interval: float = option(
+        30.0, DURATION,
+        help="how often to run describe-enclaves (also run for each new vsock connection, "
+             "at most every 2s)")
+    require_known_enclave: bool = option(
+        False, BOOL, help="refuse CIDs that describe-enclaves does not list")
+    stamp_records: bool = option(
+        False, BOOL,
+        help="add enclave_name, enclave_cid, enclave_id, enclave_debug, enclave_pcr0 (and the "
+             "agent's claimed_hostname) to every record; costs CPU")
+    max_connections: int = option(256, INT, minimum=1, help="open connections in all")
+    max_connections_per_enclave: int = option(8, INT, minimum=1,
+                                              help="open connections per enclave")
+    rate_limit: int = option(
+        64 << 20, SIZE,
+        help="bytes per second read from one enclave; past it the relay reads more slowly, "
+             "it never drops (0: no limit)")
+    frame_timeout: float = option(
+        30.0, DURATION,
+        help="close a connection that sends half a frame and then nothing for this long")
+    log_level: str = option("info", choice(*LOG_LEVELS), help="log level")
+    admin_socket: str | None = option(
+        DEFAULT_ADMIN_SOCKET, PATH_OR_NONE, restart=True,
+        help="Unix socket the status command asks ('none' for no socket)")
+    status_interval: float = option(
+        60.0, DURATION,
+        help="send the relay's status as a record on relay.status this often (0: never)")
+    restamp_time: bool = option(
+        False, BOOL,
+        help="give every record the relay's receive time, keeping the enclave's own as "
+             "enclave_time (for enclaves whose clocks drift); costs CPU")
     config_file: str | None = None
+
+
+#: ``enclave-log-relay serve``'s options, as declared above.
+SERVE_OPTIONS = options_of(RelayConfig)

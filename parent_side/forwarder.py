@@ -57,6 +57,11 @@ class DirectSink:
         self.on_delivered = on_delivered
         self.dropped_poison = 0
 
+    def reconfigure(self, output: Output) -> None:
+        """Send through ``output`` from now on (a reload made a new one); batches the
+        old one had not delivered come back cancelled and go out through this one."""
+        self.output = output
+
     async def submit(self, batch: RelayBatch, boot_id: bytes | None,
                      seq: int | None) -> asyncio.Future[None]:
         outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -117,6 +122,10 @@ class Forwarder:
         self.on_delivered = on_delivered
         self.retries = 0
         self._stopping = False
+
+    def reconfigure(self, output: Output) -> None:
+        """Forward to ``output`` from now on (a reload made a new one)."""
+        self.output = output
 
     async def run(self) -> None:
         hints = asyncio.create_task(self._hints())

@@ -197,6 +197,11 @@ class EnclaveRegistry:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _warned: bool = False
 
+    def reconfigure(self, command: tuple[str, ...], interval: float) -> None:
+        """Ask with ``command`` every ``interval`` from now on; try it even if the old
+        command could not run."""
+        self.command, self.interval, self.available = command, interval, True
+
     async def lookup(self, cid: int) -> EnclaveInfo | None:
         """The enclave at ``cid`` now, asking describe-enclaves again if the view is stale."""
         if self.available and time.monotonic() - self._last >= self.min_refresh:

@@ -27,6 +27,9 @@ from fluent_forward.aio import (
     start_server,
 )
 from fluent_forward.codec import (
+    DEFAULT_MAX_DECOMPRESSED_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_FRAME_BYTES,
     EventFrame,
     FrameDecoder,
     Heartbeat,
@@ -57,7 +60,7 @@ __all__ = ["Listener", "ListenerConfig", "PeerStats"]
 log = logging.getLogger(__name__)
 
 #: Fluent Bit closes connections on frames over 6,144,000 bytes: split below that.
-UPSTREAM_SPLIT_BYTES = 4 * 1024 * 1024
+UPSTREAM_SPLIT_BYTES = DEFAULT_MAX_FRAME_BYTES
 #: Chunks read but not yet acked, per connection, before the relay stops reading.
 MAX_PENDING_ACKS = 64
 
@@ -69,9 +72,9 @@ class ListenerConfig:
     endpoint: Endpoint
     hostname: str
     shared_key: str | None = None
-    max_frame_bytes: int = 4 * 1024 * 1024
-    max_decompressed_bytes: int = 16 * 1024 * 1024
-    max_entries: int = 500_000
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_entries: int = DEFAULT_MAX_ENTRIES
     handshake_timeout: float = 10.0
     unix_mode: int | None = 0o660
     allowed_cids: CidSet | None = None  # vsock peers outside it are refused; None: all
@@ -208,6 +211,17 @@ class Listener:
         self._conns: set[asyncio.Task[Any]] = set()
         self._warn = _RateLimitedLog()
         self._closing = False
+
+    def reconfigure(self, config: ListenerConfig) -> None:
+        """Take a reloaded configuration: connections read it at their next frame.
+
+        The endpoint and the socket's mode are those of the socket already bound.
+        """
+        self.config = config
+
+    def use_registry(self, registry: EnclaveRegistry | None) -> None:
+        """Name new vsock peers from ``registry`` (None: by CID) from now on."""
+        self.registry = registry
 
     async def start(self) -> None:
         self.server = await start_server(self._handle, self.config.endpoint,

@@ -21,7 +21,7 @@ from typing import Any
 from fluent_forward import __version__
 from fluent_forward.codec import EventTime, pack_entry
 
-from .config import RelayConfig
+from .config import SERVE_OPTIONS, RelayConfig
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
 from .listener import Listener, ListenerConfig, PeerStats
@@ -37,33 +37,29 @@ log = logging.getLogger("parent_side")
 LIFECYCLE_TAG = "relay.lifecycle"
 STATUS_TAG = "relay.status"
 
-#: Options a reload cannot change: they need a restart.
-_RESTART_ONLY = ("listen", "listen_mode", "spool", "spool_bytes", "spool_full",
-                 "spool_segment_bytes", "admin_socket", "hostname")
-#: Options that shape the output: a change makes a new one.
-_OUTPUT_KEYS = ("output", "upstream_shared_key", "upstream_window", "upstream_buffer_bytes",
-                "ack_timeout")
+#: Fields a reload cannot change: they need a restart (declared in parent_side.config).
+_RESTART_ONLY = frozenset(o.field for o in SERVE_OPTIONS if o.restart and o.field)
+#: ListenerConfig fields named otherwise in RelayConfig.
+_LISTENER_NAMES = {"endpoint": "listen", "unix_mode": "listen_mode"}
 
 
 def _listener_config(config: RelayConfig) -> ListenerConfig:
-    return ListenerConfig(
-        endpoint=config.listen, hostname=config.hostname, shared_key=config.shared_key,
-        max_frame_bytes=config.max_frame_bytes,
-        max_decompressed_bytes=config.max_decompressed_bytes,
-        max_entries=config.max_entries, handshake_timeout=config.handshake_timeout,
-        unix_mode=config.listen_mode, allowed_cids=config.allowed_cids,
-        require_known_enclave=config.require_known_enclave,
-        max_connections=config.max_connections,
-        max_connections_per_enclave=config.max_connections_per_enclave,
-        rate_limit=config.rate_limit, frame_timeout=config.frame_timeout,
-        stamp_records=config.stamp_records, restamp_time=config.restamp_time)
+    """The listener's part of the configuration: its fields, taken by name."""
+    return ListenerConfig(**{f.name: getattr(config, _LISTENER_NAMES.get(f.name, f.name))
+                             for f in dataclasses.fields(ListenerConfig)})
+
+
+def _output_args(config: RelayConfig) -> dict[str, Any]:
+    """What the output is made from: a reload that changes any of it makes a new one."""
+    return {"spec": config.output, "hostname": config.hostname,
+            "shared_key": config.upstream_shared_key, "window": config.upstream_window,
+            "max_queue_bytes": config.upstream_buffer_bytes,
+            "ack_timeout": config.ack_timeout}
 
 
 def _make_output(config: RelayConfig) -> Output:
-    return make_output(config.output, hostname=config.hostname,
-                       shared_key=config.upstream_shared_key, window=config.upstream_window,
-                       max_queue_bytes=config.upstream_buffer_bytes,
-                       ack_timeout=config.ack_timeout)
+    args = _output_args(config)
+    return make_output(args.pop("spec"), **args)
 
 
 class Relay:
@@ -255,39 +251,43 @@ class Relay:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return f"failed: {exc}"
         old = self.config
-        kept = {k: getattr(old, k) for k in _RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+        kept = {k: getattr(old, k) for k in sorted(_RESTART_ONLY)
+                if getattr(new, k) != getattr(old, k)}
         for key in kept:
             log.warning("reload: %s changes only on restart; still %s", key, getattr(old, key))
         new = dataclasses.replace(new, **kept)
         changed = [f.name for f in dataclasses.fields(new)
                    if getattr(new, f.name) != getattr(old, f.name)]
         self.config = new
-        self.listener.config = _listener_config(new)
+        self.listener.reconfigure(_listener_config(new))
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
-        if any(k in changed for k in _OUTPUT_KEYS):
+        if _output_args(new) != _output_args(old):
             task = asyncio.get_running_loop().create_task(self._swap_output(_make_output(new)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self.reloads += 1
-        log.info("reloaded the configuration; changed: %s", ", ".join(changed) or "nothing")
-        return "changed: " + (", ".join(changed) or "nothing")
+        answer = "changed: " + (", ".join(changed) or "nothing")
+        if kept:
+            answer += "; needs a restart: " + ", ".join(kept)
+        log.info("reloaded the configuration; %s", answer)
+        return answer
 
     def _reload_registry(self, new: RelayConfig) -> None:
         """Start, change or stop asking describe-enclaves, as the new configuration says."""
         vsock = new.listen.scheme.value == "vsock"
         if self.registry is not None and new.nitro_cli:
-            self.registry.command = (new.nitro_cli, "describe-enclaves")
-            self.registry.interval = new.describe_interval
-            self.registry.available = True  # try the new command, even if the old failed
+            self.registry.reconfigure((new.nitro_cli, "describe-enclaves"),
+                                      new.describe_interval)
         elif self.registry is None and new.nitro_cli and vsock:
             self.registry = EnclaveRegistry((new.nitro_cli, "describe-enclaves"),
                                             interval=new.describe_interval,
                                             on_terminated=self._terminated)
-            self.listener.registry = self.registry
+            self.listener.use_registry(self.registry)
             self._polling = asyncio.get_running_loop().create_task(self.registry.poll())
         elif self.registry is not None and not new.nitro_cli:
-            self.registry = self.listener.registry = None
+            self.registry = None
+            self.listener.use_registry(None)
             if self._polling is not None:
                 self._polling.cancel()
 
@@ -300,8 +300,8 @@ class Relay:
         await new.start()
         old, self.output = self.output, new
         if self.forwarder is not None:
-            self.forwarder.output = new
+            self.forwarder.reconfigure(new)
         if isinstance(self.sink, DirectSink):
-            self.sink.output = new
+            self.sink.reconfigure(new)
         await old.close(self.config.shutdown_timeout)
         log.info("output now %s", self.config.output)

@@ -2,9 +2,10 @@
 
     python tools/build_pyz.py [--output dist/enclave-log-agent.pyz]
 
-The archive (``python -m zipapp``) holds ``enclave_side`` and ``fluent_forward``
-only; ``parent_side`` stays out. It runs with any Python 3.11+ that has ``msgpack``
-installed (``pip install msgpack``, or a distribution's python3-msgpack):
+The archive (``python -m zipapp``) holds ``enclave_side``, ``fluent_forward`` and
+``nel_config`` only; ``parent_side`` stays out. It runs with any Python 3.11+ that has
+``msgpack`` installed (``pip install msgpack``, or a distribution's python3-msgpack); a
+Python without it is told so in one line (exit 2), not with a traceback:
 
     python3 enclave-log-agent.pyz --tag myapp -- python3 /app/app.py
 
@@ -22,9 +23,23 @@ import zipapp
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("enclave_side", "fluent_forward")
+PACKAGES = ("enclave_side", "fluent_forward", "nel_config")
 DEFAULT_OUTPUT = ROOT / "dist" / "enclave-log-agent.pyz"
-MAIN = "from enclave_side.cli import main\n\nraise SystemExit(main())\n"
+#: Checks for msgpack before anything imports it: the one dependency the archive
+#: cannot carry (it has compiled parts).
+MAIN = """import sys
+
+try:
+    import msgpack  # noqa: F401
+except ImportError as exc:
+    sys.stderr.write(f"enclave-log-agent: {exc}, which the agent needs: pip install msgpack "
+                     "(or a distribution's python3-msgpack)\\n")
+    raise SystemExit(2) from None
+
+from enclave_side.cli import main
+
+raise SystemExit(main())
+"""
 INTERPRETER = "/usr/bin/env python3"
 
 

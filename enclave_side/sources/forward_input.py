@@ -23,6 +23,7 @@ from typing import Any
 
 from fluent_forward.aio import Connection, accept_handshake, bound_port, start_server
 from fluent_forward.codec import (
+    DEFAULT_MAX_FRAME_BYTES,
     EventFrame,
     Frame,
     FrameDecoder,
@@ -50,7 +51,7 @@ __all__ = ["ForwardInputServer", "ForwardInputStats", "check_listen"]
 log = logging.getLogger(__name__)
 
 #: Largest frame a local client may send, and what a gzip frame may inflate to.
-MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_FRAME_BYTES = DEFAULT_MAX_FRAME_BYTES
 MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 

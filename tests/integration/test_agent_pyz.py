@@ -79,3 +79,13 @@ async def test_isolation_is_real_without_msgpack_it_fails(pyz: Path, sockdir: Pa
     code, err = await run_isolated(pyz, "", "--version", cwd=sockdir)
     assert code != 0
     assert b"No module named 'msgpack'" in err
+
+
+@pytest.mark.asyncio
+async def test_without_msgpack_it_says_in_one_line_what_to_install(pyz: Path,
+                                                                   sockdir: Path) -> None:
+    code, err = await run_isolated(pyz, "", "--tag", "x", "--", "true", cwd=sockdir)
+    assert code == 2
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and b"Traceback" not in err, err
+    assert "pip install msgpack" in lines[0]

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from enclave_side.sources.tail import TailSource, _Remembered
-from fluent_forward.units import parse_duration
+from nel_config.units import parse_duration
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, relay_url
 from tests.file_oracle import LineWriter, Output, check

@@ -1,4 +1,4 @@
-"""fluent_forward.units: sizes, durations, and environment defaults for argparse."""
+"""nel_config.units and nel_config.argv: sizes, durations, environment defaults."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from fluent_forward.units import (
-    apply_env_defaults,
+from nel_config.argv import apply_env_defaults
+from nel_config.units import (
     duration_arg,
     parse_duration,
     parse_size,
