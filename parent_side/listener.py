@@ -488,5 +488,7 @@ class Listener:
                     raise DeliveryFailed(f"could not store a batch: {exc}") from exc
             conn.write(encode_ack(chunk))
             peer.acks += 1
-            if acks.empty():
-                await conn.drain()
+            # Wait while the peer is not reading its acks: what one connection has
+            # queued to write stays under the transport's high-water mark, and once
+            # MAX_PENDING_ACKS batches wait here, the read loop stops reading it.
+            await conn.drain()
