@@ -4,6 +4,8 @@ Each test here failed on the code before the fix it names:
 
 - chunk ids are bounded, and a connection that dies with a reset leaves nothing of
   itself allocated, without waiting for the cyclic garbage collector;
+- one corrupt stretch anywhere in a spool segment costs only the entries it touches:
+  the spool resynchronises past it and sets the bytes aside;
 - (the rest of the round's cases follow below).
 """
 
@@ -12,9 +14,13 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
+import json
+import os
 import socket
+import tempfile
 import termios
 import tracemalloc
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -28,11 +34,13 @@ from fluent_forward.codec import (
     Role,
     chunk_id,
     encode_packed_forward,
+    iter_entries,
     pack_entry,
 )
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import MalformedFrame
 from parent_side.listener import Listener, ListenerConfig
+from parent_side.spool import FRAME, HEADER, Spool
 from tests.helpers import wait_until
 from tests.property.test_hostile_input import Recorder
 
@@ -112,3 +120,77 @@ def test_a_connection_reset_with_acks_unread_leaves_nothing_allocated() -> None:
     assert listener.stats.open_connections == 0
     assert listener.stats.peers["local"].frames == 10 + 4 * 100
     assert after - before < 1 << 20, f"{after - before} bytes still allocated"
+
+
+# -- 2. corruption in the middle of a spool segment -------------------------------------
+
+SPOOLED = 60
+
+
+def spool_segment() -> tuple[bytes, list[tuple[int, int]]]:
+    """A segment of SPOOLED one-record batches (record n logs n), and each entry's
+    ``[start, end)``: written by the real spool, once."""
+    async def write(path: str) -> bytes:
+        spool = Spool(path, fsync=lambda fd: None)
+        spool.open()
+        futs = [await spool.append("enclave.cid-16.app.stdout", pack_entry(
+            EventTime(1_700_000_000, n), {"log": f"{n:06d}" + "x" * (n % 7) * 30}), 1,
+            boot_id=b"bootboot", seq=n + 1) for n in range(SPOOLED)]
+        await asyncio.gather(*futs)
+        (segment,) = Path(path).glob("*.seg")
+        data = segment.read_bytes()
+        await spool.close()
+        return data
+
+    with tempfile.TemporaryDirectory(prefix="nel-") as tmp:
+        data = asyncio.run(write(os.path.join(tmp, "spool")))
+    spans, pos = [], HEADER.size
+    while pos < len(data):
+        length, _ = FRAME.unpack_from(data, pos)
+        spans.append((pos, pos + FRAME.size + length))
+        pos = spans[-1][1]
+    return data, spans
+
+
+SEGMENT, SPANS = spool_segment()
+
+
+async def recover(path: Path) -> tuple[list[int], Spool]:
+    spool = Spool(str(path), fsync=lambda fd: None)
+    spool.open()
+    got = []
+    for _ in range(spool.backlog):
+        entry = await spool.next_entry()
+        got.extend(int(r["log"][:6]) for _, r in iter_entries(entry.entries))
+        spool.ack(entry)
+    return got, spool
+
+
+@given(st.integers(HEADER.size, len(SEGMENT) - 1), st.binary(min_size=1, max_size=64))
+def test_corruption_anywhere_in_a_segment_costs_only_the_entries_it_touches(
+        offset: int, garbage: bytes) -> None:
+    data = bytearray(SEGMENT)
+    data[offset:offset + len(garbage)] = garbage[:len(data) - offset]
+    changed = [i for i in range(offset, offset + len(garbage)) if i < len(data)
+               and data[i] != SEGMENT[i]]
+    touched = {n for n, (start, end) in enumerate(SPANS)
+               if changed and start <= changed[-1] and changed[0] < end}
+    with tempfile.TemporaryDirectory(prefix="nel-") as tmp:
+        spool_dir = Path(tmp) / "spool"
+        spool_dir.mkdir()
+        (spool_dir / "0000000000000001.seg").write_bytes(bytes(data))
+        got, spool = asyncio.run(recover(spool_dir))
+        stats = spool.stats
+        asyncio.run(spool.close())
+        letters = spool_dir / "dead-letter.jsonl"
+        set_aside = ([json.loads(line) for line in letters.read_text().splitlines()]
+                     if letters.exists() else [])
+    assert got == [n for n in range(SPOOLED) if n not in touched], \
+        f"corruption at {offset} touched {sorted(touched)}"
+    later = [n for n in range(SPOOLED) if n > max(touched, default=SPOOLED)]
+    if touched and later:  # in the middle: set aside, reported as the spool's
+        assert stats.corrupt_bytes_set_aside >= len(changed)
+        assert stats.torn_bytes_cut == 0
+        assert sum(r["length"] for r in set_aside) == stats.corrupt_bytes_set_aside
+    else:  # at the tail (or nothing changed): a torn tail is cut, as before
+        assert set_aside == []
