@@ -51,6 +51,7 @@ from fluent_forward.errors import (
 )
 from fluent_forward.handshake import ServerHandshake
 
+from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
 from .forwarder import Sink
 from .identity import CidSet, EnclaveRegistry, Identity, identity_of, stamp_entries
 from .outputs import RelayBatch
@@ -81,6 +82,7 @@ class ListenerConfig:
     require_known_enclave: bool = False
     max_connections: int = 256
     max_connections_per_enclave: int = 8
+    reserved_connections: int = DEFAULT_RESERVED_CONNECTIONS  # for enclaves with none open
     rate_limit: int = 0  # bytes per second per enclave; 0: none
     frame_timeout: float = 30.0  # a frame begun must complete within this
     stamp_records: bool = False
@@ -254,7 +256,7 @@ class Listener:
             self._warn.warning(f"cid:{cid}", "refused a connection from CID %d: not in the "
                                "allow-list (%s; see --allow-cid)", cid, cfg.allowed_cids)
             return None
-        if self.stats.open_connections >= cfg.max_connections:
+        if self.stats.open_connections >= cfg.max_connections:  # before any lookup
             self.stats.refused_limit += 1
             self._warn.warning("max-conn", "refused a connection from %s: %d connections "
                                "open (--max-connections)", peer.address, cfg.max_connections)
@@ -270,11 +272,13 @@ class Listener:
                 return None
         ident = identity_of(peer, enclave)
         st = self.stats.peers.get(ident.name)
-        if st is not None and st.open_connections >= cfg.max_connections_per_enclave:
+        why = refusal(Slots(cfg.max_connections, cfg.max_connections_per_enclave,
+                            cfg.reserved_connections),
+                      self.stats.open_connections, st.open_connections if st else 0)
+        if why is not None:
             self.stats.refused_limit += 1
-            self._warn.warning(f"enc-conn:{ident.name}", "refused a connection from %s: it "
-                               "has %d open (--max-connections-per-enclave)", ident.name,
-                               st.open_connections)
+            self._warn.warning(f"enc-conn:{ident.name}", "refused a connection from %s: %s",
+                               ident.name, why)
             return None
         return ident, peer
 

@@ -6,6 +6,8 @@ Each test here failed on the code before the fix it names:
   itself allocated, without waiting for the cyclic garbage collector;
 - one corrupt stretch anywhere in a spool segment costs only the entries it touches:
   the spool resynchronises past it and sets the bytes aside;
+- one enclave's connections, however many its cap allows, never lock out an enclave
+  that has none open (a reserve of slots);
 - (the rest of the round's cases follow below).
 """
 
@@ -39,6 +41,7 @@ from fluent_forward.codec import (
 )
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import MalformedFrame
+from parent_side.admission import Slots, refusal
 from parent_side.listener import Listener, ListenerConfig
 from parent_side.spool import FRAME, HEADER, Spool
 from tests.helpers import wait_until
@@ -194,3 +197,27 @@ def test_corruption_anywhere_in_a_segment_costs_only_the_entries_it_touches(
         assert sum(r["length"] for r in set_aside) == stats.corrupt_bytes_set_aside
     else:  # at the tail (or nothing changed): a torn tail is cut, as before
         assert set_aside == []
+
+
+# -- 3. a reserve of slots ------------------------------------------------------------
+
+@given(st.integers(1, 64), st.integers(0, 20),
+       st.lists(st.tuples(st.integers(0, 5), st.booleans()), max_size=300))
+def test_an_enclave_with_none_open_always_gets_a_slot_while_the_reserve_lasts(
+        max_connections: int, reserved: int, events: list[tuple[int, bool]]) -> None:
+    """Whatever the others open and close (their own cap raised to all the slots): an
+    enclave with no connection open is admitted as long as fewer enclaves hold
+    connections than there are reserved slots (a parent runs a handful of enclaves)."""
+    slots = Slots(max_connections, max_connections, reserved)
+    reserve = max_connections - slots.shared
+    held = [0] * 6
+    for enclave, opening in events:
+        if not opening:
+            held[enclave] = max(0, held[enclave] - 1)
+            continue
+        why = refusal(slots, sum(held), held[enclave])
+        if why is None:
+            held[enclave] += 1
+        elif held[enclave] == 0:
+            assert sum(1 for n in held if n) >= reserve, why
+        assert sum(held) <= max_connections
