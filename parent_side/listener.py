@@ -50,6 +50,7 @@ from fluent_forward.errors import (
     TransportTimeout,
 )
 from fluent_forward.handshake import ServerHandshake
+from fluent_forward.tags import escape_tag, tag_problem
 
 from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
 from .forwarder import Sink
@@ -102,6 +103,7 @@ class PeerStats:
     bytes_in: int = 0
     acks: int = 0
     protocol_errors: int = 0
+    tags_escaped: int = 0  # frames whose tag broke the tag rule
     claimed_hostname: str = ""
     agent_version: str = ""
     connected_since: float = 0.0
@@ -136,7 +138,8 @@ class PeerStats:
                 "records_in": self.records, "bytes_in": self.bytes_in,
                 "records_out": self.records_out, "drops": self.drops, "gaps": self.gaps,
                 "clock_skew_ms": round(skew, 1) if skew is not None else None,
-                "protocol_errors": self.protocol_errors, "last_error": self.last_error}
+                "protocol_errors": self.protocol_errors, "tags_escaped": self.tags_escaped,
+                "last_error": self.last_error}
 
 
 @dataclass(slots=True)
@@ -148,6 +151,7 @@ class ListenerStats:
     refused_cid: int = 0
     refused_limit: int = 0
     timeouts: int = 0
+    tags_escaped: int = 0
     peers: dict[str, PeerStats] = field(default_factory=dict)
 
 
@@ -438,7 +442,7 @@ class Listener:
         first = first_event_time(frame.entries)
         if first is not None:
             peer.skew.append(first - now)
-        tag = ident.tag_prefix + frame.tag
+        tag = ident.tag_prefix + self._safe_tag(frame.tag, ident, peer)
         entries = frame.entries
         if frame.tag == "agent.log":  # rare and small: look for the agent's drop reports
             peer.drops += sum(int(r.get("records", 0)) for _, r in iter_entries(entries)
@@ -465,6 +469,19 @@ class Listener:
                        for part, n in split_entries(entries, UPSTREAM_SPLIT_BYTES)]
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
+
+    def _safe_tag(self, tag: str, ident: Identity, peer: PeerStats) -> str:
+        """The peer's tag, escaped if it breaks the tag rule (``fluent_forward.tags``):
+        counted, and logged with the reason (at most once a minute per enclave)."""
+        safe = escape_tag(tag)
+        if safe != tag:
+            peer.tags_escaped += 1
+            self.stats.tags_escaped += 1
+            self._warn.warning(f"tag:{ident.name}", "%s sent the tag %s (%s): forwarded "
+                               "as %s", ident.name, ascii(tag[:64]) + ("..." if len(tag) > 64
+                                                                       else ""),
+                               tag_problem(tag), safe[:64])
+        return safe
 
     def _track_sequence(self, peer: PeerStats, boot: bytes, seq: int) -> None:
         last = peer.boots.pop(boot, None)

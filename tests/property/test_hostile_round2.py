@@ -8,7 +8,8 @@ Each test here failed on the code before the fix it names:
   the spool resynchronises past it and sets the bytes aside;
 - one enclave's connections, however many its cap allows, never lock out an enclave
   that has none open (a reserve of slots);
-- (the rest of the round's cases follow below).
+- a tag that would break Fluent Bit routing, a CloudWatch stream name or a log viewer
+  is escaped to the one tag rule (fluent_forward.tags), counted and logged.
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ from fluent_forward.codec import (
 )
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import MalformedFrame
+from fluent_forward.tags import TAG_MAX_LENGTH, escape_tag, tag_problem
 from parent_side.admission import Slots, refusal
 from parent_side.listener import Listener, ListenerConfig
+from parent_side.outputs import RelayBatch
 from parent_side.spool import FRAME, HEADER, Spool
 from tests.helpers import wait_until
+from tests.integration.test_relay_bad_input import RawAgent
 from tests.property.test_hostile_input import Recorder
 
 ENTRY = pack_entry(EventTime(1_700_000_000, 0), {"log": "x" * 100})
@@ -221,3 +225,70 @@ def test_an_enclave_with_none_open_always_gets_a_slot_while_the_reserve_lasts(
         elif held[enclave] == 0:
             assert sum(1 for n in held if n) >= reserve, why
         assert sum(held) <= max_connections
+
+
+# -- 4. tags ----------------------------------------------------------------------------
+
+#: The first round's hostile tags (issue 17), as a peer sends them.
+HOSTILE_TAGS = ["../x", "x\nrelay.lifecycle", "a\x00b", "x\u202etxt.exe", "caf\udce9",
+                "*", "x.**", "", "t" * 10_000, "a:b", "a..b", ".a", "a.", "a b"]
+#: Tags in Fluent Bit's and CloudWatch's safe alphabet, as every known client sends them.
+SAFE_TAG = r"[A-Za-z0-9_-]{1,20}(\.[A-Za-z0-9_-]{1,20}){0,5}"
+
+any_tag = (st.text() | st.sampled_from(HOSTILE_TAGS)
+           | st.binary().map(lambda b: b.decode("utf-8", "surrogateescape")))
+
+
+@given(any_tag)
+def test_any_tag_escapes_to_one_that_follows_the_rule(tag: str) -> None:
+    safe = escape_tag(tag)
+    assert tag_problem(safe) is None, (tag, safe)
+    assert len(safe) <= TAG_MAX_LENGTH
+    assert ":" not in safe and "*" not in safe and "/" not in safe  # CloudWatch, paths
+    assert escape_tag(safe) == safe
+    assert (safe == tag) == (tag_problem(tag) is None)
+
+
+@given(st.from_regex(SAFE_TAG, fullmatch=True))
+def test_a_tag_that_follows_the_rule_passes_unchanged(tag: str) -> None:
+    assert tag_problem(tag) is None
+    assert escape_tag(tag) == tag
+
+
+@given(st.lists(any_tag, min_size=1, max_size=5))
+def test_a_relay_forwards_only_tags_that_follow_the_rule_and_counts_the_rest(
+        tags: list[str]) -> None:
+    asyncio.run(relay_tags(tags))
+
+
+async def relay_tags(tags: list[str]) -> None:
+    listener = Listener(ListenerConfig(endpoint=parse_endpoint("unix:///unused"),
+                                       hostname="relay"), TagRecorder())
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    handler = asyncio.ensure_future(listener._handle(reader, writer))
+    agent = RawAgent(*await asyncio.open_connection(sock=theirs))
+    await agent.next_frame()  # HELO; no handshake: no key is set
+    for n, tag in enumerate(tags):
+        chunk = chunk_id(b"tagtests", n)
+        agent.writer.write(msgpack.packb([tag, ENTRY, {"chunk": chunk}], use_bin_type=True,
+                                         unicode_errors="surrogateescape"))
+        await agent.next_frame()  # its ack
+    await agent.close()
+    await asyncio.wait_for(handler, 10)
+    sink = listener.sink
+    assert isinstance(sink, TagRecorder)
+    assert sink.tags == [f"enclave.local.{escape_tag(t)}" for t in tags]
+    assert all(tag_problem(t.removeprefix("enclave.local.")) is None for t in sink.tags)
+    assert listener.stats.tags_escaped == sum(1 for t in tags if tag_problem(t) is not None)
+
+
+class TagRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    async def submit(self, batch: RelayBatch, boot_id: bytes | None,
+                     seq: int | None) -> asyncio.Future[None]:
+        self.tags.append(batch.tag)
+        return await super().submit(batch, boot_id, seq)
