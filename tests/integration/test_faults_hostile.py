@@ -22,16 +22,165 @@ import msgpack
 import pytest
 import pytest_asyncio
 
-from fluent_forward.codec import EventTime, chunk_id, pack_entry
+from fluent_forward.codec import EventTime, chunk_id, iter_entries, pack_entry
 from fluent_forward.tags import escape_tag
+from parent_side.spool import FRAME, HEADER
 from tests.conftest import StartRelay, delivered
+from tests.fakes.fluentbit import FakeFluentBit
 from tests.fakes.nitro_cli import FakeNitroCli
 from tests.helpers import ROOT, read_json_lines, stop_process, wait_until
+from tests.integration.test_faults import Procs
 from tests.integration.test_relay_bad_input import RawAgent
 from tests.integration.test_trust import refused, relay_with_enclaves
 from tests.property.test_hostile_round2 import HOSTILE_TAGS
 
 pytestmark = pytest.mark.asyncio
+
+MIB = 1 << 20
+
+
+@pytest_asyncio.fixture
+async def procs(sockdir: Path) -> AsyncIterator[Procs]:
+    """Relay subprocesses (test_faults' ``RelayProc``), all stopped at the end."""
+    p = Procs(sockdir)
+    try:
+        yield p
+    finally:
+        for relay in p.relays:
+            await relay.stop()
+
+
+@pytest_asyncio.fixture
+async def fluentbit(sockdir: Path) -> AsyncIterator[FakeFluentBit]:
+    async with FakeFluentBit(f"unix://{sockdir}/fb.sock") as fb:
+        yield fb
+#: The tag RawAgent's batches arrive under (a local peer).
+APP = "enclave.local.app.stdout"
+
+
+# -- huge chunk ids from peers that never read ------------------------------------------
+
+async def never_reading_attacker(path: Path, chunk_bytes: int, until: float) -> int:
+    """Frames with ``chunk_bytes`` chunk ids until ``until`` (monotonic), reading
+    nothing, reconnecting whenever the relay closes; returns the frames sent."""
+    loop = asyncio.get_running_loop()
+    sent = 0
+    while loop.time() < until:
+        _, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            while loop.time() < until:
+                chunk = f"{sent:08d}" + "A" * (chunk_bytes - 8)
+                writer.write(msgpack.packb(["attack", pack_entry(EventTime(1, 0), {"log": "a"}),
+                                            {"chunk": chunk}]))
+                sent += 1
+                async with asyncio.timeout(max(0.01, until - loop.time())):
+                    await writer.drain()  # waits once the relay stops reading us
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.transport.abort()  # gone without reading a byte: a reset
+    return sent
+
+
+async def test_huge_chunk_ids_from_peers_that_never_read_leave_the_relays_memory_flat(
+        fluentbit: FakeFluentBit, procs: Procs, sockdir: Path) -> None:
+    """Issue 17: 8 connections sending 3.5 MB chunk ids for 15 s, never reading their
+    acks, took a relay from 109 MB to 1.27 GB RSS, and it stayed there. Here 2 such
+    peers for 3 s with 1 MB ids (before the fix: 64 ids held per connection, and the
+    connections' buffers pinned by reference cycles after they died), an honest agent
+    acked throughout."""
+    sock = sockdir / "relay.sock"
+    relay = procs.relay(f"unix://{sock}", fluentbit.url)
+    await relay.start()
+    honest = await RawAgent.connect(sock)
+    await honest.send_batch(["before"])
+    before = peak = relay.rss()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 3.0
+    attack = asyncio.gather(*(never_reading_attacker(sock, MIB, until) for _ in range(2)))
+    acked = 0
+    while not attack.done():
+        await honest.send_batch([f"during {acked}"])  # fails the test if not acked
+        acked += 1
+        peak = max(peak, relay.rss())
+        await asyncio.sleep(0.05)  # pacing the honest agent, not synchronisation
+    frames = sum(await attack)
+    await honest.send_batch(["after"])
+    after = relay.rss()
+    await honest.close()
+    print(f"relay RSS before {before / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB, after "
+          f"{after / MIB:.0f} MiB; {frames} attack frames; honest batches acked: {acked}")
+    assert acked >= 10
+    assert peak - before < 64 * MIB, f"the attack grew the relay by {(peak - before) / MIB:.0f} MiB"
+    assert after - before < 32 * MIB, f"{(after - before) / MIB:.0f} MiB stayed"
+    assert "option chunk is 1048576 long" in relay.log()
+
+
+# -- a corrupt stretch in the middle of a spool segment --------------------------------
+
+async def test_corruption_mid_segment_after_a_sigkill_costs_only_the_batches_it_hit(
+        fluentbit: FakeFluentBit, procs: Procs, sockdir: Path) -> None:
+    """Issue 17: 16 bytes flipped in the middle of a 375 KB segment after a SIGKILL cost
+    the 55 intact batches after them. Here: 60 batches of 50 records spooled (Fluent Bit
+    paused: nothing leaves the spool), the relay killed, 16 bytes flipped in the middle
+    of the segment, the relay restarted: everything but the batch hit arrives, the bad
+    bytes are in the dead-letter file, and the log names the spool as the loser."""
+    sock = sockdir / "relay.sock"
+    relay = procs.relay(f"unix://{sock}", fluentbit.url)
+    await relay.start()
+    fluentbit.pause()
+    agent = await RawAgent.connect(sock)
+    for b in range(60):
+        await agent.send_batch([f"b{b:02d} r{r:02d} " + "x" * 60 for r in range(50)])
+    await relay.kill()  # acked means fsynced: all 60 are in the spool
+    with contextlib.suppress(ConnectionError):
+        await agent.close()
+    (segment,) = relay.spool.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    middle = len(data) // 2
+    hit = {batch_number(data, start, end) for start, end in entry_spans(bytes(data))
+           if start < middle + 16 and middle < end} - {None}
+    data[middle:middle + 16] = bytes(x ^ 0xFF for x in data[middle:middle + 16])
+    segment.write_bytes(bytes(data))
+    fluentbit.resume()
+    await relay.start()
+    expected = {f"b{b:02d} r{r:02d} " + "x" * 60 for b in range(60) if b not in hit
+                for r in range(50)}
+
+    def delivered_logs() -> set[str]:
+        return {str(r.record["log"]) for r in fluentbit.records if r.tag == APP}
+
+    await fluentbit.wait_for(lambda: delivered_logs() >= expected, 30, "every intact batch")
+    got = delivered_logs()
+    print(f"segment of {len(data)} bytes, 16 flipped at {middle}: batches hit {sorted(hit)}; "
+          f"records delivered {len(got)} of {60 * 50}")
+    assert got == expected and 1 <= len(hit) <= 2
+    letters = [json.loads(line) for line in (relay.spool / "dead-letter.jsonl").read_text()
+               .splitlines()]
+    assert len(letters) == 1 and letters[0]["reason"].startswith("corrupt spool bytes")
+    assert "lost by the spool, not by the agents" in relay.log()
+    assert "torn or corrupt tail" not in relay.log()
+    assert "skipped" not in relay.log(), "the gap was blamed on the agent"
+
+
+def batch_number(segment: bytes | bytearray, start: int, end: int) -> int | None:
+    """Which of the test's batches the spool entry at ``[start, end)`` holds (None: one
+    of the relay's own records)."""
+    tag, entries, *_ = msgpack.unpackb(bytes(segment[start + FRAME.size:end]))
+    if tag != APP:
+        return None
+    _, record = next(iter_entries(entries))
+    return int(record["log"][1:3])
+
+
+def entry_spans(data: bytes) -> list[tuple[int, int]]:
+    """``[start, end)`` of each entry of a segment, by its framing (as written)."""
+    spans, pos = [], HEADER.size
+    while pos + FRAME.size <= len(data):
+        length, _ = FRAME.unpack_from(data, pos)
+        spans.append((pos, pos + FRAME.size + length))
+        pos = spans[-1][1]
+    return spans
 
 
 async def test_one_enclave_holding_every_slot_it_may_never_locks_another_out(
