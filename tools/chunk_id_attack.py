@@ -80,6 +80,7 @@ async def attacker(port: int, chunk_bytes: int, until: float, index: int) -> int
                 async with asyncio.timeout(max(0.01, until - time.monotonic())):
                     await writer.drain()  # the relay stops reading: we wait here
                 sent += len(frame)
+                await asyncio.sleep(0)  # drain() does not yield below the high-water mark
         except (OSError, TimeoutError):
             pass
         finally:
