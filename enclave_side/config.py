@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass, field
 
 from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.tags import tag_problem
 from nel_config.options import (
     BOOL,
     DURATION,
@@ -43,7 +43,9 @@ __all__ = [
 DEFAULT_RELAY = "vsock://3:24224"
 #: Tags of the agent's own records; an app's --tag may not start with it.
 RESERVED_TAG_PREFIX = "agent"
-_TAG = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+#: What the agent appends to --tag (TAG.stdout, TAG.stderr, TAG.file, TAG.kmsg): the
+#: longest must still make a tag the relay takes as it is.
+DERIVED_SUFFIXES = (".stdout", ".stderr", ".file", ".kmsg")
 
 
 #: Normalised level names and their order (syslog's eight fold into these).
@@ -53,14 +55,26 @@ LEVELS = {"trace": 5, "debug": 10, "info": 20, "notice": 25, "warning": 30, "err
 DEFAULT_LEVEL_KEYS = ("level", "severity", "levelname", "lvl", "loglevel", "log.level")
 
 
-def check_tag(tag: str, key: str) -> None:
-    """``ConfigError`` naming ``key`` unless ``tag`` is a tag an app may use."""
-    if not _TAG.match(tag):
-        raise ConfigError(f"{key} {tag!r}: use letters, digits, '_' and '-', in parts "
-                          "separated by dots (e.g. myapp or payments.api)")
+def check_tag(tag: str, key: str, *, derived: bool = False) -> None:
+    """``ConfigError`` naming ``key`` unless ``tag`` is a tag an app may use: one the
+    relay takes as it is (``fluent_forward.tags``, the one rule both sides use), not
+    the agent's own; ``derived``: also the tags the agent makes from it."""
+    shown = repr(tag) if len(tag) <= 80 else f"{tag[:40]!r}... ({len(tag)} characters)"
+    problem = tag_problem(tag)
+    if problem is not None:
+        raise ConfigError(f"{key} {shown}: {problem}")
+    for suffix in DERIVED_SUFFIXES if derived else ():
+        problem = tag_problem(tag + suffix)
+        if problem is not None:
+            raise ConfigError(f"{key} {shown}: TAG{suffix} would be {problem}")
     if tag.split(".")[0] == RESERVED_TAG_PREFIX:
         raise ConfigError(f"{key} {tag!r}: tags starting with '{RESERVED_TAG_PREFIX}' are "
                           "reserved for the agent's own records; pick another")
+
+
+def check_app_tag(tag: str, key: str) -> None:
+    """``check_tag`` for ``--tag``, with the tags derived from it."""
+    check_tag(tag, key, derived=True)
 
 
 def _hostname() -> str:
@@ -203,7 +217,7 @@ class AgentConfig:
         default_text=f"{DEFAULT_RELAY}, the parent instance",
         help="the relay: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH")
     command: tuple[str, ...] = ()
-    tag: str = option("app", STR, validate=check_tag,
+    tag: str = option("app", STR, validate=check_app_tag,
                       help="tag of the app's records: TAG.stdout and TAG.stderr")
     hostname: str = option("enclave", STR, dynamic=_hostname, default_text="this host's name",
                            help="name sent in the handshake")

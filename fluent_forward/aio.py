@@ -80,6 +80,12 @@ def map_exceptions(error: type[TransportError], what: str) -> Iterator[None]:
     except asyncio.IncompleteReadError as exc:
         raise ConnectionClosed(f"{what}: peer closed", len(exc.partial)) from exc
     except OSError as exc:
+        # asyncio keeps a transport's error (the stream reader holds it to raise it
+        # again), and its traceback holds the transport's frame and, once raised here,
+        # ours: a cycle that pins the connection's buffers until the cyclic collector
+        # runs, which under an attack can be hundreds of megabytes later. The message
+        # is what we report; drop the frames.
+        exc.__traceback__ = None
         raise error(f"{what}: {exc.strerror or exc}") from exc
 
 
@@ -252,9 +258,13 @@ class Connection:
     async def close(self) -> None:
         """Close and wait for the transport to finish; never raises transport errors."""
         self.writer.close()
-        with contextlib.suppress(OSError, asyncio.TimeoutError, TimeoutError):
+        try:
             async with asyncio.timeout(1.0):
                 await self.writer.wait_closed()
+        except TimeoutError:
+            pass
+        except OSError as exc:  # the transport's own error again: see map_exceptions
+            exc.__traceback__ = None
 
 
 async def first_error(*coros: Coroutine[Any, Any, Any]) -> None:
@@ -263,6 +273,19 @@ async def first_error(*coros: Coroutine[Any, Any, Any]) -> None:
     A TaskGroup would wrap the error in an ExceptionGroup; connection loops want the
     one error that ended the connection, as itself.
     """
+    error = await _run_until_one_ends(coros)
+    # Raised here, the error's traceback holds this frame: had it the tasks (one of
+    # which holds the error), that would be a cycle only the cyclic collector frees,
+    # late, and with it every buffer of the connection. So this frame holds none.
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error
+
+
+async def _run_until_one_ends(coros: tuple[Coroutine[Any, Any, Any], ...]
+                              ) -> BaseException | None:
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -270,9 +293,8 @@ async def first_error(*coros: Coroutine[Any, Any, Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if task in done and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+    return next((t.exception() for t in tasks
+                 if t in done and not t.cancelled() and t.exception() is not None), None)
 
 
 class OutboundBatch(Protocol):

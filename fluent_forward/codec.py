@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_OBJECT_FRAME_BYTES",
+    "MAX_CHUNK_ID_BYTES",
     "Ack",
     "EventFrame",
     "EventTime",
@@ -86,6 +87,12 @@ DEFAULT_MAX_ENTRIES = 500_000
 #: peer can make each byte cost ~60 bytes of Python objects (an empty map per byte), so
 #: they get a much smaller limit than PackedForward, whose entries arrive as bytes.
 DEFAULT_MAX_OBJECT_FRAME_BYTES = 1024 * 1024
+#: Longest ``chunk`` option taken (bytes of a bin, characters of a str). The relay keeps
+#: each chunk id until it acks it and echoes it back, so an unbounded one lets a peer
+#: that never reads its acks pin megabytes per pending batch. Every known client sends
+#: 16 random bytes in Base64: 24 characters (Fluent Bit, fluent-logger, our agent), 25
+#: with Fluentd's trailing newline.
+MAX_CHUNK_ID_BYTES = 64
 
 _U32 = 0xFFFFFFFF
 _EVENT_TIME = struct.Struct(">II")
@@ -521,8 +528,12 @@ def _options(obj: tuple[Any, ...], index: int) -> dict[str, Any]:
 
 def _chunk(opts: dict[str, Any]) -> str | bytes | None:
     chunk = opts.get("chunk")
-    if chunk is not None and type(chunk) not in (str, bytes):
-        raise MalformedFrame("option chunk must be a str")
+    if chunk is not None:
+        if type(chunk) not in (str, bytes):
+            raise MalformedFrame("option chunk must be a str")
+        if len(chunk) > MAX_CHUNK_ID_BYTES:
+            raise MalformedFrame(f"option chunk is {len(chunk)} long, over the "
+                                 f"{MAX_CHUNK_ID_BYTES} a chunk id may be")
     return chunk
 
 

@@ -35,6 +35,7 @@ from nel_config.options import (
     url,
 )
 
+from .admission import DEFAULT_RESERVED_CONNECTIONS
 from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
 from .spool import Full
@@ -148,6 +149,10 @@ class RelayConfig:
     max_connections: int = option(256, INT, minimum=1, help="open connections in all")
     max_connections_per_enclave: int = option(8, INT, minimum=1,
                                               help="open connections per enclave")
+    reserved_connections: int = option(
+        DEFAULT_RESERVED_CONNECTIONS, INT, minimum=0,
+        help="of --max-connections, slots kept for enclaves with no connection open, so "
+             "one enclave's connections never lock the others out (at most half of them)")
     rate_limit: int = option(
         64 << 20, SIZE,
         help="bytes per second read from one enclave; past it the relay reads more slowly, "

@@ -50,7 +50,9 @@ from fluent_forward.errors import (
     TransportTimeout,
 )
 from fluent_forward.handshake import ServerHandshake
+from fluent_forward.tags import escape_tag, tag_problem
 
+from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
 from .forwarder import Sink
 from .identity import CidSet, EnclaveRegistry, Identity, identity_of, stamp_entries
 from .outputs import RelayBatch
@@ -81,6 +83,7 @@ class ListenerConfig:
     require_known_enclave: bool = False
     max_connections: int = 256
     max_connections_per_enclave: int = 8
+    reserved_connections: int = DEFAULT_RESERVED_CONNECTIONS  # for enclaves with none open
     rate_limit: int = 0  # bytes per second per enclave; 0: none
     frame_timeout: float = 30.0  # a frame begun must complete within this
     stamp_records: bool = False
@@ -100,6 +103,7 @@ class PeerStats:
     bytes_in: int = 0
     acks: int = 0
     protocol_errors: int = 0
+    tags_escaped: int = 0  # frames whose tag broke the tag rule
     claimed_hostname: str = ""
     agent_version: str = ""
     connected_since: float = 0.0
@@ -134,7 +138,8 @@ class PeerStats:
                 "records_in": self.records, "bytes_in": self.bytes_in,
                 "records_out": self.records_out, "drops": self.drops, "gaps": self.gaps,
                 "clock_skew_ms": round(skew, 1) if skew is not None else None,
-                "protocol_errors": self.protocol_errors, "last_error": self.last_error}
+                "protocol_errors": self.protocol_errors, "tags_escaped": self.tags_escaped,
+                "last_error": self.last_error}
 
 
 @dataclass(slots=True)
@@ -146,6 +151,7 @@ class ListenerStats:
     refused_cid: int = 0
     refused_limit: int = 0
     timeouts: int = 0
+    tags_escaped: int = 0
     peers: dict[str, PeerStats] = field(default_factory=dict)
 
 
@@ -254,7 +260,7 @@ class Listener:
             self._warn.warning(f"cid:{cid}", "refused a connection from CID %d: not in the "
                                "allow-list (%s; see --allow-cid)", cid, cfg.allowed_cids)
             return None
-        if self.stats.open_connections >= cfg.max_connections:
+        if self.stats.open_connections >= cfg.max_connections:  # before any lookup
             self.stats.refused_limit += 1
             self._warn.warning("max-conn", "refused a connection from %s: %d connections "
                                "open (--max-connections)", peer.address, cfg.max_connections)
@@ -270,11 +276,13 @@ class Listener:
                 return None
         ident = identity_of(peer, enclave)
         st = self.stats.peers.get(ident.name)
-        if st is not None and st.open_connections >= cfg.max_connections_per_enclave:
+        why = refusal(Slots(cfg.max_connections, cfg.max_connections_per_enclave,
+                            cfg.reserved_connections),
+                      self.stats.open_connections, st.open_connections if st else 0)
+        if why is not None:
             self.stats.refused_limit += 1
-            self._warn.warning(f"enc-conn:{ident.name}", "refused a connection from %s: it "
-                               "has %d open (--max-connections-per-enclave)", ident.name,
-                               st.open_connections)
+            self._warn.warning(f"enc-conn:{ident.name}", "refused a connection from %s: %s",
+                               ident.name, why)
             return None
         return ident, peer
 
@@ -434,7 +442,7 @@ class Listener:
         first = first_event_time(frame.entries)
         if first is not None:
             peer.skew.append(first - now)
-        tag = ident.tag_prefix + frame.tag
+        tag = ident.tag_prefix + self._safe_tag(frame.tag, ident, peer)
         entries = frame.entries
         if frame.tag == "agent.log":  # rare and small: look for the agent's drop reports
             peer.drops += sum(int(r.get("records", 0)) for _, r in iter_entries(entries)
@@ -462,6 +470,19 @@ class Listener:
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
 
+    def _safe_tag(self, tag: str, ident: Identity, peer: PeerStats) -> str:
+        """The peer's tag, escaped if it breaks the tag rule (``fluent_forward.tags``):
+        counted, and logged with the reason (at most once a minute per enclave)."""
+        safe = escape_tag(tag)
+        if safe != tag:
+            peer.tags_escaped += 1
+            self.stats.tags_escaped += 1
+            self._warn.warning(f"tag:{ident.name}", "%s sent the tag %s (%s): forwarded "
+                               "as %s", ident.name, ascii(tag[:64]) + ("..." if len(tag) > 64
+                                                                       else ""),
+                               tag_problem(tag), safe[:64])
+        return safe
+
     def _track_sequence(self, peer: PeerStats, boot: bytes, seq: int) -> None:
         last = peer.boots.pop(boot, None)
         if last is not None and seq > last + 1:
@@ -488,5 +509,7 @@ class Listener:
                     raise DeliveryFailed(f"could not store a batch: {exc}") from exc
             conn.write(encode_ack(chunk))
             peer.acks += 1
-            if acks.empty():
-                await conn.drain()
+            # Wait while the peer is not reading its acks: what one connection has
+            # queued to write stays under the transport's high-water mark, and once
+            # MAX_PENDING_ACKS batches wait here, the read loop stops reading it.
+            await conn.drain()

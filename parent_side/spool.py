@@ -50,6 +50,8 @@ import msgpack
 
 from fluent_forward.codec import bin_header
 
+from .spool_recovery import Scan, compact, rewrite, scan_entries, set_aside
+
 __all__ = [
     "FORMAT_VERSION",
     "Full",
@@ -127,6 +129,7 @@ class SpoolStats:
     recovered_records: int = 0
     torn_bytes_cut: int = 0
     corrupt_segments: int = 0
+    corrupt_bytes_set_aside: int = 0
 
 
 @dataclass(slots=True)
@@ -295,8 +298,11 @@ class Spool:
                 self._dir_dirty = True
                 continue
             seg = _Segment(seg_id, path, sealed=True)
-            if not self._scan(seg, skip_to=hint[1] if hint and seg_id == hint[0] else 0):
+            skip_to = self._scan(seg, skip_to=hint[1] if hint and seg_id == hint[0] else 0)
+            if skip_to is None:
                 continue
+            if hint and seg_id == hint[0]:
+                hint = (seg_id, skip_to)  # where it is now, if the segment was rewritten
             self._segments[seg_id] = seg
         if self._dir_dirty:
             os.fsync(self._dir_fd)
@@ -317,53 +323,71 @@ class Spool:
         except (OSError, ValueError):
             return None
 
-    def _scan(self, seg: _Segment, skip_to: int) -> bool:
-        """Check a segment; cut a torn or corrupt tail; count what is left to forward."""
-        with open(seg.path, "r+b") as f:
+    def _scan(self, seg: _Segment, skip_to: int) -> int | None:
+        """Check a segment: keep every intact entry, set aside corrupt bytes between
+        them, cut a torn tail; count what is left to forward. Returns where
+        ``skip_to`` is now (the segment may have been rewritten), None if it is gone."""
+        with open(seg.path, "rb") as f:
             data = f.read()
-            if len(data) < HEADER.size:
-                f.close()
-                os.unlink(seg.path)  # created, never written: nothing in it
-                self._dir_dirty = True
-                return False
-            magic, version, _ = HEADER.unpack_from(data)
-            if magic != MAGIC:
-                raise SpoolError(f"--spool {self.path}: {os.path.basename(seg.path)} is not a "
-                                 "spool segment; move it away or use another --spool DIR")
-            if version > FORMAT_VERSION:
-                raise SpoolError(
-                    f"--spool {self.path}: {os.path.basename(seg.path)} has spool format "
-                    f"{version}, newer than this relay's {FORMAT_VERSION}: a newer relay wrote "
-                    "it. Run that relay until the spool drains, or use another --spool DIR")
-            pos = HEADER.size
-            while pos + FRAME.size <= len(data):
-                length, crc = FRAME.unpack_from(data, pos)
-                end = pos + FRAME.size + length
-                if length > MAX_ENTRY or end > len(data):
-                    break
-                payload = data[pos + FRAME.size:end]
-                if zlib.crc32(payload) != crc:
-                    break
-                try:
-                    entry = _unpack_payload(seg.id, pos, payload)
-                except Exception:  # noqa: BLE001 - any decode failure means corrupt
-                    break
-                self._remember(entry.boot_id, entry.seq, None)
-                if pos >= skip_to:
-                    self.stats.recovered_batches += 1
-                    self.stats.recovered_records += entry.count
-                seg.records += entry.count
-                pos = end
-            if pos < len(data):
-                self.stats.torn_bytes_cut += len(data) - pos
-                self.stats.corrupt_segments += 1
-                log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
-                            seg.path, len(data) - pos, pos)
-                f.truncate(pos)
-                f.flush()
-                os.fsync(f.fileno())
-        seg.size = seg.committed = pos
-        return True
+        if len(data) < HEADER.size:
+            os.unlink(seg.path)  # created, never written: nothing in it
+            self._dir_dirty = True
+            return None
+        self._check_header(seg, data)
+        scan = scan_entries(data, HEADER.size, frame=FRAME, max_entry=MAX_ENTRY,
+                            decode=lambda offset, payload: _unpack_payload(seg.id, offset,
+                                                                           payload))
+        for scanned in scan.entries:
+            entry = scanned.value
+            self._remember(entry.boot_id, entry.seq, None)
+            if entry.offset >= skip_to:
+                self.stats.recovered_batches += 1
+                self.stats.recovered_records += entry.count
+            seg.records += entry.count
+        if scan.end < len(data):
+            self.stats.torn_bytes_cut += len(data) - scan.end
+            self.stats.corrupt_segments += 1
+            log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
+                        seg.path, len(data) - scan.end, scan.end)
+            if not scan.holes:
+                with open(seg.path, "r+b") as f:
+                    f.truncate(scan.end)
+                    os.fsync(f.fileno())
+        if scan.holes:
+            skip_to = self._set_aside_holes(seg, data, scan, skip_to)
+            seg.size = seg.committed = os.path.getsize(seg.path)
+            return skip_to
+        seg.size = seg.committed = scan.end
+        return skip_to
+
+    def _check_header(self, seg: _Segment, data: bytes) -> None:
+        magic, version, _ = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise SpoolError(f"--spool {self.path}: {os.path.basename(seg.path)} is not a "
+                             "spool segment; move it away or use another --spool DIR")
+        if version > FORMAT_VERSION:
+            raise SpoolError(
+                f"--spool {self.path}: {os.path.basename(seg.path)} has spool format "
+                f"{version}, newer than this relay's {FORMAT_VERSION}: a newer relay wrote "
+                "it. Run that relay until the spool drains, or use another --spool DIR")
+
+    def _set_aside_holes(self, seg: _Segment, data: bytes, scan: Scan[SpoolEntry],
+                         skip_to: int) -> int:
+        """Corrupt bytes between intact entries: into the dead-letter file, counted and
+        reported as the spool's loss (not the agents'), and out of the segment."""
+        name = os.path.basename(seg.path)
+        set_aside(self.path, name, data, scan.holes)
+        lost = sum(end - start for start, end in scan.holes)
+        self.stats.corrupt_bytes_set_aside += lost
+        self.stats.corrupt_segments += 1
+        log.error("spool %s: %d bytes in %d place(s) of %s changed on disk and were set aside "
+                  "in dead-letter.jsonl: the batches they held are lost by the spool, not by "
+                  "the agents; the %d intact batches around them are kept", self.path, lost,
+                  len(scan.holes), name, len(scan.entries))
+        compacted, moved = compact(data, HEADER.size, scan)
+        rewrite(seg.path, compacted)
+        self._dir_dirty = True
+        return moved(skip_to)
 
     # -- appending -------------------------------------------------------------------
 
@@ -708,7 +732,8 @@ class Spool:
                 "segments": len(self._segments), "unacked_batches": len(self._outstanding),
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
-                "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered}
+                "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered,
+                "corrupt_bytes": st.corrupt_bytes_set_aside}
 
     async def wait_drained(self) -> None:
         """Return once every batch in the spool was acked downstream."""

@@ -1,0 +1,156 @@
+"""Reading a spool segment back after a crash: keep every intact entry, set aside the rest.
+
+A segment is a header and entries framed ``u32 length | u32 crc32 | payload``. A crash
+mid-write leaves a torn tail: cut it (those batches were never acked, so the agents
+resend them). But bytes changed in the middle of a segment (a bad sector, a stray
+write) must not cost the intact entries after them, whose own framing and checksums
+are fine: the scan resynchronises at the next offset where a whole, checksummed,
+decodable entry starts. The bytes skipped are a hole: the spool sets them aside in its
+dead-letter file, reports them as its own loss, and rewrites the segment without them,
+so that everything after recovery reads the segment as before.
+
+Pure functions here (``scan_entries``, ``compact``); ``set_aside`` and ``rewrite`` do
+the file work.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+__all__ = ["Scan", "ScannedEntry", "compact", "rewrite", "scan_entries", "set_aside"]
+
+E = TypeVar("E")
+
+#: An entry's payload is a msgpack array of six: resynchronising only tries offsets
+#: whose payload would start with that byte, which skips almost every other offset
+#: before any checksum is computed.
+_ARRAY6 = 0x96
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedEntry(Generic[E]):
+    """An intact entry at ``[offset, end)`` of the segment."""
+
+    offset: int
+    end: int
+    value: E
+
+
+@dataclass(slots=True)
+class Scan(Generic[E]):
+    """What a segment holds: intact entries in order, holes between them (``[start,
+    end)`` ranges of corrupt bytes), and ``end``, where a torn tail (if any) begins."""
+
+    entries: list[ScannedEntry[E]] = field(default_factory=list)
+    holes: list[tuple[int, int]] = field(default_factory=list)
+    end: int = 0
+
+
+def scan_entries(data: bytes, start: int, *, frame: struct.Struct, max_entry: int,
+                 decode: Callable[[int, bytes], E]) -> Scan[E]:
+    """Every intact entry of ``data`` from ``start``, resynchronising past corruption.
+
+    Args:
+        frame: the entry framing, ``(length, crc32)``.
+        max_entry: a length over this is corrupt.
+        decode: turns ``(offset, payload)`` into a value; raises if it cannot.
+    """
+    scan: Scan[E] = Scan()
+    pos = start
+    while pos < len(data):
+        entry = _entry_at(data, pos, frame, max_entry, decode)
+        if entry is None:
+            nxt = _resync(data, pos, frame, max_entry, decode)
+            if nxt is None:
+                break  # nothing intact follows: a torn tail
+            scan.holes.append((pos, nxt))
+            pos = nxt
+            continue
+        scan.entries.append(entry)
+        pos = entry.end
+    scan.end = pos
+    return scan
+
+
+def _entry_at(data: bytes, pos: int, frame: struct.Struct, max_entry: int,
+              decode: Callable[[int, bytes], E]) -> ScannedEntry[E] | None:
+    if pos + frame.size > len(data):
+        return None
+    length, crc = frame.unpack_from(data, pos)
+    end = pos + frame.size + length
+    if length > max_entry or end > len(data):
+        return None
+    payload = data[pos + frame.size:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return ScannedEntry(pos, end, decode(pos, payload))
+    except Exception:  # noqa: BLE001 - any decode failure means corrupt
+        return None
+
+
+def _resync(data: bytes, pos: int, frame: struct.Struct, max_entry: int,
+            decode: Callable[[int, bytes], E]) -> int | None:
+    """The first offset after ``pos`` where an intact entry starts, if any."""
+    marker = data.find(_ARRAY6, pos + 1 + frame.size)
+    while marker >= 0:
+        candidate = marker - frame.size
+        if _entry_at(data, candidate, frame, max_entry, decode) is not None:
+            return candidate
+        marker = data.find(_ARRAY6, marker + 1)
+    return None
+
+
+def compact(data: bytes, header_size: int, scan: Scan[E]) -> tuple[bytes, Callable[[int], int]]:
+    """The segment without its holes (nor its torn tail), and a map from an old offset
+    to the new offset of the first entry at or after it."""
+    kept = [data[:header_size]] + [data[e.offset:e.end] for e in scan.entries]
+    starts = [e.offset for e in scan.entries]
+    new_starts: list[int] = []
+    at = header_size
+    for e in scan.entries:
+        new_starts.append(at)
+        at += e.end - e.offset
+
+    def moved(offset: int) -> int:
+        for old, new in zip(starts, new_starts, strict=True):
+            if old >= offset:
+                return new
+        return at
+
+    return b"".join(kept), moved
+
+
+def set_aside(directory: str, segment: str, data: bytes, holes: list[tuple[int, int]]) -> None:
+    """Append each hole's bytes to ``dead-letter.jsonl``, to be looked at, not resent."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(os.path.join(directory, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
+        for start, end in holes:
+            f.write(json.dumps({
+                "time": stamp, "reason": "corrupt spool bytes (changed on disk)",
+                "segment": segment, "offset": start, "length": end - start,
+                "bytes_b64": base64.b64encode(data[start:end]).decode()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rewrite(path: str, data: bytes) -> None:
+    """Replace the file at ``path`` with ``data``, durably (the caller syncs the directory)."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
