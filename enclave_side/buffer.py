@@ -33,12 +33,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Protocol
 
-from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
+from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
+from fluent_forward.conventions import DIAG_TAG, chunk_id, drop_report
 
 __all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Policy"]
-
-#: Tag of the agent's own diagnostics and drop reports.
-DIAG_TAG = "agent.log"
 
 
 class Policy(StrEnum):
@@ -283,9 +281,7 @@ class Buffer:
     def _queue_drop_report(self) -> None:
         records, size = self._unreported_records, self._unreported_bytes
         self._unreported_records = self._unreported_bytes = 0
-        self.add_record(DIAG_TAG, time.time_ns(), {
-            "log": f"buffer full: dropped {records} records ({size} bytes) under drop_oldest",
-            "level": "warning", "event": "dropped", "records": records, "bytes": size})
+        self.add_record(DIAG_TAG, time.time_ns(), drop_report(records, size))
         if (DIAG_TAG, _Kind.PROTECTED) in self._open:  # add() seals full batches itself
             self._seal((DIAG_TAG, _Kind.PROTECTED))
         # The report goes first: it explains the gap the relay is about to see.

@@ -21,7 +21,6 @@ needed no change are the very bytes that arrived, so a relay forwards them untou
 
 from __future__ import annotations
 
-import base64
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,7 +56,6 @@ __all__ = [
     "Heartbeat",
     "Role",
     "bin_header",
-    "chunk_id",
     "encode_ack",
     "encode_compressed_packed_forward",
     "encode_forward",
@@ -68,7 +66,6 @@ __all__ = [
     "iter_entries",
     "make_options",
     "pack_entry",
-    "parse_chunk_id",
     "parse_event",
     "split_entries",
     "time_to_ns",
@@ -129,24 +126,6 @@ def time_to_ns(t: Any) -> int:
         seconds, nanos = _EVENT_TIME.unpack(t.data)
         return int(seconds * 1_000_000_000 + nanos)
     return int(t) * 1_000_000_000
-
-
-def chunk_id(boot_id: bytes, seq: int) -> str:
-    """A 128-bit chunk id: 8-byte boot id + 8-byte sequence number, Base64 (24 chars)."""
-    if len(boot_id) != 8:
-        raise UsageError("boot_id must be 8 bytes")
-    return base64.b64encode(boot_id + seq.to_bytes(8, "big")).decode("ascii")
-
-
-def parse_chunk_id(chunk: Any) -> tuple[bytes, int] | None:
-    """``(boot_id, seq)`` of a chunk id made by ``chunk_id``, or None for foreign ids."""
-    if not isinstance(chunk, str) or len(chunk) != 24:
-        return None
-    try:
-        raw = base64.b64decode(chunk, validate=True)
-    except ValueError:
-        return None
-    return (raw[:8], int.from_bytes(raw[8:], "big")) if len(raw) == 16 else None
 
 
 # -- encoders ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .conventions import VERSION_KEY
 from .errors import AuthenticationError, HandshakeError, UsageError
 
 __all__ = [
@@ -129,7 +130,7 @@ def encode_helo(helo: Helo) -> bytes:
             _str(b"nonce"), _str(helo.nonce), _str(b"auth"), _str(helo.auth),
             _str(b"keepalive"), b"\xc3" if helo.keepalive else b"\xc2"]
     if helo.version:
-        body += [_str(b"relay_version"), _str(_b(helo.version))]
+        body += [_str(VERSION_KEY.encode()), _str(_b(helo.version))]
     return b"".join(body)
 
 
@@ -164,7 +165,7 @@ def parse_helo(obj: Any) -> Helo:
     opts = obj[1]
     nonce, auth = opts.get("nonce", b""), opts.get("auth", b"")
     keepalive = opts.get("keepalive", True)
-    version = opts.get("relay_version", "")
+    version = opts.get(VERSION_KEY, "")
     if not (_is_text(nonce) and nonce and _is_text(auth) and isinstance(keepalive, bool)
             and _is_text(version)):
         raise HandshakeError("HELO needs a non-empty nonce (str or bin), an auth salt "

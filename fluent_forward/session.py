@@ -52,6 +52,7 @@ __all__ = [
     "Opened",
     "ServerEvent",
     "ServerSession",
+    "Session",
     "State",
 ]
 
@@ -88,7 +89,7 @@ class Acked:
 ServerEvent: TypeAlias = "EventFrame | Opened"
 
 
-class _Session:
+class Session:
     """What both roles share: the decoder, outgoing bytes, the peer clock, errors."""
 
     def __init__(self, decoder: FrameDecoder, *, now: float, name: str) -> None:
@@ -141,14 +142,24 @@ class _Session:
         self.state = State.CLOSED
         return exc
 
-    def _deadline(self, now: float, peer_deadline: float | None) -> float | None:
+    def _deadline(self, now: float, peer_deadline: float) -> float:
         """Seconds from ``now`` until the peer clock reaches ``peer_deadline``."""
-        if peer_deadline is None:
-            return None
         return max(peer_deadline - self._peer_clock(now), 0.0)
 
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Take bytes the peer sent (b"" when it closed)."""
+        raise NotImplementedError
 
-class ServerSession(_Session):
+    def timeout(self, now: float) -> float | None:
+        """Seconds until ``on_timer`` must be called if no bytes come (None: never)."""
+        raise NotImplementedError
+
+    def on_timer(self, now: float) -> None:
+        """Act on the deadlines that passed; raise if the connection must end."""
+        raise NotImplementedError
+
+
+class ServerSession(Session):
     """The accepting side: send HELO, judge PING, pass event frames on.
 
     Args:
@@ -246,7 +257,7 @@ class ServerSession(_Session):
         raise self._fail(TransportTimeout(f"nothing received for {self.idle_timeout}s"))
 
 
-class ClientSession(_Session):
+class ClientSession(Session):
     """The connecting side: answer HELO, check PONG, send batches, match acks.
 
     Args:

@@ -157,8 +157,12 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                         "more slowly, it never drops (default: 64MiB; 0: no limit)")
     p.add_argument("--frame-timeout", type=duration_arg, default=d.frame_timeout,
                    metavar="DURATION",
-                   help="close a connection that sends half a frame and then nothing for "
-                        "this long (default: 30s)")
+                   help="close a connection whose frame is not complete this long after its "
+                        "first byte (default: 30s)")
+    p.add_argument("--idle-timeout", type=duration_arg, default=d.idle_timeout,
+                   metavar="DURATION",
+                   help="close a connection that sends nothing for this long; our agent "
+                        "sends a heartbeat every minute when idle (default: 10m; 0: never)")
     p.add_argument("--ack-timeout", type=duration_arg, default=d.ack_timeout,
                    metavar="DURATION",
                    help="reconnect to Fluent Bit after this long without an ack (default: 60s)")
@@ -349,7 +353,7 @@ def _serve_config(args: list[str], env: Mapping[str, str]) -> RelayConfig:
         describe_interval=ns.describe_interval, require_known_enclave=ns.require_known_enclave,
         stamp_records=ns.stamp_records, max_connections=ns.max_connections,
         max_connections_per_enclave=ns.max_connections_per_enclave, rate_limit=ns.rate_limit,
-        frame_timeout=ns.frame_timeout, log_level=ns.log_level,
+        frame_timeout=ns.frame_timeout, idle_timeout=ns.idle_timeout, log_level=ns.log_level,
         admin_socket=None if ns.admin_socket.lower() == "none" else ns.admin_socket,
         status_interval=ns.status_interval, restamp_time=ns.restamp_time, config_file=path)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fluent_forward.conventions import IDLE_TIMEOUT
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 
 from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
@@ -51,7 +52,8 @@ class RelayConfig:
         max_connections: open connections in all.
         max_connections_per_enclave: open connections per enclave.
         rate_limit: bytes per second read from one enclave (0: no limit).
-        frame_timeout: seconds a started frame has to complete.
+        frame_timeout: seconds a frame has to complete, from its first byte.
+        idle_timeout: seconds without a byte before a connection is closed (0: never).
         log_level: the relay's log level.
         admin_socket: the status socket, or None.
         status_interval: seconds between relay.status records (0: none).
@@ -86,6 +88,7 @@ class RelayConfig:
     max_connections_per_enclave: int = 8
     rate_limit: int = 64 << 20
     frame_timeout: float = 30.0
+    idle_timeout: float = IDLE_TIMEOUT
     log_level: str = "info"
     admin_socket: str | None = DEFAULT_ADMIN_SOCKET
     status_interval: float = 60.0

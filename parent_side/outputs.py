@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import chunk_id, encode_packed_forward, iter_entries, time_to_ns
+from fluent_forward.codec import encode_packed_forward, iter_entries, time_to_ns
+from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.errors import EndpointError
 from fluent_forward.handshake import ClientHandshake

@@ -24,7 +24,8 @@ from fluent_forward.codec import EventTime, pack_entry
 from .config import RelayConfig
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
-from .listener import Listener, ListenerConfig, PeerStats
+from .intake import EnclaveStats
+from .listener import Listener, ListenerConfig
 from .outputs import Output, RelayBatch, make_output
 from .spool import Spool
 from .status import AdminServer
@@ -56,6 +57,7 @@ def _listener_config(config: RelayConfig) -> ListenerConfig:
         max_connections=config.max_connections,
         max_connections_per_enclave=config.max_connections_per_enclave,
         rate_limit=config.rate_limit, frame_timeout=config.frame_timeout,
+        idle_timeout=config.idle_timeout or None,
         stamp_records=config.stamp_records, restamp_time=config.restamp_time)
 
 
@@ -188,7 +190,7 @@ class Relay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _enclave_event(self, event: str, ident: Identity, peer: PeerStats) -> None:
+    def _enclave_event(self, event: str, ident: Identity, peer: EnclaveStats) -> None:
         record: dict[str, Any] = {"event": f"enclave_{event}", "enclave": ident.name,
                                   "cid": ident.cid, "agent_version": peer.agent_version,
                                   "claimed_hostname": peer.claimed_hostname}

@@ -41,11 +41,11 @@ from fluent_forward.codec import (
     EventTime,
     FrameDecoder,
     Role,
-    chunk_id,
     encode_packed_forward,
     iter_entries,
     pack_entry,
 )
+from fluent_forward.conventions import chunk_id
 from fluent_forward.handshake import ClientHandshake, Helo, Pong
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, delivered

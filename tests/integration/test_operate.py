@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
+from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
+from fluent_forward.conventions import chunk_id
 from fluent_forward.handshake import ClientHandshake
 from parent_side import cli as relay_cli
 from parent_side.status import format_table, json_lines, query
