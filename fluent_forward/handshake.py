@@ -25,6 +25,7 @@ from typing import Any
 
 from .conventions import VERSION_KEY
 from .errors import AuthenticationError, HandshakeError, UsageError
+from .wire import array_header, str_header
 
 __all__ = [
     "ClientHandshake",
@@ -112,16 +113,7 @@ def password_digest(auth_salt: bytes, username: str, password: str) -> str:
 
 def _str(data: bytes) -> bytes:
     """A msgpack str header and its bytes, whatever the bytes are."""
-    n = len(data)
-    if n < 32:
-        head = bytes((0xA0 | n,))
-    elif n < 0x100:
-        head = bytes((0xD9, n))
-    elif n < 0x10000:
-        head = b"\xda" + n.to_bytes(2, "big")
-    else:
-        head = b"\xdb" + n.to_bytes(4, "big")
-    return head + data
+    return str_header(len(data)) + data
 
 
 def encode_helo(helo: Helo) -> bytes:
@@ -140,7 +132,7 @@ def encode_ping(ping: Ping) -> bytes:
               _b(ping.username), _b(ping.password_digest)]
     if ping.version:
         fields.append(_b(ping.version))
-    return bytes((0x90 | len(fields),)) + b"".join(_str(f) for f in fields)
+    return array_header(len(fields)) + b"".join(_str(f) for f in fields)
 
 
 def encode_pong(pong: Pong) -> bytes:

@@ -48,7 +48,7 @@ from typing import Any
 
 import msgpack
 
-from fluent_forward.codec import bin_header
+from fluent_forward.wire import bin_header
 
 __all__ = [
     "FORMAT_VERSION",
