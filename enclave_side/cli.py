@@ -23,12 +23,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fluent_forward import __version__
+from fluent_forward.conventions import Overflow
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import EndpointError
 from fluent_forward.units import apply_env_defaults, duration_arg, size_arg
 
 from .agent import Agent
-from .buffer import Policy
 from .config import DEFAULT_RELAY, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
 from .configfile import (
     ConfigError,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the shared key from this file instead")
     p.add_argument("--buffer-size", type=size_arg, default=d.buffer_bytes, metavar="SIZE",
                    help="memory cap for records not yet acked (default: 32MiB)")
-    p.add_argument("--overflow", choices=[x.value for x in Policy], default=d.overflow.value,
+    p.add_argument("--overflow", choices=[x.value for x in Overflow], default=d.overflow.value,
                    help="when the buffer is full: block the app (no loss) or drop the oldest "
                         "unsent records, counted (default: %(default)s)")
     p.add_argument("--batch-size", type=size_arg, default=d.batch_bytes, metavar="SIZE",
@@ -219,7 +219,7 @@ def _build(ns: argparse.Namespace, command: tuple[str, ...], settings: FileSetti
         buffer_bytes=ns.buffer_size, batch_bytes=ns.batch_size,
         flush_interval=ns.flush_interval, max_line_bytes=ns.max_line_bytes,
         partial_flush=ns.partial_flush,
-        overflow=Policy(ns.overflow), window=ns.window, handshake_wait=ns.handshake_wait,
+        overflow=Overflow(ns.overflow), window=ns.window, handshake_wait=ns.handshake_wait,
         drain_timeout=ns.drain_timeout, log_level=ns.log_level, pty=ns.pty,
         tee_console=ns.tee_console,
         stdout=settings.stdout, stderr=settings.stderr, files=tuple(files),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fluent_forward.conventions import Overflow
 from fluent_forward.endpoints import Endpoint, parse_endpoint
-
-from .buffer import Policy
 
 __all__ = [
     "DEFAULT_LEVEL_KEYS",
@@ -194,7 +193,7 @@ class AgentConfig:
     flush_interval: float = 0.05
     max_line_bytes: int = 64 * 1024
     partial_flush: float = 1.0
-    overflow: Policy = Policy.BLOCK
+    overflow: Overflow = Overflow.BLOCK
     window: int = 8
     handshake_wait: float = 0.5
     connect_timeout: float = 5.0

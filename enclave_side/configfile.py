@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fluent_forward.conventions import Overflow
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import EndpointError
 from fluent_forward.units import parse_duration, parse_size
 
-from .buffer import Policy
 from .config import (
     LEVELS,
     RESERVED_TAG_PREFIX,
@@ -169,7 +169,7 @@ def _patterns(v: Any, key: str) -> tuple[str, ...]:
 _OPTIONS: dict[str, Callable[[Any, str], Any]] = {
     "relay": _str, "tag": _str, "hostname": _str, "shared_key": _str,
     "shared_key_file": _str, "buffer_size": _size,
-    "overflow": _choice(*(p.value for p in Policy)), "batch_size": _size,
+    "overflow": _choice(*(p.value for p in Overflow)), "batch_size": _size,
     "flush_interval": _duration, "max_line_bytes": _size, "partial_flush": _duration,
     "window": _int, "drain_timeout": _duration, "handshake_wait": _duration,
     "log_level": _choice("debug", "info", "warning", "error"), "pty": _bool,

@@ -35,7 +35,7 @@ from .errors import (
     WriteError,
 )
 from .handshake import ClientHandshake
-from .retry import backoff
+from .retry import Verdict, backoff, classify_error
 from .session import ClientSession, Session, State
 
 __all__ = [
@@ -455,7 +455,9 @@ class ForwardClient:
         while True:
             try:
                 conn, session = await self._connect()
-            except (TransportError, ProtocolError) as exc:
+            except Exception as exc:
+                if classify_error(exc) is Verdict.RAISE:
+                    raise
                 self.stats.connect_failures += 1
                 self._failed(exc, first=self.stats.connect_failures == 1)
                 await asyncio.sleep(next(delays))
@@ -466,7 +468,9 @@ class ForwardClient:
                     self.on_connect()
                 await first_error(self._send_loop(conn, session),
                                   self._receive_loop(conn, session))
-            except (TransportError, ProtocolError) as exc:
+            except Exception as exc:
+                if classify_error(exc) is Verdict.RAISE:
+                    raise
                 self._failed(exc, first=True)
             finally:
                 await self._lost(conn)

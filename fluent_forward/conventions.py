@@ -16,6 +16,7 @@ appends its own to PING, and the rest is used only between the two.
 from __future__ import annotations
 
 import base64
+from enum import StrEnum
 from typing import Any
 
 from .errors import UsageError
@@ -24,6 +25,7 @@ __all__ = [
     "DIAG_TAG",
     "IDLE_TIMEOUT",
     "KEEPALIVE",
+    "Overflow",
     "VERSION_KEY",
     "chunk_id",
     "drop_report",
@@ -39,6 +41,13 @@ VERSION_KEY = "relay_version"
 KEEPALIVE = 60.0
 #: The relay's default idle timeout: ten keepalives, so an idle agent is never cut.
 IDLE_TIMEOUT = 10 * KEEPALIVE
+
+
+class Overflow(StrEnum):
+    """What happens when a bounded store is full: the agent's buffer, the relay's spool."""
+
+    BLOCK = "block"  # the writer waits (backpressure): nothing is lost
+    DROP_OLDEST = "drop_oldest"  # the oldest never-sent records make room, counted
 
 
 def chunk_id(boot_id: bytes, seq: int) -> str:

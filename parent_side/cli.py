@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fluent_forward import __version__
+from fluent_forward.conventions import Overflow
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import ConnectError, EndpointError
 from fluent_forward.units import (
@@ -41,7 +42,7 @@ from .console import ConsoleOptions, console_command
 from .identity import DEFAULT_ALLOWED_CIDS, parse_cid_set
 from .outputs import OutputError, parse_output
 from .relay import Relay
-from .spool import Full, SpoolError
+from .spool import SpoolError
 from .status import status_command
 
 __all__ = ["ConfigError", "StatusOptions", "build_parser", "main", "parse_args", "serve_config"]
@@ -128,7 +129,7 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s); 'none' for memory-only mode")
     p.add_argument("--spool-size", type=size_arg, default=d.spool_bytes, metavar="SIZE",
                    help="cap on the spool's size (default: 1GiB)")
-    p.add_argument("--spool-full", choices=[f.value for f in Full], default=d.spool_full.value,
+    p.add_argument("--spool-full", choices=[f.value for f in Overflow], default=d.spool_full.value,
                    help="when the spool is full: block (agents wait; nothing is lost) or "
                         "drop_oldest (counted) (default: %(default)s)")
     p.add_argument("--allow-cid", action="append", default=None, metavar="CIDS",
@@ -347,7 +348,7 @@ def _serve_config(args: list[str], env: Mapping[str, str]) -> RelayConfig:
         max_decompressed_bytes=ns.max_decompressed_size,
         handshake_timeout=ns.handshake_timeout, upstream_window=ns.upstream_window,
         upstream_buffer_bytes=ns.upstream_buffer, ack_timeout=ns.ack_timeout,
-        spool=spool, spool_bytes=ns.spool_size, spool_full=Full(ns.spool_full),
+        spool=spool, spool_bytes=ns.spool_size, spool_full=Overflow(ns.spool_full),
         allowed_cids=allowed,
         nitro_cli=None if ns.nitro_cli.lower() == "none" else ns.nitro_cli,
         describe_interval=ns.describe_interval, require_known_enclave=ns.require_known_enclave,

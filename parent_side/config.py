@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fluent_forward.conventions import IDLE_TIMEOUT
+from fluent_forward.conventions import IDLE_TIMEOUT, Overflow
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 
 from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
-from .spool import Full
 
 __all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
            "RelayConfig"]
@@ -77,7 +76,7 @@ class RelayConfig:
     shutdown_timeout: float = 10.0
     spool: str | None = DEFAULT_SPOOL
     spool_bytes: int = 1 << 30
-    spool_full: Full = Full.BLOCK
+    spool_full: Overflow = Overflow.BLOCK
     spool_segment_bytes: int = 32 << 20
     allowed_cids: CidSet = parse_cid_set([DEFAULT_ALLOWED_CIDS])
     nitro_cli: str | None = "nitro-cli"

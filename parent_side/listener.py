@@ -127,11 +127,15 @@ class Listener(ForwardServer):
     """The relay's server side."""
 
     def __init__(self, config: ListenerConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None) -> None:
+                 registry: EnclaveRegistry | None = None, *, sink_warns_gaps: bool = False
+                 ) -> None:
         super().__init__(config.endpoint, unix_mode=config.unix_mode)
         self.config = config
         self.sink = sink
         self.registry = registry
+        #: The spool warns of a gap in an agent run's sequence itself (it follows runs
+        #: across relay restarts); a gap is then only counted here, never warned twice.
+        self.sink_warns_gaps = sink_warns_gaps
         #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
         self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] | None = None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
@@ -314,7 +318,7 @@ class Listener(ForwardServer):
         cfg = self.config
         intake = take_frame(frame, ident, peer, now_ns=time.time_ns(),
                             stamp_records=cfg.stamp_records, restamp_time=cfg.restamp_time)
-        if intake.gap is not None:
+        if intake.gap is not None and not self.sink_warns_gaps:
             gap = intake.gap
             self._warn.warning(f"gap:{peer.name}", "%s: agent run %s skipped %d batch(es) "
                                "(%d..%d): it dropped them", peer.name, gap.boot.hex(),

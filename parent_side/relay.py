@@ -98,7 +98,8 @@ class Relay:
                                          interval=config.describe_interval,
                                          on_terminated=self._terminated)
                          if vsock and config.nitro_cli else None)
-        self.listener = Listener(_listener_config(config), self.sink, self.registry)
+        self.listener = Listener(_listener_config(config), self.sink, self.registry,
+                                 sink_warns_gaps=isinstance(self.sink, SpoolSink))
         self.listener.on_lifecycle = self._enclave_event
         self.admin = (AdminServer(config.admin_socket, self.snapshot, self.reload)
                       if config.admin_socket else None)

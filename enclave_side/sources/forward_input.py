@@ -74,7 +74,7 @@ class ForwardInputServer(ForwardServer):
 
     Args:
         endpoint: where to listen (checked by ``check_listen``).
-        buffer: where records go (``Policy.BLOCK``: clients wait, nothing is dropped).
+        buffer: where records go (``Overflow.BLOCK``: clients wait, nothing is dropped).
         pipeline: levels, filters and redaction, or None.
         shared_key: require the handshake with this key (None: no handshake).
         hostname: our name in PONG.
