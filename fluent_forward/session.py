@@ -187,6 +187,9 @@ class ServerSession(Session):
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
         self.ping: Ping | None = None
+        #: Acks the I/O layer still owes the client: a client waiting for them is not
+        #: idle, so the idle timer starts again while any are owed.
+        self.owed = 0
         self._events: list[ServerEvent] = []
         self._frame_began: float | None = None  # peer clock at a partial frame's first byte
         if handshake is not None:
@@ -254,6 +257,9 @@ class ServerSession(Session):
             raise self._fail(TransportTimeout(
                 f"a frame still incomplete ({self.decoder.buffered} bytes) "
                 f"{self.frame_timeout}s after its first byte"))
+        if self.owed:
+            self._heard = self._peer_clock(now)
+            return
         raise self._fail(TransportTimeout(f"nothing received for {self.idle_timeout}s"))
 
 

@@ -274,7 +274,7 @@ class Listener(ForwardServer):
         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]] = asyncio.Queue(
             MAX_PENDING_ACKS)
         await first_error(self._read_loop(conn, session, ident, peer, greeted, acks),
-                          self._ack_loop(conn, peer, acks))
+                          self._ack_loop(conn, session, peer, acks))
 
     async def _read_loop(self, conn: Connection, session: ServerSession, ident: Identity,
                          peer: EnclaveStats, greeted: list[bool],
@@ -298,6 +298,8 @@ class Listener(ForwardServer):
                     greeted.append(True)
                     self._lifecycle("connected", ident, peer)
                 else:
+                    if event.chunk is not None:
+                        session.owed += 1  # until the ack loop writes its ack
                     await self._on_event(event, ident, peer, acks)
 
     def _bucket(self, name: str) -> TokenBucket | None:
@@ -328,7 +330,7 @@ class Listener(ForwardServer):
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
 
-    async def _ack_loop(self, conn: Connection, peer: EnclaveStats,
+    async def _ack_loop(self, conn: Connection, session: ServerSession, peer: EnclaveStats,
                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                         ) -> None:
         while True:
@@ -342,6 +344,7 @@ class Listener(ForwardServer):
                     # ack; closing makes the agent resend it.
                     raise DeliveryFailed(f"could not store a batch: {exc}") from exc
             conn.write(encode_ack(chunk))
+            session.owed -= 1
             peer.acks += 1
             if acks.empty():
                 await conn.drain()

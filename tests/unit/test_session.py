@@ -342,3 +342,15 @@ def test_the_server_reports_a_close_mid_frame() -> None:
 def test_a_server_session_needs_a_server_decoder() -> None:
     with pytest.raises(UsageError):
         ServerSession(FrameDecoder(Role.CLIENT), None, now=0.0)
+
+
+def test_a_client_waiting_for_acks_we_owe_is_not_idle() -> None:
+    s = server(handshake=False, idle_timeout=600.0)
+    s.receive_data(FRAME, 0.0)
+    s.owed = 1  # the I/O layer has not acked the frame yet: the spool is full
+    s.start_reading(0.0)
+    s.on_timer(600.0)
+    assert s.timeout(600.0) == 600.0, "the idle timer starts again"
+    s.owed = 0
+    with pytest.raises(TransportTimeout, match="nothing received for 600.0s"):
+        s.on_timer(1200.0)
