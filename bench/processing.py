@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.run import machine
-from enclave_side.buffer import Policy
 from enclave_side.config import Processing
 from enclave_side.processing import Pipeline
 from enclave_side.redact import BUILTIN_RULES, Redactor
 from enclave_side.sources.stream import LineStream
+from fluent_forward.conventions import Overflow
 
 LINE_BYTES = 150
 READ_BYTES = 64 * 1024
@@ -115,7 +115,7 @@ def measure(case: Case, chunks: list[bytes], n: int) -> dict[str, float]:
         pipeline = Pipeline(case.processing or Processing(), {"stream": "stdout"}, redactor,
                             max_record_bytes=16 * 1024, what="stdout")
     stream = LineStream("app.stdout", {"stream": "stdout"}, buffer,  # type: ignore[arg-type]
-                        policy=Policy.BLOCK, max_line_bytes=16 * 1024, pipeline=pipeline)
+                        policy=Overflow.BLOCK, max_line_bytes=16 * 1024, pipeline=pipeline)
     start = time.process_time()
     for chunk in chunks:
         stream.feed(chunk)

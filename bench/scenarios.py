@@ -23,7 +23,8 @@ from bench.procs import Proc, bench_env, io_calls
 from bench.sink import BenchSink
 from enclave_side.lines import EntryEncoder
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import chunk_id, encode_packed_forward
+from fluent_forward.codec import encode_packed_forward
+from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.handshake import ClientHandshake
 

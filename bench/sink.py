@@ -13,7 +13,7 @@ give those lines' delay from the write to here. Lines written before ``latency_f
 warm-up) count only towards ``cold_max``.
 
 ``python -m bench.sink`` measures its own capacity and that of the fake Fluent Bit
-(``tests/fakes/fluentbit.py``, which decodes every record) on the same frames.
+(``fakes/fluentbit.py``, which decodes every record) on the same frames.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ async def _serve(kind: str, url: str) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     if kind == "fake":
-        from tests.fakes.fluentbit import FakeFluentBit
+        from fakes.fluentbit import FakeFluentBit
 
         fake = FakeFluentBit(url)
         await fake.start()

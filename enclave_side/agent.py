@@ -23,10 +23,11 @@ from typing import Any
 
 from fluent_forward import __version__
 from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.conventions import DIAG_TAG
 from fluent_forward.errors import ConnectError
 from fluent_forward.handshake import ClientHandshake
 
-from .buffer import DIAG_TAG, Buffer
+from .buffer import Buffer
 from .config import AgentConfig, Processing
 from .patterns import UserPattern
 from .processing import Pipeline

@@ -4,11 +4,11 @@ In an enclave, RAM is also the disk, so everything the agent holds counts agains
 one cap (``max_bytes``). A batch is freed only when the relay acks it. What happens
 when the cap is reached depends on who is adding:
 
-- ``Policy.BLOCK``: the records are taken, and the source must wait in
+- ``Overflow.BLOCK``: the records are taken, and the source must wait in
   ``wait_for_room()`` before reading more (the child blocks on its pipe, a tailed
   file pauses: the file is the buffer). The cap may be overshot by one read per
   source, never more.
-- ``Policy.DROP_OLDEST``: room is made first by dropping the oldest records that were
+- ``Overflow.DROP_OLDEST``: room is made first by dropping the oldest records that were
   never sent and were themselves added under ``DROP_OLDEST`` (sealed batches, then
   batches still filling, then the new records themselves): records of sources that
   wait (tailed files, the Forward input) are never dropped to make room. Every
@@ -30,22 +30,14 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from typing import Protocol
 
-from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
+from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
+from fluent_forward.conventions import DIAG_TAG, Overflow, chunk_id, drop_report
+from fluent_forward.window import InFlight
 
-__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Policy"]
-
-#: Tag of the agent's own diagnostics and drop reports.
-DIAG_TAG = "agent.log"
-
-
-class Policy(StrEnum):
-    """What a source does when the buffer is full."""
-
-    BLOCK = "block"
-    DROP_OLDEST = "drop_oldest"
+__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats"]
 
 
 class _Kind(IntEnum):
@@ -132,7 +124,7 @@ class Buffer:
         self._clock = clock
         self._open: dict[tuple[str, _Kind], _Open] = {}
         self._queue: collections.deque[Batch] = collections.deque()
-        self._unacked: dict[str, Batch] = {}
+        self._unacked: InFlight[Batch] = InFlight()
         self._next_seq = 1
         self._used = 0
         self._changed = asyncio.Event()
@@ -160,7 +152,7 @@ class Buffer:
             await self._changed.wait()
 
     def add(self, tag: str, entries: bytes, count: int, *,
-            policy: Policy = Policy.BLOCK, protected: bool = False,
+            policy: Overflow = Overflow.BLOCK, protected: bool = False,
             owner: AckWatcher | None = None) -> int:
         """Take ``count`` packed entries for ``tag``; return how many were kept.
 
@@ -171,7 +163,7 @@ class Buffer:
         """
         if not count:
             return 0
-        droppable = policy is Policy.DROP_OLDEST and not protected
+        droppable = policy is Overflow.DROP_OLDEST and not protected
         kind = _Kind.PROTECTED if protected else _Kind.DROPPABLE if droppable else _Kind.KEPT
         key = (tag, kind)
         size = len(entries)
@@ -268,7 +260,7 @@ class Buffer:
     async def next_batch(self, window: int) -> Batch:
         """Wait for a batch to send while fewer than ``window`` are unacked; mark it sent."""
         while True:
-            if len(self._unacked) < window:
+            if self._unacked.has_room(window):
                 if self._unreported_records:
                     self._queue_drop_report()
                 if self._queue:
@@ -277,15 +269,13 @@ class Buffer:
             await self._changed.wait()
         batch = self._queue.popleft()
         batch.sends += 1
-        self._unacked[batch.chunk] = batch
+        self._unacked.add(batch)
         return batch
 
     def _queue_drop_report(self) -> None:
         records, size = self._unreported_records, self._unreported_bytes
         self._unreported_records = self._unreported_bytes = 0
-        self.add_record(DIAG_TAG, time.time_ns(), {
-            "log": f"buffer full: dropped {records} records ({size} bytes) under drop_oldest",
-            "level": "warning", "event": "dropped", "records": records, "bytes": size})
+        self.add_record(DIAG_TAG, time.time_ns(), drop_report(records, size))
         if (DIAG_TAG, _Kind.PROTECTED) in self._open:  # add() seals full batches itself
             self._seal((DIAG_TAG, _Kind.PROTECTED))
         # The report goes first: it explains the gap the relay is about to see.
@@ -293,7 +283,7 @@ class Buffer:
 
     def ack(self, chunk: str | bytes) -> Batch | None:
         """Free the batch ``chunk`` names; None if it is unknown (a stale or bogus ack)."""
-        batch = self._unacked.pop(chunk, None) if isinstance(chunk, str) else None
+        batch = self._unacked.ack(chunk)
         if batch is None:
             return None
         self._used -= batch.size
@@ -307,8 +297,7 @@ class Buffer:
 
     def requeue_unacked(self) -> int:
         """After a lost connection: put every unacked batch back in front, oldest first."""
-        batches = sorted(self._unacked.values(), key=lambda b: b.seq)
-        self._unacked.clear()
+        batches = self._unacked.take_all()
         self._queue.extendleft(reversed(batches))
         if batches:
             self._changed.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from fluent_forward.conventions import Overflow
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.tags import tag_problem
 from nel_config.options import (
@@ -20,8 +21,6 @@ from nel_config.options import (
     options_of,
     url,
 )
-
-from .buffer import Policy
 
 __all__ = [
     "AGENT_OPTIONS",
@@ -234,8 +233,8 @@ class AgentConfig:
         1.0, DURATION,
         help="send a line still missing its newline after this much silence, flagged "
              "partial")
-    overflow: Policy = option(
-        Policy.BLOCK, choice(of=Policy),
+    overflow: Overflow = option(
+        Overflow.BLOCK, choice(of=Overflow),
         help="when the buffer is full: block the app (no loss) or drop the oldest unsent "
              "records, counted")
     window: int = option(8, INT, minimum=1,

@@ -17,6 +17,7 @@ import re
 from typing import TypeAlias
 
 from fluent_forward.codec import event_time_bytes
+from fluent_forward.wire import STR_HEADERS, str_header
 
 __all__ = [
     "ESCAPED",
@@ -26,7 +27,6 @@ __all__ = [
     "Item",
     "LineSplitter",
     "escape_line",
-    "str_header",
     "unescape_line",
 ]
 
@@ -37,21 +37,7 @@ ESCAPED = 4  # the line was not valid UTF-8 and is escaped
 #: A line, or a line with flags (rare: over-long, partial, escaped).
 Item: TypeAlias = "bytes | tuple[bytes, int]"
 
-_STR_HEADERS = [bytes((0xA0 | n,)) for n in range(32)] + [bytes((0xD9, n)) for n in range(32, 256)]
-_STR_HEADERS += [b"\xda" + n.to_bytes(2, "big") for n in range(256, 4096)]
-_TABLE = len(_STR_HEADERS)
-
-
-def str_header(n: int) -> bytes:
-    """The msgpack str header for ``n`` bytes."""
-    if n < _TABLE:
-        return _STR_HEADERS[n]
-    if n < 0x10000:
-        return b"\xda" + n.to_bytes(2, "big")
-    return b"\xdb" + n.to_bytes(4, "big")
-
-
-_HEADER_OF = _STR_HEADERS.__getitem__
+_HEADER_OF = STR_HEADERS.__getitem__
 
 
 def _headers(lines: list[bytes]) -> list[bytes]:

@@ -20,38 +20,39 @@ import stat
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
-from .codec import Ack, Frame, FrameDecoder, Role
 from .endpoints import Endpoint, Scheme
 from .errors import (
     AuthenticationError,
     ConnectError,
     ConnectionClosed,
-    HandshakeError,
-    MalformedFrame,
     ProtocolError,
     ReadError,
     TransportError,
     TransportTimeout,
     WriteError,
 )
-from .handshake import ClientHandshake, Helo, Ping, Pong, ServerHandshake, encode_pong
-from .retry import backoff
+from .handshake import ClientHandshake
+from .retry import Verdict, backoff, classify_error
+from .session import ClientSession, Session, State
 
 __all__ = [
     "READ_SIZE",
     "STREAM_LIMIT",
-    "accept_handshake",
     "BatchSource",
     "ClientStats",
     "Connection",
+    "Ending",
     "ForwardClient",
+    "ForwardServer",
     "OutboundBatch",
-    "Peer",
+    "PeerAddress",
     "map_exceptions",
     "open_connection",
     "bound_port",
+    "ending_of",
     "first_error",
     "peer_of",
     "start_server",
@@ -171,7 +172,7 @@ def bound_port(server: asyncio.Server) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
+class PeerAddress:
     """Who is on the other end, as the kernel reports it.
 
     Attributes:
@@ -185,59 +186,69 @@ class Peer:
     address: str
 
 
-def peer_of(writer: asyncio.StreamWriter) -> Peer:
+def peer_of(writer: asyncio.StreamWriter) -> PeerAddress:
     """The peer of an accepted or connected stream."""
     sock = writer.get_extra_info("socket")
     name = writer.get_extra_info("peername")
     family = getattr(sock, "family", None)
     if family == socket.AF_VSOCK:
         cid, port = name
-        return Peer(Scheme.VSOCK, int(cid), f"vsock://{cid}:{port}")
+        return PeerAddress(Scheme.VSOCK, int(cid), f"vsock://{cid}:{port}")
     if family == socket.AF_UNIX:
         try:
             pid, uid, _ = struct.unpack("3i", sock.getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-            return Peer(Scheme.UNIX, None, f"unix:pid={pid},uid={uid}")
+            return PeerAddress(Scheme.UNIX, None, f"unix:pid={pid},uid={uid}")
         except (OSError, AttributeError):
-            return Peer(Scheme.UNIX, None, f"unix:{name or 'peer'}")
+            return PeerAddress(Scheme.UNIX, None, f"unix:{name or 'peer'}")
     host, port = name[0], name[1]
-    return Peer(Scheme.TCP, None, f"tcp://{host}:{port}")
+    return PeerAddress(Scheme.TCP, None, f"tcp://{host}:{port}")
 
 
 class Connection:
-    """A Forward connection: one reader feeding one decoder, writes with drain.
+    """A Forward connection driven by a sans-I/O session; writes with drain.
 
-    The loop every user runs is ``frames = await conn.read_frames()`` -> handle ->
-    ``conn.write(...)`` -> ``await conn.drain()``; exactly one task reads.
+    The loop every user runs is ``await conn.receive(session)`` -> handle
+    ``session.events()`` -> ``conn.write(...)`` -> ``await conn.drain()``; exactly
+    one task reads.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 decoder: FrameDecoder, *, name: str = "") -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                 name: str = "") -> None:
         self.reader = reader
         self.writer = writer
-        self.decoder = decoder
         self.peer = peer_of(writer)
         self.name = name or self.peer.address
-        self.bytes_in = 0
 
-    async def read_frames(self, timeout: float | None = None) -> list[Frame]:
-        """Wait for bytes and return the frames they complete (maybe an empty list).
+    async def receive(self, session: Session) -> None:
+        """Wait for bytes, or the session's next deadline, and hand either over.
+
+        Whatever the session has to send then (a PONG, even a refusing one; a
+        keepalive) is written, also when it raises.
 
         Raises:
             ConnectionClosed: the peer closed (``partial`` counts bytes of a cut frame).
-            ProtocolError: the bytes are not valid Forward; close the connection.
-            TransportTimeout: nothing arrived within ``timeout``.
+            ProtocolError: the bytes broke the protocol; close the connection.
+            TransportTimeout: one of the session's deadlines passed.
         """
-        with map_exceptions(ReadError, f"read from {self.name}"):
-            async with asyncio.timeout(timeout):
-                data = await self.reader.read(READ_SIZE)
-        if not data:
-            partial = self.decoder.buffered
-            raise ConnectionClosed(f"{self.name} closed the connection"
-                                   + (f" {partial} bytes into a frame" if partial else ""),
-                                   partial)
-        self.bytes_in += len(data)
-        return self.decoder.feed(data)
+        loop = asyncio.get_running_loop()
+        self._flush(session)  # a HELO goes out before the first read
+        session.start_reading(loop.time())
+        try:
+            with map_exceptions(ReadError, f"read from {self.name}"):
+                async with asyncio.timeout(session.timeout(loop.time())):
+                    data = await self.reader.read(READ_SIZE)
+        except TransportTimeout:
+            session.on_timer(loop.time())
+        else:
+            session.receive_data(data, loop.time())
+        finally:
+            self._flush(session)
+
+    def _flush(self, session: Session) -> None:
+        out = session.data_to_send()
+        if out and not self.writer.is_closing():
+            self.writer.write(out)
 
     def write(self, data: bytes) -> None:
         """Queue bytes; follow with ``drain()``."""
@@ -265,6 +276,77 @@ class Connection:
             pass
         except OSError as exc:  # the transport's own error again: see map_exceptions
             exc.__traceback__ = None
+
+
+class Ending(StrEnum):
+    """How a connection ended, for the counters and the log line each server keeps."""
+
+    CLOSED = "closed"  # the peer closed
+    AUTH = "auth"  # it failed the handshake
+    PROTOCOL = "protocol"  # it broke the protocol
+    TIMEOUT = "timeout"  # one of the session's deadlines passed
+    TRANSPORT = "transport"  # the network failed under us
+
+
+def ending_of(exc: TransportError | ProtocolError) -> Ending:
+    """The ladder every server applies, most specific first."""
+    if isinstance(exc, ConnectionClosed):
+        return Ending.CLOSED
+    if isinstance(exc, AuthenticationError):
+        return Ending.AUTH
+    if isinstance(exc, ProtocolError):
+        return Ending.PROTOCOL
+    if isinstance(exc, TransportTimeout):
+        return Ending.TIMEOUT
+    return Ending.TRANSPORT
+
+
+class ForwardServer:
+    """A listening endpoint, one task per connection, and a graceful close.
+
+    Subclasses implement ``connection(reader, writer)``. ``close()`` stops accepting
+    and cancels every connection; a connection cancelled by it ends quietly
+    (asyncio's stream server would log a cancelled handler as an error).
+    """
+
+    def __init__(self, endpoint: Endpoint, *, unix_mode: int | None = 0o660) -> None:
+        self.endpoint = endpoint
+        self.unix_mode = unix_mode
+        self.server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        """Listen; raise ``ConnectError`` if that is not possible."""
+        self.server = await start_server(self._handle, self.endpoint, unix_mode=self.unix_mode)
+
+    async def close(self) -> None:
+        """Stop accepting and close every connection (what was not acked is resent)."""
+        self._closing = True
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self.connection(reader, writer)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            self._conns.discard(task)
+
+    async def connection(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        """Serve one accepted connection until it ends; close it."""
+        raise NotImplementedError
 
 
 async def first_error(*coros: Coroutine[Any, Any, Any]) -> None:
@@ -333,32 +415,24 @@ class ClientStats:
     batches_sent: int = 0
     batches_acked: int = 0
     batches_resent: int = 0
-    bogus_acks: int = 0
-    ack_timeouts: int = 0
-    handshakes: int = 0
     last_error: str = ""
 
 
 class ForwardClient:
     """Keep one Forward connection and move a source's batches over it, with acks.
 
-    Connect (with capped, jittered backoff between attempts, forever), do the
-    handshake if the server sends HELO, then send batches while fewer than
-    ``window`` are unacked and read acks. When the connection is lost, every unacked
-    batch goes back to the source to be resent first on the next connection.
+    Connect (with capped, jittered backoff between attempts, forever), run a
+    ``ClientSession`` over the connection (its rules: the handshake, the window, the
+    acks, the timers), and when the connection is lost put every unacked batch back
+    in the source to be resent first on the next connection.
 
     Args:
         endpoint: the server.
         source: the batches.
         handshake: our side of the handshake.
-        handshake_wait: after connecting, wait this long for a HELO and go on without
-            a handshake if none comes (0: do not wait; a HELO arriving later is then
-            a protocol error naming the fix).
-        require_handshake: a HELO must come (we hold a shared key).
-        window: most batches sent and not acked.
-        ack_timeout: with batches unacked and nothing heard for this long, drop the
-            connection and resend (None: wait forever; slow acks are backpressure).
-        max_inbound_frame: largest frame accepted from the server (acks are tiny).
+        handshake_wait, require_handshake, window, ack_timeout, keepalive,
+            max_inbound_frame: each connection's ``ClientSession`` options;
+            ``connect_timeout`` is also its handshake timeout.
         name: used in log lines.
         on_connect, on_disconnect: called when a connection is up (after the
             handshake, before the first batch is taken) and when it is gone.
@@ -367,27 +441,26 @@ class ForwardClient:
     def __init__(self, endpoint: Endpoint, source: BatchSource, handshake: ClientHandshake, *,
                  handshake_wait: float = 0.5, require_handshake: bool = False,
                  window: int = 8, connect_timeout: float = 5.0, max_backoff: float = 5.0,
-                 ack_timeout: float | None = None, max_inbound_frame: int = 64 * 1024,
-                 name: str = "peer", logger: logging.Logger | None = None,
+                 ack_timeout: float | None = None, keepalive: float | None = None,
+                 max_inbound_frame: int = 64 * 1024, name: str = "peer",
+                 logger: logging.Logger | None = None,
                  on_connect: Callable[[], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.source = source
         self.handshake = handshake
-        self.handshake_wait = handshake_wait
-        self.require_handshake = require_handshake
-        self.window = window
+        self.session_options: dict[str, Any] = {
+            "handshake_wait": handshake_wait, "require_handshake": require_handshake,
+            "window": window, "ack_timeout": ack_timeout, "keepalive": keepalive,
+            "max_inbound_frame": max_inbound_frame}
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
-        self.ack_timeout = ack_timeout
-        self.max_inbound_frame = max_inbound_frame
         self.name = name
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.log = logger or logging.getLogger(__name__)
         self.stats = ClientStats()
         self.connected = asyncio.Event()
-        self._unacked = 0
 
     async def run(self) -> None:
         """Run until cancelled. Never raises: a bug here is logged and the loop restarts."""
@@ -403,8 +476,10 @@ class ForwardClient:
         delays = backoff(initial=0.05, maximum=self.max_backoff)
         while True:
             try:
-                conn = await self._connect()
-            except (TransportError, ProtocolError) as exc:
+                conn, session = await self._connect()
+            except Exception as exc:
+                if classify_error(exc) is Verdict.RAISE:
+                    raise
                 self.stats.connect_failures += 1
                 self._failed(exc, first=self.stats.connect_failures == 1)
                 await asyncio.sleep(next(delays))
@@ -413,21 +488,26 @@ class ForwardClient:
             try:
                 if self.on_connect is not None:
                     self.on_connect()
-                await first_error(self._send_loop(conn), self._ack_loop(conn))
-            except (TransportError, ProtocolError) as exc:
+                await first_error(self._send_loop(conn, session),
+                                  self._receive_loop(conn, session))
+            except Exception as exc:
+                if classify_error(exc) is Verdict.RAISE:
+                    raise
                 self._failed(exc, first=True)
             finally:
-                self.connected.clear()
-                if self.on_disconnect is not None:
-                    self.on_disconnect()
-                self.stats.disconnects += 1
-                await conn.close()
-                self._unacked = 0
-                requeued = self.source.requeue_unacked()
-                if requeued:
-                    self.stats.batches_resent += requeued
-                    self.log.info("%s: %d unacked batches will be resent", self.name, requeued)
+                await self._lost(conn)
             await asyncio.sleep(next(delays))
+
+    async def _lost(self, conn: Connection) -> None:
+        self.connected.clear()
+        if self.on_disconnect is not None:
+            self.on_disconnect()
+        self.stats.disconnects += 1
+        await conn.close()
+        requeued = self.source.requeue_unacked()
+        if requeued:
+            self.stats.batches_resent += requeued
+            self.log.info("%s: %d unacked batches will be resent", self.name, requeued)
 
     def _failed(self, exc: BaseException, *, first: bool) -> None:
         # The message, not the exception, goes to the log: a handler that keeps records
@@ -441,125 +521,36 @@ class ForwardClient:
         else:
             self.log.info("%s %s: %s; retrying", self.name, self.endpoint, error)
 
-    async def _connect(self) -> Connection:
+    async def _connect(self) -> tuple[Connection, ClientSession]:
         reader, writer = await open_connection(self.endpoint, timeout=self.connect_timeout)
-        decoder = FrameDecoder(Role.CLIENT, max_frame_bytes=self.max_inbound_frame, max_entries=1)
-        conn = Connection(reader, writer, decoder, name=self.name)
+        conn = Connection(reader, writer, name=self.name)
+        session = ClientSession(self.handshake, now=asyncio.get_running_loop().time(),
+                                handshake_timeout=self.connect_timeout, name=self.name,
+                                **self.session_options)
         try:
-            await self._handshake(conn)
+            while session.state is not State.OPEN:
+                await conn.receive(session)
+            await conn.drain()
         except BaseException:
             await conn.close()
             raise
         self.stats.connects += 1
         self.connected.set()
         self.log.info("connected to %s %s", self.name, self.endpoint)
-        return conn
+        return conn, session
 
-    async def _next_frame(self, conn: Connection, deadline: float) -> Frame:
+    async def _send_loop(self, conn: Connection, session: ClientSession) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            frames = await conn.read_frames(timeout=max(deadline - loop.time(), 0.0))
-            if frames:
-                if len(frames) > 1:
-                    raise HandshakeError("server sent more than one handshake message")
-                return frames[0]
-
-    async def _handshake(self, conn: Connection) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self.connect_timeout if self.require_handshake else self.handshake_wait
-        if wait <= 0:
-            return
-        try:
-            helo = await self._next_frame(conn, loop.time() + wait)
-        except TransportTimeout:
-            if self.require_handshake:
-                raise HandshakeError("no HELO from the server, but we hold a shared key: "
-                                     "is shared_key set on its side?") from None
-            return  # a plain Forward input: no handshake
-        if not isinstance(helo, Helo):
-            raise HandshakeError(f"expected HELO, got {type(helo).__name__}")
-        await conn.send(self.handshake.ping(helo))
-        try:
-            pong = await self._next_frame(conn, loop.time() + self.connect_timeout)
-        except ConnectionClosed:
-            # Fluent Bit closes without a PONG when the shared key does not match.
-            raise AuthenticationError("it closed the connection instead of answering our "
-                                      "PING: the shared keys probably differ") from None
-        if not isinstance(pong, Pong):
-            raise HandshakeError(f"expected PONG, got {type(pong).__name__}")
-        self.handshake.check(pong)
-        self.stats.handshakes += 1
-
-    async def _send_loop(self, conn: Connection) -> None:
-        while True:
-            batch = await self.source.next_batch(self.window)
-            conn.write(batch.frame)
-            self._unacked += 1
+            batch = await self.source.next_batch(session.window)
+            session.send_batch(batch.chunk, batch.frame, loop.time())
+            conn.write(session.data_to_send())
             self.stats.batches_sent += 1
             await conn.drain()
 
-    async def _ack_loop(self, conn: Connection) -> None:
+    async def _receive_loop(self, conn: Connection, session: ClientSession) -> None:
         while True:
-            try:
-                frames = await conn.read_frames(timeout=self.ack_timeout)
-            except TransportTimeout:
-                if self._unacked:
-                    self.stats.ack_timeouts += 1
-                    raise TransportTimeout(f"no ack from {self.name} in {self.ack_timeout}s "
-                                           f"with {self._unacked} batches waiting") from None
-                continue
-            for frame in frames:
-                if isinstance(frame, Helo):
-                    raise HandshakeError(f"{self.name} asks for a handshake (it has a shared "
-                                         "key); configure the same shared key here")
-                if not isinstance(frame, Ack):
-                    raise MalformedFrame(f"unexpected {type(frame).__name__} after handshake")
-                if self.source.ack(frame.chunk) is None:
-                    # A peer that acks what we never sent is broken or lying; one that
-                    # does so instead of acking what we did send would stall us forever.
-                    self.stats.bogus_acks += 1
-                    raise MalformedFrame(f"{self.name} acked a chunk we did not send on this "
-                                         "connection")
-                self._unacked = max(self._unacked - 1, 0)
+            await conn.receive(session)
+            for acked in session.events():
+                self.source.ack(acked.chunk)
                 self.stats.batches_acked += 1
-
-
-async def accept_handshake(conn: Connection, hs: ServerHandshake, *, timeout: float,
-                           required: bool) -> tuple[Ping | None, list[Frame]]:
-    """The server's side of the handshake on a fresh connection.
-
-    Sends HELO and waits (at most ``timeout``) for the client's first frames. A PING
-    is judged and answered with PONG. A client that goes on without one (a plain
-    Forward client such as fluent-logger) is let through unless ``required``.
-
-    Returns:
-        The PING (None if there was none) and the frames that came after it.
-
-    Raises:
-        HandshakeError: nothing came in time.
-        AuthenticationError: the PING failed, or was required and missing.
-    """
-    await conn.send(hs.helo())
-    frames: list[Frame] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not frames:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise HandshakeError(f"nothing received within {timeout}s of connecting")
-        try:
-            frames = await conn.read_frames(timeout=remaining)
-        except TransportTimeout:
-            raise HandshakeError(f"nothing received within {timeout}s of connecting") from None
-    if isinstance(frames[0], Ping):
-        ping = frames.pop(0)
-        assert isinstance(ping, Ping)
-        pong = hs.check(ping)
-        await conn.send(encode_pong(pong))
-        if not pong.auth_result:
-            raise AuthenticationError(pong.reason)
-        return ping, frames
-    if required:
-        raise AuthenticationError("the client skipped the handshake, but a shared key is "
-                                  "required")
-    return None, frames

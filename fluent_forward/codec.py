@@ -21,8 +21,6 @@ needed no change are the very bytes that arrived, so a relay forwards them untou
 
 from __future__ import annotations
 
-import base64
-import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from .errors import (
 )
 from .fastpath import BILLION, NANOS, shape_ok, validate_fast
 from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
+from .wire import EVENT_TIME, bin_header
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
@@ -57,8 +56,6 @@ __all__ = [
     "FrameKind",
     "Heartbeat",
     "Role",
-    "bin_header",
-    "chunk_id",
     "encode_ack",
     "encode_compressed_packed_forward",
     "encode_forward",
@@ -69,7 +66,6 @@ __all__ = [
     "iter_entries",
     "make_options",
     "pack_entry",
-    "parse_chunk_id",
     "parse_event",
     "split_entries",
     "time_to_ns",
@@ -95,7 +91,6 @@ DEFAULT_MAX_OBJECT_FRAME_BYTES = 1024 * 1024
 MAX_CHUNK_ID_BYTES = 64
 
 _U32 = 0xFFFFFFFF
-_EVENT_TIME = struct.Struct(">II")
 
 
 class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack has no type hints
@@ -107,7 +102,7 @@ class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack has no type h
     def __new__(cls, seconds: int, nanoseconds: int = 0) -> EventTime:
         if not (0 <= seconds <= _U32 and 0 <= nanoseconds < 1_000_000_000):
             raise UsageError(f"EventTime out of range: {seconds}s {nanoseconds}ns")
-        return super().__new__(cls, 0, _EVENT_TIME.pack(seconds, nanoseconds))  # type: ignore[no-any-return]
+        return super().__new__(cls, 0, EVENT_TIME.pack(seconds, nanoseconds))  # type: ignore[no-any-return]
 
     @classmethod
     def from_ns(cls, ns: int) -> EventTime:
@@ -117,7 +112,7 @@ class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack has no type h
     @property
     def ns(self) -> int:
         """This time as Unix nanoseconds."""
-        seconds, nanos = _EVENT_TIME.unpack(self.data)
+        seconds, nanos = EVENT_TIME.unpack(self.data)
         return int(seconds * 1_000_000_000 + nanos)
 
 
@@ -127,33 +122,15 @@ Time: TypeAlias = "int | EventTime | msgpack.ExtType"
 def event_time_bytes(ns: int) -> bytes:
     """The 10 packed bytes of an EventTime (fixext8), for building entries by hand."""
     seconds, nanos = divmod(ns, 1_000_000_000)
-    return b"\xd7\x00" + _EVENT_TIME.pack(seconds, nanos)
+    return b"\xd7\x00" + EVENT_TIME.pack(seconds, nanos)
 
 
 def time_to_ns(t: Any) -> int:
     """Unix nanoseconds of an integer time or an ext-0 EventTime."""
     if isinstance(t, msgpack.ExtType):
-        seconds, nanos = _EVENT_TIME.unpack(t.data)
+        seconds, nanos = EVENT_TIME.unpack(t.data)
         return int(seconds * 1_000_000_000 + nanos)
     return int(t) * 1_000_000_000
-
-
-def chunk_id(boot_id: bytes, seq: int) -> str:
-    """A 128-bit chunk id: 8-byte boot id + 8-byte sequence number, Base64 (24 chars)."""
-    if len(boot_id) != 8:
-        raise UsageError("boot_id must be 8 bytes")
-    return base64.b64encode(boot_id + seq.to_bytes(8, "big")).decode("ascii")
-
-
-def parse_chunk_id(chunk: Any) -> tuple[bytes, int] | None:
-    """``(boot_id, seq)`` of a chunk id made by ``chunk_id``, or None for foreign ids."""
-    if not isinstance(chunk, str) or len(chunk) != 24:
-        return None
-    try:
-        raw = base64.b64decode(chunk, validate=True)
-    except ValueError:
-        return None
-    return (raw[:8], int.from_bytes(raw[8:], "big")) if len(raw) == 16 else None
 
 
 # -- encoders ------------------------------------------------------------------------
@@ -193,15 +170,6 @@ def encode_forward(tag: str, entries: Iterable[tuple[Time, Mapping[str, Any]]],
     """Forward mode: ``[tag, [[time, record], ...], options?]``."""
     frame: tuple[Any, ...] = (tag, list(entries))
     return _packb(frame if options is None else (*frame, options))
-
-
-def bin_header(n: int) -> bytes:
-    """The msgpack header of a bin of ``n`` bytes (the shortest form)."""
-    if n < 0x100:
-        return bytes((0xC4, n))
-    if n < 0x10000:
-        return b"\xc5" + n.to_bytes(2, "big")
-    return b"\xc6" + n.to_bytes(4, "big")
 
 
 def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
@@ -682,7 +650,7 @@ def _normal_time(t: Any) -> int | msgpack.ExtType:
             return EventTime(seconds, min(int(round((t - seconds) * 1e9)), 999_999_999))
     elif kind is msgpack.ExtType:
         if t.code == 0 and len(t.data) == 8:
-            seconds, nanos = _EVENT_TIME.unpack(t.data)
+            seconds, nanos = EVENT_TIME.unpack(t.data)
             if nanos < 1_000_000_000:
                 return t
     elif kind is msgpack.Timestamp:  # ext -1: a different layout, the same meaning
@@ -699,7 +667,7 @@ def first_event_time(entries: bytes) -> int | None:
     """
     if entries[:3] != b"\x92\xd7\x00" or len(entries) < 11:
         return None
-    seconds, nanos = _EVENT_TIME.unpack_from(entries, 3)
+    seconds, nanos = EVENT_TIME.unpack_from(entries, 3)
     return int(seconds * 1_000_000_000 + nanos)
 
 

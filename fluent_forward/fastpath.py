@@ -27,6 +27,8 @@ from typing import Any
 
 import msgpack
 
+from .wire import array_header, str_header
+
 __all__ = [
     "BILLION",
     "NANOS",
@@ -61,19 +63,11 @@ _LOG_KEY = b"\xa3log"
 _MAP_AT, _STR_AT = 8, 13
 
 
-def _str_header(n: int) -> bytes:
-    if n < 32:
-        return bytes((0xA0 | n,))
-    if n < 0x100:
-        return bytes((0xD9, n))
-    return b"\xda" + n.to_bytes(2, "big")
-
-
 #: _BY_SIZE[c]: the header of the str whose header and body take ``c`` bytes together,
 #: as msgpack writes it (the shortest form); None where no such str exists.
 _BY_SIZE: list[bytes | None] = [None] * (4096 + 3)
 for _n in range(4096):
-    _h = _str_header(_n)
+    _h = str_header(_n)
     _BY_SIZE[len(_h) + _n] = _h
 del _n, _h
 
@@ -226,8 +220,7 @@ def _count_objects(data: bytes, max_entries: int) -> int | None:
 
 def _decode_exactly(data: bytes, n: int) -> tuple[Any, ...] | None:
     """``data`` decoded as exactly ``n`` objects, or None."""
-    head = bytes((0x90 | n,)) if n < 16 else (
-        b"\xdc" + n.to_bytes(2, "big") if n < 0x10000 else b"\xdd" + n.to_bytes(4, "big"))
+    head = array_header(n)
     try:
         items: tuple[Any, ...] = msgpack.unpackb(head + data, raw=True, use_list=False,
                                                  strict_map_key=True, ext_hook=_ext)

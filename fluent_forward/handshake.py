@@ -23,7 +23,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .conventions import VERSION_KEY
 from .errors import AuthenticationError, HandshakeError, UsageError
+from .wire import array_header, str_header
 
 __all__ = [
     "ClientHandshake",
@@ -111,16 +113,7 @@ def password_digest(auth_salt: bytes, username: str, password: str) -> str:
 
 def _str(data: bytes) -> bytes:
     """A msgpack str header and its bytes, whatever the bytes are."""
-    n = len(data)
-    if n < 32:
-        head = bytes((0xA0 | n,))
-    elif n < 0x100:
-        head = bytes((0xD9, n))
-    elif n < 0x10000:
-        head = b"\xda" + n.to_bytes(2, "big")
-    else:
-        head = b"\xdb" + n.to_bytes(4, "big")
-    return head + data
+    return str_header(len(data)) + data
 
 
 def encode_helo(helo: Helo) -> bytes:
@@ -129,7 +122,7 @@ def encode_helo(helo: Helo) -> bytes:
             _str(b"nonce"), _str(helo.nonce), _str(b"auth"), _str(helo.auth),
             _str(b"keepalive"), b"\xc3" if helo.keepalive else b"\xc2"]
     if helo.version:
-        body += [_str(b"relay_version"), _str(_b(helo.version))]
+        body += [_str(VERSION_KEY.encode()), _str(_b(helo.version))]
     return b"".join(body)
 
 
@@ -139,7 +132,7 @@ def encode_ping(ping: Ping) -> bytes:
               _b(ping.username), _b(ping.password_digest)]
     if ping.version:
         fields.append(_b(ping.version))
-    return bytes((0x90 | len(fields),)) + b"".join(_str(f) for f in fields)
+    return array_header(len(fields)) + b"".join(_str(f) for f in fields)
 
 
 def encode_pong(pong: Pong) -> bytes:
@@ -164,7 +157,7 @@ def parse_helo(obj: Any) -> Helo:
     opts = obj[1]
     nonce, auth = opts.get("nonce", b""), opts.get("auth", b"")
     keepalive = opts.get("keepalive", True)
-    version = opts.get("relay_version", "")
+    version = opts.get(VERSION_KEY, "")
     if not (_is_text(nonce) and nonce and _is_text(auth) and isinstance(keepalive, bool)
             and _is_text(version)):
         raise HandshakeError("HELO needs a non-empty nonce (str or bin), an auth salt "

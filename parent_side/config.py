@@ -18,6 +18,7 @@ from fluent_forward.codec import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_FRAME_BYTES,
 )
+from fluent_forward.conventions import IDLE_TIMEOUT, Overflow
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 from nel_config.options import (
     BOOL,
@@ -38,7 +39,6 @@ from nel_config.options import (
 from .admission import DEFAULT_RESERVED_CONNECTIONS
 from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
-from .spool import Full
 
 __all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
            "SERVE_OPTIONS", "RelayConfig"]
@@ -121,8 +121,8 @@ class RelayConfig:
              "memory-only mode")
     spool_bytes: int = option(1 << 30, SIZE, "--spool-size", restart=True, minimum=1 << 20,
                               help="cap on the spool's size")
-    spool_full: Full = option(
-        Full.BLOCK, choice(of=Full), restart=True,
+    spool_full: Overflow = option(
+        Overflow.BLOCK, choice(of=Overflow), restart=True,
         help="when the spool is full: block (agents wait; nothing is lost) or drop_oldest "
              "(counted)")
     spool_segment_bytes: int = 32 << 20
@@ -159,7 +159,11 @@ class RelayConfig:
              "it never drops (0: no limit)")
     frame_timeout: float = option(
         30.0, DURATION,
-        help="close a connection that sends half a frame and then nothing for this long")
+        help="close a connection whose frame is not complete this long after its first byte")
+    idle_timeout: float = option(
+        IDLE_TIMEOUT, DURATION,
+        help="close a connection that sends nothing for this long; our agent sends a "
+             "heartbeat every minute when idle (0: never)")
     log_level: str = option("info", choice(*LOG_LEVELS), help="log level")
     admin_socket: str | None = option(
         DEFAULT_ADMIN_SOCKET, PATH_OR_NONE, restart=True,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluent_forward.aio import Peer
+from fluent_forward.aio import PeerAddress
 from fluent_forward.codec import EventTime, iter_entries, pack_entry, time_to_ns
 from fluent_forward.endpoints import Scheme
 
@@ -162,7 +162,7 @@ class Identity:
         return out
 
 
-def identity_of(peer: Peer, enclave: EnclaveInfo | None = None) -> Identity:
+def identity_of(peer: PeerAddress, enclave: EnclaveInfo | None = None) -> Identity:
     """``<EnclaveName>`` or ``cid-<N>`` for a vsock peer; ``local`` for TCP and Unix."""
     if peer.scheme is Scheme.VSOCK and peer.cid is not None:
         name = enclave.name if enclave is not None and enclave.name else f"cid-{peer.cid}"

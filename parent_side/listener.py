@@ -10,7 +10,6 @@ once, rate-limited per peer, and every other connection carries on.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -20,11 +19,12 @@ from typing import Any
 from fluent_forward import __version__
 from fluent_forward.aio import (
     Connection,
-    Peer,
-    accept_handshake,
+    Ending,
+    ForwardServer,
+    PeerAddress,
+    ending_of,
     first_error,
     peer_of,
-    start_server,
 )
 from fluent_forward.codec import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
@@ -32,37 +32,25 @@ from fluent_forward.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     EventFrame,
     FrameDecoder,
-    Heartbeat,
     Role,
     encode_ack,
-    first_event_time,
-    iter_entries,
-    parse_chunk_id,
-    split_entries,
 )
+from fluent_forward.conventions import IDLE_TIMEOUT
 from fluent_forward.endpoints import Endpoint
-from fluent_forward.errors import (
-    AuthenticationError,
-    ConnectionClosed,
-    HandshakeError,
-    ProtocolError,
-    TransportError,
-    TransportTimeout,
-)
+from fluent_forward.errors import ProtocolError, TransportError
 from fluent_forward.handshake import ServerHandshake
-from fluent_forward.tags import escape_tag, tag_problem
+from fluent_forward.session import Opened, ServerSession
+from fluent_forward.tags import tag_problem
 
 from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
 from .forwarder import Sink
-from .identity import CidSet, EnclaveRegistry, Identity, identity_of, stamp_entries
-from .outputs import RelayBatch
+from .identity import CidSet, EnclaveRegistry, Identity, identity_of
+from .intake import EnclaveStats, take_frame
 
-__all__ = ["Listener", "ListenerConfig", "PeerStats"]
+__all__ = ["Listener", "ListenerConfig"]
 
 log = logging.getLogger(__name__)
 
-#: Fluent Bit closes connections on frames over 6,144,000 bytes: split below that.
-UPSTREAM_SPLIT_BYTES = DEFAULT_MAX_FRAME_BYTES
 #: Chunks read but not yet acked, per connection, before the relay stops reading.
 MAX_PENDING_ACKS = 64
 
@@ -85,61 +73,10 @@ class ListenerConfig:
     max_connections_per_enclave: int = 8
     reserved_connections: int = DEFAULT_RESERVED_CONNECTIONS  # for enclaves with none open
     rate_limit: int = 0  # bytes per second per enclave; 0: none
-    frame_timeout: float = 30.0  # a frame begun must complete within this
+    frame_timeout: float = 30.0  # a frame must complete within this of its first byte
+    idle_timeout: float = IDLE_TIMEOUT  # close after this long without a byte; 0: never
     stamp_records: bool = False
     restamp_time: bool = False
-
-
-@dataclass(slots=True)
-class PeerStats:
-    """Counters for one enclave (one identity), across its connections."""
-
-    name: str
-    cid: int | None
-    connections: int = 0
-    open_connections: int = 0
-    frames: int = 0
-    records: int = 0
-    bytes_in: int = 0
-    acks: int = 0
-    protocol_errors: int = 0
-    tags_escaped: int = 0  # frames whose tag broke the tag rule
-    claimed_hostname: str = ""
-    agent_version: str = ""
-    connected_since: float = 0.0
-    last_seen: float = 0.0
-    last_error: str = ""
-    enclave_id: str = ""
-    debug: bool = False
-    records_out: int = 0  # delivered downstream (acked by the output)
-    drops: int = 0  # records the agent reported dropping (overflow drop_oldest)
-    gaps: int = 0  # batches missing from an agent run's sequence
-    boots: dict[bytes, int] = field(default_factory=dict)  # agent run -> highest seq seen
-    skew: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=64))
-
-    @property
-    def clock_skew_ms(self) -> float | None:
-        """The enclave's clock minus ours, from recent batches' first entry times.
-
-        A batch's first line was read at most a flush interval before the batch left,
-        and delivery only adds delay, so the largest (enclave - relay) difference seen
-        recently is the closest to the true offset; resends after an outage only make
-        the difference more negative and do not disturb it.
-        """
-        return max(self.skew) / 1e6 if self.skew else None
-
-    def snapshot(self) -> dict[str, Any]:
-        skew = self.clock_skew_ms
-        return {"name": self.name, "cid": self.cid, "enclave_id": self.enclave_id,
-                "debug": self.debug, "connected": self.open_connections > 0,
-                "connections_open": self.open_connections, "connections": self.connections,
-                "agent_version": self.agent_version, "claimed_hostname": self.claimed_hostname,
-                "connected_since": self.connected_since, "last_seen": self.last_seen,
-                "records_in": self.records, "bytes_in": self.bytes_in,
-                "records_out": self.records_out, "drops": self.drops, "gaps": self.gaps,
-                "clock_skew_ms": round(skew, 1) if skew is not None else None,
-                "protocol_errors": self.protocol_errors, "tags_escaped": self.tags_escaped,
-                "last_error": self.last_error}
 
 
 @dataclass(slots=True)
@@ -152,7 +89,7 @@ class ListenerStats:
     refused_limit: int = 0
     timeouts: int = 0
     tags_escaped: int = 0
-    peers: dict[str, PeerStats] = field(default_factory=dict)
+    peers: dict[str, EnclaveStats] = field(default_factory=dict)
 
 
 class DeliveryFailed(Exception):
@@ -198,25 +135,27 @@ class _RateLimitedLog:
             log.debug(msg, *args)
 
 
-class Listener:
+class Listener(ForwardServer):
     """The relay's server side."""
 
     def __init__(self, config: ListenerConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None) -> None:
+                 registry: EnclaveRegistry | None = None, *, sink_warns_gaps: bool = False
+                 ) -> None:
+        super().__init__(config.endpoint, unix_mode=config.unix_mode)
         self.config = config
         self.sink = sink
         self.registry = registry
+        #: The spool warns of a gap in an agent run's sequence itself (it follows runs
+        #: across relay restarts); a gap is then only counted here, never warned twice.
+        self.sink_warns_gaps = sink_warns_gaps
         #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
-        self.on_lifecycle: Callable[[str, Identity, PeerStats], None] | None = None
+        self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] | None = None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
         #: Unix connections, since the test machines must not open AF_VSOCK sockets.
         self.peer_of = peer_of
         self.stats = ListenerStats()
         self._buckets: dict[str, TokenBucket] = {}
-        self.server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
         self._warn = _RateLimitedLog()
-        self._closing = False
 
     def reconfigure(self, config: ListenerConfig) -> None:
         """Take a reloaded configuration: connections read it at their next frame.
@@ -229,28 +168,13 @@ class Listener:
         """Name new vsock peers from ``registry`` (None: by CID) from now on."""
         self.registry = registry
 
-    async def start(self) -> None:
-        self.server = await start_server(self._handle, self.config.endpoint,
-                                         unix_mode=self.config.unix_mode)
-
-    async def close(self) -> None:
-        """Stop accepting and close every connection (agents keep what was not acked)."""
-        self._closing = True
-        if self.server is not None:
-            self.server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
-
-    def peer_stats(self, ident: Identity) -> PeerStats:
+    def peer_stats(self, ident: Identity) -> EnclaveStats:
         st = self.stats.peers.get(ident.name)
         if st is None:
-            st = self.stats.peers[ident.name] = PeerStats(ident.name, ident.cid)
+            st = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid)
         return st
 
-    async def _admit(self, writer: asyncio.StreamWriter) -> tuple[Identity, Peer] | None:
+    async def _admit(self, writer: asyncio.StreamWriter) -> tuple[Identity, PeerAddress] | None:
         """Decide, before reading a byte, whether this peer may talk to us, and who it is."""
         cfg = self.config
         peer = self.peer_of(writer)
@@ -286,30 +210,17 @@ class Listener:
             return None
         return ident, peer
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        try:
-            admitted = await self._admit(writer)
-            if admitted is None:
-                writer.close()  # before a single byte is read
-                return
-            await self._connection(reader, writer, *admitted)
-        except asyncio.CancelledError:
-            # Our own shutdown (close()) cancels handlers; asyncio's stream server
-            # logs a cancelled handler task as an error, so end quietly instead.
-            if not self._closing:
-                raise
-        finally:
-            self._conns.discard(task)
+    async def connection(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        admitted = await self._admit(writer)
+        if admitted is None:
+            writer.close()  # before a single byte is read
+            return
+        await self._connection(reader, writer, *admitted)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          ident: Identity, peer_address: Peer) -> None:
-        cfg = self.config
-        conn = Connection(reader, writer, FrameDecoder(
-            Role.SERVER, max_frame_bytes=cfg.max_frame_bytes,
-            max_decompressed_bytes=cfg.max_decompressed_bytes, max_entries=cfg.max_entries))
+                          ident: Identity, peer_address: PeerAddress) -> None:
+        conn = Connection(reader, writer)
         conn.peer = peer_address
         peer = self.peer_stats(ident)
         if ident.enclave is not None:
@@ -325,41 +236,10 @@ class Listener:
                                                         else "")
         log.info("%s connected (%s)", ident.name, where)
         greeted: list[bool] = []
-
-        def connected() -> None:
-            greeted.append(True)
-            self._lifecycle("connected", ident, peer)
-
         try:
-            await self._serve(conn, ident, peer, connected)
-        except ConnectionClosed as exc:
-            if exc.partial:
-                log.info("%s closed %d bytes into a frame (it will resend)", ident.name,
-                         exc.partial)
-        # Messages, not exception objects, go to the log: a handler that keeps records
-        # (pytest's capture, a MemoryHandler) would otherwise pin each exception's
-        # traceback, and with it this connection's frames and buffers.
-        except AuthenticationError as exc:
-            self.stats.auth_failures += 1
-            peer.last_error = str(exc)
-            self._warn.warning(f"auth:{ident.name}", "%s (%s) failed the handshake: %s",
-                               ident.name, conn.peer.address, peer.last_error)
-        except ProtocolError as exc:
-            self.stats.protocol_errors += 1
-            peer.protocol_errors += 1
-            peer.last_error = str(exc)
-            self._warn.warning(f"proto:{ident.name}", "closing connection from %s (%s): %s",
-                               ident.name, conn.peer.address, peer.last_error)
-        except TransportTimeout as exc:
-            self.stats.timeouts += 1
-            peer.last_error = str(exc)
-            self._warn.warning(f"timeout:{ident.name}", "closing connection from %s (%s): %s",
-                               ident.name, conn.peer.address, peer.last_error)
-        except DeliveryFailed as exc:
-            self._warn.warning(f"store:{ident.name}", "closing connection from %s: %s "
-                               "(it will resend)", ident.name, str(exc))
-        except TransportError as exc:
-            log.info("%s: %s", ident.name, str(exc))
+            await self._serve(conn, ident, peer, greeted)
+        except (TransportError, ProtocolError, DeliveryFailed) as exc:
+            self._ended(exc, ident, peer, conn.peer.address)
         finally:
             self.stats.open_connections -= 1
             peer.open_connections -= 1
@@ -368,57 +248,85 @@ class Listener:
             if greeted:  # every "connected" record gets its "disconnected"
                 self._lifecycle("disconnected", ident, peer)
 
-    def _lifecycle(self, event: str, ident: Identity, peer: PeerStats) -> None:
+    def _ended(self, exc: TransportError | ProtocolError | DeliveryFailed, ident: Identity,
+               peer: EnclaveStats, address: str) -> None:
+        # Messages, not exception objects, go to the log: a handler that keeps records
+        # (pytest's capture, a MemoryHandler) would otherwise pin each exception's
+        # traceback, and with it this connection's frames and buffers.
+        error = str(exc)
+        if isinstance(exc, DeliveryFailed):
+            self._warn.warning(f"store:{ident.name}", "closing connection from %s: %s "
+                               "(it will resend)", ident.name, error)
+            return
+        match ending_of(exc):
+            case Ending.CLOSED:
+                partial = getattr(exc, "partial", 0)
+                if partial:
+                    log.info("%s closed %d bytes into a frame (it will resend)", ident.name,
+                             partial)
+                return
+            case Ending.AUTH:
+                self.stats.auth_failures += 1
+                what = "%s (%s) failed the handshake: %s"
+            case Ending.PROTOCOL:
+                self.stats.protocol_errors += 1
+                peer.protocol_errors += 1
+                what = "closing connection from %s (%s): %s"
+            case Ending.TIMEOUT:
+                self.stats.timeouts += 1
+                what = "closing connection from %s (%s): %s"
+            case Ending.TRANSPORT:
+                log.info("%s: %s", ident.name, error)
+                return
+        peer.last_error = error
+        self._warn.warning(f"{ending_of(exc)}:{ident.name}", what, ident.name, address, error)
+
+    def _lifecycle(self, event: str, ident: Identity, peer: EnclaveStats) -> None:
         if self.on_lifecycle is not None:
             self.on_lifecycle(event, ident, peer)
 
-    async def _serve(self, conn: Connection, ident: Identity, peer: PeerStats,
-                     greeted: Callable[[], None]) -> None:
-        frames = await self._handshake(conn, peer)
-        greeted()
+    async def _serve(self, conn: Connection, ident: Identity, peer: EnclaveStats,
+                     greeted: list[bool]) -> None:
+        cfg = self.config
+        hs = ServerHandshake(hostname=cfg.hostname, shared_key=cfg.shared_key,
+                             version=__version__)
+        session = ServerSession(
+            FrameDecoder(Role.SERVER, max_frame_bytes=cfg.max_frame_bytes,
+                         max_decompressed_bytes=cfg.max_decompressed_bytes,
+                         max_entries=cfg.max_entries),
+            hs, required=cfg.shared_key is not None, handshake_timeout=cfg.handshake_timeout,
+            now=asyncio.get_running_loop().time(), name=ident.name)
         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]] = asyncio.Queue(
             MAX_PENDING_ACKS)
-        await first_error(self._read_loop(conn, ident, peer, frames, acks),
-                          self._ack_loop(conn, peer, acks))
+        await first_error(self._read_loop(conn, session, ident, peer, greeted, acks),
+                          self._ack_loop(conn, session, peer, acks))
 
-    async def _handshake(self, conn: Connection, peer: PeerStats) -> list[Any]:
-        """Send HELO, judge the PING; return the frames that came after it.
-
-        A client that skips the handshake (fluent-logger, a plain Forward client) is
-        accepted when no shared key is configured.
-        """
-        hs = ServerHandshake(hostname=self.config.hostname, shared_key=self.config.shared_key,
-                             version=__version__)
-        ping, frames = await accept_handshake(conn, hs, timeout=self.config.handshake_timeout,
-                                              required=self.config.shared_key is not None)
-        if ping is not None:
-            peer.claimed_hostname = ping.hostname
-            peer.agent_version = ping.version
-        return frames
-
-    async def _read_loop(self, conn: Connection, ident: Identity, peer: PeerStats,
-                         frames: list[Any],
+    async def _read_loop(self, conn: Connection, session: ServerSession, ident: Identity,
+                         peer: EnclaveStats, greeted: list[bool],
                          acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                          ) -> None:
         while True:
-            for frame in frames:
-                if isinstance(frame, EventFrame):
-                    await self._on_event(frame, ident, peer, acks)
-                elif not isinstance(frame, Heartbeat):
-                    raise HandshakeError(f"unexpected {type(frame).__name__} after the handshake")
-            before = conn.bytes_in
             cfg = self.config  # read again each time: a reload may have changed it
-            try:
-                # Between frames an agent may be quiet for hours; inside one, it may not.
-                frames = await conn.read_frames(
-                    timeout=cfg.frame_timeout if conn.decoder.buffered else None)
-            except TransportTimeout:
-                raise TransportTimeout(f"half a frame ({conn.decoder.buffered} bytes) and "
-                                       f"nothing more for {cfg.frame_timeout}s") from None
-            peer.last_seen = time.time()
-            bucket = self._bucket(ident.name)
-            if bucket is not None:
-                await bucket.take(conn.bytes_in - before)
+            session.frame_timeout = cfg.frame_timeout
+            session.idle_timeout = cfg.idle_timeout or None  # 0: never
+            before = session.bytes_in
+            await conn.receive(session)
+            if session.bytes_in != before:
+                peer.last_seen = time.time()
+                bucket = self._bucket(ident.name)
+                if bucket is not None:
+                    await bucket.take(session.bytes_in - before)
+            for event in session.events():
+                if isinstance(event, Opened):
+                    if event.ping is not None:
+                        peer.claimed_hostname = event.ping.hostname
+                        peer.agent_version = event.ping.version
+                    greeted.append(True)
+                    self._lifecycle("connected", ident, peer)
+                else:
+                    if event.chunk is not None:
+                        session.owed += 1  # until the ack loop writes its ack
+                    await self._on_event(event, ident, peer, acks)
 
     def _bucket(self, name: str) -> TokenBucket | None:
         """The enclave's rate bucket, following the configured rate (None: no limit)."""
@@ -432,69 +340,32 @@ class Listener:
             bucket.rate, bucket.burst = rate, max(rate, 1 << 20)
         return bucket
 
-    async def _on_event(self, frame: EventFrame, ident: Identity, peer: PeerStats,
+    async def _on_event(self, frame: EventFrame, ident: Identity, peer: EnclaveStats,
                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                         ) -> None:
-        peer.frames += 1
-        peer.records += frame.count
-        peer.bytes_in += len(frame.entries)
-        now = time.time_ns()
-        first = first_event_time(frame.entries)
-        if first is not None:
-            peer.skew.append(first - now)
-        tag = ident.tag_prefix + self._safe_tag(frame.tag, ident, peer)
-        entries = frame.entries
-        if frame.tag == "agent.log":  # rare and small: look for the agent's drop reports
-            peer.drops += sum(int(r.get("records", 0)) for _, r in iter_entries(entries)
-                              if isinstance(r, dict) and r.get("event") == "dropped")
         cfg = self.config
-        if cfg.stamp_records or cfg.restamp_time:
-            fields: dict[str, object] = {}
-            if cfg.stamp_records:
-                fields = ident.fields()
-                if peer.claimed_hostname:  # what the agent says of itself: a claim, apart
-                    fields["claimed_hostname"] = peer.claimed_hostname
-            entries = stamp_entries(entries, fields, restamp_ns=now if cfg.restamp_time else None)
-        # Our agents' chunk ids name their run and batch: the spool uses them to take
-        # a resent batch once, and a jump in the sequence is a gap (dropped batches).
-        # Other clients' ids mean nothing of the kind.
-        ids = parse_chunk_id(frame.chunk) if peer.agent_version else None
-        boot, seq = ids if ids is not None else (None, None)
-        if boot is not None and seq is not None:
-            self._track_sequence(peer, boot, seq)
-        if len(entries) <= UPSTREAM_SPLIT_BYTES:
-            futures = [await self.sink.submit(RelayBatch(tag, entries, frame.count), boot, seq)]
-        else:
-            futures = [await self.sink.submit(RelayBatch(tag, part, n), None, None)
-                       for part, n in split_entries(entries, UPSTREAM_SPLIT_BYTES)]
+        intake = take_frame(frame, ident, peer, now_ns=time.time_ns(),
+                            stamp_records=cfg.stamp_records, restamp_time=cfg.restamp_time)
+        if intake.gap is not None and not self.sink_warns_gaps:
+            gap = intake.gap
+            self._warn.warning(f"gap:{peer.name}", "%s: agent run %s skipped %d batch(es) "
+                               "(%d..%d): it dropped them", peer.name, gap.boot.hex(),
+                               gap.last - gap.first + 1, gap.first, gap.last)
+        if intake.escaped_tag is not None:
+            self._escaped(frame.tag, intake.escaped_tag, ident)
+        futures = [await self.sink.submit(sub.batch, sub.boot, sub.seq)
+                   for sub in intake.submissions]
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
 
-    def _safe_tag(self, tag: str, ident: Identity, peer: PeerStats) -> str:
-        """The peer's tag, escaped if it breaks the tag rule (``fluent_forward.tags``):
-        counted, and logged with the reason (at most once a minute per enclave)."""
-        safe = escape_tag(tag)
-        if safe != tag:
-            peer.tags_escaped += 1
-            self.stats.tags_escaped += 1
-            self._warn.warning(f"tag:{ident.name}", "%s sent the tag %s (%s): forwarded "
-                               "as %s", ident.name, ascii(tag[:64]) + ("..." if len(tag) > 64
-                                                                       else ""),
-                               tag_problem(tag), safe[:64])
-        return safe
+    def _escaped(self, tag: str, safe: str, ident: Identity) -> None:
+        """Log an escaped tag with the reason (at most once a minute per enclave)."""
+        self.stats.tags_escaped += 1
+        shown = ascii(tag[:64]) + ("..." if len(tag) > 64 else "")
+        self._warn.warning(f"tag:{ident.name}", "%s sent the tag %s (%s): forwarded as %s",
+                           ident.name, shown, tag_problem(tag), safe[:64])
 
-    def _track_sequence(self, peer: PeerStats, boot: bytes, seq: int) -> None:
-        last = peer.boots.pop(boot, None)
-        if last is not None and seq > last + 1:
-            peer.gaps += seq - last - 1
-            self._warn.warning(f"gap:{peer.name}", "%s: agent run %s skipped %d batch(es) "
-                               "(%d..%d): it dropped them", peer.name, boot.hex(),
-                               seq - last - 1, last + 1, seq - 1)
-        peer.boots[boot] = max(seq, last or 0)  # re-inserted: most recent last
-        while len(peer.boots) > 16:
-            del peer.boots[next(iter(peer.boots))]
-
-    async def _ack_loop(self, conn: Connection, peer: PeerStats,
+    async def _ack_loop(self, conn: Connection, session: ServerSession, peer: EnclaveStats,
                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                         ) -> None:
         while True:
@@ -508,6 +379,7 @@ class Listener:
                     # ack; closing makes the agent resend it.
                     raise DeliveryFailed(f"could not store a batch: {exc}") from exc
             conn.write(encode_ack(chunk))
+            session.owed -= 1
             peer.acks += 1
             # Wait while the peer is not reading its acks: what one connection has
             # queued to write stays under the transport's high-water mark, and once

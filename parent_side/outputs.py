@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import chunk_id, encode_packed_forward, iter_entries, time_to_ns
+from fluent_forward.codec import encode_packed_forward, iter_entries, time_to_ns
+from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.errors import EndpointError
 from fluent_forward.handshake import ClientHandshake
+from fluent_forward.window import InFlight
 
 __all__ = [
     "FileOutput",
@@ -308,7 +310,7 @@ class UpstreamQueue:
         self._up_since: float | None = None
         self.poisoned = 0
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._unacked: dict[str, _Pending] = {}
+        self._unacked: InFlight[_Pending] = InFlight()
         self._seq = 0
         self.used = 0
         self._changed = asyncio.Event()
@@ -346,17 +348,17 @@ class UpstreamQueue:
                         break
                     await asyncio.sleep(wait)
                     continue
-            elif head is not None and len(self._unacked) < window and not any(
-                    i.failures >= self.isolate_after for i in self._unacked.values()):
+            elif head is not None and self._unacked.has_room(window) and not any(
+                    i.failures >= self.isolate_after for i in self._unacked):
                 break
             self._changed.clear()
             await self._changed.wait()
         item = self._queue.popleft()
-        self._unacked[item.chunk] = item
+        self._unacked.add(item)
         return item
 
     def ack(self, chunk: str | bytes) -> _Pending | None:
-        item = self._unacked.pop(chunk, None) if isinstance(chunk, str) else None
+        item = self._unacked.ack(chunk)
         if item is None:
             return None
         self.used -= len(item.frame)
@@ -367,8 +369,7 @@ class UpstreamQueue:
         return item
 
     def requeue_unacked(self) -> int:
-        items = sorted(self._unacked.values(), key=lambda i: i.seq)
-        self._unacked.clear()
+        items = self._unacked.take_all()
         if items:
             # Fluent Bit takes a connection's frames in order and acks them in order:
             # only the oldest unacked one can have made it close. The others were sent
@@ -392,10 +393,9 @@ class UpstreamQueue:
 
     def cancel_all(self) -> None:
         """Give up every frame not acked: their futures are cancelled."""
-        for item in [*self._queue, *self._unacked.values()]:
+        for item in [*self._queue, *self._unacked.take_all()]:
             item.done.cancel()
         self._queue.clear()
-        self._unacked.clear()
         self.used = 0
         self._changed.set()
 

@@ -24,7 +24,8 @@ from fluent_forward.codec import EventTime, pack_entry
 from .config import SERVE_OPTIONS, RelayConfig
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
-from .listener import Listener, ListenerConfig, PeerStats
+from .intake import EnclaveStats
+from .listener import Listener, ListenerConfig
 from .outputs import Output, RelayBatch, make_output
 from .spool import Spool
 from .status import AdminServer
@@ -92,7 +93,8 @@ class Relay:
                                          interval=config.describe_interval,
                                          on_terminated=self._terminated)
                          if vsock and config.nitro_cli else None)
-        self.listener = Listener(_listener_config(config), self.sink, self.registry)
+        self.listener = Listener(_listener_config(config), self.sink, self.registry,
+                                 sink_warns_gaps=isinstance(self.sink, SpoolSink))
         self.listener.on_lifecycle = self._enclave_event
         self.admin = (AdminServer(config.admin_socket, self.snapshot, self.reload)
                       if config.admin_socket else None)
@@ -184,7 +186,7 @@ class Relay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _enclave_event(self, event: str, ident: Identity, peer: PeerStats) -> None:
+    def _enclave_event(self, event: str, ident: Identity, peer: EnclaveStats) -> None:
         record: dict[str, Any] = {"event": f"enclave_{event}", "enclave": ident.name,
                                   "cid": ident.cid, "agent_version": peer.agent_version,
                                   "claimed_hostname": peer.claimed_hostname}

@@ -43,18 +43,17 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import msgpack
 
-from fluent_forward.codec import bin_header
+from fluent_forward.conventions import Overflow
+from fluent_forward.wire import bin_header
 
 from .spool_recovery import Scan, compact, rewrite, scan_entries, set_aside
 
 __all__ = [
     "FORMAT_VERSION",
-    "Full",
     "Spool",
     "SpoolEntry",
     "SpoolError",
@@ -73,13 +72,6 @@ MAX_ENTRY = 64 * 1024 * 1024
 
 class SpoolError(Exception):
     """The spool cannot be used; the message names ``--spool`` and the fix."""
-
-
-class Full(StrEnum):
-    """What appending does when the spool is at its cap."""
-
-    BLOCK = "block"  # wait: agents are not acked, so they buffer and then wait
-    DROP_OLDEST = "drop_oldest"  # delete the oldest segment, counted
 
 
 @dataclass(slots=True, eq=False)
@@ -208,7 +200,7 @@ class Spool:
         fsync: the sync function (a test seam).
     """
 
-    def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Full = Full.BLOCK,
+    def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Overflow = Overflow.BLOCK,
                  segment_bytes: int = 32 << 20, commit_delay: float = 0.002,
                  commit_bytes: int = 256 << 10, cache_bytes: int = 16 << 20,
                  dedup_boots: int = 1024, dedup_window: int = 4096,
@@ -424,7 +416,7 @@ class Spool:
                      ) -> asyncio.Future[None]:
         """Spool a batch; the future resolves once it is durable.
 
-        Waits while the spool is full (``Full.BLOCK``). A batch an agent resent
+        Waits while the spool is full (``Overflow.BLOCK``). A batch an agent resent
         (same boot id and sequence number as one already spooled) is not stored
         again: the future of the first copy is returned.
         """
@@ -484,7 +476,7 @@ class Spool:
 
     async def _make_room(self, need: int) -> None:
         while self.size + need > self.max_bytes:
-            if self.full is Full.DROP_OLDEST and self._drop_oldest():
+            if self.full is Overflow.DROP_OLDEST and self._drop_oldest():
                 continue
             self._changed.clear()
             await self._changed.wait()

@@ -1,4 +1,4 @@
-"""Tests of the fake Fluent Bit forward input itself (tests/fakes/fluentbit.py).
+"""Tests of the fake Fluent Bit forward input itself (fakes/fluentbit.py).
 
 Each test names one Fluent Bit in_forward behaviour from
 /work/shared/reference/forward-protocol.md §2.1 and fails if the fake stops copying it.
@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tests.fakes.fluentbit import DEFAULT_BUFFER_MAX_SIZE, Batch, FakeFluentBit, Record
+from fakes.fluentbit import DEFAULT_BUFFER_MAX_SIZE, Batch, FakeFluentBit, Record
 
 ROOT = Path(__file__).resolve().parents[1]
 EOF = object()  # what Client.recv returns when the fake closed the connection
@@ -703,7 +703,7 @@ async def read_line(stream: asyncio.StreamReader | None, timeout: float = 20.0) 
 @contextlib.asynccontextmanager
 async def run_cli(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakes.fluentbit", *args, cwd=ROOT,
+        sys.executable, "-m", "fakes.fluentbit", *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

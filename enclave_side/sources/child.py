@@ -30,7 +30,9 @@ import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..buffer import Buffer, Policy
+from fluent_forward.conventions import Overflow
+
+from ..buffer import Buffer
 from ..processing import Pipeline
 from .stream import LineStream
 
@@ -179,13 +181,13 @@ def spawn(argv: Sequence[str], *, pty: bool = False
 class PipeSource(asyncio.Protocol):
     """One of the app's output streams: split into lines, pack, buffer.
 
-    With ``Policy.BLOCK`` it stops reading when the buffer is full, so the app blocks
-    on a full pipe and nothing is lost; with ``Policy.DROP_OLDEST`` it never stops.
+    With ``Overflow.BLOCK`` it stops reading when the buffer is full, so the app blocks
+    on a full pipe and nothing is lost; with ``Overflow.DROP_OLDEST`` it never stops.
     With ``nap`` (seconds), a short read is followed by that long without reading, so
     that the next read takes many of the app's writes at once (see ``READ_NAP``).
     """
 
-    def __init__(self, stream: str, tag: str, buffer: Buffer, *, policy: Policy,
+    def __init__(self, stream: str, tag: str, buffer: Buffer, *, policy: Overflow,
                  max_line_bytes: int, pipeline: Pipeline | None = None,
                  clock: Callable[[], float] = time.monotonic, tee: int | None = None,
                  nap: float = 0.0) -> None:
@@ -226,7 +228,7 @@ class PipeSource(asyncio.Protocol):
             for at in range(0, len(data), step):
                 self.stream.feed(data[at:at + step])
         assert self.transport is not None
-        if self.policy is Policy.BLOCK and not self.buffer.has_room() and not self.paused:
+        if self.policy is Overflow.BLOCK and not self.buffer.has_room() and not self.paused:
             self.paused = True
             self.transport.pause_reading()
             asyncio.get_running_loop().create_task(self._resume_when_room())
@@ -268,10 +270,6 @@ class PipeSource(asyncio.Protocol):
         may be waiting in the pipe, and the app is not quiet, the agent is not reading.
         """
         self.stream.tick(now, math.inf if self.paused else partial_flush)
-
-    def flush_partial(self, older_than: float) -> None:
-        """Send a line still waiting for its newline after ``older_than`` seconds."""
-        self.stream.tick(self._clock(), older_than)
 
     def eof_received(self) -> bool | None:
         self._finish()

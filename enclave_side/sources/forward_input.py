@@ -19,28 +19,20 @@ import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from fluent_forward.aio import Connection, accept_handshake, bound_port, start_server
+from fluent_forward.aio import Connection, Ending, ForwardServer, bound_port, ending_of
 from fluent_forward.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     EventFrame,
-    Frame,
     FrameDecoder,
-    Heartbeat,
     Role,
     encode_ack,
     split_entries,
 )
 from fluent_forward.endpoints import Endpoint, Scheme
-from fluent_forward.errors import (
-    AuthenticationError,
-    ConnectionClosed,
-    HandshakeError,
-    ProtocolError,
-    TransportError,
-)
+from fluent_forward.errors import ProtocolError, TransportError
 from fluent_forward.handshake import ServerHandshake
+from fluent_forward.session import ServerSession
 
 from ..buffer import Buffer
 from ..config import RESERVED_TAG_PREFIX
@@ -84,12 +76,12 @@ class ForwardInputStats:
     renamed_tags: int = 0
 
 
-class ForwardInputServer:
+class ForwardInputServer(ForwardServer):
     """One listening address.
 
     Args:
         endpoint: where to listen (checked by ``check_listen``).
-        buffer: where records go (``Policy.BLOCK``: clients wait, nothing is dropped).
+        buffer: where records go (``Overflow.BLOCK``: clients wait, nothing is dropped).
         pipeline: levels, filters and redaction, or None.
         shared_key: require the handshake with this key (None: no handshake).
         hostname: our name in PONG.
@@ -101,16 +93,13 @@ class ForwardInputServer:
         reason = check_listen(endpoint)
         if reason is not None:
             raise ValueError(reason)
-        self.endpoint = endpoint
+        super().__init__(endpoint, unix_mode=0o660)
         self.buffer = buffer
         self.pipeline = pipeline
         self.shared_key = shared_key
         self.hostname = hostname
         self.batch_bytes = batch_bytes
         self.stats = ForwardInputStats()
-        self.server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
-        self._closing = False
 
     @property
     def address(self) -> str:
@@ -120,63 +109,45 @@ class ForwardInputServer:
         return str(self.endpoint)
 
     async def start(self) -> None:
-        self.server = await start_server(self._handle, self.endpoint, unix_mode=0o660)
+        await super().start()
         log.info("Forward input listening on %s", self.address)
 
-    async def close(self) -> None:
-        """Stop accepting and close the connections (what they sent and got acked is kept)."""
-        self._closing = True
-        if self.server is not None:
-            self.server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        conn = Connection(reader, writer, FrameDecoder(
-            Role.SERVER, max_frame_bytes=MAX_FRAME_BYTES,
-            max_decompressed_bytes=MAX_DECOMPRESSED_BYTES))
+    async def connection(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer)
+        # No HELO without a key: fluent-logger and Fluent Bit without one expect none.
+        hs = (ServerHandshake(hostname=self.hostname, shared_key=self.shared_key)
+              if self.shared_key is not None else None)
+        session = ServerSession(FrameDecoder(Role.SERVER, max_frame_bytes=MAX_FRAME_BYTES,
+                                             max_decompressed_bytes=MAX_DECOMPRESSED_BYTES),
+                                hs, required=True, handshake_timeout=HANDSHAKE_TIMEOUT,
+                                now=asyncio.get_running_loop().time())
         self.stats.connections += 1
         try:
-            frames = await self._handshake(conn)
             while True:
-                for frame in frames:
-                    if isinstance(frame, EventFrame):
-                        await self._on_event(conn, frame)
-                    elif not isinstance(frame, Heartbeat):
-                        raise HandshakeError(f"unexpected {type(frame).__name__}")
+                await conn.receive(session)
+                for event in session.events():
+                    if isinstance(event, EventFrame):
+                        await self._on_event(conn, event)
                 await self.buffer.wait_for_room()  # full: read (and ack) nothing more
-                frames = await conn.read_frames()
-        except ConnectionClosed:
-            pass
-        except AuthenticationError as exc:
-            self.stats.auth_failures += 1
-            # str(exc): a kept log record must not pin the connection's frames
-            log.warning("Forward input %s: a client failed the handshake: %s", self.address,
-                        str(exc))
-        except ProtocolError as exc:
-            self.stats.protocol_errors += 1
-            log.warning("Forward input %s: closing a connection: %s", self.address, str(exc))
-        except TransportError as exc:
-            log.info("Forward input %s: %s", self.address, str(exc))
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
+        except (TransportError, ProtocolError) as exc:
+            self._ended(exc)
         finally:
             await conn.close()
-            self._conns.discard(task)
 
-    async def _handshake(self, conn: Connection) -> list[Frame]:
-        if self.shared_key is None:
-            return []  # no HELO: fluent-logger and Fluent Bit without a key expect none
-        hs = ServerHandshake(hostname=self.hostname, shared_key=self.shared_key)
-        _, frames = await accept_handshake(conn, hs, timeout=HANDSHAKE_TIMEOUT, required=True)
-        return frames
+    def _ended(self, exc: TransportError | ProtocolError) -> None:
+        # str(exc): a kept log record must not pin the connection's frames
+        match ending_of(exc):
+            case Ending.AUTH:
+                self.stats.auth_failures += 1
+                log.warning("Forward input %s: a client failed the handshake: %s",
+                            self.address, str(exc))
+            case Ending.PROTOCOL:
+                self.stats.protocol_errors += 1
+                log.warning("Forward input %s: closing a connection: %s", self.address,
+                            str(exc))
+            case Ending.TIMEOUT | Ending.TRANSPORT:
+                log.info("Forward input %s: %s", self.address, str(exc))
 
     async def _on_event(self, conn: Connection, frame: EventFrame) -> None:
         st = self.stats

@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..buffer import AckWatcher, Buffer, Policy
+from fluent_forward.conventions import Overflow
+
+from ..buffer import AckWatcher, Buffer
 from ..lines import EntryEncoder, Item, LineSplitter
 from ..processing import Pipeline
 
@@ -30,7 +32,7 @@ class LineStream:
         owner: told when batches holding these records are acked.
     """
 
-    def __init__(self, tag: str, fields: dict[str, str], buffer: Buffer, *, policy: Policy,
+    def __init__(self, tag: str, fields: dict[str, str], buffer: Buffer, *, policy: Overflow,
                  max_line_bytes: int, pipeline: Pipeline | None = None,
                  owner: AckWatcher | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -42,7 +42,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..buffer import Buffer, Policy
+from fluent_forward.conventions import Overflow
+
+from ..buffer import Buffer
 from ..config import FileSource
 from ..processing import Pipeline
 from .stream import LineStream
@@ -346,7 +348,7 @@ class TailSource:
         spec = self.specs[index]
         fields = {"file": origin}
         f = FollowedFile(fd, key, origin, index, None, offset, fp, now)  # type: ignore[arg-type]
-        f.stream = LineStream(self.tags[index], fields, self.buffer, policy=Policy.BLOCK,
+        f.stream = LineStream(self.tags[index], fields, self.buffer, policy=Overflow.BLOCK,
                               max_line_bytes=self.max_line_bytes,
                               pipeline=self.make_pipeline(index, fields),
                               owner=f if spec.delete_rotated else None, clock=self._clock)

@@ -24,7 +24,7 @@ from parent_side.cli import StatusOptions, parse_args
 from parent_side.config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, RelayConfig
 from parent_side.console import ConsoleOptions, _stdout_line
 from parent_side.identity import EnclaveInfo, Identity
-from parent_side.listener import PeerStats
+from parent_side.intake import EnclaveStats
 from parent_side.relay import LIFECYCLE_TAG, STATUS_TAG
 from parent_side.status import json_lines
 from tests.deploy.formats import (
@@ -362,7 +362,7 @@ def test_status_input_tag_is_under_relay_and_none_the_relay_uses() -> None:
 
 def test_status_input_reads_a_whole_status_line_as_one_record() -> None:
     """exec cuts lines at buf_size - 1 bytes; a cut line would not parse."""
-    peer = PeerStats(name="x" * 255, cid=2**32 - 1, claimed_hostname="h" * 255,
+    peer = EnclaveStats(name="x" * 255, cid=2**32 - 1, claimed_hostname="h" * 255,
                      agent_version="9" * 64, last_error="e" * 2048, enclave_id="i-" + "0" * 40)
     snap = {"relay": {"version": "9" * 64, "hostname": "h" * 255, "listen": "x" * 255,
                       "output": "x" * 255},

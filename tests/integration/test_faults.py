@@ -4,7 +4,7 @@ Real processes, real sockets, real files: the real agent (a subprocess) runs the
 oracle's writer (tests/oracle.py) as its app; the relay is a subprocess
 (``python -m parent_side serve --spool DIR``) wherever it is killed or its memory is
 measured, in-process where a test reads its counters; Fluent Bit is the fake
-(tests/fakes/fluentbit.py) in this process; faults between agent and relay go through
+(fakes/fluentbit.py) in this process; faults between agent and relay go through
 tests/fakes/proxy.py.
 
 Every test prints the oracle's figures (``pytest -s`` shows them) and asserts
@@ -35,21 +35,21 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from fakes.fluentbit import FakeFluentBit, Record
 from fluent_forward import __version__
 from fluent_forward.codec import (
     Ack,
     EventTime,
     FrameDecoder,
     Role,
-    chunk_id,
     encode_packed_forward,
     iter_entries,
     pack_entry,
 )
+from fluent_forward.conventions import chunk_id
 from fluent_forward.handshake import ClientHandshake, Helo, Pong
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, delivered
-from tests.fakes.fluentbit import FakeFluentBit, Record
 from tests.fakes.proxy import FaultProxy
 from tests.helpers import DEADLINE, MS, PYTHON, env_for_subprocess, wait_until
 from tests.integration.test_relay_bad_input import RawAgent

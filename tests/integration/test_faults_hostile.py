@@ -22,11 +22,12 @@ import msgpack
 import pytest
 import pytest_asyncio
 
-from fluent_forward.codec import EventTime, chunk_id, iter_entries, pack_entry
+from fakes.fluentbit import FakeFluentBit
+from fluent_forward.codec import EventTime, iter_entries, pack_entry
+from fluent_forward.conventions import chunk_id
 from fluent_forward.tags import escape_tag
 from parent_side.spool import FRAME, HEADER
 from tests.conftest import StartRelay, delivered
-from tests.fakes.fluentbit import FakeFluentBit
 from tests.fakes.nitro_cli import FakeNitroCli
 from tests.helpers import ROOT, read_json_lines, stop_process, wait_until
 from tests.integration.test_faults import Procs

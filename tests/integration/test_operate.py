@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
+from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
+from fluent_forward.conventions import chunk_id
 from fluent_forward.handshake import ClientHandshake
 from parent_side import cli as relay_cli
 from parent_side.status import format_table, json_lines, query
@@ -202,7 +203,7 @@ async def test_reload_narrows_the_allow_list_for_the_next_connection_only(
 @pytest.mark.asyncio
 async def test_reload_switches_outputs_without_losing_what_was_in_flight(
         start_relay: StartRelay, sockdir: Path) -> None:
-    from tests.fakes.fluentbit import FakeFluentBit
+    from fakes.fluentbit import FakeFluentBit
 
     sock, first = sockdir / "r.sock", sockdir / "first.jsonl"
     async with FakeFluentBit(f"unix://{sockdir}/fb.sock") as fb:
@@ -305,7 +306,7 @@ async def test_reload_changes_the_rate_limit_of_enclaves_already_seen(
 @pytest.mark.asyncio
 async def test_a_stopping_relay_delivers_its_spool_before_it_exits(
         start_relay: StartRelay, sockdir: Path) -> None:
-    from tests.fakes.fluentbit import FakeFluentBit
+    from fakes.fluentbit import FakeFluentBit
 
     async with FakeFluentBit(f"unix://{sockdir}/fb.sock", ack_delay=0.05) as fb:
         relay = await start_relay(f"unix://{sockdir}/r.sock", fb.url)

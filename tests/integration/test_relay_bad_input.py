@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from enclave_side.buffer import Buffer
+from fluent_forward.aio import ForwardClient
 from fluent_forward.codec import (
     Ack,
     EventTime,
     FrameDecoder,
     Helo,
     Role,
-    chunk_id,
     encode_packed_forward,
     pack_entry,
 )
+from fluent_forward.conventions import chunk_id
+from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.handshake import ClientHandshake, Pong
 from tests.conftest import StartRelay, delivered
-from tests.helpers import read_json_lines, wait_until, within
+from tests.helpers import MS, read_json_lines, wait_until, within
 
 pytestmark = pytest.mark.asyncio
 
@@ -174,6 +178,60 @@ async def test_a_silent_peer_is_timed_out_and_others_carry_on(
     await honest.close()
     await delivered(relay)
     assert [r["record"]["log"] for r in read_json_lines(out)] == ["meanwhile", "after"]  # type: ignore[index]
+
+
+async def test_a_drip_of_one_byte_per_read_does_not_outlive_the_frame_timeout(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}", frame_timeout=300 * MS)
+    dripper = await RawAgent.connect(sock)
+    frame = encode_packed_forward("app.stdout", pack_entry(EventTime(1_700_000_000, 0),
+                                                           {"log": "x" * 400}), {"chunk": "drip"})
+    closed = asyncio.ensure_future(closed_by_peer(dripper.reader))
+    sent = 0
+    # Each byte comes well within the frame timeout of the one before: a timeout that
+    # restarts on every read never fires, and the frame would take 10s to complete.
+    while sent < len(frame) and not closed.done():
+        dripper.writer.write(frame[sent:sent + 1])
+        sent += 1
+        await asyncio.wait([closed], timeout=25 * MS)  # the drip's pace
+    assert closed.done() and sent < len(frame), "the relay let the drip run to the end"
+    assert relay.listener.stats.timeouts == 1
+    dripper.writer.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}", idle_timeout=300 * MS)
+    idle = await RawAgent.connect(sock)
+    await idle.send_batch(["then nothing"])
+    assert await closed_by_peer(idle.reader)
+    assert relay.listener.stats.timeouts == 1
+    (peer,) = relay.listener.stats.peers.values()
+    assert "nothing received for 0.3s" in peer.last_error
+    idle.writer.close()
+
+
+async def test_an_idle_agent_is_kept_open_by_its_keepalives(
+        start_relay: StartRelay, sockdir: Path) -> None:
+    sock, out = sockdir / "r.sock", sockdir / "out.jsonl"
+    relay = await start_relay(f"unix://{sock}", f"file://{out}", idle_timeout=300 * MS)
+    buffer = Buffer(boot_id=b"idle-agt", max_bytes=1 << 20, batch_bytes=1 << 16,
+                    flush_interval=0.01)
+    client = ForwardClient(parse_endpoint(f"unix://{sock}"), buffer,
+                           ClientHandshake(hostname="idle"), keepalive=50 * MS)
+    task = asyncio.create_task(client.run())
+    try:
+        await wait_until(client.connected.is_set, "the agent to connect")
+        start = time.monotonic()
+        await wait_until(lambda: time.monotonic() > start + 1200 * MS,
+                         "four idle timeouts to pass")
+        assert relay.listener.stats.timeouts == 0
+        assert (client.stats.connects, client.stats.disconnects) == (1, 0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_invalid_utf8_in_a_record_is_content_not_an_attack(

@@ -1,4 +1,4 @@
-"""Agent -> relay -> Fluent Bit (the fake in tests/fakes, which copies in_forward's quirks).
+"""Agent -> relay -> Fluent Bit (the fake in fakes/fluentbit.py, which copies in_forward's quirks).
 
 The relay acks an agent's batch only once Fluent Bit acked it, resends what Fluent
 Bit did not ack after it closed the connection (as in_forward does when it pauses),
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from fakes.fluentbit import FakeFluentBit
 from tests.agentproc import cleanup, python_child, start_agent
 from tests.conftest import StartRelay, relay_url
-from tests.fakes.fluentbit import FakeFluentBit
 from tests.helpers import DEADLINE, MS, wait_until
 from tests.integration.test_relay_bad_input import RawAgent
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fluent_forward.aio import Peer
+from fluent_forward.aio import PeerAddress
 from fluent_forward.endpoints import Scheme
 from parent_side.identity import EnclaveRegistry, parse_cid_set
 from parent_side.relay import Relay
@@ -50,9 +50,9 @@ class AsCid:
         self.cids: list[int] = []
         relay.listener.peer_of = self.peer_of
 
-    def peer_of(self, writer: asyncio.StreamWriter) -> Peer:
+    def peer_of(self, writer: asyncio.StreamWriter) -> PeerAddress:
         cid = self.cids.pop(0)
-        return Peer(Scheme.VSOCK, cid, f"vsock://{cid}:{50000 + cid}")
+        return PeerAddress(Scheme.VSOCK, cid, f"vsock://{cid}:{50000 + cid}")
 
     async def connect(self, sock: Path, cid: int, *, handshake: bool = True) -> RawAgent:
         self.cids.append(cid)

@@ -35,11 +35,11 @@ from fluent_forward.codec import (
     EventTime,
     FrameDecoder,
     Role,
-    chunk_id,
     encode_packed_forward,
     iter_entries,
     pack_entry,
 )
+from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.errors import MalformedFrame
 from fluent_forward.tags import TAG_MAX_LENGTH, escape_tag, tag_problem

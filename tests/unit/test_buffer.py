@@ -7,9 +7,11 @@ import asyncio
 import msgpack
 import pytest
 
-from enclave_side.buffer import DIAG_TAG, Buffer, Policy
+from enclave_side.buffer import Buffer
 from enclave_side.lines import EntryEncoder
-from fluent_forward.codec import FrameDecoder, Role, parse_chunk_id
+from fluent_forward.codec import FrameDecoder, Role
+from fluent_forward.conventions import DIAG_TAG, parse_chunk_id
+from fluent_forward.conventions import Overflow as Policy
 from tests.helpers import MS, within
 
 BOOT = b"\x01" * 8

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from enclave_side.buffer import Buffer, Policy
+from enclave_side.buffer import Buffer
 from enclave_side.sources.child import PIPE_BYTES, PipeSource, spawn
 from fluent_forward.codec import FrameDecoder, Role, iter_entries
+from fluent_forward.conventions import Overflow as Policy
 from tests.helpers import MS
 
 pytestmark = pytest.mark.asyncio

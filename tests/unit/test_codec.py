@@ -28,7 +28,6 @@ from fluent_forward.codec import (
     FrameKind,
     Heartbeat,
     Role,
-    chunk_id,
     encode_ack,
     encode_compressed_packed_forward,
     encode_forward,
@@ -38,12 +37,12 @@ from fluent_forward.codec import (
     iter_entries,
     make_options,
     pack_entry,
-    parse_chunk_id,
     parse_event,
     split_entries,
     time_to_ns,
     validate_entries,
 )
+from fluent_forward.conventions import chunk_id, parse_chunk_id
 from fluent_forward.errors import (
     DecompressedTooLarge,
     FrameTooLarge,

@@ -14,10 +14,10 @@ from enclave_side.lines import (
     EntryEncoder,
     LineSplitter,
     escape_line,
-    str_header,
     unescape_line,
 )
 from fluent_forward.codec import EventTime
+from fluent_forward.wire import str_header
 
 NS = 1_764_189_435_123_456_789
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from fluent_forward.codec import EventTime, pack_entry
-from parent_side.spool import FORMAT_VERSION, HEADER, MAGIC, Full, Spool, SpoolError
+from fluent_forward.conventions import Overflow as Full
+from parent_side.spool import FORMAT_VERSION, HEADER, MAGIC, Spool, SpoolError
 from tests.helpers import MS, short_tmpdir, wait_until, within
 
 pytestmark = pytest.mark.asyncio

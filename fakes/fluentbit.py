@@ -63,7 +63,7 @@ traces (``fluent_signal`` 1 and 2 close the connection), output-side behaviour.
 
 Run as a subprocess::
 
-    python -m tests.fakes.fluentbit --listen unix:///tmp/x/fb.sock [--shared-key K]
+    python -m fakes.fluentbit --listen unix:///tmp/x/fb.sock [--shared-key K]
         [--ack-delay S] [--out FILE]
 
 prints ``listening URL`` once ready and appends each stored record as a JSON line
@@ -906,7 +906,7 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.fluentbit",
+        prog="python -m fakes.fluentbit",
         description="Fake Fluent Bit forward input (test peer).",
     )
     parser.add_argument("--listen", default="tcp://127.0.0.1:0", help="tcp://H:P or unix:///p")
