@@ -35,7 +35,7 @@ from typing import Protocol
 
 from fluent_forward.codec import EventTime, chunk_id, encode_packed_forward, pack_entry
 
-__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Policy"]
+__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Policy", "Sealer"]
 
 #: Tag of the agent's own diagnostics and drop reports.
 DIAG_TAG = "agent.log"
@@ -54,6 +54,20 @@ class _Kind(IntEnum):
     DROPPABLE = 0  # added under DROP_OLDEST
     KEPT = 1  # added under BLOCK: the source waits instead
     PROTECTED = 2  # lifecycle, drop reports: never dropped, never wait
+
+
+class Sealer(Protocol):
+    """Rewrites batches as they are sealed (``--sign`` numbers their records)."""
+
+    def number(self, tag: str, parts: list[bytes]
+               ) -> tuple[bytes, int, tuple[int, int, int]] | None:
+        """New entries, their count and what they are called; None to keep them."""
+
+    def after_seal(self) -> None:
+        """Called once the batch is queued."""
+
+    def dropped(self, signed: tuple[int, int, int]) -> None:
+        """A batch it numbered was dropped unsent (``DROP_OLDEST``)."""
 
 
 class AckWatcher(Protocol):
@@ -76,6 +90,7 @@ class Batch:
     sends: int = 0  # how many times it was written to a connection
     droppable: bool = False
     owners: dict[AckWatcher, int] | None = None
+    signed: tuple[int, int, int] | None = None  # what the Sealer numbered
 
     @property
     def size(self) -> int:
@@ -142,6 +157,8 @@ class Buffer:
         #: Called with the clock time a newly opened batch falls due (its first record
         #: plus ``flush_interval``), so that it can be sealed then, not at the next tick.
         self.on_open: Callable[[float], None] | None = None
+        #: With ``--sign``: numbers each batch's records as it is sealed.
+        self.sealer: Sealer | None = None
 
     # -- sources --------------------------------------------------------------------
 
@@ -226,6 +243,8 @@ class Buffer:
             self._queue.remove(batch)
             self._used -= batch.size
             self._count_drop(batch.count, batch.size)
+            if batch.signed is not None and self.sealer is not None:
+                self.sealer.dropped(batch.signed)
         for key, opened in sorted(self._open.items(), key=lambda kv: kv[1].since):
             if self._used + size <= self.max_bytes:
                 return
@@ -242,15 +261,22 @@ class Buffer:
         seq = self._next_seq
         self._next_seq += 1
         chunk = chunk_id(self.boot_id, seq)
+        parts: list[bytes] | bytes = opened.parts
+        count, signed = opened.count, None
+        numbered = self.sealer.number(key[0], opened.parts) if self.sealer else None
+        if numbered is not None:
+            parts, count, signed = numbered
         # The parts go into the frame as they are: one copy of the entries, not two.
-        frame = encode_packed_forward(key[0], opened.parts,
-                                      {"chunk": chunk, "size": opened.count})
-        batch = Batch(seq, key[0], chunk, frame, opened.count, key[1] is _Kind.PROTECTED,
-                      droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners)
+        frame = encode_packed_forward(key[0], parts, {"chunk": chunk, "size": count})
+        batch = Batch(seq, key[0], chunk, frame, count, key[1] is _Kind.PROTECTED,
+                      droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners,
+                      signed=signed)
         self._used += batch.size - opened.size - opened.reserved
         self._queue.append(batch)
         self._sealed += 1
         self._changed.set()
+        if self.sealer is not None:
+            self.sealer.after_seal()
 
     def seal_due(self) -> None:
         """Seal every batch whose oldest record has waited ``flush_interval``."""

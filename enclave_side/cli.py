@@ -38,6 +38,7 @@ from .configfile import (
     load_config_file,
     redact_names,
 )
+from .signing import SigningError, require_signing
 from .sources.forward_input import check_listen
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -129,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="DURATION",
                    help="seconds between records on agent.metrics; 0 for none "
                         "(default: 60s)")
+    p.add_argument("--sign", action="store_true", default=d.sign,
+                   help="prove the logs: number every record, sign checkpoints with a key "
+                        "the NSM attests (needs the [sign] extra; README: Logs you can prove)")
+    p.add_argument("--sign-records", type=int, default=d.sign_records, metavar="N",
+                   help="with --sign, a checkpoint every N records (default: %(default)s)")
+    p.add_argument("--sign-interval", type=duration_arg, default=d.sign_interval,
+                   metavar="DURATION",
+                   help="with --sign, a checkpoint at least this often, even when idle "
+                        "(default: 10s)")
+    p.add_argument("--nsm", default=d.nsm, metavar="PATH",
+                   help="the Nitro Security Module device (default: %(default)s); "
+                        "test-pki:DIR for tests")
     p.add_argument("--log-level", default=d.log_level,
                    choices=["debug", "info", "warning", "error"],
                    help="the agent's own log level (default: %(default)s)")
@@ -199,6 +212,15 @@ def _build(ns: argparse.Namespace, command: tuple[str, ...], settings: FileSetti
         raise ConfigError("--batch-size must stay under 4MiB (the relay's frame limit)")
     if ns.buffer_size < 2 * ns.batch_size:
         raise ConfigError("--buffer-size must be at least twice --batch-size")
+    if not 1 <= ns.sign_records <= 10000:  # a checkpoint's digests stay under 256 KiB
+        raise ConfigError("--sign-records must be between 1 and 10000")
+    if ns.sign_interval <= 0:
+        raise ConfigError("--sign-interval must be more than 0")
+    if ns.sign:
+        try:
+            require_signing()
+        except SigningError as exc:
+            raise ConfigError(str(exc)) from None
     files = list(settings.files)
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]
@@ -225,7 +247,8 @@ def _build(ns: argparse.Namespace, command: tuple[str, ...], settings: FileSetti
         stdout=settings.stdout, stderr=settings.stderr, files=tuple(files),
         forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction,
         poll_interval=ns.poll_interval, rotated_idle=ns.rotated_idle,
-        metrics_interval=ns.metrics_interval)
+        metrics_interval=ns.metrics_interval, sign=ns.sign, sign_records=ns.sign_records,
+        sign_interval=ns.sign_interval, nsm=ns.nsm)
 
 
 def effective(config: AgentConfig) -> dict[str, Any]:

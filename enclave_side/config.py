@@ -182,6 +182,10 @@ class AgentConfig:
             for this long (never while it grows).
         fingerprint_bytes: how many first bytes tell files apart (with dev and inode).
         metrics_interval: seconds between records on ``agent.metrics`` (0: none).
+        sign: number every record and send signed checkpoints (``signing``).
+        sign_records: a checkpoint once this many records were numbered since the last.
+        sign_interval: a checkpoint at least this often, in seconds.
+        nsm: the NSM device, or ``test-pki:DIR`` (tests).
     """
 
     relay: Endpoint = parse_endpoint(DEFAULT_RELAY)
@@ -214,3 +218,7 @@ class AgentConfig:
     rotated_idle: float = 2.0
     fingerprint_bytes: int = 256
     metrics_interval: float = 60.0
+    sign: bool = False
+    sign_records: int = 1000
+    sign_interval: float = 10.0
+    nsm: str = "/dev/nsm"
