@@ -24,8 +24,15 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from enclave_side import proof
 from logverify import cli
 from logverify.testpki import TestAttester, make_test_pki
-from tests.helpers import DEADLINE, PYTHON, ROOT, env_for_subprocess, short_tmpdir, \
-    stop_process, wait_until_sync
+from tests.helpers import (
+    DEADLINE,
+    PYTHON,
+    ROOT,
+    env_for_subprocess,
+    short_tmpdir,
+    stop_process,
+    wait_until_sync,
+)
 
 pytestmark = [pytest.mark.fluentbit, pytest.mark.slow]
 
@@ -47,7 +54,8 @@ FB_CONF = """\
 
 
 def fluent_bit() -> str:
-    path = os.environ.get("FLUENT_BIT", str(ROOT.parent / "shared/tools/fluent-bit-4.2.8/fluent-bit"))
+    default = ROOT.parent / "shared/tools/fluent-bit-4.2.8/fluent-bit"
+    path = os.environ.get("FLUENT_BIT", str(default))
     if not os.access(path, os.X_OK):
         if os.environ.get("CI") == "true":
             pytest.fail(f"no Fluent Bit at {path} (FLUENT_BIT)")
