@@ -59,7 +59,7 @@ class _Kind(IntEnum):
 class Sealer(Protocol):
     """Rewrites batches as they are sealed (``--sign`` numbers their records)."""
 
-    def number(self, tag: str, parts: list[bytes]
+    def number(self, tag: str, parts: list[bytes], counts: list[int]
                ) -> tuple[bytes, int, tuple[int, int, int]] | None:
         """New entries, their count and what they are called; None to keep them."""
 
@@ -105,6 +105,7 @@ def _overhead(tag: str) -> int:
 @dataclass(slots=True)
 class _Open:
     parts: list[bytes] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # entries in each part
     size: int = 0  # bytes of entries
     count: int = 0
     since: float = 0.0
@@ -210,6 +211,7 @@ class Buffer:
             if self.on_open is not None:
                 self.on_open(batch.since + self.flush_interval)
         batch.parts.append(entries)
+        batch.counts.append(count)
         batch.size += size
         batch.count += count
         self._used += size
@@ -263,7 +265,8 @@ class Buffer:
         chunk = chunk_id(self.boot_id, seq)
         parts: list[bytes] | bytes = opened.parts
         count, signed = opened.count, None
-        numbered = self.sealer.number(key[0], opened.parts) if self.sealer else None
+        numbered = (self.sealer.number(key[0], opened.parts, opened.counts)
+                    if self.sealer else None)
         if numbered is not None:
             parts, count, signed = numbered
         # The parts go into the frame as they are: one copy of the entries, not two.

@@ -43,8 +43,7 @@ from typing import Any
 
 import msgpack
 
-from fluent_forward.codec import DEFAULT_MAX_ENTRIES, EventTime, pack_entry
-from fluent_forward.fastpath import agent_shape_count
+from fluent_forward.codec import EventTime, pack_entry
 
 from .lines import str_header
 
@@ -132,47 +131,64 @@ def _ms(t: Any) -> int:
     raise FormatError(f"entry time of type {type(t).__name__}")
 
 
-def number_entries(entries: bytes, boot_hex: str, stream: int, first: int
-                   ) -> tuple[bytes, list[bytes], int]:
+def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream: int,
+                   first: int) -> tuple[bytes, list[bytes], int]:
     """Number a batch's entries ``first, first+1, ...``; times to whole milliseconds.
 
-    Returns the new entries, their digests and how many there are. Entries of the
-    agent's own shape (``fastpath.agent_shape_count``) are rewritten with C-level
-    passes over the batch; any others are unpacked and packed again, which also puts a
-    Forward client's msgpack in the one form the verifier rebuilds. Both give the same
-    bytes for the same records (the tests hold them to it).
+    ``parts`` are the batch's runs of entries as the sources added them, ``counts``
+    how many each holds. Returns the new entries, their digests and how many there are.
+    A run of the agent's line shape (one read: every entry starts with the same head)
+    is rewritten with C-level passes; anything else is unpacked and packed again,
+    which also puts a Forward client's msgpack in the one form the verifier rebuilds.
+    Both give the same bytes for the same records (the tests hold them to it).
     """
-    fast = _number_agent_shape(entries, f"{boot_hex}:{stream}:", first)
-    return fast if fast is not None else _number_any(entries, boot_hex, stream, first)
+    fast = _number_runs(parts, counts, f"{boot_hex}:{stream}:", first)
+    return fast if fast is not None else _number_any(b"".join(parts), boot_hex, stream, first)
 
 
 _ENTRY_HEAD = b"\x92\xd7\x00"  # fixarray 2, fixext 8 of type 0 (EventTime)
+_HEAD = 16  # that, 8 time bytes, a fixmap header, "log" as a fixstr
 _SEQ_FIELD = str_header(len(SEQ_KEY)) + SEQ_KEY.encode()
-_TIME_AND_MAP = itemgetter(slice(0, 9))  # of a piece: 8 EventTime bytes, the fixmap header
-_AFTER_MAP = itemgetter(slice(9, None))
 _DIGEST = itemgetter(slice(0, DIGEST_BYTES))
 _FINISH = methodcaller("digest")
 
 
-def _ms_head(head: bytes) -> bytes:
-    """EventTime bytes cut to whole milliseconds, and the fixmap header one larger."""
-    nanos = int.from_bytes(head[4:8], "big") // 1_000_000 * 1_000_000
-    return head[:4] + nanos.to_bytes(4, "big") + bytes((head[8] + 1,))
+def _split_run(part: bytes, count: int) -> tuple[bytes, list[bytes]] | None:
+    """The run's head with its time cut to milliseconds and its map one larger, and the
+    rest of each entry; None unless the run is ``count`` entries all with that head.
 
-
-def _number_agent_shape(entries: bytes, prefix: str, first: int
-                        ) -> tuple[bytes, list[bytes], int] | None:
-    n = agent_shape_count(entries, DEFAULT_MAX_ENTRIES)
-    if n is None or entries[11] >= 0x8F:  # not ours, or no room for one more field
+    The head holds the read's time to the nanosecond, so it occurs at the start of
+    every entry; an entry with another head (flags: a larger map) would be glued to
+    the one before it, and a line holding the head would be cut. Counting both the
+    pieces and the head's time prefix against ``count`` refuses either.
+    """
+    head = part[:_HEAD]
+    if (len(head) < _HEAD or not head.startswith(_ENTRY_HEAD) or head[12:] != b"\xa3log"
+            or not 0x80 <= head[11] < 0x8F):
         return None
-    pieces = entries.split(_ENTRY_HEAD)
+    pieces = part.split(head)
+    if pieces[0] or len(pieces) - 1 != count or part.count(head[:11]) != count:
+        return None
+    nanos = int.from_bytes(head[7:11], "big") // 1_000_000 * 1_000_000
+    new_head = head[:7] + nanos.to_bytes(4, "big") + bytes((head[11] + 1,)) + head[12:]
     del pieces[0]
-    heads = list(map(_TIME_AND_MAP, pieces))
-    new_heads = {h: _ENTRY_HEAD + _ms_head(h) for h in set(heads)}  # one per read
+    return new_head, pieces
+
+
+def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int
+                 ) -> tuple[bytes, list[bytes], int] | None:
+    heads: list[bytes] = []
+    bodies: list[bytes] = []
+    for part, count in zip(parts, counts, strict=True):
+        run = _split_run(part, count)
+        if run is None:
+            return None
+        heads += repeat(run[0], count)
+        bodies += run[1]
+    n = len(bodies)
     seqs = "\n".join(map((prefix + "%d").__mod__, range(first, first + n))
                      ).encode("ascii").split(b"\n")
-    out = list(map(b"".join, zip(map(new_heads.__getitem__, heads),
-                                 map(_AFTER_MAP, pieces), repeat(_SEQ_FIELD, n),
+    out = list(map(b"".join, zip(heads, bodies, repeat(_SEQ_FIELD, n),
                                  map(str_header, map(len, seqs)), seqs, strict=True)))
     digests = list(map(_DIGEST, map(_FINISH, map(hashlib.sha256, out))))
     return b"".join(out), digests, n

@@ -124,7 +124,7 @@ class Signer:
 
     # -- numbering (called by Buffer._seal) -------------------------------------------------
 
-    def number(self, tag: str, parts: list[bytes]
+    def number(self, tag: str, parts: list[bytes], counts: list[int]
                ) -> tuple[bytes, int, tuple[int, int, int]] | None:
         """Number a sealing batch's entries; None leaves it as it is (checkpoints)."""
         if tag == proof.SIGN_TAG:
@@ -133,7 +133,7 @@ class Signer:
         if stream is None:
             stream = self._streams[tag] = _Stream(len(self._streams) + 1)
         try:
-            entries, digests, count = proof.number_entries(b"".join(parts), self.boot,
+            entries, digests, count = proof.number_entries(parts, counts, self.boot,
                                                            stream.number, stream.next)
         except (ValueError, TypeError, proof.FormatError) as exc:
             # Never lose records over this: they go unsigned, and the verifier reports

@@ -49,7 +49,7 @@ def check(text: str, tmp_path: Path, name: str = "log") -> Any:
 
 def test_numbering_puts_the_field_last_and_cuts_time_to_milliseconds() -> None:
     entry = pack_entry(EventTime(1795726388, 123456789), {"sig_seq": "app's", "log": "x"})
-    out, digests, n = proof.number_entries(entry, BOOT, 2, 41)
+    out, digests, n = proof.number_entries([entry], [1], BOOT, 2, 41)
     ((t, rec),) = iter_entries(out)
     assert n == 1 and list(rec) == ["log", "sig_seq"] and rec["sig_seq"] == f"{BOOT}:2:41"
     assert EventTime(1795726388, 123000000) == t
@@ -58,26 +58,40 @@ def test_numbering_puts_the_field_last_and_cuts_time_to_milliseconds() -> None:
 
 def test_the_fast_path_gives_the_bytes_of_the_general_one() -> None:
     enc = EntryEncoder({"stream": "stdout"})
-    entries = enc.encode([b"a", b"b" * 40, "é".encode()], 1795726388_987654321) + enc.encode(
-        [b"c" * 300], 1795726389_000999999)
-    fast = proof._number_agent_shape(entries, f"{BOOT}:1:", 5)
+    parts = [enc.encode([b"a", b"b" * 40, "é".encode()], 1795726388_987654321),
+             enc.encode([b"c" * 300], 1795726389_000999999)]
+    fast = proof._number_runs(parts, [3, 1], f"{BOOT}:1:", 5)
     assert fast is not None
-    assert fast == proof._number_any(entries, BOOT, 1, 5)
+    assert fast == proof._number_any(b"".join(parts), BOOT, 1, 5)
 
 
-def test_a_line_that_looks_like_an_entry_head_takes_the_general_path() -> None:
-    enc = EntryEncoder({"stream": "stdout"})
-    # A str16 header 0xda 0x92 0xd7 and a line starting with NUL contain the entry head.
-    entries = enc.encode([b"\x00" + b"y" * (0x92D7 - 1)], time.time_ns())
-    assert proof._number_agent_shape(entries, f"{BOOT}:1:", 1) is None
-    out, _, n = proof.number_entries(entries, BOOT, 1, 1)
-    assert n == 1 and next(iter_entries(out))[1]["log"].startswith("\x00y")
+#: A read time whose EventTime bytes, then a fixmap header and "log", are valid UTF-8:
+#: "kkkk", three NULs, then U+10A3 (e1 82 a3) and "log".
+_CRAFTED_NS = 0x6B6B6B6B * 10**9 + 0xE1
+_CRAFTED_LINE = b"\x00kkkk\x00\x00\x00\xe1\x82\xa3log".ljust(0x92D7, b"y")
+
+
+@pytest.mark.parametrize("items", [
+    # Its str16 header (da 92 d7) and the line hold the read's whole entry head.
+    [_CRAFTED_LINE],
+    # A flagged line (a larger map) after a plain one of the same read.
+    [b"plain", (b"cut", 1)],
+])
+def test_runs_the_fast_path_cannot_cut_right_take_the_general_path(
+        items: list[bytes | tuple[bytes, int]]) -> None:
+    part = EntryEncoder({"stream": "stdout"}).encode(items, _CRAFTED_NS)
+    assert part.count(part[:16]) > 1 or len(items) > 1
+    assert proof._number_runs([part], [len(items)], f"{BOOT}:1:", 1) is None
+    out, _, n = proof.number_entries([part], [len(items)], BOOT, 1, 1)
+    assert n == len(items)
+    assert [r["sig_seq"] for _, r in iter_entries(out)] == [f"{BOOT}:1:{i + 1}"
+                                                             for i in range(n)]
 
 
 def test_a_record_verifies_after_a_json_round_trip() -> None:
-    out, digests, _ = proof.number_entries(
-        pack_entry(EventTime(1795726388, 5_000_000), {"log": "ü \"q\"", "n": 3, "ok": True,
-                                                       "nested": {"a": [1, None]}}), BOOT, 1, 1)
+    entry = pack_entry(EventTime(1795726388, 5_000_000),
+                       {"log": "ü \"q\"", "n": 3, "ok": True, "nested": {"a": [1, None]}})
+    out, digests, _ = proof.number_entries([entry], [1], BOOT, 1, 1)
     rec = json.loads(json.dumps(next(iter_entries(out))[1]))
     assert proof.record_digest(proof.canonical_entry(1795726388005, rec)) == digests[0]
 
