@@ -10,6 +10,9 @@ unchanged, and the tests hold them to that.
    bytes every such entry starts with, then ``map`` passes over the pieces check each
    one's time, key, str header against its length, and fixed fields: no msgpack
    object is built but those of the first entry. About five times cheaper than (2).
+   ``signed_shape_count``: the same with the field a signing agent adds last to every
+   record (``sig_seq``, a str that differs from record to record), cut off each piece
+   with one more ``map`` pass and checked for its header.
 2. ``decoded_count``: any entries. One ``unpackb`` decodes all of them as an array of
    exactly ``n`` (the frame's ``size`` option, or as many as ``skip()`` counts), with
    ext types as ``slice(code, data)`` instead of msgpack's ``ExtType`` (whose
@@ -22,7 +25,7 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable, Sequence
-from operator import attrgetter, itemgetter, sub
+from operator import attrgetter, itemgetter, methodcaller, sub
 from typing import Any
 
 import msgpack
@@ -33,6 +36,7 @@ __all__ = [
     "agent_shape_count",
     "decoded_count",
     "shape_ok",
+    "signed_shape_count",
     "validate_fast",
 ]
 
@@ -43,11 +47,14 @@ NANOS = itemgetter(slice(4, 8))
 BILLION = (1_000_000_000).to_bytes(4, "big")
 _first = itemgetter(0)
 _second = itemgetter(1)
+_third = itemgetter(2)
 
 
 def validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
     """The entry count if every entry is valid as it is; None: ask the slow path."""
     n = agent_shape_count(data, max_entries)
+    if n is None:
+        n = signed_shape_count(data, max_entries)
     return n if n is not None else decoded_count(data, max_entries, count_hint)
 
 
@@ -98,12 +105,17 @@ def agent_shape_count(data: bytes, max_entries: int) -> int | None:
     fixed = _first_entry_fields(pieces[0])
     if fixed is None:
         return None
-    prefix, tail = fixed
+    return len(pieces) if _pieces_ok(pieces, *fixed) else None
+
+
+def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes) -> bool:
+    """Is every piece 8 time bytes, ``prefix``, a line with its shortest str header, and
+    ``tail``?"""
     n = len(pieces)
     sizes = list(map(sub, map(len, pieces), itertools.repeat(_STR_AT + len(tail))))
     lo, hi = min(sizes), max(sizes)
     if lo < 1 or hi >= len(_BY_SIZE):
-        return None
+        return False
     headers = list(map(_BY_SIZE.__getitem__, sizes))
     # Lines all under 32 bytes, or all of 32-255: every header has the same width, and
     # the map header, key and str header of all pieces are compared in one go.
@@ -113,18 +125,53 @@ def agent_shape_count(data: bytes, max_entries: int) -> int | None:
         expected[1::2] = headers
         if (b"".join(map(itemgetter(slice(_MAP_AT, _STR_AT + width)), pieces))
                 != b"".join(expected)):  # type: ignore[arg-type]  # no None at these sizes
-            return None
+            return False
     elif None in headers or not (
             all(map(bytes.startswith, pieces, headers, itertools.repeat(_STR_AT)))  # type: ignore[arg-type]
             and all(map(bytes.startswith, pieces, itertools.repeat(prefix),
                         itertools.repeat(_MAP_AT)))):
-        return None
+        return False
     if tail and (b"".join(map(itemgetter(slice(-len(tail), None)), pieces))
                  != tail * n):
+        return False
+    return bool(max(map(NANOS, pieces)) < BILLION)
+
+
+#: The field a signing agent (``--sign``) adds last to every record; its value differs
+#: from record to record, so its entries are not of ``agent_shape_count``'s shape.
+_SIG_FIELD = b"\xa7sig_seq"
+_RPARTITION = methodcaller("rpartition", _SIG_FIELD)
+
+
+def signed_shape_count(data: bytes, max_entries: int) -> int | None:
+    """Entries of our agent's shape with ``sig_seq`` last: their count, or None.
+
+    Each piece is cut at its last ``sig_seq`` key: what follows must be one str (its
+    shortest header for its length), what precedes it the agent's shape with the first
+    entry's fields. A key inside a line cuts the piece where its str header disagrees.
+    """
+    if not data.startswith(_ENTRY_HEAD):
         return None
-    if max(map(NANOS, pieces)) >= BILLION:
+    pieces = data.split(_ENTRY_HEAD)
+    del pieces[0]
+    if len(pieces) > max_entries:
         return None
-    return len(pieces)
+    fixed = _first_entry_fields(pieces[0])
+    if fixed is None:
+        return None
+    prefix, tail = fixed
+    cut = list(map(_RPARTITION, pieces))
+    if not all(map(_second, cut)) or not tail.endswith(cut[0][2]):
+        return None
+    values = list(map(_third, cut))
+    sizes = list(map(len, values))
+    if max(sizes) >= len(_BY_SIZE):
+        return None
+    headers = list(map(_BY_SIZE.__getitem__, sizes))
+    if None in headers or not all(map(bytes.startswith, values, headers)):  # type: ignore[arg-type]
+        return None
+    fixed_tail = tail[:-len(_SIG_FIELD) - len(cut[0][2])]
+    return len(pieces) if _pieces_ok(list(map(_first, cut)), prefix, fixed_tail) else None
 
 
 def _first_entry_fields(piece: bytes) -> tuple[bytes, bytes] | None:
