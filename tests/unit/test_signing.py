@@ -51,7 +51,7 @@ def test_numbering_puts_the_field_last_and_cuts_time_to_milliseconds() -> None:
     entry = pack_entry(EventTime(1795726388, 123456789), {"sig_seq": "app's", "log": "x"})
     out, digests, n = proof.number_entries([entry], [1], BOOT, 2, 41)
     ((t, rec),) = iter_entries(out)
-    assert n == 1 and list(rec) == ["log", "sig_seq"] and rec["sig_seq"] == f"{BOOT}:2:41"
+    assert n == 1 and list(rec) == ["log", "sig_seq"] and rec["sig_seq"] == f"{BOOT}:2:000000000041"
     assert EventTime(1795726388, 123000000) == t
     assert digests == [hashlib.sha256(out).digest()[:16]]
 
@@ -84,7 +84,7 @@ def test_runs_the_fast_path_cannot_cut_right_take_the_general_path(
     assert proof._number_runs([part], [len(items)], f"{BOOT}:1:", 1) is None
     out, _, n = proof.number_entries([part], [len(items)], BOOT, 1, 1)
     assert n == len(items)
-    assert [r["sig_seq"] for _, r in iter_entries(out)] == [f"{BOOT}:1:{i + 1}"
+    assert [r["sig_seq"] for _, r in iter_entries(out)] == [f"{BOOT}:1:{i + 1:012d}"
                                                              for i in range(n)]
 
 
