@@ -189,10 +189,15 @@ def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int
         heads += repeat(run[0], count)
         bodies += run[1]
     n = len(bodies)
-    seqs = "\n".join(map((prefix + _SEQ_FORMAT).__mod__, range(first, first + n))
-                     ).encode("ascii").split(b"\n")
-    out = list(map(b"".join, zip(heads, bodies, repeat(_SEQ_FIELD, n),
-                                 map(str_header, map(len, seqs)), seqs, strict=True)))
+    # One format call for all the values (they are of one length while the numbers
+    # have at most 12 digits; the general path packs longer ones the same way).
+    values = ((prefix + _SEQ_FORMAT + "\n").encode("ascii") * n
+              % tuple(range(first, first + n))).split(b"\n")
+    del values[-1]
+    if len(values[0]) != len(values[-1]):
+        return None
+    field = _SEQ_FIELD + str_header(len(values[0]))
+    out = list(map(b"".join, zip(heads, bodies, repeat(field, n), values, strict=True)))
     digests = list(map(_DIGEST, map(_FINISH, map(hashlib.sha256, out))))
     return b"".join(out), digests, n
 
