@@ -289,3 +289,28 @@ def test_without_the_test_root_nothing_is_attested(log: list[str], tmp_path: Pat
     path = tmp_path / "out.txt"
     path.write_text("\n".join(log) + "\n")
     assert cli.main([str(path)]) == 1  # the pinned AWS root: the test chain is refused
+
+
+def test_sign_without_an_nsm_is_one_clear_error_and_the_app_does_not_start(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "app-ran"
+    proc = subprocess.run(
+        [PYTHON, "-m", "enclave_side", "--relay", f"unix://{tmp_path}/none.sock", "--sign",
+         "--nsm", str(tmp_path / "nsm"), "--", PYTHON, "-c", f"open({str(marker)!r}, 'w')"],
+        env=env_for_subprocess(), capture_output=True, timeout=DEADLINE)
+    assert proc.returncode == 78
+    assert b"cannot sign: cannot open" in proc.stderr and b"Nitro Enclave" in proc.stderr
+    assert b"Traceback" not in proc.stderr and not marker.exists()
+
+
+def test_sign_without_the_sign_extra_is_one_error_line(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['cryptography'] = None\n"  # as if not installed
+            "from enclave_side.cli import main\n"
+            "raise SystemExit(main(['--sign', '--', 'true']))")
+    proc = subprocess.run([PYTHON, "-c", code], env=env_for_subprocess(),
+                          capture_output=True, timeout=DEADLINE)
+    assert proc.returncode == 2
+    usage, line = proc.stderr.decode().strip().splitlines()  # as every option error
+    assert usage.startswith("usage: enclave-log-agent")
+    assert line == ("enclave-log-agent: error: --sign needs cryptography and cbor2: "
+                    "pip install 'nitro-enclave-logs[sign]'")
