@@ -148,7 +148,7 @@ class Signer:
         return entries, count, (stream.number, first, stream.next - 1)
 
     def after_seal(self) -> None:
-        if self._pending >= self.records:
+        while self._pending >= self.records:  # a batch may hold several checkpoints' worth
             self.checkpoint()
 
     def dropped(self, signed: tuple[int, int, int]) -> None:
@@ -162,19 +162,31 @@ class Signer:
     # -- checkpoints ----------------------------------------------------------------------
 
     def checkpoint(self, *, final: bool = False) -> None:
-        """Sign what was numbered since the last checkpoint (maybe nothing)."""
-        self._n += 1
-        cp = proof.Checkpoint(self.boot, self._n, self._prev, time.time_ns() // 1_000_000,
-                              drops=self._drops, final=final)
-        for tag, stream in self._streams.items():
-            if stream.digests:
-                # The tag in every checkpoint that covers the stream: each one stands alone.
-                cp.tags[stream.number] = tag
-                cp.streams.append(proof.StreamRange(stream.number, stream.first,
-                                                    stream.next - 1, b"".join(stream.digests)))
-                stream.first, stream.digests = stream.next, []
-        self._drops, self._pending = [], 0
-        note = self._emit(cp)
+        """Sign what was numbered since the last checkpoint (maybe nothing), in as many
+        checkpoints of at most ``records`` digests as it takes: one stays a log event
+        CloudWatch takes (256 KiB)."""
+        while True:
+            last = final and self._pending <= self.records
+            self._n += 1
+            cp = proof.Checkpoint(self.boot, self._n, self._prev,
+                                  time.time_ns() // 1_000_000, drops=self._drops, final=last)
+            self._drops = []
+            budget = self.records
+            for tag, stream in self._streams.items():
+                take = stream.digests[:budget]
+                if take:
+                    # The tag in every checkpoint that covers the stream: each stands alone.
+                    cp.tags[stream.number] = tag
+                    cp.streams.append(proof.StreamRange(stream.number, stream.first,
+                                                        stream.first + len(take) - 1,
+                                                        b"".join(take)))
+                    del stream.digests[:budget]
+                    stream.first += len(take)
+                    budget -= len(take)
+            self._pending -= self.records - budget
+            note = self._emit(cp)
+            if self._pending < self.records and (last or not final):
+                break
         if final or self._clock() - self._last_attest >= ATTEST_INTERVAL:
             try:
                 self._attest(self._n, note)

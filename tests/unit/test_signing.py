@@ -241,3 +241,13 @@ def test_signing_output_is_plain_msgpack_any_relay_reads() -> None:
     (tag, entries), *_ = [b for b in make_log([lines(3)]) if b[0].endswith("app.stdout")]
     for t, rec in msgpack.Unpacker(io.BytesIO(entries), raw=False):
         assert isinstance(t, msgpack.ExtType) and isinstance(rec["sig_seq"], str)
+
+
+def test_a_batch_larger_than_a_checkpoint_is_split_across_checkpoints(tmp_path: Path) -> None:
+    batches = make_log([lines(45), lines(45, 45)], records=20)  # batches of 45 records
+    notes = [proof.parse_note(rec["log"])[0] for tag, e in batches if tag.endswith("agent.sign")
+             for _, rec in iter_entries(e) if rec["event"] == "checkpoint"]
+    sizes = [sum(r.last - r.first + 1 for r in cp.streams) for cp in notes]
+    assert max(sizes) == 20 and sum(sizes) == 90 and [cp.final for cp in notes][-1]
+    assert [cp.n for cp in notes] == list(range(len(notes)))
+    assert check(render(batches, "fluentbit"), tmp_path).findings == []
