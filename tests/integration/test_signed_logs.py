@@ -50,6 +50,13 @@ FB_CONF = """\
     match     *
     path      {out}
     file      out.txt
+# The JSON lines Fluent Bit's S3 output writes come from the same formatter.
+[OUTPUT]
+    name             stdout
+    match            *
+    format           json_lines
+    json_date_key    date
+    json_date_format iso8601
 """
 
 
@@ -91,8 +98,9 @@ def pipeline() -> Iterator[tuple[Path, Path]]:
         pki = tmp / "pki"
         root = make_test_pki(pki, pcr0=PCR0)
         (tmp / "fb.conf").write_text(FB_CONF.format(sock=tmp / "fb.sock", out=tmp))
+        json_lines = (tmp / "json-lines.txt").open("wb")
         fb = subprocess.Popen([binary, "-c", str(tmp / "fb.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=json_lines, stderr=subprocess.DEVNULL)
         relay = None
         try:
             wait_until_sync(lambda: (tmp / "fb.sock").exists(), "Fluent Bit's socket")
@@ -103,15 +111,18 @@ def pipeline() -> Iterator[tuple[Path, Path]]:
             wait_until_sync(lambda: (tmp / "relay.sock").exists(), "the relay's socket")
             for _ in range(2):
                 _run_agent(tmp, pki)
-            wait_until_sync(lambda: _final_checkpoints(tmp / "out.txt") == 2,
-                            "both boots' final checkpoints in Fluent Bit's file")
+            for name in ("out.txt", "json-lines.txt"):
+                wait_until_sync(lambda n=name: _final_checkpoints(tmp / n) == 2,  # type: ignore[misc]
+                                f"both boots' final checkpoints in Fluent Bit's {name}")
         finally:
             if relay is not None:
                 stop_process(relay)
             stop_process(fb)
+            json_lines.close()
         saved = tmp / "saved"
         saved.mkdir()
-        (saved / "out.txt").write_bytes((tmp / "out.txt").read_bytes())
+        for name in ("out.txt", "json-lines.txt"):
+            (saved / name).write_bytes((tmp / name).read_bytes())
         (saved / "root.pem").write_bytes(root.read_bytes())
         (saved / "pki").mkdir()
         for f in pki.iterdir():
@@ -178,6 +189,16 @@ def test_clean_logs_verify_with_every_line_counted(log: list[str], root: Path,
         streams = {s["tag"]: s["verified"] for s in b["streams"].values()}
         assert streams["app.stdout"] == LINES and streams["app.stderr"] == 1
         assert b["aws_times"], "the final checkpoint has an attestation document"
+
+
+def test_fluent_bits_json_lines_as_s3_writes_them_verify(pipeline: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    lines = (pipeline[0].parent / "json-lines.txt").read_text().splitlines()
+    assert lines[0].startswith('{"date":"')
+    code, report = verify(tmp_path, lines, pipeline[1], "--pcr0", PCR0)
+    assert code == 0, report["findings"]
+    for b in report["boots"].values():
+        assert {s["tag"]: s["verified"] for s in b["streams"].values()}["app.stdout"] == LINES
 
 
 def test_one_byte_changed_is_altered(log: list[str], root: Path, tmp_path: Path) -> None:
