@@ -137,7 +137,11 @@ def _collect(items: Iterable[Item], report: Report) -> tuple[dict[str, _Boot], l
             report.add("inserted", None, None, f"{item.where}: malformed {proof.SEQ_KEY}")
             continue
         boot, stream, seq = parsed
-        digest = proof.record_digest(proof.canonical_entry(item.ms, _signed_part(rec)))
+        # The relay's --restamp-time moves the record's own time there: the digest says
+        # whether it is the time the enclave signed.
+        own = rec.get("enclave_time")
+        ms = own // 1_000_000 if type(own) is int else item.ms
+        digest = proof.record_digest(proof.canonical_entry(ms, _signed_part(rec)))
         boots[boot].records[stream].append(_Rec(seq, digest, item, index))
     return boots, unsigned
 

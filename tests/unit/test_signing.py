@@ -251,3 +251,13 @@ def test_a_batch_larger_than_a_checkpoint_is_split_across_checkpoints(tmp_path: 
     assert max(sizes) == 20 and sum(sizes) == 90 and [cp.final for cp in notes][-1]
     assert [cp.n for cp in notes] == list(range(len(notes)))
     assert check(render(batches, "fluentbit"), tmp_path).findings == []
+
+
+def test_the_relays_restamped_times_verify_by_the_enclaves_own(tmp_path: Path) -> None:
+    from parent_side.identity import stamp_entries
+    batches = [(tag, stamp_entries(e, {"enclave_name": "x"}, restamp_ns=time.time_ns()))
+               for tag, e in make_log([lines(10)])]
+    report = check(render(batches, "relay"), tmp_path)
+    assert report.findings == []
+    assert {s.tag: s.verified for b in report.boots.values()
+            for s in b.streams.values()}["app.stdout"] == 10
