@@ -152,6 +152,9 @@ def measure(case: Case, chunks: list[bytes], n: int) -> dict[str, float]:
     if case.sign is not None:
         buffer.records = _sealed_records(buffer)
     cpu = time.process_time() - start
+    if case.sign and buffer.sealer.checkpoints < n // 1000:
+        raise SystemExit(f"{case.name}: {buffer.sealer.checkpoints} checkpoints for {n} "
+                         "records; the benchmark is broken")
     # A configuration that silently did nothing would look fast: check it did its work.
     if buffer.records != case.records(n):
         raise SystemExit(f"{case.name}: {buffer.records} records out, expected "
