@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter, methodcaller
 from typing import Any
+from urllib.parse import quote, unquote
 
 import msgpack
 
@@ -264,7 +265,8 @@ class Checkpoint:
             lines.append(f"config {self.config}")
         if self.key is not None:
             lines.append(f"key {b64(self.key)}")
-        lines += [f"tag {s} {t}" for s, t in sorted(self.tags.items())]
+        # Quoted: a Forward client's tag may hold spaces or newlines; ours read as they are.
+        lines += [f"tag {s} {quote(t, safe='')}" for s, t in sorted(self.tags.items())]
         lines += [f"stream {r.stream} {r.first} {r.last} {b64(r.digests)}"
                   for r in self.streams]
         lines += [f"drop {s} {a} {b}" for s, a, b in self.drops]
@@ -336,7 +338,7 @@ def _parse_body(body: str) -> Checkpoint:
             case ["stream", s, a, b, d]:
                 cp.streams.append(StreamRange(_int(s), _int(a), _int(b), unb64(d)))
             case ["tag", s, t]:
-                cp.tags[_int(s)] = t
+                cp.tags[_int(s)] = unquote(t)
             case ["drop", s, a, b]:
                 cp.drops.append((_int(s), _int(a), _int(b)))
             case ["final"]:

@@ -99,7 +99,8 @@ def test_a_record_verifies_after_a_json_round_trip() -> None:
 def test_notes_round_trip_and_refuse_other_spellings() -> None:
     cp = proof.Checkpoint(BOOT, 3, b"\x01" * 32, 1795726388000,
                           streams=[proof.StreamRange(1, 5, 6, b"\x02" * 32)],
-                          tags={1: "app.stdout"}, drops=[(1, 1, 4)], final=True)
+                          tags={1: "app.stdout", 2: "a client's\ntag"}, drops=[(1, 1, 4)],
+                          final=True)
     key = ed25519.Ed25519PrivateKey.generate()
     raw = key.public_key().public_bytes_raw()
     note = proof.sign_note(cp.body(), BOOT, raw, key.sign(cp.body().encode()))
