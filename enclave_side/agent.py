@@ -394,6 +394,9 @@ class Agent:
             record["pattern_timeouts"] = timeouts
         if self.tail is not None:
             record["files"] = dataclasses.asdict(self.tail.stats)
+        if self.signer is not None:  # batches sent unsigned are records no one can prove
+            record["checkpoints"] = self.signer.checkpoints
+            record["unsigned_batches"] = self.signer.unsigned_batches
         # Outputs that keep only `log` (CloudWatch with log_key log) get the counters too.
         counters = {k: v for k, v in record.items() if k not in ("log", "event")}
         record["log"] = "agent metrics " + json.dumps(counters, separators=(",", ":"))
