@@ -108,6 +108,7 @@ class Signer:
         self.buffer: Buffer | None = None
         self.unsigned_batches = 0
         self.checkpoints = 0
+        self._finished = False  # a final checkpoint was sent
 
     def start(self, buffer: Buffer) -> None:
         """Send the genesis checkpoint and the attestation document over it."""
@@ -150,6 +151,11 @@ class Signer:
     def after_seal(self) -> None:
         while self._pending >= self.records:  # a batch may hold several checkpoints' worth
             self.checkpoint()
+        if self._finished and self._pending:
+            # Records sealed after the last checkpoint (the agent's own log lines while
+            # it drains): another last checkpoint covers them, or they would read as
+            # inserted after the enclave's last word.
+            self.checkpoint(final=True)
 
     def dropped(self, signed: tuple[int, int, int]) -> None:
         """The buffer dropped a numbered batch: declare it in the next checkpoint."""
@@ -187,7 +193,10 @@ class Signer:
             note = self._emit(cp)
             if self._pending < self.records and (last or not final):
                 break
-        if final or self._clock() - self._last_attest >= ATTEST_INTERVAL:
+        attest = (final and not self._finished) or \
+            self._clock() - self._last_attest >= ATTEST_INTERVAL
+        self._finished = self._finished or final
+        if attest:
             try:
                 self._attest(self._n, note)
             except (NsmError, OSError) as exc:  # the checkpoints still chain to the first

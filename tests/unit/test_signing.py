@@ -262,3 +262,24 @@ def test_the_relays_restamped_times_verify_by_the_enclaves_own(tmp_path: Path) -
     assert report.findings == []
     assert {s.tag: s.verified for b in report.boots.values()
             for s in b.streams.values()}["app.stdout"] == 10
+
+
+def test_records_sealed_after_the_final_checkpoint_get_another(tmp_path: Path) -> None:
+    buffer = Buffer(boot_id=b"bootbeef", max_bytes=10**7, batch_bytes=10**6, flush_interval=1)
+    signer = Signer(b"bootbeef", TestAttester.load(pki()), records=100, interval=3600,
+                    version="t", config="c")
+    signer.start(buffer)
+    enc = EntryEncoder({})
+    buffer.add("app", enc.encode(lines(3), time.time_ns()), 3)
+    buffer.seal_all()
+    signer.checkpoint(final=True)
+    buffer.add("agent.log", enc.encode([b"drain: relay gone, retrying"], time.time_ns()), 1)
+    buffer.seal_all()  # numbers it, and a last checkpoint opens a batch of its own
+    buffer.seal_all()
+    batches = [(f"enclave.local.{b.tag}", msgpack.unpackb(b.frame, raw=False)[1])
+               for b in buffer._queue]
+    from tests.signedlog import render
+    report = check(render(batches, "fluentbit"), tmp_path)
+    assert report.findings == []
+    assert {s.tag: s.verified for b in report.boots.values()
+            for s in b.streams.values()} == {"app": 3, "agent.log": 1}
