@@ -84,7 +84,6 @@ def _run_agent(tmp: Path, pki: Path) -> None:
     proc = subprocess.run(
         [PYTHON, "-m", "enclave_side", "--relay", f"unix://{tmp}/relay.sock", "--sign",
          "--nsm", f"test-pki:{pki}", "--sign-records", "100", "--sign-interval", "50ms",
-         "--metrics-interval", "0",
          "--tag", "app", "--", PYTHON, "-c", app],
         env=env_for_subprocess(), capture_output=True, timeout=DEADLINE)
     assert proc.returncode == 0, proc.stderr.decode()
@@ -188,6 +187,8 @@ def test_clean_logs_verify_with_every_line_counted(log: list[str], root: Path,
         assert b["final"] and b["pcrs"]["0"] == PCR0
         streams = {s["tag"]: s["verified"] for s in b["streams"].values()}
         assert streams["app.stdout"] == LINES and streams["app.stderr"] == 1
+        # The agent's own records are signed too: start and exit, the metrics at exit.
+        assert streams["agent.lifecycle"] == 2 and streams["agent.metrics"] == 1
         assert b["aws_times"], "the final checkpoint has an attestation document"
 
 
