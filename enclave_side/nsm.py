@@ -147,5 +147,8 @@ def attester(spec: str) -> Attester:
             from logverify.testpki import TestAttester
         except ImportError:
             raise NsmError("test-pki: needs the logverify package (not in the .pyz)") from None
-        return TestAttester.load(spec.removeprefix("test-pki:"))
+        try:
+            return TestAttester.load(spec.removeprefix("test-pki:"))
+        except (OSError, ValueError) as exc:
+            raise NsmError(f"{spec}: not a test PKI directory ({exc})") from None
     return NsmDevice(spec)

@@ -99,3 +99,9 @@ def test_a_failing_ioctl_is_one_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(NsmError, match="ioctl .* failed: Inappropriate ioctl"):
         NsmDevice(str(device), ioctl=driver).attest(public_key=b"K", user_data=b"U")
+
+
+def test_a_test_pki_that_is_not_there_is_one_clear_error(tmp_path: Path) -> None:
+    from enclave_side.nsm import attester
+    with pytest.raises(NsmError, match=r"test-pki:.*: not a test PKI directory"):
+        attester(f"test-pki:{tmp_path / 'none'}")
