@@ -13,7 +13,8 @@ For each boot (one run of the agent) found in the input:
 Findings (each makes the exit status 1): ``altered``, ``missing``, ``inserted``,
 ``reordered``, ``unproven`` (after the last checkpoint), ``missing_checkpoints``,
 ``forged_checkpoint``, ``chain_broken``, ``replayed`` (records of a boot the input
-holds no proof for), ``unattested``, ``debug_enclave``, ``pcr_mismatch``. Copies of
+holds no proof for), ``unattested``, ``debug_enclave``, ``pcr_mismatch``,
+``nothing_signed`` (no boot at all: an empty export proves nothing). Copies of
 one record (at-least-once delivery) are counted, never reported.
 """
 
@@ -370,6 +371,9 @@ def verify(items: Iterable[Item], *, root_sha256: str,
                 signed_tags.add(c.tag)
             br.streams[s] = StreamReport(c.tag or f"stream {s}")
             _stream(boot, s, b.records.get(s, []), c, br.final, report, br.streams[s])
+    if not boots:  # an empty export, or logs of an agent without --sign: nothing proven
+        report.add("nothing_signed", None, None, "the input holds no signed records, "
+                   "checkpoints or attestation documents")
     for item in unsigned:
         if item.tag is not None and any(_tag_ok(item, t) for t in signed_tags):
             report.add("inserted", None, item.tag, f"{item.where}: an unsigned record "

@@ -283,3 +283,9 @@ def test_records_sealed_after_the_final_checkpoint_get_another(tmp_path: Path) -
     assert report.findings == []
     assert {s.tag: s.verified for b in report.boots.values()
             for s in b.streams.values()} == {"app": 3, "agent.log": 1}
+
+
+def test_an_input_with_nothing_signed_is_a_finding(tmp_path: Path) -> None:
+    unsigned = 'enclave.local.app.stdout: [1795726388.000000000, {"log":"hi"}]\n'
+    assert [f.kind for f in check(unsigned, tmp_path).findings] == ["nothing_signed"]
+    assert [f.kind for f in check("", tmp_path, "empty").findings] == ["nothing_signed"]
