@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.run import machine
+from enclave_side.buffer import Buffer
 from enclave_side.config import Processing
 from enclave_side.processing import Pipeline
 from enclave_side.redact import BUILTIN_RULES, Redactor
+from enclave_side.signing import Signer
 from enclave_side.sources.stream import LineStream
 from fluent_forward.conventions import Overflow
 
@@ -74,6 +76,8 @@ class Case:
     #: records expected out of n lines, and redactions per rule out of n lines
     records: Callable[[int], int] = lambda n: n
     redacted: Callable[[int], int] = lambda n: 0
+    #: into the agent's real buffer, batches sealed (None: a counter); True: with --sign
+    sign: bool | None = None
 
 
 CASES = (
@@ -89,7 +93,32 @@ CASES = (
     Case('`multiline = "indent"`', indented_lines, Processing(multiline="indent"),
          records=lambda n: (n + 3) // 4),
     Case("`json = true` with `time_key`", json_lines, Processing(json=True, time_key="time")),
+    # Signing happens as batches are sealed: these two include the real buffer, so their
+    # difference is what `--sign` adds (numbering, digests, checkpoints every 1000).
+    Case("the plain path into the real buffer, batches sealed", plain_lines, sign=False),
+    Case("the same with `--sign`", plain_lines, sign=True),
 )
+
+
+class _NoDocument:
+    """The bench does not verify: the genesis' attestation document is not measured."""
+
+    def attest(self, *, public_key: bytes, user_data: bytes) -> bytes:
+        return b"not a document"
+
+
+def real_buffer(sign: bool) -> Buffer:
+    buffer = Buffer(boot_id=b"benchrun", max_bytes=1 << 30, batch_bytes=512 * 1024,
+                    flush_interval=3600)
+    if sign:
+        Signer(b"benchrun", _NoDocument(), records=1000, interval=3600, version="bench",
+               config="0" * 16).start(buffer)
+    return buffer
+
+
+def _sealed_records(buffer: Buffer) -> int:
+    buffer.seal_all()
+    return sum(b.count for b in buffer._queue if b.tag == "app.stdout")
 
 
 class CountingBuffer:
@@ -108,7 +137,7 @@ def reads(lines: list[bytes]) -> list[bytes]:
 
 
 def measure(case: Case, chunks: list[bytes], n: int) -> dict[str, float]:
-    buffer = CountingBuffer()
+    buffer: Any = CountingBuffer() if case.sign is None else real_buffer(case.sign)
     redactor = Redactor(case.redact) if case.redact else None
     pipeline = None
     if case.processing is not None or redactor is not None:
@@ -121,7 +150,12 @@ def measure(case: Case, chunks: list[bytes], n: int) -> dict[str, float]:
         stream.feed(chunk)
     if pipeline is not None:
         stream._add(*pipeline.flush_due(0.0, force=True))
+    if case.sign is not None:
+        buffer.records = _sealed_records(buffer)
     cpu = time.process_time() - start
+    if case.sign and buffer.sealer.checkpoints < n // 1000:
+        raise SystemExit(f"{case.name}: {buffer.sealer.checkpoints} checkpoints for {n} "
+                         "records; the benchmark is broken")
     # A configuration that silently did nothing would look fast: check it did its work.
     if buffer.records != case.records(n):
         raise SystemExit(f"{case.name}: {buffer.records} records out, expected "

@@ -159,6 +159,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "e2e" in only:
                     await one(f"e2e.{t}", lambda e: sc.end_to_end(e, n, data_file, RELAY_OPTS),
                               t)
+            if "e2e" in only:  # the agent with --sign, on the first transport
+                await one(f"e2e_sign.{first}", lambda e: sc.end_to_end(
+                    e, n, data_file, RELAY_OPTS, sign=True), first)
             if "idle" in only:
                 await one("idle", sc.idle, first)
             if "sinks" in only:
@@ -251,6 +254,13 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
         out += [(f"4 end to end ({t})", "lines/s", m(key, "lines_per_s"), ">= 300k"),
                 ("", "agent CPU us/line", m(key, "agent_us_per_line"), ""),
                 ("", "relay CPU us/line", m(key, "relay_us_per_line"), "")]
+        signed = f"e2e_sign.{t}"
+        if signed in res:
+            out += [(f"4 end to end ({t}), agent --sign", "lines/s",
+                     m(signed, "lines_per_s"), ""),
+                    ("", "agent CPU us/line", m(signed, "agent_us_per_line"), ""),
+                    ("", "throughput with/without --sign (x, run by run)",
+                     _paired(res, signed, key, "lines_per_s"), ">= 0.85")]
         lat = f"latency.{t}"
         if lat in res:
             out += [("", "latency rate (lines/s)", m(lat, "rate"), "max/2"),

@@ -407,19 +407,25 @@ async def sink_capacity(env: Env, kind: str, n: int) -> dict[str, float]:
 # -- 4. end to end -------------------------------------------------------------------------
 
 
-async def _pipeline(env: Env, data_file: Path, *relay_extra: str) -> tuple[Proc, Proc]:
+async def _pipeline(env: Env, data_file: Path, *relay_extra: str, sign: bool = False
+                    ) -> tuple[Proc, Proc]:
     listen = env.url("relay")
     relay = env.start("relay", relay_args(listen, env.sink_url, env.tmp / "spool",
                                           *relay_extra))
     await wait_listening(listen, relay)
-    agent = env.start("agent", agent_args(listen, "--file", str(data_file)))
+    agent_extra = ["--file", str(data_file)]
+    if sign:  # attested by a test chain: the bench has no NSM either
+        from logverify.testpki import make_test_pki
+        make_test_pki(env.tmp / "pki")
+        agent_extra += ["--sign", "--nsm", f"test-pki:{env.tmp / 'pki'}"]
+    agent = env.start("agent", agent_args(listen, *agent_extra))
     return agent, relay
 
 
-async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, ...]
-                     ) -> dict[str, float]:
+async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, ...],
+                     sign: bool = False) -> dict[str, float]:
     tag = f"{TAG}.file"
-    agent, relay = await _pipeline(env, data_file, *relay_extra)
+    agent, relay = await _pipeline(env, data_file, *relay_extra, sign=sign)
     window = Window(env.sink, tag, n, [agent, relay])
     await _until(env.sink, tag, n, [agent, relay])
     agent.sample()

@@ -29,10 +29,12 @@ from fluent_forward.handshake import ClientHandshake
 
 from .buffer import Buffer
 from .config import AgentConfig, Processing
+from .nsm import NsmError, attester
 from .patterns import UserPattern
 from .processing import Pipeline
 from .redact import CustomRule, Redactor
 from .shipper import make_shipper
+from .signing import Signer, SigningError
 from .sources.child import FORWARDED_SIGNALS, READ_NAP, PipeSource, Reaper, spawn
 from .sources.forward_input import ForwardInputServer
 from .sources.kmsg import KmsgSource
@@ -133,6 +135,7 @@ class Agent:
             shared_key=fi.shared_key, hostname=config.hostname, batch_bytes=config.batch_bytes)
             for i, fi in enumerate(config.forward_inputs)]
         self.metrics_skipped = 0
+        self.signer: Signer | None = None
 
     def pipeline(self, processing: Processing, fields: dict[str, str], what: str
                  ) -> Pipeline | None:
@@ -165,7 +168,22 @@ class Agent:
         # A millisecond late: call_later may fire a hair early, and then nothing is due.
         loop.call_later(max(due - time.monotonic(), 0.0) + 0.001, self.buffer.seal_due)
 
+    def _start_signing(self) -> bool:
+        """``--sign``: the key, the genesis checkpoint and its attestation document."""
+        try:
+            self.signer = Signer(self.boot_id, attester(self.config.nsm),
+                                 records=self.config.sign_records,
+                                 interval=self.config.sign_interval, version=__version__,
+                                 config=config_digest(self.config))
+            self.signer.start(self.buffer)
+        except (SigningError, NsmError) as exc:
+            log.error("cannot sign: %s", exc)
+            return False
+        return True
+
     async def run(self) -> int:
+        if self.config.sign and not self._start_signing():
+            return 78  # EX_CONFIG: asked to prove its logs, it must not run without
         self.buffer.on_open = self._seal_when_due
         logging.getLogger().addHandler(self._log_handler)
         tasks = [asyncio.create_task(self.shipper.run(), name="shipper"),
@@ -328,6 +346,8 @@ class Agent:
             for source in self.sources:
                 source.tick(now, self.config.partial_flush)
             self.buffer.seal_due()
+            if self.signer is not None:
+                self.signer.tick()
 
     async def _metrics_loop(self) -> None:
         while True:
@@ -375,6 +395,9 @@ class Agent:
             record["pattern_timeouts"] = timeouts
         if self.tail is not None:
             record["files"] = dataclasses.asdict(self.tail.stats)
+        if self.signer is not None:  # batches sent unsigned are records no one can prove
+            record["checkpoints"] = self.signer.checkpoints
+            record["unsigned_batches"] = self.signer.unsigned_batches
         # Outputs that keep only `log` (CloudWatch with log_key log) get the counters too.
         counters = {k: v for k, v in record.items() if k not in ("log", "event")}
         record["log"] = "agent metrics " + json.dumps(counters, separators=(",", ":"))
@@ -382,6 +405,9 @@ class Agent:
 
     async def _drain(self) -> None:
         self.buffer.seal_all()
+        if self.signer is not None:  # the last checkpoint covers every record sealed
+            self.signer.checkpoint(final=True)
+            self.buffer.seal_all()
         try:
             async with asyncio.timeout(self.config.drain_timeout):
                 await self.buffer.wait_empty()

@@ -37,7 +37,7 @@ from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
 from fluent_forward.conventions import DIAG_TAG, Overflow, chunk_id, drop_report
 from fluent_forward.window import InFlight
 
-__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats"]
+__all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Sealer"]
 
 
 class _Kind(IntEnum):
@@ -46,6 +46,20 @@ class _Kind(IntEnum):
     DROPPABLE = 0  # added under DROP_OLDEST
     KEPT = 1  # added under BLOCK: the source waits instead
     PROTECTED = 2  # lifecycle, drop reports: never dropped, never wait
+
+
+class Sealer(Protocol):
+    """Rewrites batches as they are sealed (``--sign`` numbers their records)."""
+
+    def number(self, tag: str, parts: list[bytes], counts: list[int]
+               ) -> tuple[bytes, int, tuple[int, int, int]] | None:
+        """New entries, their count and what they are called; None to keep them."""
+
+    def after_seal(self) -> None:
+        """Called once the batch is queued."""
+
+    def dropped(self, signed: tuple[int, int, int]) -> None:
+        """A batch it numbered was dropped unsent (``DROP_OLDEST``)."""
 
 
 class AckWatcher(Protocol):
@@ -68,6 +82,7 @@ class Batch:
     sends: int = 0  # how many times it was written to a connection
     droppable: bool = False
     owners: dict[AckWatcher, int] | None = None
+    signed: tuple[int, int, int] | None = None  # what the Sealer numbered
 
     @property
     def size(self) -> int:
@@ -82,6 +97,7 @@ def _overhead(tag: str) -> int:
 @dataclass(slots=True)
 class _Open:
     parts: list[bytes] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # entries in each part
     size: int = 0  # bytes of entries
     count: int = 0
     since: float = 0.0
@@ -134,6 +150,8 @@ class Buffer:
         #: Called with the clock time a newly opened batch falls due (its first record
         #: plus ``flush_interval``), so that it can be sealed then, not at the next tick.
         self.on_open: Callable[[float], None] | None = None
+        #: With ``--sign``: numbers each batch's records as it is sealed.
+        self.sealer: Sealer | None = None
 
     # -- sources --------------------------------------------------------------------
 
@@ -185,6 +203,7 @@ class Buffer:
             if self.on_open is not None:
                 self.on_open(batch.since + self.flush_interval)
         batch.parts.append(entries)
+        batch.counts.append(count)
         batch.size += size
         batch.count += count
         self._used += size
@@ -218,6 +237,8 @@ class Buffer:
             self._queue.remove(batch)
             self._used -= batch.size
             self._count_drop(batch.count, batch.size)
+            if batch.signed is not None and self.sealer is not None:
+                self.sealer.dropped(batch.signed)
         for key, opened in sorted(self._open.items(), key=lambda kv: kv[1].since):
             if self._used + size <= self.max_bytes:
                 return
@@ -234,15 +255,23 @@ class Buffer:
         seq = self._next_seq
         self._next_seq += 1
         chunk = chunk_id(self.boot_id, seq)
+        parts: list[bytes] | bytes = opened.parts
+        count, signed = opened.count, None
+        numbered = (self.sealer.number(key[0], opened.parts, opened.counts)
+                    if self.sealer else None)
+        if numbered is not None:
+            parts, count, signed = numbered
         # The parts go into the frame as they are: one copy of the entries, not two.
-        frame = encode_packed_forward(key[0], opened.parts,
-                                      {"chunk": chunk, "size": opened.count})
-        batch = Batch(seq, key[0], chunk, frame, opened.count, key[1] is _Kind.PROTECTED,
-                      droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners)
+        frame = encode_packed_forward(key[0], parts, {"chunk": chunk, "size": count})
+        batch = Batch(seq, key[0], chunk, frame, count, key[1] is _Kind.PROTECTED,
+                      droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners,
+                      signed=signed)
         self._used += batch.size - opened.size - opened.reserved
         self._queue.append(batch)
         self._sealed += 1
         self._changed.set()
+        if self.sealer is not None:
+            self.sealer.after_seal()
 
     def seal_due(self) -> None:
         """Seal every batch whose oldest record has waited ``flush_interval``."""

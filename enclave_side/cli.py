@@ -30,6 +30,7 @@ from nel_config.units import format_size
 from .agent import Agent
 from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
 from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
+from .signing import SigningError, require_signing
 from .sources.forward_input import check_listen
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -123,6 +124,11 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
                           " (the relay's frame limit)")
     if values["buffer_bytes"] < 2 * values["batch_bytes"]:
         raise ConfigError("--buffer-size must be at least twice --batch-size")
+    if values["sign"]:  # what it needs is installed: said now, in one line
+        try:
+            require_signing()
+        except SigningError as exc:
+            raise ConfigError(str(exc)) from None
     files = list(settings.files)
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]

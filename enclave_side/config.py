@@ -76,6 +76,16 @@ def check_app_tag(tag: str, key: str) -> None:
     check_tag(tag, key, derived=True)
 
 
+def _at_most_10000(n: int, key: str) -> None:
+    if n > 10000:  # a checkpoint's digests stay under CloudWatch's 256 KiB event limit
+        raise ConfigError(f"{key} must be at most 10000")
+
+
+def _more_than_zero(seconds: float, key: str) -> None:
+    if seconds <= 0:
+        raise ConfigError(f"{key} must be more than 0")
+
+
 def _hostname() -> str:
     return socket.gethostname() or "enclave"
 
@@ -209,6 +219,10 @@ class AgentConfig:
         kmsg: the kernel log source, or None.
         redaction: redaction rules for every source.
         fingerprint_bytes: how many first bytes tell files apart (with dev and inode).
+        sign: number every record and send signed checkpoints (``signing``).
+        sign_records: a checkpoint once this many records were numbered since the last.
+        sign_interval: a checkpoint at least this often, in seconds.
+        nsm: the NSM device, or ``test-pki:DIR`` (tests).
     """
 
     relay: Endpoint = option(
@@ -274,6 +288,17 @@ class AgentConfig:
     fingerprint_bytes: int = 256
     metrics_interval: float = option(60.0, DURATION,
                                      help="seconds between records on agent.metrics; 0 for none")
+    sign: bool = option(
+        False, BOOL,
+        help="prove the logs: number every record, sign checkpoints with a key the NSM "
+             "attests (needs the [sign] extra; README: Logs you can prove)")
+    sign_records: int = option(1000, INT, minimum=1, validate=_at_most_10000, metavar="N",
+                               help="with --sign, a checkpoint every N records")
+    sign_interval: float = option(
+        10.0, DURATION, validate=_more_than_zero,
+        help="with --sign, a checkpoint at least this often, even when idle")
+    nsm: str = option("/dev/nsm", STR, metavar="PATH",
+                      help="the Nitro Security Module device; test-pki:DIR for tests")
 
 
 #: The agent's options declared above, in order.

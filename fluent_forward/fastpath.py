@@ -10,6 +10,9 @@ unchanged, and the tests hold them to that.
    bytes every such entry starts with, then ``map`` passes over the pieces check each
    one's time, key, str header against its length, and fixed fields: no msgpack
    object is built but those of the first entry. About five times cheaper than (2).
+   ``signed_shape_count``: the same with the field a signing agent adds last to every
+   record (``sig_seq``, a str of one length whose bytes differ from record to record),
+   those bytes left out of the comparison.
 2. ``decoded_count``: any entries. One ``unpackb`` decodes all of them as an array of
    exactly ``n`` (the frame's ``size`` option, or as many as ``skip()`` counts), with
    ext types as ``slice(code, data)`` instead of msgpack's ``ExtType`` (whose
@@ -35,6 +38,7 @@ __all__ = [
     "agent_shape_count",
     "decoded_count",
     "shape_ok",
+    "signed_shape_count",
     "validate_fast",
 ]
 
@@ -49,8 +53,15 @@ _second = itemgetter(1)
 
 def validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
     """The entry count if every entry is valid as it is; None: ask the slow path."""
-    n = agent_shape_count(data, max_entries)
-    return n if n is not None else decoded_count(data, max_entries, count_hint)
+    # Signed batches first when there may be one: the other shape would fail only at
+    # its last check, having done the rest of the work.
+    shapes = ((signed_shape_count, agent_shape_count) if _SIG_FIELD in data
+              else (agent_shape_count,))
+    for shape in shapes:
+        n = shape(data, max_entries)
+        if n is not None:
+            return n
+    return decoded_count(data, max_entries, count_hint)
 
 
 # -- 1. entries as our agent packs them -----------------------------------------------
@@ -92,12 +103,17 @@ def agent_shape_count(data: bytes, max_entries: int) -> int | None:
     fixed = _first_entry_fields(pieces[0])
     if fixed is None:
         return None
-    prefix, tail = fixed
+    return len(pieces) if _pieces_ok(pieces, *fixed) else None
+
+
+def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes, masked: int = 0) -> bool:
+    """Is every piece 8 time bytes, ``prefix``, a line with its shortest str header, and
+    ``tail`` (but for its last ``masked`` bytes)?"""
     n = len(pieces)
     sizes = list(map(sub, map(len, pieces), itertools.repeat(_STR_AT + len(tail))))
     lo, hi = min(sizes), max(sizes)
     if lo < 1 or hi >= len(_BY_SIZE):
-        return None
+        return False
     headers = list(map(_BY_SIZE.__getitem__, sizes))
     # Lines all under 32 bytes, or all of 32-255: every header has the same width, and
     # the map header, key and str header of all pieces are compared in one go.
@@ -107,18 +123,50 @@ def agent_shape_count(data: bytes, max_entries: int) -> int | None:
         expected[1::2] = headers
         if (b"".join(map(itemgetter(slice(_MAP_AT, _STR_AT + width)), pieces))
                 != b"".join(expected)):  # type: ignore[arg-type]  # no None at these sizes
-            return None
+            return False
     elif None in headers or not (
             all(map(bytes.startswith, pieces, headers, itertools.repeat(_STR_AT)))  # type: ignore[arg-type]
             and all(map(bytes.startswith, pieces, itertools.repeat(prefix),
                         itertools.repeat(_MAP_AT)))):
+        return False
+    fixed = tail[:len(tail) - masked]
+    if fixed and (b"".join(map(itemgetter(slice(-len(tail), -masked or None)), pieces))
+                  != fixed * n):
+        return False
+    return bool(max(map(NANOS, pieces)) < BILLION)
+
+
+#: The field a signing agent (``--sign``) adds last to every record: a str of the same
+#: length in every record of a batch, whose bytes differ from record to record.
+_SIG_FIELD = b"\xa7sig_seq"
+
+
+def signed_shape_count(data: bytes, max_entries: int) -> int | None:
+    """Entries of our agent's shape with ``sig_seq`` last: their count, or None.
+
+    As ``agent_shape_count``, except that the bytes of ``sig_seq``'s value are left out
+    of the comparison of the fields after the line: its header, compared with the
+    rest, says they are one str of that length, which any bytes are.
+    """
+    if not data.startswith(_ENTRY_HEAD):
         return None
-    if tail and (b"".join(map(itemgetter(slice(-len(tail), None)), pieces))
-                 != tail * n):
+    pieces = data.split(_ENTRY_HEAD)
+    del pieces[0]
+    if len(pieces) > max_entries:
         return None
-    if max(map(NANOS, pieces)) >= BILLION:
+    fixed = _first_entry_fields(pieces[0])
+    if fixed is None:
         return None
-    return len(pieces)
+    prefix, tail = fixed
+    at = tail.rfind(_SIG_FIELD) + len(_SIG_FIELD)
+    if at < len(_SIG_FIELD):
+        return None
+    # sig_seq must be last: its header (1 or 2 bytes) then exactly its value.
+    width = next((len(tail) - at - h for h in (1, 2)
+                  if tail[at:at + h] == str_header(max(len(tail) - at - h, 0))), 0)
+    if not 0 < width < 256:
+        return None
+    return len(pieces) if _pieces_ok(pieces, prefix, tail, width) else None
 
 
 def _first_entry_fields(piece: bytes) -> tuple[bytes, bytes] | None:

@@ -9,6 +9,9 @@ Python without it is told so in one line (exit 2), not with a traceback:
 
     python3 enclave-log-agent.pyz --tag myapp -- python3 /app/app.py
 
+``--sign`` also needs ``cryptography`` and ``cbor2`` importable (``pip install
+cryptography cbor2``); without them the agent says so in one line and exits 2.
+
 Byte-compiled files are left out on purpose: they are tied to one Python version, and
 the source is what the enclave's Python compiles at start.
 """

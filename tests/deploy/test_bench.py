@@ -47,7 +47,7 @@ def test_the_processing_bench_checks_each_configuration_did_its_work() -> None:
     proc = run(["-m", "bench.processing", "--lines", "4000", "--runs", "1", "--json"])
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)["results"]
-    assert len(results) == 8
+    assert len(results) == 10  # eight processing options, the buffer without and with --sign
     assert all(row["us_per_line"][0] > 0 for row in results.values())
 
 

@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-PACKAGES = ["fluent_forward", "nel_config", "enclave_side", "parent_side"]
+PACKAGES = ["fluent_forward", "nel_config", "enclave_side", "parent_side", "logverify"]
 IO_MODULES = {"asyncio", "socket"}
 #: The one module in fluent_forward allowed to touch sockets and the event loop.
 IO_SEAM = "fluent_forward.aio"

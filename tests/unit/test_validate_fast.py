@@ -258,3 +258,32 @@ def test_agent_shape_path_agrees_with_the_slow_path(reads: list[list[bytes]],
     both(data[:len(data) - cut] + junk)
     # a time's nanoseconds pushed to 1e9 or past it
     both(data[:7] + b"\x3b\x9a\xca" + data[10:])
+
+
+def _signed(lines: list[bytes], first: int = 1, stream: int = 1) -> bytes:
+    from enclave_side.lines import EntryEncoder
+    from enclave_side.proof import number_entries
+    part = EntryEncoder({"stream": "stdout"}).encode(lines, 1_795_726_388_123_456_789)
+    return number_entries([part], [len(lines)], "0123456789abcdef", stream, first)[0]
+
+
+_SEQ2 = b"0123456789abcdef:1:000000000002"
+
+
+def test_signed_entries_take_the_split_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("decoded_count taken")
+    monkeypatch.setattr(fastpath, "decoded_count", refuse)
+    for stream in (1, 12):  # a value of 31 bytes (fixstr), of 32 (str8)
+        data = _signed([b"x" * (i % 300) for i in range(500)], first=99_990, stream=stream)
+        assert validate_entries(data) == (data, 500)
+
+
+@pytest.mark.parametrize("data", [
+    _signed([b"a", "line with \u00a7sig_seq inside".encode(), b"c"]),  # c2 a7 sig_seq
+    _signed([b"a"]) + ENTRY_ET,  # a signed and an unsigned entry
+    _signed([b"a", b"b"]).replace(b"\xbf" + _SEQ2, b"\xbe" + _SEQ2),  # a header off by one
+    _signed([b"a", b"b"])[:-1],
+])
+def test_almost_signed_entries_get_the_slow_paths_verdict(data: bytes) -> None:
+    both(data)
