@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fluent_forward import __version__
@@ -88,6 +88,7 @@ class Relay:
                                segment_bytes=config.spool_segment_bytes)
             self.forwarder = Forwarder(self.spool, self.output, on_delivered=self._delivered)
             self.sink = SpoolSink(self.spool)
+            self.spool.gate.on_state = self._spool_state
         else:
             self.sink = DirectSink(self.output, on_delivered=self._delivered)
         vsock = config.listen.scheme.value == "vsock"
@@ -183,8 +184,25 @@ class Relay:
     def emit(self, tag: str, record: dict[str, Any]) -> None:
         """Send one record of the relay's own through the spool, without waiting."""
         entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
-        task = asyncio.get_running_loop().create_task(
-            self.sink.submit(RelayBatch(tag, entry, 1), None, None))
+        self._spawn(self.sink.submit(RelayBatch(tag, entry, 1), None, None))
+
+    def _spool_state(self, state: str, details: dict[str, Any]) -> None:
+        """The spool stopped or resumed taking batches: a ``relay.lifecycle`` record."""
+        record = {"event": f"spool_{state}", **details}
+        if state == "resumed":
+            self.emit(LIFECYCLE_TAG, record)
+            return
+        # The spool takes nothing now: this notice goes to the output directly (it is
+        # not durable, but it is seen as soon as the output is).
+        entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
+        self._spawn(self._notice(RelayBatch(LIFECYCLE_TAG, entry, 1)))
+
+    async def _notice(self, batch: RelayBatch) -> None:
+        fut = await self.output.submit(batch)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -266,9 +284,7 @@ class Relay:
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
         if any(k in changed for k in _OUTPUT_KEYS):
-            task = asyncio.get_running_loop().create_task(self._swap_output(_make_output(new)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._swap_output(_make_output(new)))
         self.reloads += 1
         log.info("reloaded the configuration; changed: %s", ", ".join(changed) or "nothing")
         return "changed: " + (", ".join(changed) or "nothing")
