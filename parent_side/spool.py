@@ -493,8 +493,15 @@ class Spool:
         # well before the cap is reached, even on a small disk.
         return max(min(self.segment_bytes, self.limit // 4), 64 << 10)
 
+    def _no_room(self, need: int) -> bool:
+        limit = self.limit
+        # Once full, wait for an eighth of the cap to be free (a deleted segment), so
+        # the spool does not flap between full and not with every batch.
+        slack = limit // 8 if self.gate.why == "full" else 0
+        return self.size + need > limit - slack
+
     async def _make_room(self, need: int) -> None:
-        while self.gate.error or self.size + need > self.limit:
+        while self.gate.error or self._no_room(need):
             if self.gate.error:
                 self._changed.clear()
                 await self._changed.wait()

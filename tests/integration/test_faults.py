@@ -99,9 +99,10 @@ class RelayProc:
     Its stderr (the log) is appended to ``relay.log`` across restarts.
     """
 
-    def __init__(self, workdir: Path, listen: str, output: str, *options: str) -> None:
+    def __init__(self, workdir: Path, listen: str, output: str, *options: str,
+                 spool: Path | None = None) -> None:
         self.workdir = workdir
-        self.spool = workdir / "spool"
+        self.spool = spool or workdir / "spool"
         self.log_path = workdir / "relay.log"
         self.listen = listen
         self.argv = [PYTHON, "-m", "parent_side", "serve", "--listen", listen,
@@ -189,8 +190,9 @@ class Procs:
     relays: list[RelayProc] = field(default_factory=list)
     agents: list[AgentRun] = field(default_factory=list)
 
-    def relay(self, listen: str, output: str, *options: str) -> RelayProc:
-        relay = RelayProc(self.tmp, listen, output, *options)
+    def relay(self, listen: str, output: str, *options: str,
+              spool: Path | None = None) -> RelayProc:
+        relay = RelayProc(self.tmp, listen, output, *options, spool=spool)
         self.relays.append(relay)
         return relay
 
