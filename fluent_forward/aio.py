@@ -331,7 +331,8 @@ class ForwardClient:
         handshake: our side of the handshake.
         handshake_wait: after connecting, wait this long for a HELO and go on without
             a handshake if none comes (0: do not wait; a HELO arriving later is then
-            a protocol error naming the fix).
+            waited for, and answered, from the next connection on: see
+            ``ClientHandshake.late_helo``).
         require_handshake: a HELO must come (we hold a shared key).
         window: most batches sent and not acked.
         ack_timeout: with batches unacked and nothing heard for this long, drop the
@@ -468,6 +469,14 @@ class ForwardClient:
         self.handshake.check(pong)
         self.stats.handshakes += 1
 
+    def _late_helo(self, helo: Helo) -> None:
+        """A HELO after we began sending: wait for it, and answer it, from now on (the
+        server let these frames through without one, or closes and we connect again)."""
+        note = self.handshake.late_helo(helo)
+        if self.handshake_wait < self.connect_timeout:
+            self.handshake_wait = self.connect_timeout
+            self.log.warning("%s %s %s", self.name, self.endpoint, note)
+
     async def _send_loop(self, conn: Connection) -> None:
         while True:
             batch = await self.source.next_batch(self.window)
@@ -488,8 +497,8 @@ class ForwardClient:
                 continue
             for frame in frames:
                 if isinstance(frame, Helo):
-                    raise HandshakeError(f"{self.name} asks for a handshake (it has a shared "
-                                         "key); configure the same shared key here")
+                    self._late_helo(frame)
+                    continue
                 if not isinstance(frame, Ack):
                     raise MalformedFrame(f"unexpected {type(frame).__name__} after handshake")
                 if self.source.ack(frame.chunk) is None:
