@@ -119,6 +119,11 @@ class Output(ABC):
     def status(self) -> dict[str, Any]:
         return {}
 
+    @property
+    def connected(self) -> bool:
+        """Whether the output can take batches now (a stopping relay waits only then)."""
+        return True
+
 
 # -- JSON lines ----------------------------------------------------------------------
 
@@ -446,6 +451,10 @@ class ForwardOutput(Output):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.queue.cancel_all()  # whoever submitted them sends them again elsewhere
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected.is_set()
 
     def status(self) -> dict[str, Any]:
         s = self.client.stats

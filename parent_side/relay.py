@@ -10,6 +10,7 @@ disconnecting and terminating; ``relay.status``: its state every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -123,7 +124,7 @@ class Relay:
         try:
             await self.listener.start()
         except BaseException:
-            await self._shutdown(forwarding, timeout=0)
+            await self._shutdown(forwarding, deadline=0.0)
             raise
         if self.admin is not None:
             await self.admin.start()
@@ -145,6 +146,7 @@ class Relay:
             await self._stop.wait()
             log.info("stopping: closing agent connections, delivering what was taken")
         finally:
+            deadline = asyncio.get_running_loop().time() + self.config.shutdown_timeout
             self.notifier.stopping()
             status.cancel()
             if self.admin is not None:
@@ -152,30 +154,53 @@ class Relay:
             await self.listener.close()
             self.emit(LIFECYCLE_TAG, {"event": "relay_stop", "version": __version__,
                                       "hostname": cfg.hostname})
-            await asyncio.gather(status, *self._tasks, return_exceptions=True)
-            await self._shutdown(forwarding, timeout=self.config.shutdown_timeout)
+            await self._end_tasks(status, timeout=min(self._grace(deadline), 1.0))
+            await self._shutdown(forwarding, deadline=deadline)
             await self.notifier.stop_watchdog(watchdog)
         return 0
 
-    async def _shutdown(self, forwarding: asyncio.Task[None] | None, *, timeout: float) -> None:
-        """Deliver what the spool holds (for at most ``timeout``), stop, close the spool.
+    async def _end_tasks(self, *tasks: asyncio.Task[Any], timeout: float) -> None:
+        """Let the relay's own records reach the spool, for at most ``timeout`` (a full
+        spool takes none), then cancel what is left."""
+        pending = {*tasks, *self._tasks}
+        if timeout > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
 
-        What is not delivered by then stays in the spool for the next start.
+    def _grace(self, deadline: float) -> float:
+        """Seconds left to deliver before ``deadline``: none while the output is down,
+        since it takes nothing then (the spool keeps it all for the next start)."""
+        if not self.output.connected:
+            return 0.0
+        return max(deadline - asyncio.get_running_loop().time(), 0.0)
+
+    async def _drain(self, spool: Spool, deadline: float) -> None:
+        """Wait for the spool to deliver everything, while the output takes it."""
+        while spool.backlog > 0 and (grace := self._grace(deadline)) > 0:
+            # Look again often: the output may go down meanwhile.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(grace, 0.1)):
+                    await spool.wait_drained()
+        if spool.backlog:
+            log.info("stopping with %d batches in the spool; they go out on the next start",
+                     spool.backlog)
+
+    async def _shutdown(self, forwarding: asyncio.Task[None] | None, *,
+                        deadline: float) -> None:
+        """Deliver what the spool holds (while the output takes it, until ``deadline``),
+        stop, close the spool. What is not delivered stays in the spool for next time.
         """
-        if self.spool is not None and forwarding is not None and timeout > 0:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.spool.wait_drained()
-            except TimeoutError:
-                log.info("stopping with %d batches in the spool; they go out on the next "
-                         "start", self.spool.backlog)
+        if self.spool is not None and forwarding is not None:
+            await self._drain(self.spool, deadline)
         if self._polling is not None:
             self._polling.cancel()
             await asyncio.gather(self._polling, return_exceptions=True)
         if forwarding is not None:
             forwarding.cancel()
             await asyncio.gather(forwarding, return_exceptions=True)
-        await self.output.close(timeout)
+        await self.output.close(self._grace(deadline))
         if self.spool is not None:
             await self.spool.close()
 

@@ -532,7 +532,7 @@ class Spool:
     def _disk_error(self, exc: OSError) -> None:
         self.gate.disk_error(exc)
         self.room.expire()
-        if self._retry_timer is None:
+        if self._retry_timer is None and not self._closed:
             self._retry_timer = asyncio.get_running_loop().call_later(
                 self.retry_interval, self._retry)
         self._changed.set()
