@@ -366,6 +366,8 @@ class ForwardClient:
         self.log = logger or logging.getLogger(__name__)
         self.stats = ClientStats()
         self.connected = asyncio.Event()
+        #: The server of the last connection, as the kernel names it.
+        self.peer = ""
         self._unacked = 0
 
     async def run(self) -> None:
@@ -430,6 +432,7 @@ class ForwardClient:
             await conn.close()
             raise
         self.stats.connects += 1
+        self.peer = peer_of(writer).address  # a Unix server's pid: a restart shows
         self.connected.set()
         self.log.info("connected to %s %s", self.name, self.endpoint)
         return conn

@@ -131,6 +131,12 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spool-full", choices=[f.value for f in Full], default=d.spool_full.value,
                    help="when the spool is full: block (agents wait; nothing is lost) or "
                         "drop_oldest (counted) (default: %(default)s)")
+    p.add_argument("--replay-window", type=duration_arg, default=d.replay_window,
+                   metavar="DURATION",
+                   help="keep batches this long after Fluent Bit acked them, and send them "
+                        "again when a new Fluent Bit process answers (it may have lost what "
+                        "it acked before it died): duplicates instead of loss; 0 turns it "
+                        "off (default: 5s)")
     p.add_argument("--allow-cid", action="append", default=None, metavar="CIDS",
                    help="vsock peers that may connect: a CID, a range (16-20), '4-' (4 and up) "
                         "or 'any'; repeatable (default: 4-, enclaves only; the parent's own "
@@ -344,7 +350,7 @@ def _serve_config(args: list[str], env: Mapping[str, str]) -> RelayConfig:
         handshake_timeout=ns.handshake_timeout, upstream_window=ns.upstream_window,
         upstream_buffer_bytes=ns.upstream_buffer, ack_timeout=ns.ack_timeout,
         spool=spool, spool_bytes=ns.spool_size, spool_full=Full(ns.spool_full),
-        allowed_cids=allowed,
+        replay_window=ns.replay_window, allowed_cids=allowed,
         nitro_cli=None if ns.nitro_cli.lower() == "none" else ns.nitro_cli,
         describe_interval=ns.describe_interval, require_known_enclave=ns.require_known_enclave,
         stamp_records=ns.stamp_records, max_connections=ns.max_connections,

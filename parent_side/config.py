@@ -43,6 +43,8 @@ class RelayConfig:
         spool_bytes: the spool's size cap.
         spool_full: what to do at the cap: block (backpressure) or drop the oldest.
         spool_segment_bytes: size of one spool segment file.
+        replay_window: seconds the spool keeps a batch after Fluent Bit acked it, to send
+            it again if a new Fluent Bit process answers (0: never).
         allowed_cids: vsock peers allowed to connect (enclave CIDs, 4 and up, by default).
         nitro_cli: the ``nitro-cli`` to run ``describe-enclaves`` with, or None.
         describe_interval: seconds between describe-enclaves polls.
@@ -77,6 +79,7 @@ class RelayConfig:
     spool_bytes: int = 1 << 30
     spool_full: Full = Full.BLOCK
     spool_segment_bytes: int = 32 << 20
+    replay_window: float = 5.0
     allowed_cids: CidSet = parse_cid_set([DEFAULT_ALLOWED_CIDS])
     nitro_cli: str | None = "nitro-cli"
     describe_interval: float = 30.0

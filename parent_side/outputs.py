@@ -24,6 +24,7 @@ import stat
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -33,6 +34,8 @@ from fluent_forward.codec import chunk_id, encode_packed_forward, iter_entries, 
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.errors import EndpointError
 from fluent_forward.handshake import ClientHandshake
+
+from .replay import RestartWatch
 
 __all__ = [
     "FileOutput",
@@ -123,6 +126,10 @@ class Output(ABC):
     def connected(self) -> bool:
         """Whether the output can take batches now (a stopping relay waits only then)."""
         return True
+
+    #: Called when the destination restarted (a new Fluent Bit process), so that what
+    #: it acked recently is sent again (the spool's replay window).
+    on_restart: Callable[[], None] | None = None
 
 
 # -- JSON lines ----------------------------------------------------------------------
@@ -429,9 +436,22 @@ class ForwardOutput(Output):
                                     connect_timeout=connect_timeout, max_backoff=max_backoff,
                                     ack_timeout=ack_timeout, name="Fluent Bit",
                                     logger=logging.getLogger("parent_side.upstream"),
-                                    on_connect=self.queue.connection_up,
-                                    on_disconnect=self.queue.connection_down)
+                                    on_connect=self._connected,
+                                    on_disconnect=self._disconnected)
         self._task: asyncio.Task[None] | None = None
+        self._restarts = RestartWatch()
+        self.restarts = 0
+
+    def _connected(self) -> None:
+        self.queue.connection_up()
+        if self._restarts.connected(self.client.peer, self.client.stats.connect_failures):
+            self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart()
+
+    def _disconnected(self) -> None:
+        self.queue.connection_down()
+        self._restarts.lost(self.client.stats.connect_failures)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.client.run(), name="upstream")
@@ -461,7 +481,7 @@ class ForwardOutput(Output):
         return {"endpoint": str(self.endpoint), "connected": self.client.connected.is_set(),
                 "queued_frames": self.queue.depth, "queued_bytes": self.queue.used,
                 "acked_records": self.queue.acked_records, "poisoned": self.queue.poisoned,
-                "connects": s.connects,
+                "connects": s.connects, "restarts": self.restarts,
                 "disconnects": s.disconnects, "resent": s.batches_resent,
                 "last_error": s.last_error}
 

@@ -86,8 +86,10 @@ class Relay:
         self.sink: Sink
         if config.spool is not None:
             self.spool = Spool(config.spool, max_bytes=config.spool_bytes, full=config.spool_full,
-                               segment_bytes=config.spool_segment_bytes)
+                               segment_bytes=config.spool_segment_bytes,
+                               replay_window=config.replay_window)
             self.forwarder = Forwarder(self.spool, self.output, on_delivered=self._delivered)
+            self.output.on_restart = self.forwarder.replay
             self.sink = SpoolSink(self.spool)
             self.spool.gate.on_state = self._spool_state
         else:
@@ -306,6 +308,8 @@ class Relay:
                    if getattr(new, f.name) != getattr(old, f.name)]
         self.config = new
         self.listener.config = _listener_config(new)
+        if self.spool is not None:
+            self.spool.replay.seconds = new.replay_window
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
         if any(k in changed for k in _OUTPUT_KEYS):
@@ -342,6 +346,7 @@ class Relay:
         old, self.output = self.output, new
         if self.forwarder is not None:
             self.forwarder.output = new
+            new.on_restart = self.forwarder.replay
         if isinstance(self.sink, DirectSink):
             self.sink.output = new
         await old.close(self.config.shutdown_timeout)

@@ -58,6 +58,7 @@ import msgpack
 
 from fluent_forward.codec import bin_header
 
+from .replay import ReplayWindow
 from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, read_mark
 
 __all__ = [
@@ -218,6 +219,8 @@ class Spool:
             (None: 2% of the filesystem, at most 64 MiB).
         retry_interval: seconds between attempts to write again after the disk refused
             a write (full, over quota, or failing).
+        replay_window: keep batches this many seconds after downstream acked them, to
+            send again if Fluent Bit restarts (``replay.py``); 0: none.
     """
 
     def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Full = Full.BLOCK,
@@ -226,7 +229,8 @@ class Spool:
                  dedup_boots: int = 1024, dedup_window: int = 4096,
                  fsync: Callable[[int], None] = os.fdatasync,
                  writev: Callable[[int, list[bytes]], None] = _writev_all,
-                 reserve_bytes: int | None = None, retry_interval: float = 1.0) -> None:
+                 reserve_bytes: int | None = None, retry_interval: float = 1.0,
+                 replay_window: float = 0.0) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.full = full
@@ -243,6 +247,7 @@ class Spool:
         self._mark = AckedMark(os.path.join(path, "acked"))
         self.gate = Gate(path, retry_interval=retry_interval, details=self._room_details)
         self._retry_timer: asyncio.TimerHandle | None = None
+        self.replay = ReplayWindow(replay_window)
         self.stats = SpoolStats()
         self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
         self._lock_fd = -1
@@ -506,6 +511,8 @@ class Spool:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            if self._release_replay():
+                continue
             if self.full is Full.DROP_OLDEST and self._drop_oldest():
                 continue
             self.gate.close("full")
@@ -718,11 +725,14 @@ class Spool:
                 return sid
         return None
 
-    def ack(self, entry: SpoolEntry) -> None:
-        """The output has ``entry`` safe: it may leave the spool."""
+    def ack(self, entry: SpoolEntry, *, replay: bool = True) -> None:
+        """The output has ``entry`` safe: it may leave the spool (after the replay window,
+        unless ``replay`` is false)."""
         key = (entry.segment, entry.offset)
         if key not in self._outstanding:
             return  # its segment was dropped meanwhile
+        if replay:
+            self.replay.add(*key, time.monotonic())
         self._outstanding[key] = True
         self.stats.acked_batches += 1
         self._out_per_segment[entry.segment] -= 1
@@ -738,13 +748,41 @@ class Spool:
         seg = self._segments.get(entry.segment)
         if seg is not None:
             self._maybe_delete(seg)
+        self.expire_replay()
         self._changed.set()  # wait_drained() waits on acks
 
     def _maybe_delete(self, seg: _Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
         if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
-                and not self._out_per_segment[seg.id]):
+                and not self._out_per_segment[seg.id] and not self.replay.held(seg.id)):
             self._delete(seg)
+
+    # -- the replay window (replay.py) -------------------------------------------------
+
+    def expire_replay(self) -> None:
+        """Delete the segments whose batches have all left the replay window."""
+        self._free_held(self.replay.expire(time.monotonic()))
+
+    def _release_replay(self) -> bool:
+        """Give up the replay window for room; True if that freed a segment."""
+        before = len(self._segments)
+        self._free_held(self.replay.release())
+        return len(self._segments) < before
+
+    def _free_held(self, segments: list[int]) -> None:
+        for seg_id in segments:
+            seg = self._segments.get(seg_id)
+            if seg is not None:
+                self._maybe_delete(seg)
+
+    def replayable(self) -> list[SpoolEntry]:
+        """The batches downstream acked within the replay window, oldest first."""
+        entries = []
+        for seg_id, offset in self.replay.positions(time.monotonic()):
+            seg = self._segments.get(seg_id)
+            if seg is not None:
+                entries.append(self._read_disk(seg, offset)[0])
+        return entries
 
     def _delete(self, seg: _Segment, *, dropped: bool = False) -> None:
         if dropped:
@@ -809,10 +847,10 @@ class Spool:
         with open(os.path.join(self.path, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.stats.dead_lettered += 1
+        self.ack(entry, replay=False)  # never sent again: Fluent Bit refuses it
         log.error("dead-lettered a batch of %d records on %s after Fluent Bit refused it "
                   "repeatedly (%s); see %s/dead-letter.jsonl", entry.count, entry.tag, reason,
                   self.path)
-        self.ack(entry)
 
     # -- status and shutdown ---------------------------------------------------------
 
@@ -821,7 +859,8 @@ class Spool:
         return {"path": self.path, "bytes": self.size, "max_bytes": self.max_bytes,
                 "effective_max_bytes": self.limit, "disk_free_bytes": self.room.free,
                 "state": self.gate.state, "error": self.gate.error,
-                "disk_errors": self.gate.disk_errors,
+                "disk_errors": self.gate.disk_errors, "replay_window_s": self.replay.seconds,
+                "replayable_batches": len(self.replay),
                 "segments": len(self._segments), "unacked_batches": len(self._outstanding),
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
