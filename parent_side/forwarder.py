@@ -90,6 +90,7 @@ class DirectSink:
             outer.set_result(None)
         elif exc is not None:
             outer.set_exception(exc)
+            outer.exception()  # retrieved: the connection that waits for it may be gone
         else:
             if self.on_delivered is not None:
                 self.on_delivered(batch.tag, batch.count)
