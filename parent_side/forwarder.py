@@ -200,10 +200,16 @@ class Forwarder:
                 log.warning("retrying a batch failed again: %s", str(exc))
 
     async def _hints(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.hint_interval)
             self.spool.expire_replay()
             try:
                 self.spool.write_hint()
+                failing = False
             except OSError as exc:
-                log.warning("spool: cannot write the acked hint: %s", exc.strerror)
+                # Once per streak: on a full disk this fails every second.
+                (log.debug if failing else log.warning)(
+                    "spool: cannot write the acked mark: %s (a restart may resend more)",
+                    exc.strerror)
+                failing = True

@@ -113,6 +113,8 @@ async def test_a_full_spool_disk_is_backpressure_not_a_storm_and_it_all_arrives(
         log = relay.log()
         assert log_lines(log, "never retrieved") == 0 and log_lines(log, "Traceback") == 0
         assert "takes batches again" in log
+        events = [r.record.get("event") for r in fluentbit.records if r.tag == "relay.lifecycle"]
+        assert "spool_full" in events and "spool_resumed" in events, events
     finally:
         await fluentbit.stop()
 
