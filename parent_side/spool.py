@@ -247,6 +247,8 @@ class Spool:
         self._mark = AckedMark(os.path.join(path, "acked"))
         self.gate = Gate(path, retry_interval=retry_interval, details=self._room_details)
         self._retry_timer: asyncio.TimerHandle | None = None
+        self._waiting_need = 0  # the largest batch waiting for room
+        self._last_seg_id = 0  # segment ids only grow, even when every segment is gone
         self.replay = ReplayWindow(replay_window)
         self.stats = SpoolStats()
         self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
@@ -302,6 +304,9 @@ class Spool:
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
         self._recover()
+        # A new segment's id must follow every id the acked mark may name.
+        mark = self._read_hint()
+        self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
     def _segment_ids(self) -> list[int]:
         ids = []
@@ -399,7 +404,7 @@ class Spool:
         if seg is None or seg.sealed or seg.size + need > self._segment_limit() and seg.records:
             if seg is not None:
                 seg.sealed = True
-            seg_id = (seg.id + 1) if seg is not None else 1
+            seg_id = self._last_seg_id = max(seg.id if seg else 0, self._last_seg_id) + 1
             path = self._seg_path(seg_id)
             seg = _Segment(seg_id, path)
             seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
@@ -500,10 +505,12 @@ class Spool:
 
     def _no_room(self, need: int) -> bool:
         limit = self.limit
-        # Once full, wait for an eighth of the cap to be free (a deleted segment), so
-        # the spool does not flap between full and not with every batch.
-        slack = limit // 8 if self.gate.why == "full" else 0
-        return self.size + need > limit - slack
+        if self.gate.why == "full":
+            # Once full, go on only when the largest waiting batch fits with an eighth
+            # of the cap to spare (a deleted segment): a small record squeezing in must
+            # not reopen the spool while the batches before it still wait.
+            need = max(need, self._waiting_need) + limit // 8
+        return self.size + need > limit
 
     async def _make_room(self, need: int) -> None:
         while self.gate.error or self._no_room(need):
@@ -511,15 +518,29 @@ class Spool:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            if self._release_replay():
+            if self._release_replay() or self._retire_active():
                 continue
             if self.full is Full.DROP_OLDEST and self._drop_oldest():
                 continue
             self.gate.close("full")
+            self._waiting_need = max(self._waiting_need, need)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):  # read the disk's free space again
                 await asyncio.wait_for(self._changed.wait(), self.room.refresh)
+        if self.gate.why:
+            self._waiting_need = 0  # the waiters say again what they need
         self.gate.open()
+
+    def _retire_active(self) -> bool:
+        """Delete the active segment if everything in it was forwarded and acked: at
+        the cap it would otherwise hold its room forever (only sealed segments go)."""
+        seg = next(reversed(self._segments.values()), None)
+        if (seg is None or seg.committed != seg.size or self._out_per_segment[seg.id]
+                or self._cursor != (seg.id, seg.committed) or self.replay.held(seg.id)):
+            return False
+        seg.sealed = True
+        self._delete(seg)
+        return True
 
     def _room_details(self) -> dict[str, Any]:
         return {"path": self.path, "bytes": self.size, "effective_max_bytes": self.limit,

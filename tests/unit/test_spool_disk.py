@@ -226,3 +226,26 @@ async def test_the_mark_is_rewritten_in_place_and_read_by_the_old_reader(tmp_pat
     assert (int(seg), int(off)) == (12, 99_000_000)
     mark.remove()
     assert read_mark(path) is None
+
+
+async def test_a_small_record_does_not_reopen_a_full_spool_before_a_waiting_batch(
+        spool_dir: Path) -> None:
+    spool_dir.mkdir(parents=True)
+    st = os.statvfs(spool_dir)
+    spool = Spool(str(spool_dir), reserve_bytes=st.f_bavail * st.f_frsize - (512 << 10),
+                  commit_delay=0)
+    seen = states(spool)
+    spool.open()
+    await within(await spool.append("t", batch(0, size=spool.limit * 3 // 4), 1), "a commit")
+    free = spool.limit - spool.size  # a quarter: more than the eighth kept spare
+    big = asyncio.ensure_future(spool.append("t", batch(1, size=free + 1000), 1))
+    await asyncio.sleep(20 * MS)
+    assert not big.done() and seen == ["full"]
+    small = asyncio.ensure_future(spool.append("t", batch(2, size=10), 1))
+    await asyncio.sleep(50 * MS)  # a window in which it would squeeze in
+    assert not small.done() and seen == ["full"], seen
+    await drain(spool, 1)
+    await within(big, "the waiting batch")
+    await within(small, "the small record")
+    assert seen == ["full", "resumed"]
+    await spool.close()
