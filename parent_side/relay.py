@@ -156,7 +156,9 @@ class Relay:
             await self.listener.close()
             self.emit(LIFECYCLE_TAG, {"event": "relay_stop", "version": __version__,
                                       "hostname": cfg.hostname})
-            await self._end_tasks(status, timeout=min(self._grace(deadline), 1.0))
+            # A moment at least: the relay_stop record goes to the spool even when the
+            # output is down, and with it to the next start.
+            await self._end_tasks(status, timeout=min(max(self._grace(deadline), 0.1), 1.0))
             await self._shutdown(forwarding, deadline=deadline)
             await self.notifier.stop_watchdog(watchdog)
         return 0
@@ -164,9 +166,7 @@ class Relay:
     async def _end_tasks(self, *tasks: asyncio.Task[Any], timeout: float) -> None:
         """Let the relay's own records reach the spool, for at most ``timeout`` (a full
         spool takes none), then cancel what is left."""
-        pending = {*tasks, *self._tasks}
-        if timeout > 0:
-            _, pending = await asyncio.wait(pending, timeout=timeout)
+        _, pending = await asyncio.wait({*tasks, *self._tasks}, timeout=timeout)
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)

@@ -56,5 +56,9 @@ async def test_sigterm_with_fluent_bit_unreachable_ends_within_5s_and_keeps_the_
         await fb.wait_for(lambda: sorted(str(r.record.get("log")) for r in fb.records
                                          if r.tag.endswith("app.stdout")) == sorted(lines),
                           timeout=30, what="every kept line after the restart")
+        # Its own last record too: spooled on the way out, delivered by the next start.
+        await fb.wait_for(lambda: any(r.tag == "relay.lifecycle"
+                                      and r.record.get("event") == "relay_stop"
+                                      for r in fb.records), timeout=30, what="relay_stop")
     finally:
         await fb.stop()
