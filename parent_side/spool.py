@@ -20,7 +20,8 @@ only after the fdatasync covering the entry returned; the relay acks the agent t
 Creating or removing a segment also fsyncs the directory.
 
 Forwarding reads committed entries in order and hands them to the output; a
-segment is deleted once every entry in it was acked downstream. On start the spool
+segment is deleted once every entry in it was acked downstream and has left the
+replay window (``replay.py``: kept to send again if Fluent Bit restarts). On start the spool
 checks every segment, cuts a torn tail (a crash mid-write), and forwards whatever was
 not acked. The ``acked`` mark is rewritten in place on every downstream ack (and
 fsynced on a timer), so after a relay crash only the batches that were in flight to

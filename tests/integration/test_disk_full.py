@@ -156,7 +156,6 @@ async def test_a_disk_filled_by_someone_else_stalls_the_spool_until_space_return
              refused_writes="cannot write" in relay.log())
         assert report.lost == 0 and report.corrupted == 0, report
         assert "takes batches again" in relay.log()
-        assert b"unacked batches will be resent" not in run.stderr or report.lost == 0
     finally:
         with contextlib.suppress(FileNotFoundError):
             filler.unlink()
