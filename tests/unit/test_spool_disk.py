@@ -52,6 +52,20 @@ class Disk:
         os.fdatasync(fd)
 
 
+def small_disk(spool: Spool, size: int) -> None:
+    """Give ``spool`` a disk of ``size`` bytes holding nothing but the spool: the test
+    machine's disk is shared, and its free space moves under a test."""
+    where = Path(spool.path)
+
+    def statvfs(_: str) -> os.statvfs_result:
+        used = sum(f.stat().st_size for f in where.iterdir() if f.is_file())
+        free = max(size - used, 0)
+        # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files, f_ffree, f_favail, ...
+        return os.statvfs_result((4096, 1, size, free, free, 0, 0, 0, 0, 255))
+
+    spool.room = DiskRoom(spool.path, reserve=0, statvfs=statvfs)
+
+
 def states(spool: Spool) -> list[str]:
     seen: list[str] = []
     spool.gate.on_state = lambda state, details: seen.append(state)
@@ -148,11 +162,8 @@ async def test_the_cap_is_the_free_space_when_that_is_smaller(spool_dir: Path) -
 
 async def test_appends_wait_at_the_disk_cap_and_go_on_when_acks_free_segments(
         spool_dir: Path) -> None:
-    spool_dir.mkdir(parents=True)
-    st = os.statvfs(spool_dir)
-    # Leave the spool 512 KiB of this filesystem.
-    spool = Spool(str(spool_dir), reserve_bytes=st.f_bavail * st.f_frsize - (512 << 10),
-                  commit_delay=0)
+    spool = Spool(str(spool_dir), commit_delay=0)
+    small_disk(spool, 512 << 10)
     seen = states(spool)
     spool.open()
     entry = batch(0, size=8000)
@@ -230,10 +241,8 @@ async def test_the_mark_is_rewritten_in_place_and_read_by_the_old_reader(tmp_pat
 
 async def test_a_small_record_does_not_reopen_a_full_spool_before_a_waiting_batch(
         spool_dir: Path) -> None:
-    spool_dir.mkdir(parents=True)
-    st = os.statvfs(spool_dir)
-    spool = Spool(str(spool_dir), reserve_bytes=st.f_bavail * st.f_frsize - (512 << 10),
-                  commit_delay=0)
+    spool = Spool(str(spool_dir), commit_delay=0)
+    small_disk(spool, 512 << 10)
     seen = states(spool)
     spool.open()
     await within(await spool.append("t", batch(0, size=spool.limit * 3 // 4), 1), "a commit")
