@@ -152,12 +152,15 @@ async def test_the_cap_is_the_free_space_when_that_is_smaller(spool_dir: Path) -
     free = st.f_bavail * st.f_frsize
     room = DiskRoom(str(spool_dir), reserve=0)
     assert abs(room.limit(1000) - (1000 + free)) < 64 << 20  # others write meanwhile
-    spool = Spool(str(spool_dir), max_bytes=1 << 62, reserve_bytes=0)
-    assert spool.limit < 1 << 62
-    # The reserve comes off the top; segments stay a quarter of the cap at most.
-    small = Spool(str(spool_dir), max_bytes=1 << 62, reserve_bytes=free - (1 << 20))
-    assert small.limit <= 2 << 20
-    assert small._segment_limit() <= max(small.limit // 4, 64 << 10)
+    assert Spool(str(spool_dir), max_bytes=1 << 62).limit < 1 << 62
+    # The reserve comes off the top (2% of the filesystem by default); segments stay a
+    # quarter of the cap at most.
+    small = Spool(str(spool_dir), max_bytes=1 << 62)
+    small_disk(small, 4 << 20)
+    small.room.reserve = None
+    assert small.limit == (4 << 20) - (4 << 20) // 50
+    assert small._segment_limit() == small.limit // 4
+    assert Spool(str(spool_dir), max_bytes=1 << 20).limit == 1 << 20
 
 
 async def test_appends_wait_at_the_disk_cap_and_go_on_when_acks_free_segments(
