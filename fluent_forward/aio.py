@@ -432,7 +432,9 @@ class ForwardClient:
         handshake: our side of the handshake.
         handshake_wait, require_handshake, window, ack_timeout, keepalive,
             max_inbound_frame: each connection's ``ClientSession`` options;
-            ``connect_timeout`` is also its handshake timeout.
+            ``connect_timeout`` is also its handshake timeout. A HELO that comes after
+            we began sending raises ``handshake_wait`` to it for later connections
+            (``ClientHandshake.late_helo``).
         name: used in log lines.
         on_connect, on_disconnect: called when a connection is up (after the
             handshake, before the first batch is taken) and when it is gone.
@@ -461,6 +463,8 @@ class ForwardClient:
         self.log = logger or logging.getLogger(__name__)
         self.stats = ClientStats()
         self.connected = asyncio.Event()
+        #: The server of the last connection, as the kernel names it.
+        self.peer = ""
 
     async def run(self) -> None:
         """Run until cancelled. Never raises: a bug here is logged and the loop restarts."""
@@ -535,6 +539,7 @@ class ForwardClient:
             await conn.close()
             raise
         self.stats.connects += 1
+        self.peer = peer_of(writer).address  # a Unix server's pid: a restart shows
         self.connected.set()
         self.log.info("connected to %s %s", self.name, self.endpoint)
         return conn, session
@@ -548,9 +553,19 @@ class ForwardClient:
             self.stats.batches_sent += 1
             await conn.drain()
 
+    def _late_helo(self, note: str) -> None:
+        """A HELO after we began sending (``ClientSession.late_helo``): wait for it, and
+        answer it, on every connection from now on; say so once."""
+        if self.session_options["handshake_wait"] < self.connect_timeout:
+            self.session_options["handshake_wait"] = self.connect_timeout
+            self.log.warning("%s %s %s", self.name, self.endpoint, note)
+
     async def _receive_loop(self, conn: Connection, session: ClientSession) -> None:
         while True:
             await conn.receive(session)
+            if session.late_helo is not None:
+                self._late_helo(session.late_helo)
+                session.late_helo = None
             for acked in session.events():
                 self.source.ack(acked.chunk)
                 self.stats.batches_acked += 1

@@ -271,6 +271,35 @@ class ClientHandshake:
         version = self.version if helo.version else ""
         return encode_ping(Ping(self.hostname, self.salt, digest, user, pw, version))
 
+    def late_helo(self, helo: Helo) -> str:
+        """The rule for a HELO that came after we began sending, which happens only when
+        we hold no key (with one, we wait for HELO before sending anything).
+
+        Such a server asks for a handshake though we were given no key: a keyless one
+        (another relay, Fluent Bit with ``empty_shared_key``) accepts a PING whose digest
+        uses an empty key, so we answer it, on every connection from now on. One with a
+        key refuses that PING, and the refusal says so. (Fluentd's and Fluent Bit's
+        forward outputs decide up front instead: they answer HELO only when configured
+        with ``<security>`` or ``shared_key``/``empty_shared_key``, and otherwise fail
+        on it.)
+
+        Returns:
+            What to log, once.
+
+        Raises:
+            HandshakeError: we hold a key (so we waited for a HELO; a second one now is
+                the server breaking the protocol).
+        """
+        if self.shared_key is not None:
+            raise HandshakeError("a HELO in the middle of the stream")
+        users = (" It asks for a username and password too (its HELO carries an auth "
+                 "salt; Fluent Bit always sends one)." if helo.auth and not self.username
+                 else "")
+        return ("asks for a handshake although no shared key is configured here: "
+                "answering it with an empty key from the next connection on (a keyless "
+                "server accepts that; if it refuses, it has a shared key: configure the "
+                "same one here)." + users)
+
     def check(self, pong: Pong) -> None:
         """Verify the PONG; raise ``AuthenticationError`` if the server refused or lied."""
         if self._nonce is None:

@@ -269,8 +269,8 @@ class ClientSession(Session):
     Args:
         handshake: our side of the handshake.
         handshake_wait: wait this long for a HELO and go on without a handshake if
-            none comes (0: do not wait; a HELO arriving later is then a protocol
-            error naming the fix).
+            none comes (0: do not wait; a HELO arriving later sets ``late_helo``, or
+            is a protocol error when we hold a key).
         require_handshake: a HELO must come (we hold a shared key); wait
             ``handshake_timeout`` for it.
         handshake_timeout: most time for the HELO (when required) and for the PONG.
@@ -298,6 +298,9 @@ class ClientSession(Session):
         self.keepalive = keepalive
         self.require_handshake = require_handshake
         self.helo: Helo | None = None
+        #: Set when a HELO came after we began sending: what to log, once; the I/O
+        #: layer waits for HELO on its next connections (``ClientHandshake.late_helo``).
+        self.late_helo: str | None = None
         self.in_flight: set[str | bytes] = set()
         self._events: list[Acked] = []
         self._sent = now  # wall clock of our last write, for keepalives
@@ -359,8 +362,12 @@ class ClientSession(Session):
                 raise self._fail(exc) from None
             self.state = State.OPEN
         elif isinstance(frame, Helo):
-            raise self._fail(HandshakeError(f"{self.name} asks for a handshake (it has a "
-                                            "shared key); configure the same shared key here"))
+            # Only a keyless client goes on without waiting for HELO: a server that
+            # asks anyway is answered from the next connection on (late_helo's rule).
+            try:
+                self.late_helo = self.handshake.late_helo(frame)
+            except HandshakeError as exc:
+                raise self._fail(exc) from None
         elif not isinstance(frame, Ack):
             raise self._fail(MalformedFrame(f"unexpected {type(frame).__name__} after handshake"))
         elif frame.chunk not in self.in_flight:

@@ -126,6 +126,11 @@ class RelayConfig:
         help="when the spool is full: block (agents wait; nothing is lost) or drop_oldest "
              "(counted)")
     spool_segment_bytes: int = 32 << 20
+    replay_window: float = option(
+        5.0, DURATION,
+        help="keep batches this long after Fluent Bit acked them, and send them again when "
+             "a new Fluent Bit process answers (it may have lost what it acked before it "
+             "died): duplicates instead of loss; 0 turns it off")
     allowed_cids: CidSet = option(
         parse_cid_set([DEFAULT_ALLOWED_CIDS]), repeated(parse_cid_set, "CIDS"), "--allow-cid",
         default_text="4-, enclaves only; the parent's own processes appear as CID 1 or 3 "

@@ -33,6 +33,12 @@ __all__ = ["DirectSink", "Forwarder", "Sink", "SpoolSink"]
 log = logging.getLogger(__name__)
 
 
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    """Mark a future's outcome as seen, so that asyncio does not log it as lost."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Sink(Protocol):
     """Where the listener puts batches."""
 
@@ -89,6 +95,7 @@ class DirectSink:
             outer.set_result(None)
         elif exc is not None:
             outer.set_exception(exc)
+            outer.exception()  # retrieved: the connection that waits for it may be gone
         else:
             if self.on_delivered is not None:
                 self.on_delivered(batch.tag, batch.count)
@@ -121,7 +128,11 @@ class Forwarder:
         self.hint_interval = hint_interval
         self.on_delivered = on_delivered
         self.retries = 0
+        self.replays = 0
+        self.replayed_batches = 0
+        self.replayed_records = 0
         self._stopping = False
+        self._replaying: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, output: Output) -> None:
         """Forward to ``output`` from now on (a reload made a new one)."""
@@ -135,8 +146,33 @@ class Forwarder:
                 await self._submit(entry)
         finally:
             self._stopping = True
-            hints.cancel()
-            await asyncio.gather(hints, return_exceptions=True)
+            for task in (hints, *self._replaying):
+                task.cancel()
+            await asyncio.gather(hints, *self._replaying, return_exceptions=True)
+
+    def replay(self) -> None:
+        """Fluent Bit restarted: send again what it acked within the replay window,
+        in case it lost that (replay.py). Those copies are not tracked by the spool: the
+        originals were acked already, and a copy lost again is not retried."""
+        entries = self.spool.replayable()
+        if not entries:
+            return
+        records = sum(e.count for e in entries)
+        self.replays += 1
+        self.replayed_batches += len(entries)
+        self.replayed_records += records
+        log.warning("Fluent Bit restarted: sending again the %d batches (%d records) it "
+                    "acked in the last %gs (--replay-window), in case it lost them: "
+                    "duplicates rather than loss", len(entries), records,
+                    self.spool.replay.seconds)
+        task = asyncio.get_running_loop().create_task(self._replay(entries))
+        self._replaying.add(task)
+        task.add_done_callback(self._replaying.discard)
+
+    async def _replay(self, entries: list[SpoolEntry]) -> None:
+        for entry in entries:
+            fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
+            fut.add_done_callback(_retrieved)
 
     async def _submit(self, entry: SpoolEntry) -> None:
         fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
@@ -173,9 +209,16 @@ class Forwarder:
                 log.warning("retrying a batch failed again: %s", str(exc))
 
     async def _hints(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.hint_interval)
+            self.spool.expire_replay()
             try:
                 self.spool.write_hint()
+                failing = False
             except OSError as exc:
-                log.warning("spool: cannot write the acked hint: %s", exc.strerror)
+                # Once per streak: on a full disk this fails every second.
+                (log.debug if failing else log.warning)(
+                    "spool: cannot write the acked mark: %s (a restart may resend more)",
+                    exc.strerror)
+                failing = True

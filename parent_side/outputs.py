@@ -24,6 +24,7 @@ import stat
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -35,6 +36,8 @@ from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.errors import EndpointError
 from fluent_forward.handshake import ClientHandshake
 from fluent_forward.window import InFlight
+
+from .replay import RestartWatch
 
 __all__ = [
     "FileOutput",
@@ -120,6 +123,15 @@ class Output(ABC):
 
     def status(self) -> dict[str, Any]:
         return {}
+
+    @property
+    def connected(self) -> bool:
+        """Whether the output can take batches now (a stopping relay waits only then)."""
+        return True
+
+    #: Called when the destination restarted (a new Fluent Bit process), so that what
+    #: it acked recently is sent again (the spool's replay window).
+    on_restart: Callable[[], None] | None = None
 
 
 # -- JSON lines ----------------------------------------------------------------------
@@ -424,9 +436,22 @@ class ForwardOutput(Output):
                                     connect_timeout=connect_timeout, max_backoff=max_backoff,
                                     ack_timeout=ack_timeout, name="Fluent Bit",
                                     logger=logging.getLogger("parent_side.upstream"),
-                                    on_connect=self.queue.connection_up,
-                                    on_disconnect=self.queue.connection_down)
+                                    on_connect=self._connected,
+                                    on_disconnect=self._disconnected)
         self._task: asyncio.Task[None] | None = None
+        self._restarts = RestartWatch()
+        self.restarts = 0
+
+    def _connected(self) -> None:
+        self.queue.connection_up()
+        if self._restarts.connected(self.client.peer, self.client.stats.connect_failures):
+            self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart()
+
+    def _disconnected(self) -> None:
+        self.queue.connection_down()
+        self._restarts.lost(self.client.stats.connect_failures)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self.client.run(), name="upstream")
@@ -447,12 +472,16 @@ class ForwardOutput(Output):
             await asyncio.gather(self._task, return_exceptions=True)
         self.queue.cancel_all()  # whoever submitted them sends them again elsewhere
 
+    @property
+    def connected(self) -> bool:
+        return self.client.connected.is_set()
+
     def status(self) -> dict[str, Any]:
         s = self.client.stats
         return {"endpoint": str(self.endpoint), "connected": self.client.connected.is_set(),
                 "queued_frames": self.queue.depth, "queued_bytes": self.queue.used,
                 "acked_records": self.queue.acked_records, "poisoned": self.queue.poisoned,
-                "connects": s.connects,
+                "connects": s.connects, "restarts": self.restarts,
                 "disconnects": s.disconnects, "resent": s.batches_resent,
                 "last_error": s.last_error}
 

@@ -10,12 +10,13 @@ disconnecting and terminating; ``relay.status``: its state every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fluent_forward import __version__
@@ -82,9 +83,12 @@ class Relay:
         self.sink: Sink
         if config.spool is not None:
             self.spool = Spool(config.spool, max_bytes=config.spool_bytes, full=config.spool_full,
-                               segment_bytes=config.spool_segment_bytes)
+                               segment_bytes=config.spool_segment_bytes,
+                               replay_window=config.replay_window)
             self.forwarder = Forwarder(self.spool, self.output, on_delivered=self._delivered)
+            self.output.on_restart = self.forwarder.replay
             self.sink = SpoolSink(self.spool)
+            self.spool.gate.on_state = self._spool_state
         else:
             self.sink = DirectSink(self.output, on_delivered=self._delivered)
         vsock = config.listen.scheme.value == "vsock"
@@ -120,7 +124,7 @@ class Relay:
         try:
             await self.listener.start()
         except BaseException:
-            await self._shutdown(forwarding, timeout=0)
+            await self._shutdown(forwarding, deadline=0.0)
             raise
         if self.admin is not None:
             await self.admin.start()
@@ -142,6 +146,7 @@ class Relay:
             await self._stop.wait()
             log.info("stopping: closing agent connections, delivering what was taken")
         finally:
+            deadline = asyncio.get_running_loop().time() + self.config.shutdown_timeout
             self.notifier.stopping()
             status.cancel()
             if self.admin is not None:
@@ -149,30 +154,53 @@ class Relay:
             await self.listener.close()
             self.emit(LIFECYCLE_TAG, {"event": "relay_stop", "version": __version__,
                                       "hostname": cfg.hostname})
-            await asyncio.gather(status, *self._tasks, return_exceptions=True)
-            await self._shutdown(forwarding, timeout=self.config.shutdown_timeout)
+            # A moment at least: the relay_stop record goes to the spool even when the
+            # output is down, and with it to the next start.
+            await self._end_tasks(status, timeout=min(max(self._grace(deadline), 0.1), 1.0))
+            await self._shutdown(forwarding, deadline=deadline)
             await self.notifier.stop_watchdog(watchdog)
         return 0
 
-    async def _shutdown(self, forwarding: asyncio.Task[None] | None, *, timeout: float) -> None:
-        """Deliver what the spool holds (for at most ``timeout``), stop, close the spool.
+    async def _end_tasks(self, *tasks: asyncio.Task[Any], timeout: float) -> None:
+        """Let the relay's own records reach the spool, for at most ``timeout`` (a full
+        spool takes none), then cancel what is left."""
+        _, pending = await asyncio.wait({*tasks, *self._tasks}, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
 
-        What is not delivered by then stays in the spool for the next start.
+    def _grace(self, deadline: float) -> float:
+        """Seconds left to deliver before ``deadline``: none while the output is down,
+        since it takes nothing then (the spool keeps it all for the next start)."""
+        if not self.output.connected:
+            return 0.0
+        return max(deadline - asyncio.get_running_loop().time(), 0.0)
+
+    async def _drain(self, spool: Spool, deadline: float) -> None:
+        """Wait for the spool to deliver everything, while the output takes it."""
+        while spool.backlog > 0 and (grace := self._grace(deadline)) > 0:
+            # Look again often: the output may go down meanwhile.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(grace, 0.1)):
+                    await spool.wait_drained()
+        if spool.backlog:
+            log.info("stopping with %d batches in the spool; they go out on the next start",
+                     spool.backlog)
+
+    async def _shutdown(self, forwarding: asyncio.Task[None] | None, *,
+                        deadline: float) -> None:
+        """Deliver what the spool holds (while the output takes it, until ``deadline``),
+        stop, close the spool. What is not delivered stays in the spool for next time.
         """
-        if self.spool is not None and forwarding is not None and timeout > 0:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.spool.wait_drained()
-            except TimeoutError:
-                log.info("stopping with %d batches in the spool; they go out on the next "
-                         "start", self.spool.backlog)
+        if self.spool is not None and forwarding is not None:
+            await self._drain(self.spool, deadline)
         if self._polling is not None:
             self._polling.cancel()
             await asyncio.gather(self._polling, return_exceptions=True)
         if forwarding is not None:
             forwarding.cancel()
             await asyncio.gather(forwarding, return_exceptions=True)
-        await self.output.close(timeout)
+        await self.output.close(self._grace(deadline))
         if self.spool is not None:
             await self.spool.close()
 
@@ -181,8 +209,25 @@ class Relay:
     def emit(self, tag: str, record: dict[str, Any]) -> None:
         """Send one record of the relay's own through the spool, without waiting."""
         entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
-        task = asyncio.get_running_loop().create_task(
-            self.sink.submit(RelayBatch(tag, entry, 1), None, None))
+        self._spawn(self.sink.submit(RelayBatch(tag, entry, 1), None, None))
+
+    def _spool_state(self, state: str, details: dict[str, Any]) -> None:
+        """The spool stopped or resumed taking batches: a ``relay.lifecycle`` record."""
+        record = {"event": f"spool_{state}", **details}
+        if state == "resumed":
+            self.emit(LIFECYCLE_TAG, record)
+            return
+        # The spool takes nothing now: this notice goes to the output directly (it is
+        # not durable, but it is seen as soon as the output is).
+        entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
+        self._spawn(self._notice(RelayBatch(LIFECYCLE_TAG, entry, 1)))
+
+    async def _notice(self, batch: RelayBatch) -> None:
+        fut = await self.output.submit(batch)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -262,6 +307,8 @@ class Relay:
                    if getattr(new, f.name) != getattr(old, f.name)]
         self.config = new
         self.listener.reconfigure(_listener_config(new))
+        if self.spool is not None:
+            self.spool.replay.seconds = new.replay_window
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
         if _output_args(new) != _output_args(old):
@@ -303,6 +350,7 @@ class Relay:
         old, self.output = self.output, new
         if self.forwarder is not None:
             self.forwarder.reconfigure(new)
+            new.on_restart = self.forwarder.replay
         if isinstance(self.sink, DirectSink):
             self.sink.reconfigure(new)
         await old.close(self.config.shutdown_timeout)

@@ -5,7 +5,7 @@ Layout of the spool directory::
     lock                      flock()ed by the one relay that owns the directory
     0000000000000001.seg      segments, append-only, oldest first
     0000000000000002.seg
-    acked                     where forwarding had got to (a hint, to limit resends)
+    acked                     where forwarding had got to (rewritten on every ack)
     dead-letter.jsonl         frames Fluent Bit kept refusing, set aside
 
 A segment starts with a 16-byte header (``NELSPOOL``, a format version, zeros) and
@@ -20,10 +20,19 @@ only after the fdatasync covering the entry returned; the relay acks the agent t
 Creating or removing a segment also fsyncs the directory.
 
 Forwarding reads committed entries in order and hands them to the output; a
-segment is deleted once every entry in it was acked downstream. On start the spool
+segment is deleted once every entry in it was acked downstream and has left the
+replay window (``replay.py``: kept to send again if Fluent Bit restarts). On start the spool
 checks every segment, cuts a torn tail (a crash mid-write), and forwards whatever was
-not acked. After a crash, entries acked downstream since the last ``acked`` hint
-are forwarded again: duplicates, never loss.
+not acked. The ``acked`` mark is rewritten in place on every downstream ack (and
+fsynced on a timer), so after a relay crash only the batches that were in flight to
+Fluent Bit are forwarded again (after a machine crash, also those acked since the last
+sync): duplicates, never loss.
+
+A full disk is a full spool: the cap is the smaller of ``max_bytes`` and what the
+filesystem leaves (``spool_disk.DiskRoom``), and a write that fails for want of room
+(ENOSPC, EDQUOT, EIO) stalls the spool: the failed group is cut off the files, kept in
+memory and retried on a timer; appends wait meanwhile, so agents are not acked and
+slow down, their connections open. It resumes by itself once the write goes through.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ import msgpack
 from fluent_forward.conventions import Overflow
 from fluent_forward.wire import bin_header
 
+from .replay import ReplayWindow
+from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, read_mark
 from .spool_recovery import Scan, compact, rewrite, scan_entries, set_aside
 
 __all__ = [
@@ -198,13 +209,23 @@ class Spool:
             numbers of up to ``dedup_boots`` agent runs, to ack a resent batch without
             spooling it twice.
         fsync: the sync function (a test seam).
+        writev: writes a list of buffers to a file descriptor, all of them (a test seam).
+        reserve_bytes: disk space left to others; the spool blocks before it takes it
+            (None: 2% of the filesystem, at most 64 MiB).
+        retry_interval: seconds between attempts to write again after the disk refused
+            a write (full, over quota, or failing).
+        replay_window: keep batches this many seconds after downstream acked them, to
+            send again if Fluent Bit restarts (``replay.py``); 0: none.
     """
 
     def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Overflow = Overflow.BLOCK,
                  segment_bytes: int = 32 << 20, commit_delay: float = 0.002,
                  commit_bytes: int = 256 << 10, cache_bytes: int = 16 << 20,
                  dedup_boots: int = 1024, dedup_window: int = 4096,
-                 fsync: Callable[[int], None] = os.fdatasync) -> None:
+                 fsync: Callable[[int], None] = os.fdatasync,
+                 writev: Callable[[int, list[bytes]], None] = _writev_all,
+                 reserve_bytes: int | None = None, retry_interval: float = 1.0,
+                 replay_window: float = 0.0) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.full = full
@@ -215,6 +236,15 @@ class Spool:
         self.dedup_boots = dedup_boots
         self.dedup_window = dedup_window
         self._fsync = fsync
+        self._writev = writev
+        self.retry_interval = retry_interval
+        self.room = DiskRoom(path, reserve=reserve_bytes)
+        self._mark = AckedMark(os.path.join(path, "acked"))
+        self.gate = Gate(path, retry_interval=retry_interval, details=self._room_details)
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._waiting_need = 0  # the largest batch waiting for room
+        self._last_seg_id = 0  # segment ids only grow, even when every segment is gone
+        self.replay = ReplayWindow(replay_window)
         self.stats = SpoolStats()
         self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
         self._lock_fd = -1
@@ -241,7 +271,6 @@ class Spool:
                                               asyncio.Future[None] | None] = (
             collections.OrderedDict())
         self._boots: collections.OrderedDict[bytes, _Boot] = collections.OrderedDict()
-        self._hint_written = (0, 0)
         self._dropped_batches = 0
         self._closed = False
 
@@ -270,6 +299,9 @@ class Spool:
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
         self._recover()
+        # A new segment's id must follow every id the acked mark may name.
+        mark = self._read_hint()
+        self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
     def _segment_ids(self) -> list[int]:
         ids = []
@@ -302,18 +334,13 @@ class Spool:
         if self._segments:
             first = next(iter(self._segments))
             start = hint[1] if hint and hint[0] == first else HEADER.size
-            self._cursor = self._hint_written = (first, start)
+            self._cursor = (first, start)
         if self.stats.recovered_batches:
             log.info("spool %s: recovered %d batches (%d records) not yet acked downstream",
                      self.path, self.stats.recovered_batches, self.stats.recovered_records)
 
     def _read_hint(self) -> tuple[int, int] | None:
-        try:
-            with open(os.path.join(self.path, "acked"), encoding="ascii") as f:
-                seg, off = f.read().split()
-                return int(seg), int(off)
-        except (OSError, ValueError):
-            return None
+        return read_mark(self._mark.path)
 
     def _scan(self, seg: _Segment, skip_to: int) -> int | None:
         """Check a segment: keep every intact entry, set aside corrupt bytes between
@@ -390,10 +417,10 @@ class Spool:
 
     def _active(self, need: int) -> _Segment:
         seg = next(reversed(self._segments.values()), None)
-        if seg is None or seg.sealed or seg.size + need > self.segment_bytes and seg.records:
+        if seg is None or seg.sealed or seg.size + need > self._segment_limit() and seg.records:
             if seg is not None:
                 seg.sealed = True
-            seg_id = (seg.id + 1) if seg is not None else 1
+            seg_id = self._last_seg_id = max(seg.id if seg else 0, self._last_seg_id) + 1
             path = self._seg_path(seg_id)
             seg = _Segment(seg_id, path)
             seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
@@ -430,8 +457,15 @@ class Spool:
         entry = SpoolEntry(0, 0, tag, entries, count, boot_id, seq, time.time_ns())
         parts = payload_parts(entry)
         size = FRAME.size + sum(map(len, parts))
-        await self._make_room(size)
-        seg = self._active(size)
+        while True:
+            await self._make_room(size)
+            try:
+                seg = self._active(size)
+                break
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._disk_error(exc)  # a new segment could not be created
         entry.segment, entry.offset, entry.size = seg.id, seg.size, size
         self._queue_write(_Write(seg, parts, True))
         seg.records += count
@@ -474,12 +508,93 @@ class Spool:
         while len(self._recent) > self.dedup_boots * 8 + self.dedup_window:
             self._recent.popitem(last=False)
 
+    @property
+    def limit(self) -> int:
+        """The effective cap: ``max_bytes``, or less if the disk cannot hold that."""
+        on_disk = sum(s.committed for s in self._segments.values())
+        return min(self.max_bytes, self.room.limit(on_disk))
+
+    def _segment_limit(self) -> int:
+        # At most a quarter of the cap, so that acked segments are deleted (making room)
+        # well before the cap is reached, even on a small disk.
+        return max(min(self.segment_bytes, self.limit // 4), 64 << 10)
+
+    def _no_room(self, need: int) -> bool:
+        limit = self.limit
+        if self.gate.why == "full":
+            # Once full, go on only when the largest waiting batch fits with an eighth
+            # of the cap to spare (a deleted segment): a small record squeezing in must
+            # not reopen the spool while the batches before it still wait.
+            need = max(need, self._waiting_need) + limit // 8
+        return self.size + need > limit
+
     async def _make_room(self, need: int) -> None:
-        while self.size + need > self.max_bytes:
+        while self.gate.error or self._no_room(need):
+            if self.gate.error:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if self._release_replay() or self._retire_active():
+                continue
             if self.full is Overflow.DROP_OLDEST and self._drop_oldest():
                 continue
+            self.gate.close("full")
+            self._waiting_need = max(self._waiting_need, need)
             self._changed.clear()
-            await self._changed.wait()
+            with contextlib.suppress(TimeoutError):  # read the disk's free space again
+                await asyncio.wait_for(self._changed.wait(), self.room.refresh)
+        if self.gate.why:
+            self._waiting_need = 0  # the waiters say again what they need
+        self.gate.open()
+
+    def _retire_active(self) -> bool:
+        """Delete the active segment if everything in it was forwarded and acked: at
+        the cap it would otherwise hold its room forever (only sealed segments go)."""
+        seg = next(reversed(self._segments.values()), None)
+        if (seg is None or seg.committed != seg.size or self._out_per_segment[seg.id]
+                or self._cursor != (seg.id, seg.committed) or self.replay.held(seg.id)):
+            return False
+        seg.sealed = True
+        self._delete(seg)
+        return True
+
+    def _room_details(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.size, "effective_max_bytes": self.limit,
+                "disk_free_bytes": self.room.free, "error": self.gate.error}
+
+    def _stall(self, exc: OSError, writes: list[_Write],
+               futures: list[asyncio.Future[None]]) -> None:
+        """The disk refused a commit (full, over quota, failing): keep the group, first
+        in line, stop taking appends, and write it again on a timer. The agents are not
+        acked meanwhile, and their connections stay open."""
+        self._pending[:0] = writes
+        self._pending_futures[:0] = futures
+        self._pending_bytes += sum(w.size for w in writes)
+        self._dir_dirty = True  # in case this group carried a directory sync
+        self._disk_error(exc)
+
+    def _disk_error(self, exc: OSError) -> None:
+        self.gate.disk_error(exc)
+        self.room.expire()
+        if self._retry_timer is None and not self._closed:
+            self._retry_timer = asyncio.get_running_loop().call_later(
+                self.retry_interval, self._retry)
+        self._changed.set()
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        if self._pending or self._dir_dirty:
+            self._start_commit()  # success unstalls; failure stalls again
+        else:
+            self._unstall()  # a segment could not be created: appends try again
+
+    def _unstall(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        self.gate.clear_error()
+        self.room.expire()
+        self._changed.set()
 
     def _drop_oldest(self) -> bool:
         """Delete the oldest segment, forwarded or not, counting its records.
@@ -516,13 +631,26 @@ class Spool:
         self._pending_bytes = 0
         dir_fd = self._dir_fd if self._dir_dirty else -1
         self._dir_dirty = False
+        # One commit at a time: each file ends where its last commit left it.
+        starts = {w.seg.fd: w.seg.committed for w in writes}
         job = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._commit, writes, dir_fd)
+            self._executor, self._commit, writes, dir_fd, starts)
         job.add_done_callback(lambda j: self._committed(j, writes, futures))
 
-    def _commit(self, writes: list[_Write], dir_fd: int) -> None:
-        """In the commit thread: frame the entries (crc32 runs here, off the event loop,
-        and without the GIL), write everything with writev, then one fdatasync per file."""
+    def _commit(self, writes: list[_Write], dir_fd: int, starts: dict[int, int]) -> None:
+        """In the commit thread: frame the entries, write and sync them; on a failure,
+        cut what this group wrote off the files again and raise."""
+        try:
+            self._write_group(writes, dir_fd)
+        except OSError:
+            for fd, size in starts.items():
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # no half entry stays behind; frees the room
+            raise
+
+    def _write_group(self, writes: list[_Write], dir_fd: int) -> None:
+        """Frame the entries (crc32 runs here, off the event loop, and without the
+        GIL), write everything with writev, then one fdatasync per file."""
         by_fd: dict[int, list[bytes]] = {}
         for w in writes:
             parts = by_fd.setdefault(w.seg.fd, [])  # dicts keep order: segments in turn
@@ -533,7 +661,7 @@ class Spool:
                 parts.append(FRAME.pack(w.size - FRAME.size, crc))
             parts.extend(w.parts)
         for fd, parts in by_fd.items():
-            _writev_all(fd, parts)
+            self._writev(fd, parts)
             self._fsync(fd)
         if dir_fd >= 0:
             os.fsync(dir_fd)
@@ -542,6 +670,10 @@ class Spool:
                    futures: list[asyncio.Future[None]]) -> None:
         self._committing = False
         exc = job.exception()
+        if is_disk_full(exc):
+            assert isinstance(exc, OSError)
+            self._stall(exc, writes, futures)
+            return
         if exc is not None:
             # The disk failed under us: nothing in this group is acked; the agents
             # keep those batches and resend them.
@@ -549,7 +681,10 @@ class Spool:
             for fut in futures:
                 if not fut.done():
                     fut.set_exception(SpoolError(f"spool commit failed: {exc}"))
+                    fut.exception()  # retrieved: the ack loop that awaits it may be gone
         else:
+            if self.gate.error:
+                self._unstall()
             self.stats.commits += 1
             for w in writes:
                 w.seg.committed += w.size
@@ -627,26 +762,64 @@ class Spool:
                 return sid
         return None
 
-    def ack(self, entry: SpoolEntry) -> None:
-        """The output has ``entry`` safe: it may leave the spool."""
+    def ack(self, entry: SpoolEntry, *, replay: bool = True) -> None:
+        """The output has ``entry`` safe: it may leave the spool (after the replay window,
+        unless ``replay`` is false)."""
         key = (entry.segment, entry.offset)
         if key not in self._outstanding:
             return  # its segment was dropped meanwhile
+        if replay:
+            self.replay.add(*key, time.monotonic())
         self._outstanding[key] = True
         self.stats.acked_batches += 1
         self._out_per_segment[entry.segment] -= 1
+        moved = False
         while self._out_order and self._outstanding.get(self._out_order[0]):
             del self._outstanding[self._out_order.popleft()]
+            moved = True
+        if moved:
+            try:
+                self._write_mark()
+            except OSError as exc:  # the timer tries again, and logs it
+                log.debug("spool: cannot write the acked mark: %s", exc.strerror)
         seg = self._segments.get(entry.segment)
         if seg is not None:
             self._maybe_delete(seg)
+        self.expire_replay()
         self._changed.set()  # wait_drained() waits on acks
 
     def _maybe_delete(self, seg: _Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
         if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
-                and not self._out_per_segment[seg.id]):
+                and not self._out_per_segment[seg.id] and not self.replay.held(seg.id)):
             self._delete(seg)
+
+    # -- the replay window (replay.py) -------------------------------------------------
+
+    def expire_replay(self) -> None:
+        """Delete the segments whose batches have all left the replay window."""
+        self._free_held(self.replay.expire(time.monotonic()))
+
+    def _release_replay(self) -> bool:
+        """Give up the replay window for room; True if that freed a segment."""
+        before = len(self._segments)
+        self._free_held(self.replay.release())
+        return len(self._segments) < before
+
+    def _free_held(self, segments: list[int]) -> None:
+        for seg_id in segments:
+            seg = self._segments.get(seg_id)
+            if seg is not None:
+                self._maybe_delete(seg)
+
+    def replayable(self) -> list[SpoolEntry]:
+        """The batches downstream acked within the replay window, oldest first."""
+        entries = []
+        for seg_id, offset in self.replay.positions(time.monotonic()):
+            seg = self._segments.get(seg_id)
+            if seg is not None:
+                entries.append(self._read_disk(seg, offset)[0])
+        return entries
 
     def _delete(self, seg: _Segment, *, dropped: bool = False) -> None:
         if dropped:
@@ -688,18 +861,18 @@ class Spool:
         with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
             self._schedule_commit()
 
-    def write_hint(self) -> None:
-        """Record how far forwarding got, so a restart resends less (not fsynced)."""
+    def _write_mark(self) -> None:
+        """Record how far downstream acked, so a restart resends only what was in flight."""
         # Everything before the oldest entry still out for ack (or before the read
         # cursor, if none is out) has been acked downstream.
-        hint = self._out_order[0] if self._out_order else self._cursor
-        if hint == self._hint_written:
-            return
-        tmp = os.path.join(self.path, "acked.tmp")
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(f"{hint[0]} {hint[1]}\n")
-        os.replace(tmp, os.path.join(self.path, "acked"))
-        self._hint_written = hint
+        if self._cursor == (0, 0):
+            return  # nothing was ever spooled
+        self._mark.write(self._out_order[0] if self._out_order else self._cursor)
+
+    def write_hint(self) -> None:
+        """Record how far forwarding got, and make it durable (the forwarder's timer)."""
+        self._write_mark()
+        self._mark.sync()
 
     # -- dead letters ----------------------------------------------------------------
 
@@ -711,16 +884,20 @@ class Spool:
         with open(os.path.join(self.path, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.stats.dead_lettered += 1
+        self.ack(entry, replay=False)  # never sent again: Fluent Bit refuses it
         log.error("dead-lettered a batch of %d records on %s after Fluent Bit refused it "
                   "repeatedly (%s); see %s/dead-letter.jsonl", entry.count, entry.tag, reason,
                   self.path)
-        self.ack(entry)
 
     # -- status and shutdown ---------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         st = self.stats
         return {"path": self.path, "bytes": self.size, "max_bytes": self.max_bytes,
+                "effective_max_bytes": self.limit, "disk_free_bytes": self.room.free,
+                "state": self.gate.state, "error": self.gate.error,
+                "disk_errors": self.gate.disk_errors, "replay_window_s": self.replay.seconds,
+                "replayable_batches": len(self.replay),
                 "segments": len(self._segments), "unacked_batches": len(self._outstanding),
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
@@ -750,9 +927,10 @@ class Spool:
         if self._closed:
             return
         self._closed = True
-        if self._commit_timer is not None:
-            self._commit_timer.cancel()
-            self._commit_timer = None
+        for timer in (self._commit_timer, self._retry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._commit_timer = self._retry_timer = None
         if (self._pending or self._dir_dirty) and not self._committing:
             self._start_commit()
         while self._committing:
@@ -771,10 +949,10 @@ class Spool:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(seg.path)
             self._segments.clear()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.path, "acked"))
+            self._mark.remove()
             if self._dir_fd >= 0:
                 os.fsync(self._dir_fd)
+        self._mark.close()
         self._executor.shutdown(wait=True)
         for fd in (self._dir_fd, self._lock_fd):
             if fd >= 0:

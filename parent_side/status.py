@@ -146,9 +146,14 @@ def format_table(snap: Snapshot, now: float | None = None) -> str:
     if sp.get("mode") == "memory-only":
         out.append("spool: none (memory-only mode)")
     else:
+        cap = sp.get("effective_max_bytes", sp["max_bytes"])
         out.append(f"spool: {sp['backlog']} batches waiting, {_size(sp['bytes'])} of "
-                   f"{_size(sp['max_bytes'])}; {sp['duplicates']} duplicates taken once, "
+                   f"{_size(cap)}" + (" (disk)" if cap < sp["max_bytes"] else "")
+                   + f"; {sp['duplicates']} duplicates taken once, "
                    f"{sp['dead_lettered']} dead-lettered, {sp['dropped_records']} dropped")
+        if sp.get("state", "ok") != "ok":
+            why = f"cannot write: {sp['error']}" if sp.get("error") else "full"
+            out.append(f"spool NOT TAKING BATCHES ({why}): agents wait, unacked")
     up = snap["upstream"]
     state = "connected" if up.get("connected", True) else "NOT CONNECTED"
     detail = (f"{up.get('queued_frames', 0)} frames queued"

@@ -185,3 +185,33 @@ async def test_fluent_bit_with_a_key_the_relay_lacks_is_named_in_the_log(
                          "the relay to explain the missing key")
         send.cancel()
         await agent.close()
+
+
+async def test_a_relay_whose_output_is_another_relay_answers_its_keyless_helo(
+        start_relay: StartRelay, sockdir: Path, fluentbit: FakeFluentBit,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Relay A's output is relay B, which has no shared key and greets with HELO: A
+    learns it, and answers it with an empty-key PING on its next connection."""
+    downstream = f"unix://{sockdir}/b.sock"
+    relay_b = await start_relay(downstream, fluentbit.url)
+    relay_a = await start_relay(f"unix://{sockdir}/a.sock", downstream)
+    agent = await RawAgent.connect(sockdir / "a.sock")
+    try:
+        await agent.send_batch(["through two relays"])
+        await fluentbit.wait_for(lambda: any(r.record.get("log") == "through two relays"
+                                             for r in fluentbit.records),
+                                 timeout=DEADLINE, what="the line through both relays")
+        assert "asks for a handshake although no shared key is configured" in caplog.text
+        # B restarts: A connects again and, this time, answers B's HELO.
+        relay_b.stop()
+        await wait_until(lambda: not relay_a.output.status()["connected"], "A to lose B")
+        relay_b2 = await start_relay(downstream, fluentbit.url)
+        await agent.send_batch(["after the handshake"])
+        await fluentbit.wait_for(lambda: any(r.record.get("log") == "after the handshake"
+                                             for r in fluentbit.records),
+                                 timeout=DEADLINE, what="the line after the handshake")
+        peers = list(relay_b2.listener.stats.peers.values())
+        assert [p.claimed_hostname for p in peers] == ["test-relay"], "B2 saw A's PING"
+        assert "refused the handshake" not in caplog.text
+    finally:
+        await agent.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+import msgpack
 import pytest
 
 from fluent_forward.codec import FrameDecoder, Role
@@ -375,3 +376,26 @@ def test_parse_pong_rejects(obj: object) -> None:
 
 def test_authentication_error_is_a_handshake_error() -> None:
     assert issubclass(AuthenticationError, HandshakeError)
+
+
+def test_a_late_helo_is_answered_without_a_key_only_when_we_hold_none() -> None:
+    keyless = ClientHandshake(hostname="relay-a")
+    note = keyless.late_helo(Helo(b"n" * 16, b""))
+    assert "answering it with an empty key" in note and "username" not in note
+    # Fluent Bit's HELO always carries an auth salt: the note says what that may mean.
+    assert "username and password" in keyless.late_helo(Helo(b"n" * 16, b"s" * 16))
+    with pytest.raises(HandshakeError):
+        ClientHandshake(hostname="relay-a", shared_key="k").late_helo(Helo(b"n" * 16))
+
+
+def test_the_empty_key_ping_is_what_a_keyless_server_accepts() -> None:
+    server = ServerHandshake(hostname="relay-b")
+    client = ClientHandshake(hostname="relay-a")
+    helo = parse_helo(msgpack.unpackb(server.helo(), raw=False))
+    pong = server.check(parse_ping(msgpack.unpackb(client.ping(helo), raw=False)))
+    assert pong.auth_result
+    client.check(pong)
+    # And the digest is the empty key's, which a server keyed "" (Fluent Bit's
+    # empty_shared_key) checks.
+    keyed_empty = ServerHandshake(hostname="fb", shared_key="", nonce=server.nonce)
+    assert keyed_empty.check(parse_ping(msgpack.unpackb(client.ping(helo), raw=False))).auth_result

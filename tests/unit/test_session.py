@@ -192,10 +192,20 @@ def test_a_pong_that_never_comes_times_out_from_the_ping() -> None:
         c.on_timer(8.0)
 
 
-def test_a_helo_after_going_on_without_one_names_the_fix() -> None:
+def test_a_helo_after_going_on_without_one_is_answered_from_the_next_connection() -> None:
+    # Issue 16: a keyless server (another relay) sends HELO too; a keyless client that
+    # went on without waiting says so once, and its I/O layer waits for HELO from now on.
     s, c = server(key="k"), open_client()
-    with pytest.raises(HandshakeError, match="configure the same shared key"):
-        c.receive_data(s.data_to_send(), 0.0)
+    c.receive_data(s.data_to_send(), 0.0)
+    assert c.late_helo is not None and "no shared key is configured here" in c.late_helo
+    assert c.state is State.OPEN
+
+
+def test_a_helo_in_the_middle_of_a_keyed_stream_is_a_protocol_error() -> None:
+    c = client(key="k", handshake_wait=0)
+    assert c.state is State.OPEN
+    with pytest.raises(HandshakeError, match="a HELO in the middle of the stream"):
+        c.receive_data(server(key="k").data_to_send(), 0.0)
 
 
 # -- batches and acks -------------------------------------------------------------
