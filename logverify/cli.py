@@ -91,6 +91,7 @@ def _root(path: Path | None) -> str:
 
 def render(report: Report) -> str:
     """The report for people: per boot and stream, then every finding."""
+    from .attestation import AWS_NITRO_ROOT_SHA256  # needs the [sign] extra: main says so
     lines = []
     for boot, br in report.boots.items():
         image = f"PCR0={br.pcrs.get(0, '?')}" if br.pcrs else "not attested"
@@ -105,8 +106,9 @@ def render(report: Report) -> str:
                 lines.append(f"  no final checkpoint: what the enclave logged after {when} "
                              "is not proven and may be withheld (--require-final for a boot "
                              "that has ended, --max-age for one still running)")
+        who = "AWS" if br.root == AWS_NITRO_ROOT_SHA256 else "the --root-cert chain (not AWS)"
         for n, when in sorted(br.aws_times.items()):
-            lines.append(f"  checkpoint {n} attested by AWS at {when}")
+            lines.append(f"  checkpoint {n} attested by {who} at {when}")
         for s, sr in sorted(br.streams.items()):
             extra = f", {sr.duplicates} duplicate copies" if sr.duplicates else ""
             drops = (f", dropped by the agent (declared): {sr.declared_drops}"

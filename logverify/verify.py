@@ -269,7 +269,8 @@ def _later_docs(boot: str, b: _Boot, valid: dict[int, tuple[proof.Checkpoint, st
             report.add("unattested", boot, None, f"{item.where}: document for checkpoint {n} "
                        "names another checkpoint")
             continue
-        br.aws_times[n] = datetime.fromtimestamp(doc.timestamp_ms / 1000, UTC).isoformat()
+        br.aws_times[n] = datetime.fromtimestamp(doc.timestamp_ms / 1000, UTC).isoformat(
+            timespec="milliseconds")
 
 
 @dataclass(slots=True)

@@ -8,16 +8,24 @@ rolled-back chain, and another boot's attestation document.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from enclave_side import proof
-from logverify import cli
+from logverify import cli, testpki
+from logverify.attestation import verify_document
+from logverify.readers import read_input
+from logverify.verify import verify
 from tests.signedlog import PCR0, _records, lines, make_log, pki
-from tests.unit.test_signing import check
+from tests.unit.test_signing import check, root_sha
 
 Rec = tuple[str, int, dict[str, Any]]
 
@@ -94,9 +102,6 @@ def test_a_running_boot_whose_checkpoints_stopped_is_stale(tmp_path: Path) -> No
     text = _text(_log(final=False))
     path = tmp_path / "log"
     path.write_text(text)
-    from logverify.readers import read_input
-    from logverify.verify import verify
-    from tests.unit.test_signing import root_sha
     report = check(text, tmp_path)
     (boot,) = report.boots.values()
     assert boot.last_time_ms is not None
@@ -144,3 +149,15 @@ def test_another_boots_attestation_document_does_not_attest_this_boot(
     report = check(_text(swapped), tmp_path)
     assert {f.kind for f in report.findings} == {"unattested"}
     assert "another genesis or key" in report.findings[0].detail
+
+
+def test_a_test_chain_for_trying_sign_outside_an_enclave(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert testpki.main([str(tmp_path / "pki"), "--pcr0", PCR0]) == 0
+    out = capsys.readouterr().out
+    assert f"--nsm test-pki:{tmp_path / 'pki'}" in out and out.rstrip().endswith(PCR0)
+    doc = testpki.TestAttester.load(tmp_path / "pki").attest(public_key=b"k", user_data=b"u")
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "root.pem").read_bytes())
+    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert fingerprint != root_sha()  # a chain of its own, not the session's
+    assert verify_document(doc, root_sha256=fingerprint).pcrs[0].hex() == PCR0
