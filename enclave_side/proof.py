@@ -137,8 +137,8 @@ def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream:
     ``parts`` are the batch's runs of entries as the sources added them, ``counts``
     how many each holds. Returns the new entries, their digests and how many there are.
     A run of the agent's line shape (one read: every entry starts with the same head)
-    is rewritten with C-level passes (one format call an entry); anything else is unpacked and packed again,
-    which also puts a Forward client's msgpack in the one form the verifier rebuilds.
+    is rewritten with C-level passes (one format call an entry); anything else is
+    unpacked and packed again, which also puts a Forward client's msgpack in the one form the verifier rebuilds.
     Both give the same bytes for the same records (the tests hold them to it).
     """
     fast = _number_runs(parts, counts, f"{boot_hex}:{stream}:", first)
@@ -195,7 +195,7 @@ def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int
             return None
         head, bodies = run
         template = head.replace(b"%", b"%%") + b"%b" + field + _SEQ_FORMAT.encode()
-        out += map(template.__mod__, zip(bodies, range(seq, seq + count)))
+        out += map(template.__mod__, zip(bodies, range(seq, seq + count), strict=True))
         seq += count
     digests = list(map(_DIGEST, map(_FINISH, map(hashlib.sha256, out))))
     return b"".join(out), digests, n
