@@ -138,7 +138,8 @@ def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream:
     how many each holds. Returns the new entries, their digests and how many there are.
     A run of the agent's line shape (one read: every entry starts with the same head)
     is rewritten with C-level passes (one format call an entry); anything else is
-    unpacked and packed again, which also puts a Forward client's msgpack in the one form the verifier rebuilds.
+    unpacked and packed again, which also puts a Forward client's msgpack in the one
+    form the verifier rebuilds.
     Both give the same bytes for the same records (the tests hold them to it).
     """
     fast = _number_runs(parts, counts, f"{boot_hex}:{stream}:", first)
