@@ -115,8 +115,9 @@ def render(report: Report) -> str:
                      if sr.declared_drops else "")
             lines.append(f"  stream {s} {sr.tag}: {sr.verified} records verified{extra}{drops}")
     if report.unsigned:
+        tags = ", ".join(f"{t}: {n}" for t, n in sorted(report.unsigned_tags.items()))
         lines.append(f"{report.unsigned} records without signature from other sources "
-                     "(not checked)")
+                     f"(not checked): {tags}")
     for f in report.findings:
         where = " ".join(x for x in (f.boot and f"boot {f.boot}", f.stream) if x)
         lines.append(f"FINDING {f.kind}: {where}: {f.detail}" if where
@@ -135,7 +136,8 @@ def _iso(ms: int) -> str:
 
 def _as_json(report: Report) -> dict[str, Any]:
     return {"ok": not report.findings, "boots": {b: asdict(r) for b, r in report.boots.items()},
-            "findings": [asdict(f) for f in report.findings], "unsigned": report.unsigned}
+            "findings": [asdict(f) for f in report.findings], "unsigned": report.unsigned,
+            "unsigned_tags": report.unsigned_tags}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

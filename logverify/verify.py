@@ -77,6 +77,7 @@ class Report:
     boots: dict[str, BootReport] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     unsigned: int = 0  # records of other sources (no signature, no signed stream's tag)
+    unsigned_tags: dict[str, int] = field(default_factory=dict)  # their tags, how many
 
     def add(self, kind: str, boot: str | None, stream: str | None, detail: str) -> None:
         self.findings.append(Finding(kind, boot, stream, detail))
@@ -413,4 +414,6 @@ def verify(items: Iterable[Item], *, root_sha256: str,
                        "in a signed stream")
         else:
             report.unsigned += 1
+            tag = item.tag or "no tag"
+            report.unsigned_tags[tag] = report.unsigned_tags.get(tag, 0) + 1
     return report

@@ -161,3 +161,11 @@ def test_a_test_chain_for_trying_sign_outside_an_enclave(
     fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     assert fingerprint != root_sha()  # a chain of its own, not the session's
     assert verify_document(doc, root_sha256=fingerprint).pcrs[0].hex() == PCR0
+
+
+def test_the_report_names_the_tags_of_records_it_did_not_check(tmp_path: Path) -> None:
+    relay = 'relay.lifecycle: [1795726388.000000000, {"event":"relay_start"}]\n'
+    code, out = _cli(_text(_log()) + relay * 2, tmp_path)
+    assert code == 0
+    assert "2 records without signature from other sources (not checked): " \
+           "relay.lifecycle: 2\n" in out
