@@ -37,7 +37,6 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
 from operator import itemgetter, methodcaller
 from typing import Any
 from urllib.parse import quote, unquote
@@ -138,8 +137,9 @@ def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream:
     ``parts`` are the batch's runs of entries as the sources added them, ``counts``
     how many each holds. Returns the new entries, their digests and how many there are.
     A run of the agent's line shape (one read: every entry starts with the same head)
-    is rewritten with C-level passes; anything else is unpacked and packed again,
-    which also puts a Forward client's msgpack in the one form the verifier rebuilds.
+    is rewritten with C-level passes (one format call an entry); anything else is
+    unpacked and packed again, which also puts a Forward client's msgpack in the one
+    form the verifier rebuilds.
     Both give the same bytes for the same records (the tests hold them to it).
     """
     fast = _number_runs(parts, counts, f"{boot_hex}:{stream}:", first)
@@ -148,7 +148,8 @@ def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream:
 
 #: Zero-padded, so every record of a batch has a value of one length: the relay's fast
 #: path then compares the records' other fields in one pass (fastpath.signed_shape_count).
-_SEQ_FORMAT = "%012d"
+_SEQ_DIGITS = 12
+_SEQ_FORMAT = f"%0{_SEQ_DIGITS}d"
 _ENTRY_HEAD = b"\x92\xd7\x00"  # fixarray 2, fixext 8 of type 0 (EventTime)
 _HEAD = 16  # that, 8 time bytes, a fixmap header, "log" as a fixstr
 _SEQ_FIELD = str_header(len(SEQ_KEY)) + SEQ_KEY.encode()
@@ -180,24 +181,23 @@ def _split_run(part: bytes, count: int) -> tuple[bytes, list[bytes]] | None:
 
 def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int
                  ) -> tuple[bytes, list[bytes], int] | None:
-    heads: list[bytes] = []
-    bodies: list[bytes] = []
+    n = sum(counts)
+    if first + n > 10 ** _SEQ_DIGITS:  # a longer number: the general path packs it
+        return None
+    # The field and its value's header are one constant per batch: every value is
+    # ``prefix`` and a zero-padded number, so each entry is one C-level format call.
+    field = (_SEQ_FIELD + str_header(len(prefix) + _SEQ_DIGITS) + prefix.encode()
+             ).replace(b"%", b"%%")
+    out: list[bytes] = []
+    seq = first
     for part, count in zip(parts, counts, strict=True):
         run = _split_run(part, count)
         if run is None:
             return None
-        heads += repeat(run[0], count)
-        bodies += run[1]
-    n = len(bodies)
-    # One format call for all the values (they are of one length while the numbers
-    # have at most 12 digits; the general path packs longer ones the same way).
-    values = ((prefix + _SEQ_FORMAT + "\n").encode("ascii") * n
-              % tuple(range(first, first + n))).split(b"\n")
-    del values[-1]
-    if len(values[0]) != len(values[-1]):
-        return None
-    field = _SEQ_FIELD + str_header(len(values[0]))
-    out = list(map(b"".join, zip(heads, bodies, repeat(field, n), values, strict=True)))
+        head, bodies = run
+        template = head.replace(b"%", b"%%") + b"%b" + field + _SEQ_FORMAT.encode()
+        out += map(template.__mod__, zip(bodies, range(seq, seq + count), strict=True))
+        seq += count
     digests = list(map(_DIGEST, map(_FINISH, map(hashlib.sha256, out))))
     return b"".join(out), digests, n
 

@@ -150,8 +150,10 @@ def verify_document(data: bytes, *, root_sha256: str = AWS_NITRO_ROOT_SHA256) ->
     chain.append(_cert(doc["certificate"], "certificate"))
     root_fp = hashlib.sha256(doc["cabundle"][0]).hexdigest()
     if root_fp != root_sha256.lower():
-        raise AttestationError(f"chain ends at root {root_fp[:16]}..., not the pinned "
-                               f"{root_sha256[:16]}...")
+        pinned = ("the AWS Nitro Enclaves root" if root_sha256 == AWS_NITRO_ROOT_SHA256
+                  else "the pinned root")
+        raise AttestationError(f"chain ends at root {root_fp[:16]}..., not {pinned} "
+                               f"{root_sha256[:16]}... (--root-cert PEM trusts another)")
     at = datetime.fromtimestamp(doc["timestamp"] / 1000, UTC)
     _check_chain(chain, at)
     key = chain[-1].public_key()

@@ -5,14 +5,21 @@ issue attestation documents from a chain made here: a P-384 root, an intermediat
 and a leaf that signs the documents, as AWS's chain does (root, zonal and instance
 CAs, then the signing certificate). ``enclave-log-verify`` rejects them unless told
 the test root with ``--root-cert``. The PCRs are given (``pcr0`` ...) or all zeros for
-a debug-mode enclave.
+a debug-mode enclave. To try ``--sign`` outside an enclave::
+
+    python -m logverify.testpki DIR [--pcr0 HEX]
+
+writes one and prints the PCR0 its documents will carry.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from .attestation import sig_structure
 
-__all__ = ["TestAttester", "make_test_pki"]
+__all__ = ["TestAttester", "main", "make_test_pki"]
 
 _PCR_INDEXES = (0, 1, 2, 3, 4, 8)
 
@@ -110,3 +117,26 @@ class TestAttester:
         r, s = decode_dss_signature(der)
         signature = r.to_bytes(48, "big") + s.to_bytes(48, "big")
         return bytes(cbor2.dumps([protected, {}, payload, signature]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m logverify.testpki",
+        description="Write a test chain for enclave-log-agent --nsm test-pki:DIR (no NSM "
+                    "here); verify its documents with enclave-log-verify --root-cert DIR/root.pem")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--pcr0", metavar="HEX", help="the PCR0 its documents carry (96 hex digits)")
+    p.add_argument("--debug", action="store_true", help="PCRs all zeros, as a debug enclave")
+    args = p.parse_args(argv)
+    if args.pcr0 is not None and (len(args.pcr0) != 96 or
+                                  not all(c in "0123456789abcdef" for c in args.pcr0)):
+        p.error("--pcr0: 96 lowercase hex digits (48 bytes)")
+    root = make_test_pki(args.directory, pcr0=args.pcr0, debug=args.debug)
+    pcr0 = json.loads((args.directory / "pcrs.json").read_text())["0"]
+    sys.stdout.write(f"test chain in {args.directory}: --nsm test-pki:{args.directory} on the "
+                     f"agent, --root-cert {root} on enclave-log-verify; PCR0={pcr0}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,8 +14,12 @@ Findings (each makes the exit status 1): ``altered``, ``missing``, ``inserted``,
 ``reordered``, ``unproven`` (after the last checkpoint), ``missing_checkpoints``,
 ``forged_checkpoint``, ``chain_broken``, ``replayed`` (records of a boot the input
 holds no proof for), ``unattested``, ``debug_enclave``, ``pcr_mismatch``,
-``nothing_signed`` (no boot at all: an empty export proves nothing). Copies of
-one record (at-least-once delivery) are counted, never reported.
+``nothing_signed`` (no boot at all: an empty export proves nothing), and, when asked
+for, ``no_final_checkpoint`` (``require_final``: the boot must have ended, so nothing
+after its last checkpoint can be withheld) and ``stale`` (``max_age_ms``: a boot still
+running must have signed a checkpoint that recently, so a withheld tail is seen within
+one checkpoint interval). Copies of one record (at-least-once delivery) are counted,
+never reported.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class BootReport:
     root: str | None = None
     checkpoints: int = 0
     final: bool = False
+    last_checkpoint: int | None = None  # its number: what is proven reaches that far
+    last_time_ms: int | None = None  # when the enclave signed it, by its own clock
     aws_times: dict[int, str] = field(default_factory=dict)  # checkpoint n -> AWS time
     streams: dict[int, StreamReport] = field(default_factory=dict)
 
@@ -71,6 +77,7 @@ class Report:
     boots: dict[str, BootReport] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     unsigned: int = 0  # records of other sources (no signature, no signed stream's tag)
+    unsigned_tags: dict[str, int] = field(default_factory=dict)  # their tags, how many
 
     def add(self, kind: str, boot: str | None, stream: str | None, detail: str) -> None:
         self.findings.append(Finding(kind, boot, stream, detail))
@@ -263,7 +270,8 @@ def _later_docs(boot: str, b: _Boot, valid: dict[int, tuple[proof.Checkpoint, st
             report.add("unattested", boot, None, f"{item.where}: document for checkpoint {n} "
                        "names another checkpoint")
             continue
-        br.aws_times[n] = datetime.fromtimestamp(doc.timestamp_ms / 1000, UTC).isoformat()
+        br.aws_times[n] = datetime.fromtimestamp(doc.timestamp_ms / 1000, UTC).isoformat(
+            timespec="milliseconds")
 
 
 @dataclass(slots=True)
@@ -348,9 +356,31 @@ def _order(boot: str, name: str, firsts: list[_Rec], report: Report) -> None:
                    f"records they followed: {_fmt(_ranges(out_of_order))}")
 
 
+def _tail(boot: str, br: BootReport, report: Report, require_final: bool,
+          max_age_ms: int | None, now_ms: int | None) -> None:
+    """Without a final checkpoint, whatever the enclave logged after its last checkpoint
+    may be withheld, and nothing in the input can show it: only a final checkpoint, or a
+    recent enough one while the boot runs, rules that out."""
+    if br.final or br.last_time_ms is None:
+        return
+    if require_final:
+        report.add("no_final_checkpoint", boot, None, f"the last checkpoint is "
+                   f"{br.last_checkpoint}: records after it may have been withheld")
+    if max_age_ms is not None and now_ms is not None and \
+            now_ms - br.last_time_ms > max_age_ms:
+        report.add("stale", boot, None, f"the last checkpoint ({br.last_checkpoint}) was "
+                   f"signed {(now_ms - br.last_time_ms) // 1000} s ago, more than "
+                   f"{max_age_ms // 1000} s: later ones are withheld or the agent stopped")
+
+
 def verify(items: Iterable[Item], *, root_sha256: str,
-           pcrs: dict[int, bytes] | None = None) -> Report:
-    """Check everything ``items`` holds; the report lists per boot and stream."""
+           pcrs: dict[int, bytes] | None = None, require_final: bool = False,
+           max_age_ms: int | None = None, now_ms: int | None = None) -> Report:
+    """Check everything ``items`` holds; the report lists per boot and stream.
+
+    ``require_final`` and ``max_age_ms`` (against ``now_ms``) say how the tail of a boot
+    without a final checkpoint is judged (module docstring).
+    """
     report = Report()
     boots, unsigned = _collect(items, report)
     signed_tags: set[str] = set()
@@ -364,6 +394,10 @@ def verify(items: Iterable[Item], *, root_sha256: str,
         _later_docs(boot, b, valid, key, root_sha256, report, br)
         br.checkpoints = len(valid)
         br.final = any(cp.final for cp, _ in valid.values())
+        if valid:
+            br.last_checkpoint = max(valid)
+            br.last_time_ms = valid[br.last_checkpoint][0].time_ms
+        _tail(boot, br, report, require_final, max_age_ms, now_ms)
         cover = _coverage(valid)
         for s in sorted(set(cover) | set(b.records)):
             c = cover[s]
@@ -380,4 +414,6 @@ def verify(items: Iterable[Item], *, root_sha256: str,
                        "in a signed stream")
         else:
             report.unsigned += 1
+            tag = item.tag or "no tag"
+            report.unsigned_tags[tag] = report.unsigned_tags.get(tag, 0) + 1
     return report

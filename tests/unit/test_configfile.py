@@ -181,3 +181,12 @@ def test_the_config_file_may_come_from_the_environment_but_check_config_may_not(
     # --check-config is a request, not a setting: no variable turns it on.
     assert _config_path([], {"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}) == (None, False)
     assert parse_args([], environ={"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}).tag == "app"
+
+
+def test_the_sign_options_come_from_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'sign = true\nsign_records = 500\nsign_interval = "2s"\n'
+                           'nsm = "test-pki:/tmp/pki"\n')
+    c = parse_args(["--config", path], environ={})
+    assert (c.sign, c.sign_records, c.sign_interval, c.nsm) == (True, 500, 2.0,
+                                                                "test-pki:/tmp/pki")
+    assert not parse_args(["--config", write(tmp_path, "sign = false\n")], environ={}).sign

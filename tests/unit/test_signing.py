@@ -290,3 +290,18 @@ def test_an_input_with_nothing_signed_is_a_finding(tmp_path: Path) -> None:
     unsigned = 'enclave.local.app.stdout: [1795726388.000000000, {"log":"hi"}]\n'
     assert [f.kind for f in check(unsigned, tmp_path).findings] == ["nothing_signed"]
     assert [f.kind for f in check("", tmp_path, "empty").findings] == ["nothing_signed"]
+
+
+@pytest.mark.parametrize(("ns", "first"), [
+    (0x25252525 * 10**9 + 0x25252525, 1),  # every time byte a "%": the format must not see it
+    (1795726388_987654321, 10**12 - 3),  # the last 12-digit numbers: still the fast path
+    (1795726388_987654321, 10**12 - 2),  # one reaches 13 digits: the general path
+])
+def test_the_fast_path_agrees_with_the_general_one_at_its_edges(ns: int, first: int) -> None:
+    part = EntryEncoder({"stream": "stdout"}).encode([b"a%d", b"%s%%", b"c"], ns)
+    assert b"%" in part[:16] or first > 1
+    fast = proof._number_runs([part], [3], f"{BOOT}:1:", first)
+    general = proof._number_any(part, BOOT, 1, first)
+    assert (fast is None) == (first + 3 > 10**12)
+    assert fast is None or fast == general
+    assert proof.number_entries([part], [3], BOOT, 1, first) == general
