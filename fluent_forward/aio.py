@@ -415,6 +415,7 @@ class ClientStats:
     batches_sent: int = 0
     batches_acked: int = 0
     batches_resent: int = 0
+    handshakes: int = 0  # connections opened with a HELO / PING / PONG exchange
     last_error: str = ""
 
 
@@ -539,6 +540,8 @@ class ForwardClient:
             await conn.close()
             raise
         self.stats.connects += 1
+        if session.helo is not None:
+            self.stats.handshakes += 1
         self.peer = peer_of(writer).address  # a Unix server's pid: a restart shows
         self.connected.set()
         self.log.info("connected to %s %s", self.name, self.endpoint)
