@@ -1,31 +1,57 @@
-"""Fluent Bit's own two hops on the same file: tail -> forward (acks) -> forward -> null.
+"""Side by side: our two hops and Fluent Bit's own, into the same real Fluent Bit sink.
 
-Runs only when a ``fluent-bit`` binary is on PATH or named by ``FLUENT_BIT``. Two
-processes: a receiver (forward input, null output, the HTTP monitoring server whose
-``/api/v1/metrics`` counts the records taken in) and a sender (tail from the head of
-the file, forward output with ``Require_ack_response``), over TCP on 127.0.0.1. The
-window is the same as ours: from the first records counted to the last, with each
-process's CPU from /proc over it.
+Runs only when a ``fluent-bit`` binary is on PATH or named by ``FLUENT_BIT``. Both
+pipelines ship the same file to the same kind of sink: a fresh Fluent Bit with a
+``forward`` input on 127.0.0.1 and a ``null`` output, its HTTP monitoring server
+counting the records taken in (``/api/v1/metrics``, counted as they are ingested).
+
+- ours: ``tail`` in our agent -> TCP -> our relay (default options: spool on, every
+  entry validated) -> TCP -> the sink;
+- Fluent Bit's: a Fluent Bit ``tail`` -> ``forward`` with ``Require_ack_response`` ->
+  TCP -> the sink.
+
+The window opens when the shipper (our agent, Fluent Bit's sender) is started and
+closes when the sink has taken every line: the time it takes to ship the file, start
+included. A window opening at the first record at the sink would not do: Fluent Bit's
+sender flushes what it has read every ``Flush`` seconds, so a file read within one
+flush reaches the sink in one burst and such a window is empty (the ZeroDivisionError
+an earlier version of this module died of). CPU per line is each process's CPU over
+the window (the relay's and the sink's were started before it: their idle start-up is
+left out) divided by the lines.
+
+The sender's ``Flush`` is ``SENDER_FLUSH`` (Fluent Bit's default is 1 s, which would
+add up to a second of waiting to a run of a few seconds: that measures the flush
+timer, not the pipeline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import os
 import shutil
 import time
-import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import scenarios as sc
 from bench.procs import Proc, cpu_seconds
 
-__all__ = ["find_fluent_bit", "fluent_bit_two_hops"]
+__all__ = ["SENDER_FLUSH", "FluentBitSink", "find_fluent_bit", "fluent_bit_two_hops",
+           "ours_into_fluent_bit", "ship_and_count"]
 
-RECEIVER = """\
+#: The sender's flush interval, in seconds (see the module docstring).
+SENDER_FLUSH = 0.1
+#: How often the sink's record count is read while a run goes on.
+POLL_INTERVAL = 0.01
+
+SINK = """\
 [SERVICE]
-    Flush        1
+    Flush        0.2
     Log_Level    warn
     HTTP_Server  On
     HTTP_Listen  127.0.0.1
@@ -43,7 +69,7 @@ RECEIVER = """\
 
 SENDER = """\
 [SERVICE]
-    Flush      1
+    Flush      {flush}
     Log_Level  warn
 
 [INPUT]
@@ -69,53 +95,157 @@ def find_fluent_bit() -> str | None:
     return shutil.which("fluent-bit")
 
 
-def _records_in(http_port: int) -> int:
-    url = f"http://127.0.0.1:{http_port}/api/v1/metrics"
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        data: dict[str, Any] = json.load(resp)
-    return sum(int(v.get("records", 0)) for v in data.get("input", {}).values())
+class _Metrics:
+    """The sink's record count, over one kept-alive HTTP connection."""
+
+    def __init__(self, http_port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
+
+    def records(self) -> int:
+        try:
+            self.conn.request("GET", "/api/v1/metrics")
+            resp = self.conn.getresponse()
+            data: dict[str, Any] = json.loads(resp.read())
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # reconnects on the next request
+            raise
+        return sum(int(v.get("records", 0)) for v in data.get("input", {}).values())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class FluentBitSink:
+    """A real Fluent Bit forward input with a null output, counting what it takes."""
+
+    def __init__(self, binary: str, tmp: Path, ports: tuple[int, int]) -> None:
+        self.binary, self.tmp = binary, tmp
+        self.port, self.http_port = ports
+        self.proc: Proc | None = None
+        self.metrics = _Metrics(self.http_port)
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 20.0) -> None:
+        conf = self.tmp / "fb-sink.conf"
+        conf.write_text(SINK.format(port=self.port, http_port=self.http_port))
+        self.proc = proc = Proc("fluent-bit sink", [self.binary, "-c", str(conf)],
+                                log=self.tmp / "fb-sink.log")
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await loop.run_in_executor(None, self.metrics.records)
+                return
+            except (OSError, ValueError) as exc:  # ValueError: an empty body, early on
+                if time.monotonic() > deadline or proc.exited():
+                    raise RuntimeError("the fluent-bit sink did not start:\n"
+                                       + proc.tail_log()) from exc
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.metrics.close()
+        if self.proc is not None:
+            await self.proc.stop()
+
+
+@dataclass
+class _Run:
+    """What the measuring thread saw."""
+
+    seconds: float = 0.0
+    cpu: tuple[float, ...] = ()
+    got: int = 0
+    failed: str = ""
+
+
+def _measure(sink: FluentBitSink, n: int, procs: Sequence[Proc], started: float,
+             cpu0: Sequence[float], timeout: float) -> _Run:
+    """Poll the sink until it has ``n`` records (in a thread: it blocks).
+
+    The relay adds a record of its own (the agent's "connected"), which arrives before
+    the lines: the count reaches ``n`` only with the last batch of lines.
+    """
+    deadline = started + timeout
+    while True:
+        got = sink.metrics.records()
+        now = time.monotonic()
+        if got >= n:
+            cpu = tuple(cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
+            return _Run(now - started, cpu, got)
+        dead = [p.name for p in procs if p.exit_cpu is not None]  # seen by its sampler
+        if dead or now > deadline:
+            return _Run(got=got, failed=f"{', '.join(dead) or 'nothing'} exited; "
+                        f"timed out: {now > deadline}")
+        time.sleep(POLL_INTERVAL)
+
+
+async def ship_and_count(sink: FluentBitSink, n: int, start: Callable[[], Proc],
+                         others: Sequence[Proc], names: Sequence[str],
+                         timeout: float = 300.0) -> dict[str, float]:
+    """Start the shipper, wait for ``n`` records at the sink; lines/s and µs/line.
+
+    ``others`` are already running (the relay); their CPU, the shipper's and the
+    sink's is taken over the window, and reported under ``names`` (shipper first, then
+    ``others``, then the sink).
+    """
+    assert sink.proc is not None
+    base = [sink.proc, *others]
+    cpu_base = [cpu_seconds(p.pid) for p in base]
+    started = time.monotonic()
+    shipper = start()
+    procs = [shipper, *others, sink.proc]
+    cpu0 = [0.0, *cpu_base[1:], cpu_base[0]]  # the shipper starts at zero
+    run = await asyncio.get_running_loop().run_in_executor(
+        None, _measure, sink, n, procs, started, cpu0, timeout)
+    if run.failed:
+        raise RuntimeError(f"the sink took {run.got} of {n} records ({run.failed}):\n"
+                           + "\n".join(p.tail_log() for p in procs))
+    out = {"lines_per_s": n / run.seconds, "seconds": run.seconds}
+    for name, cpu in zip(names, run.cpu, strict=True):
+        out[f"{name}_us_per_line"] = cpu / n * 1e6
+    return out
 
 
 async def fluent_bit_two_hops(binary: str, tmp: Path, data_file: Path, n: int,
-                              ports: tuple[int, int]) -> dict[str, float]:
-    """One run; lines/s and each process's CPU us/line over the window."""
-    port, http_port = ports
-    rx_conf, tx_conf = tmp / "fb-receiver.conf", tmp / "fb-sender.conf"
-    rx_conf.write_text(RECEIVER.format(port=port, http_port=http_port))
-    tx_conf.write_text(SENDER.format(port=port, path=data_file))
-    rx = Proc("fluent-bit receiver", [binary, "-c", str(rx_conf)], log=tmp / "fb-rx.log")
-    tx: Proc | None = None
-    loop = asyncio.get_running_loop()
+                              sink: FluentBitSink) -> dict[str, float]:
+    """One run of Fluent Bit's tail -> forward (acks) into ``sink`` (started)."""
+    conf = tmp / "fb-sender.conf"
+    conf.write_text(SENDER.format(flush=SENDER_FLUSH, port=sink.port, path=data_file))
+    started: list[Proc] = []
+
+    def start() -> Proc:
+        started.append(Proc("fluent-bit sender", [binary, "-c", str(conf)],
+                            log=tmp / "fb-sender.log"))
+        return started[0]
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                await loop.run_in_executor(None, _records_in, http_port)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline or rx.exited():
-                    raise RuntimeError("fluent-bit receiver did not start:\n"
-                                       + rx.tail_log()) from exc
-                await asyncio.sleep(0.05)
-        tx = Proc("fluent-bit sender", [binary, "-c", str(tx_conf)], log=tmp / "fb-tx.log")
-        t0 = cpu_tx0 = cpu_rx0 = 0.0
-        first = 0
-        deadline = time.monotonic() + 300
-        while True:
-            got = await loop.run_in_executor(None, _records_in, http_port)
-            now = time.monotonic()
-            if got and not t0:
-                t0, first = now, got
-                cpu_tx0, cpu_rx0 = cpu_seconds(tx.pid), cpu_seconds(rx.pid)
-            if got >= n:
-                cpu_tx, cpu_rx = cpu_seconds(tx.pid) - cpu_tx0, cpu_seconds(rx.pid) - cpu_rx0
-                lines = n - first
-                return {"lines_per_s": lines / (now - t0), "sender_us_per_line":
-                        cpu_tx / lines * 1e6, "receiver_us_per_line": cpu_rx / lines * 1e6}
-            if now > deadline or tx.exited() or rx.exited():
-                raise RuntimeError(f"fluent-bit took {got} of {n} records:\n{tx.tail_log()}")
-            await asyncio.sleep(0.02)
+        return await ship_and_count(sink, n, start, (), ("sender", "sink"))
     finally:
-        if tx is not None:
-            await tx.stop()
-        await rx.stop()
+        for p in started:
+            with contextlib.suppress(Exception):
+                await p.stop()
+
+
+async def ours_into_fluent_bit(tmp: Path, data_file: Path, n: int, sink: FluentBitSink,
+                               relay_extra: Sequence[str] = ()) -> dict[str, float]:
+    """One run of our agent (tail) -> relay (default options) into ``sink`` (started)."""
+    listen = f"tcp://127.0.0.1:{sc._free_port()}"
+    relay = Proc.python("relay", sc.relay_args(listen, sink.url, tmp / "spool", *relay_extra),
+                        log=tmp / "relay.log")
+    started = [relay]
+
+    def start() -> Proc:
+        started.append(Proc.python("agent", sc.agent_args(listen, "--file", str(data_file)),
+                                   log=tmp / "agent.log"))
+        return started[-1]
+
+    try:
+        await sc.wait_listening(listen, relay)
+        return await ship_and_count(sink, n, start, (relay,), ("agent", "relay", "sink"))
+    finally:
+        for p in reversed(started):
+            with contextlib.suppress(Exception):
+                await p.stop()
