@@ -153,8 +153,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                    default=d.max_connections_per_enclave, metavar="N",
                    help="open connections per enclave (default: %(default)s)")
     p.add_argument("--rate-limit", type=size_arg, default=d.rate_limit, metavar="SIZE",
-                   help="bytes per second read from one enclave; past it the relay reads "
-                        "more slowly, it never drops (default: 64MiB; 0: no limit)")
+                   help="a cap on the bytes per second read from one enclave; past it the "
+                        "relay reads more slowly, it never drops (default: 0, none: each "
+                        "enclave gets its fair share, and all of it alone)")
     p.add_argument("--frame-timeout", type=duration_arg, default=d.frame_timeout,
                    metavar="DURATION",
                    help="close a connection that sends half a frame and then nothing for "

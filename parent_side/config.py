@@ -50,7 +50,8 @@ class RelayConfig:
         stamp_records: add the enclave's identity fields to every record.
         max_connections: open connections in all.
         max_connections_per_enclave: open connections per enclave.
-        rate_limit: bytes per second read from one enclave (0: no limit).
+        rate_limit: an operator's cap, bytes per second read from one enclave (0: none;
+            without it each enclave gets its fair share, parent_side/fairshare.py).
         frame_timeout: seconds a started frame has to complete.
         log_level: the relay's log level.
         admin_socket: the status socket, or None.
@@ -84,7 +85,7 @@ class RelayConfig:
     stamp_records: bool = False
     max_connections: int = 256
     max_connections_per_enclave: int = 8
-    rate_limit: int = 64 << 20
+    rate_limit: int = 0
     frame_timeout: float = 30.0
     log_level: str = "info"
     admin_socket: str | None = DEFAULT_ADMIN_SOCKET

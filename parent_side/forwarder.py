@@ -42,7 +42,8 @@ class Sink(Protocol):
         ...
 
 
-Delivered = Callable[[str, int], None]
+#: (tag, records, bytes of entries) of a batch delivered downstream.
+Delivered = Callable[[str, int, int], None]
 
 
 class DirectSink:
@@ -86,7 +87,7 @@ class DirectSink:
             outer.set_exception(exc)
         else:
             if self.on_delivered is not None:
-                self.on_delivered(batch.tag, batch.count)
+                self.on_delivered(batch.tag, batch.count, len(batch.entries))
             outer.set_result(None)
 
 
@@ -142,7 +143,7 @@ class Forwarder:
         if exc is None:
             self.spool.ack(entry)
             if self.on_delivered is not None:
-                self.on_delivered(entry.tag, entry.count)
+                self.on_delivered(entry.tag, entry.count, len(entry.entries))
         elif isinstance(exc, PoisonFrame):
             self.spool.dead_letter(entry, str(exc))
         else:

@@ -48,6 +48,7 @@ from fluent_forward.errors import (
 )
 from fluent_forward.handshake import ServerHandshake
 
+from .fairshare import FairShare
 from .forwarder import Sink
 from .identity import CidSet, EnclaveRegistry, Identity, identity_of, stamp_entries
 from .outputs import RelayBatch
@@ -78,7 +79,7 @@ class ListenerConfig:
     require_known_enclave: bool = False
     max_connections: int = 256
     max_connections_per_enclave: int = 8
-    rate_limit: int = 0  # bytes per second per enclave; 0: none
+    rate_limit: int = 0  # an operator's cap, bytes per second per enclave; 0: none
     frame_timeout: float = 30.0  # a frame begun must complete within this
     stamp_records: bool = False
     restamp_time: bool = False
@@ -193,10 +194,14 @@ class Listener:
     """The relay's server side."""
 
     def __init__(self, config: ListenerConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None) -> None:
+                 registry: EnclaveRegistry | None = None,
+                 fair: FairShare | None = None) -> None:
         self.config = config
         self.sink = sink
         self.registry = registry
+        #: Each enclave's share of what the relay holds; ``delivered`` is told by the
+        #: relay as batches leave. None: no sharing (a sink that tells nothing).
+        self.fair = fair
         #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
         self.on_lifecycle: Callable[[str, Identity, PeerStats], None] | None = None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
@@ -384,6 +389,8 @@ class Listener:
                     await self._on_event(frame, ident, peer, acks)
                 elif not isinstance(frame, Heartbeat):
                     raise HandshakeError(f"unexpected {type(frame).__name__} after the handshake")
+            if self.fair is not None:
+                await self.fair.wait(ident.name)
             before = conn.bytes_in
             cfg = self.config  # read again each time: a reload may have changed it
             try:
@@ -445,6 +452,8 @@ class Listener:
         else:
             futures = [await self.sink.submit(RelayBatch(tag, part, n), None, None)
                        for part, n in split_entries(entries, UPSTREAM_SPLIT_BYTES)]
+        if self.fair is not None:
+            self.fair.add(ident.name, len(entries))
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
 
