@@ -224,7 +224,7 @@ async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
 
 async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: int
                            ) -> dict[str, float]:
-    sink = FluentBitSink(binary, d, (sc._free_port(), sc._free_port()))
+    sink = FluentBitSink(binary, d, sc._free_port())
     try:
         await sink.start()
         if key == "vs.fluentbit":

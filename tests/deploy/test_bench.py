@@ -77,9 +77,11 @@ def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Pa
     result = json.loads(out.read_text())
     assert result["errors"] == []
     ours, theirs = result["results"]["vs.ours"], result["results"]["vs.fluentbit"]
-    for name in ("lines_per_s", "agent_us_per_line", "relay_us_per_line", "sink_us_per_line"):
-        assert ours[name]["median"] > 0, name
-    for name in ("lines_per_s", "sender_us_per_line", "sink_us_per_line"):
-        assert theirs[name]["median"] > 0, name
+    assert ours["lines_per_s"]["median"] > 0 and theirs["lines_per_s"]["median"] > 0
+    # CPU is counted in clock ticks (10 ms): on so small a file a figure may be 0.
+    for name in ("agent_us_per_line", "relay_us_per_line", "sink_us_per_line"):
+        assert ours[name]["median"] >= 0, name
+    for name in ("sender_us_per_line", "sink_us_per_line"):
+        assert theirs[name]["median"] >= 0, name
     assert "| 6 into a Fluent Bit sink: ours | lines/s |" in proc.stdout
     assert "|   ours / Fluent Bit | lines/s (x, run by run) |" in proc.stdout
