@@ -31,9 +31,12 @@ test: lint
 
 # Every hop measured, 1M lines of 150 bytes per run, 3 runs (a few minutes): prints a
 # table and writes bench/results/latest.json. BENCH_ARGS="--lines 200000 --runs 1" for
-# a quick look; see `python -m bench --help`.
+# a quick look; see `python -m bench --help`. With a Fluent Bit (FLUENT_BIT, by default
+# the one beside the project in ../shared/tools when it is there, else fluent-bit on
+# PATH) it also runs ours and Fluent Bit's own two hops side by side.
+FLUENT_BIT ?= $(wildcard ../shared/tools/fluent-bit-4.2.8/fluent-bit)
 bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	FLUENT_BIT=$(FLUENT_BIT) $(BIN)/python -m bench $(BENCH_ARGS)
 
 # The agent as one file (Python 3.11+ and msgpack only), for minimal enclave images.
 agent-pyz: $(STAMP)

@@ -1,35 +1,59 @@
-"""Fluent Bit's own two hops on the same file: tail -> forward (acks) -> forward -> null.
+"""Side by side: our two hops and Fluent Bit's own, into the same real Fluent Bit sink.
 
-Runs only when a ``fluent-bit`` binary is on PATH or named by ``FLUENT_BIT``. Two
-processes: a receiver (forward input, null output, the HTTP monitoring server whose
-``/api/v1/metrics`` counts the records taken in) and a sender (tail from the head of
-the file, forward output with ``Require_ack_response``), over TCP on 127.0.0.1. The
-window is the same as ours: from the first records counted to the last, with each
-process's CPU from /proc over it.
+Runs only when a ``fluent-bit`` binary is on PATH or named by ``FLUENT_BIT``. Both
+pipelines ship the same file to the same kind of sink: a fresh Fluent Bit with a
+``forward`` input on 127.0.0.1 and a ``counter`` output, flushing every ``SINK_FLUSH``
+seconds, which prints the running total of records at each flush (read from its log
+as it grows). Not the HTTP server's ``/api/v1/metrics``: Fluent Bit refreshes those
+once a second, which rounded every run to whole seconds.
+
+- ours: ``tail`` in our agent -> TCP -> our relay (default options: spool on, every
+  entry validated) -> TCP -> the sink;
+- Fluent Bit's: a Fluent Bit ``tail`` -> ``forward`` with ``Require_ack_response`` ->
+  TCP -> the sink.
+
+lines/s is over the time from starting the shipper (our agent, Fluent Bit's sender)
+to the sink having taken every line: the time it takes to ship the file, start
+included. Throughput over a window opening at the first record at the sink would not
+do: Fluent Bit's sender flushes what it has read every ``Flush`` seconds, so a file
+read within one flush reaches the sink in one burst and such a window is empty (the
+ZeroDivisionError an earlier version of this module died of). CPU per line: see
+``ship_and_count``.
+
+The sender's ``Flush`` is ``SENDER_FLUSH`` (Fluent Bit's default is 1 s, which would
+add up to a second of waiting to a run of a few seconds: that measures the flush
+timer, not the pipeline).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
+import re
 import shutil
 import time
-import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from bench import scenarios as sc
 from bench.procs import Proc, cpu_seconds
 
-__all__ = ["find_fluent_bit", "fluent_bit_two_hops"]
+__all__ = ["SENDER_FLUSH", "FluentBitSink", "find_fluent_bit", "fluent_bit_two_hops",
+           "ours_into_fluent_bit", "ship_and_count"]
 
-RECEIVER = """\
+#: The sender's flush interval, in seconds (see the module docstring).
+SENDER_FLUSH = 0.1
+#: The sink's: the resolution of the end of a run.
+SINK_FLUSH = 0.01
+#: How often the sink's log is read while a run goes on.
+POLL_INTERVAL = 0.005
+
+SINK = """\
 [SERVICE]
-    Flush        1
+    Flush        {flush}
     Log_Level    warn
-    HTTP_Server  On
-    HTTP_Listen  127.0.0.1
-    HTTP_Port    {http_port}
 
 [INPUT]
     Name    forward
@@ -37,13 +61,15 @@ RECEIVER = """\
     Port    {port}
 
 [OUTPUT]
-    Name   null
+    Name   counter
     Match  *
 """
+#: What the counter output prints at each flush: ``TIME,COUNT (total = N)``.
+_TOTAL = re.compile(rb"\(total = (\d+)\)")
 
 SENDER = """\
 [SERVICE]
-    Flush      1
+    Flush      {flush}
     Log_Level  warn
 
 [INPUT]
@@ -69,53 +95,152 @@ def find_fluent_bit() -> str | None:
     return shutil.which("fluent-bit")
 
 
-def _records_in(http_port: int) -> int:
-    url = f"http://127.0.0.1:{http_port}/api/v1/metrics"
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        data: dict[str, Any] = json.load(resp)
-    return sum(int(v.get("records", 0)) for v in data.get("input", {}).values())
+class FluentBitSink:
+    """A real Fluent Bit forward input with a counter output, counting what it takes."""
+
+    def __init__(self, binary: str, tmp: Path, port: int) -> None:
+        self.binary, self.tmp, self.port = binary, tmp, port
+        self.proc: Proc | None = None
+        self.log = tmp / "fb-sink.log"
+        self._seen = 0  # bytes of the log read
+        self._total = 0
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        conf = self.tmp / "fb-sink.conf"
+        conf.write_text(SINK.format(flush=SINK_FLUSH, port=self.port))
+        # stdbuf: the counter prints with printf, block-buffered into a file otherwise.
+        self.proc = proc = Proc("fluent-bit sink", ["stdbuf", "-oL", self.binary, "-c",
+                                                    str(conf)], log=self.log)
+        await sc.wait_listening(self.url, proc)
+
+    def records(self) -> int:
+        """Records taken so far (as of the last flush), from the log's new lines."""
+        with open(self.log, "rb") as f:
+            f.seek(self._seen)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self._seen += end
+        totals = _TOTAL.findall(data, 0, end)
+        if totals:
+            self._total = int(totals[-1])
+        return self._total
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await self.proc.stop()
+
+
+@dataclass
+class _Run:
+    """What the measuring thread saw: at the first records at the sink, and the last."""
+
+    seconds: float = 0.0  # from the shipper's start to the last line
+    first: int = 0  # records at the sink when it was first seen to have some
+    cpu_first: tuple[float, ...] = ()
+    cpu_last: tuple[float, ...] = ()
+    got: int = 0
+    failed: str = ""
+
+
+def _measure(sink: FluentBitSink, n: int, procs: Sequence[Proc], started: float,
+             timeout: float) -> _Run:
+    """Poll the sink until it has ``n`` records (in a thread: it blocks).
+
+    The relay adds a record of its own (the agent's "connected"), which arrives before
+    the lines: the count reaches ``n`` only with the last batch of lines.
+    """
+    run = _Run()
+    deadline = started + timeout
+    while True:
+        run.got = got = sink.records()
+        now = time.monotonic()
+        if got and not run.cpu_first:
+            run.first, run.cpu_first = got, tuple(cpu_seconds(p.pid) for p in procs)
+        if got >= n:
+            run.seconds, run.cpu_last = now - started, tuple(cpu_seconds(p.pid) for p in procs)
+            return run
+        dead = [p.name for p in procs if p.exit_cpu is not None]  # seen by its sampler
+        if dead or now > deadline:
+            run.failed = f"{', '.join(dead) or 'nothing'} exited; timed out: {now > deadline}"
+            return run
+        time.sleep(POLL_INTERVAL)
+
+
+async def ship_and_count(sink: FluentBitSink, n: int, start: Callable[[], Proc],
+                         others: Sequence[Proc], names: Sequence[str],
+                         timeout: float = 300.0) -> dict[str, float]:
+    """Start the shipper, wait for ``n`` records at the sink; lines/s and µs/line.
+
+    ``others`` are already running (the relay). lines/s is over the whole run, from the
+    shipper's start. CPU per line is each process's CPU from the first records at the
+    sink to the last, over the lines in between: start-up (our agent's imports, some
+    0.1 s of CPU) is left out of both pipelines alike. If fewer than half the lines came
+    after the first records (a small file, sent in one flush), it is taken from the
+    start instead. Reported under ``names``: the shipper, ``others``, the sink.
+    """
+    assert sink.proc is not None
+    base = [sink.proc, *others]
+    cpu_base = [cpu_seconds(p.pid) for p in base]
+    started = time.monotonic()
+    shipper = start()
+    procs = [shipper, *others, sink.proc]
+    run = await asyncio.get_running_loop().run_in_executor(
+        None, _measure, sink, n, procs, started, timeout)
+    if run.failed:
+        raise RuntimeError(f"the sink took {run.got} of {n} records ({run.failed}):\n"
+                           + "\n".join(p.tail_log() for p in procs))
+    lines = n - run.first
+    cpu0: Sequence[float] = run.cpu_first
+    if lines < n / 2:
+        lines, cpu0 = n, [0.0, *cpu_base[1:], cpu_base[0]]  # the shipper started at zero
+    out = {"lines_per_s": n / run.seconds, "seconds": run.seconds,
+           "cpu_window_lines": float(lines)}
+    for name, c0, c1 in zip(names, cpu0, run.cpu_last, strict=True):
+        out[f"{name}_us_per_line"] = (c1 - c0) / lines * 1e6
+    return out
 
 
 async def fluent_bit_two_hops(binary: str, tmp: Path, data_file: Path, n: int,
-                              ports: tuple[int, int]) -> dict[str, float]:
-    """One run; lines/s and each process's CPU us/line over the window."""
-    port, http_port = ports
-    rx_conf, tx_conf = tmp / "fb-receiver.conf", tmp / "fb-sender.conf"
-    rx_conf.write_text(RECEIVER.format(port=port, http_port=http_port))
-    tx_conf.write_text(SENDER.format(port=port, path=data_file))
-    rx = Proc("fluent-bit receiver", [binary, "-c", str(rx_conf)], log=tmp / "fb-rx.log")
-    tx: Proc | None = None
-    loop = asyncio.get_running_loop()
+                              sink: FluentBitSink) -> dict[str, float]:
+    """One run of Fluent Bit's tail -> forward (acks) into ``sink`` (started)."""
+    conf = tmp / "fb-sender.conf"
+    conf.write_text(SENDER.format(flush=SENDER_FLUSH, port=sink.port, path=data_file))
+    started: list[Proc] = []
+
+    def start() -> Proc:
+        started.append(Proc("fluent-bit sender", [binary, "-c", str(conf)],
+                            log=tmp / "fb-sender.log"))
+        return started[0]
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                await loop.run_in_executor(None, _records_in, http_port)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline or rx.exited():
-                    raise RuntimeError("fluent-bit receiver did not start:\n"
-                                       + rx.tail_log()) from exc
-                await asyncio.sleep(0.05)
-        tx = Proc("fluent-bit sender", [binary, "-c", str(tx_conf)], log=tmp / "fb-tx.log")
-        t0 = cpu_tx0 = cpu_rx0 = 0.0
-        first = 0
-        deadline = time.monotonic() + 300
-        while True:
-            got = await loop.run_in_executor(None, _records_in, http_port)
-            now = time.monotonic()
-            if got and not t0:
-                t0, first = now, got
-                cpu_tx0, cpu_rx0 = cpu_seconds(tx.pid), cpu_seconds(rx.pid)
-            if got >= n:
-                cpu_tx, cpu_rx = cpu_seconds(tx.pid) - cpu_tx0, cpu_seconds(rx.pid) - cpu_rx0
-                lines = n - first
-                return {"lines_per_s": lines / (now - t0), "sender_us_per_line":
-                        cpu_tx / lines * 1e6, "receiver_us_per_line": cpu_rx / lines * 1e6}
-            if now > deadline or tx.exited() or rx.exited():
-                raise RuntimeError(f"fluent-bit took {got} of {n} records:\n{tx.tail_log()}")
-            await asyncio.sleep(0.02)
+        return await ship_and_count(sink, n, start, (), ("sender", "sink"))
     finally:
-        if tx is not None:
-            await tx.stop()
-        await rx.stop()
+        for p in started:
+            with contextlib.suppress(Exception):
+                await p.stop()
+
+
+async def ours_into_fluent_bit(tmp: Path, data_file: Path, n: int, sink: FluentBitSink,
+                               relay_extra: Sequence[str] = ()) -> dict[str, float]:
+    """One run of our agent (tail) -> relay (default options) into ``sink`` (started)."""
+    listen = f"tcp://127.0.0.1:{sc._free_port()}"
+    relay = Proc.python("relay", sc.relay_args(listen, sink.url, tmp / "spool", *relay_extra),
+                        log=tmp / "relay.log")
+    started = [relay]
+
+    def start() -> Proc:
+        started.append(Proc.python("agent", sc.agent_args(listen, "--file", str(data_file)),
+                                   log=tmp / "agent.log"))
+        return started[-1]
+
+    try:
+        await sc.wait_listening(listen, relay)
+        return await ship_and_count(sink, n, start, (relay,), ("agent", "relay", "sink"))
+    finally:
+        for p in reversed(started):
+            with contextlib.suppress(Exception):
+                await p.stop()

@@ -358,8 +358,7 @@ def agent_payloads(batch_bytes: int = 512 * 1024, batches: int = 4) -> list[tupl
 async def relay_alone(env: Env, n: int) -> dict[str, float]:
     listen = env.url("relay")
     tag = f"{TAG}.stdout"
-    relay = env.start("relay", relay_args(listen, env.sink_url, env.tmp / "spool",
-                                          "--rate-limit", "0"))
+    relay = env.start("relay", relay_args(listen, env.sink_url, env.tmp / "spool"))
     await wait_listening(listen, relay)
     source = FeedSource(agent_payloads(), n)
     client = ForwardClient(parse_endpoint(listen), source, ClientHandshake(hostname="bench"),

@@ -86,6 +86,9 @@ class LineSplitter:
         self._discarding = False
         self.dropped_bytes = 0
         self.truncated = 0
+        #: The lines the last ``feed`` returned are all plain ``bytes`` (none cut) and
+        #: ASCII: the encoder may skip looking (``EntryEncoder.encode(clean=True)``).
+        self.clean = False
 
     @property
     def pending(self) -> int:
@@ -105,14 +108,18 @@ class LineSplitter:
         parts: list[Item]
         if lines and max(map(len, lines)) > limit:
             parts = [self._truncate(p) if len(p) > limit else p for p in lines]
+            self.clean = False
         else:
             parts = lines  # type: ignore[assignment]  # list is invariant; no copy on the hot path
+            # One C-level pass over the read, instead of a join of its lines to look at.
+            self.clean = data.isascii() and self._carry.isascii()
         if self._discarding:
             self.dropped_bytes += len(tail)
             tail = b""
         elif len(tail) > limit:
             parts.append(self._truncate(tail))
             self._discarding = True
+            self.clean = False
             tail = b""
         self._carry = tail
         return parts
@@ -126,6 +133,7 @@ class LineSplitter:
     def flush(self) -> list[Item]:
         """Hand out the unfinished line, flagged ``PARTIAL`` (at EOF or on a timeout)."""
         self._discarding = False
+        self.clean = False
         if not self._carry:
             return []
         line, self._carry = self._carry, b""
@@ -149,15 +157,18 @@ class EntryEncoder:
             raise ValueError("too many fixed fields")
         self.escaped = 0
 
-    def encode(self, items: list[Item], ns: int) -> bytes:
-        """Entries for ``items``, all stamped ``ns``; one ``bytes``."""
+    def encode(self, items: list[Item], ns: int, *, clean: bool = False) -> bytes:
+        """Entries for ``items``, all stamped ``ns``; one ``bytes``.
+
+        ``clean``: the caller knows the items are all ``bytes`` and ASCII.
+        """
         if not items:
             return b""
         head = b"\x92" + event_time_bytes(ns) + bytes((self._map1,)) + b"\xa3log"
         tail = self._tail
-        plain = set(map(type, items)) == {bytes}  # no flags
-        if plain:
-            lines: list[bytes] = items  # type: ignore[assignment]
+        plain = clean or set(map(type, items)) == {bytes}  # no flags
+        lines: list[bytes] = items  # type: ignore[assignment]  # when plain
+        if plain and not clean:
             blob = b"\n".join(lines)
             if not blob.isascii():  # ASCII is UTF-8; anything else is decoded to be sure
                 try:

@@ -86,24 +86,53 @@ del _n, _h
 def agent_shape_count(data: bytes, max_entries: int) -> int | None:
     """Entries of our agent's shape: their count, or None if they are anything else.
 
-    ``data`` split on ``_ENTRY_HEAD`` gives one piece per entry only if each piece is
-    exactly: 8 EventTime bytes with nanoseconds below 1e9, the first entry's fixmap
-    header and ``"log"`` key, the shortest str header for the piece's remaining
-    length, that many bytes, and the first entry's other fields byte for byte (which
-    msgpack has decoded once, in the first entry, with the slow path's rules). A head
-    that occurs inside a line cuts it into pieces whose lengths disagree with their
-    headers, so such data is refused, never misread.
+    The first entry is decoded whole, as the slow path would, and gives the fixed
+    fields every entry ends with (``tail``). ``data`` split on ``tail`` + the head every
+    entry starts with gives one piece per entry only if each piece is exactly: 8
+    EventTime bytes with nanoseconds below 1e9, the first entry's fixmap header and
+    ``"log"`` key, the shortest str header for the piece's remaining length, and that
+    many bytes. A separator that occurs inside a line cuts it into pieces whose lengths
+    disagree with their headers, and an entry that does not end with ``tail`` leaves a
+    piece holding two entries, which disagrees too: such data is refused, never misread.
     """
     if not data.startswith(_ENTRY_HEAD):
         return None
-    pieces = data.split(_ENTRY_HEAD)
-    del pieces[0]  # b"": data starts with the head
-    if len(pieces) > max_entries:
-        return None
-    fixed = _first_entry_fields(pieces[0])
+    fixed = _first_entry_fields(data)
     if fixed is None:
         return None
-    return len(pieces) if _pieces_ok(pieces, *fixed) else None
+    prefix, tail = fixed
+    if not data.endswith(tail):
+        return None
+    # A longer separator is also a faster search: most of the cost of this function.
+    pieces = data.split(tail + _ENTRY_HEAD)
+    if tail:  # [head + entry, entry, ..., entry + tail]
+        pieces[0] = pieces[0][len(_ENTRY_HEAD):]
+        pieces[-1] = pieces[-1][:-len(tail)]
+    else:  # [b"", entry, ...]: the data starts with the separator
+        del pieces[0]
+    n = len(pieces)
+    if n > max_entries:
+        return None
+    try:  # the length of every str8 line (32-255 bytes), if that is what they all are
+        lengths = bytes(map(sub, map(len, pieces), itertools.repeat(_STR_AT + 2)))
+    except ValueError:
+        lengths = b""
+    if lengths and min(lengths) >= 32:
+        return n if _str8_columns_ok(pieces, prefix, lengths) else None
+    return n if _headers_ok(pieces, prefix) else None
+
+
+def _headers_ok(pieces: list[bytes], prefix: bytes) -> bool:
+    """Any line lengths: each piece's str header against its length, one by one."""
+    sizes = list(map(sub, map(len, pieces), itertools.repeat(_STR_AT)))
+    if min(sizes) < 1 or max(sizes) >= len(_BY_SIZE):
+        return False
+    headers = list(map(_BY_SIZE.__getitem__, sizes))
+    return (None not in headers
+            and all(map(bytes.startswith, pieces, headers, itertools.repeat(_STR_AT)))  # type: ignore[arg-type]
+            and all(map(bytes.startswith, pieces, itertools.repeat(prefix),
+                        itertools.repeat(_MAP_AT)))
+            and max(map(NANOS, pieces)) < BILLION)
 
 
 def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes, masked: int = 0) -> bool:
@@ -150,12 +179,12 @@ def signed_shape_count(data: bytes, max_entries: int) -> int | None:
     """
     if not data.startswith(_ENTRY_HEAD):
         return None
+    fixed = _first_entry_fields(data)
+    if fixed is None:
+        return None
     pieces = data.split(_ENTRY_HEAD)
     del pieces[0]
     if len(pieces) > max_entries:
-        return None
-    fixed = _first_entry_fields(pieces[0])
-    if fixed is None:
         return None
     prefix, tail = fixed
     at = tail.rfind(_SIG_FIELD) + len(_SIG_FIELD)
@@ -169,33 +198,64 @@ def signed_shape_count(data: bytes, max_entries: int) -> int | None:
     return len(pieces) if _pieces_ok(pieces, prefix, tail, width) else None
 
 
-def _first_entry_fields(piece: bytes) -> tuple[bytes, bytes] | None:
-    """(map header + "log" key, the fields after the line) of the first entry, after
-    decoding it whole as the slow path would: None unless it is of the agent's shape."""
+#: A piece's nanoseconds, map header, "log" key and str8 header: 11 bytes.
+_COLUMNS = itemgetter(slice(4, _STR_AT + 2))
+_WIDTH = _STR_AT + 2 - 4
+
+
+def _str8_columns_ok(pieces: list[bytes], prefix: bytes, lengths: bytes) -> bool:
+    """Lines of 32-255 bytes: the 11 bytes of every piece from its nanoseconds to its
+    str8 header, joined, then checked a column at a time (strided slices: no object
+    per entry): the map header and key as the first entry's, ``0xD9``, each length."""
+    cols = b"".join(map(_COLUMNS, pieces))
+    n = len(pieces)
+    for i, byte in enumerate(prefix + b"\xd9", start=4):
+        if cols[i::_WIDTH] != bytes((byte,)) * n:
+            return False
+    if cols[_WIDTH - 1::_WIDTH] != lengths:
+        return False
+    # Nanoseconds below 1e9 (0x3B9ACA00): a first byte under 0x3B says so for nearly
+    # every batch; otherwise compare them all.
+    return max(cols[0::_WIDTH]) < 0x3B or max(map(NANOS, pieces)) < BILLION
+
+
+def _first_entry_fields(data: bytes) -> tuple[bytes, bytes] | None:
+    """(map header + "log" key, the fields after the line) of the first entry of
+    ``data``, after decoding it whole as the slow path would: None unless it is of the
+    agent's shape."""
+    piece = data[len(_ENTRY_HEAD):len(_ENTRY_HEAD) + _STR_AT + 3]
     if len(piece) <= _STR_AT or not 0x81 <= piece[_MAP_AT] <= 0x8F:
         return None
     if piece[_MAP_AT + 1:_STR_AT] != _LOG_KEY:
         return None
     up = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", use_list=False,
-                          strict_map_key=True, max_buffer_size=len(piece) + 3)
-    up.feed(_ENTRY_HEAD + piece)
+                          strict_map_key=True, max_buffer_size=_FIRST_ENTRY_MAX)
+    up.feed(data[:_FIRST_ENTRY_MAX])
     try:
         entry = up.unpack()
     except Exception:  # noqa: BLE001 - not one valid entry: someone else's shape
         return None
-    if (up.tell() != len(piece) + 3 or type(entry) is not tuple or len(entry) != 2
+    if (type(entry) is not tuple or len(entry) != 2
             or type(entry[1]) is not dict or type(entry[1].get("log")) is not str):
         return None
-    b = piece[_STR_AT]
+    start = len(_ENTRY_HEAD) + _STR_AT
+    b = data[start]
     if 0xA0 <= b <= 0xBF:
-        end = _STR_AT + 1 + (b & 0x1F)
+        end = start + 1 + (b & 0x1F)
     elif b == 0xD9:
-        end = _STR_AT + 2 + piece[_STR_AT + 1]
+        end = start + 2 + data[start + 1]
     elif b == 0xDA:
-        end = _STR_AT + 3 + int.from_bytes(piece[_STR_AT + 1:_STR_AT + 3], "big")
+        end = start + 3 + int.from_bytes(data[start + 1:start + 3], "big")
     else:
         return None  # str32: a line of 64 KiB or more is not this path's business
-    return piece[_MAP_AT:_STR_AT], piece[end:]
+    if end > up.tell():
+        return None
+    return data[len(_ENTRY_HEAD) + _MAP_AT:start], data[end:up.tell()]
+
+
+#: The first entry is looked for in this many bytes (lines of up to 4 KiB take this
+#: path, and their fixed fields are a few names).
+_FIRST_ENTRY_MAX = 64 * 1024
 
 
 # -- 2. any entries, decoded at once -----------------------------------------------------

@@ -159,9 +159,10 @@ class RelayConfig:
         help="of --max-connections, slots kept for enclaves with no connection open, so "
              "one enclave's connections never lock the others out (at most half of them)")
     rate_limit: int = option(
-        64 << 20, SIZE,
-        help="bytes per second read from one enclave; past it the relay reads more slowly, "
-             "it never drops (0: no limit)")
+        0, SIZE,
+        help="a cap on the bytes per second read from one enclave; past it the relay reads "
+             "more slowly, it never drops (0: none: each enclave gets its fair share, and "
+             "all of it alone)")
     frame_timeout: float = option(
         30.0, DURATION,
         help="close a connection whose frame is not complete this long after its first byte")

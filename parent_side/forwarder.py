@@ -48,7 +48,8 @@ class Sink(Protocol):
         ...
 
 
-Delivered = Callable[[str, int], None]
+#: (tag, records, bytes of entries) of a batch delivered downstream.
+Delivered = Callable[[str, int, int], None]
 
 
 class DirectSink:
@@ -98,7 +99,7 @@ class DirectSink:
             outer.exception()  # retrieved: the connection that waits for it may be gone
         else:
             if self.on_delivered is not None:
-                self.on_delivered(batch.tag, batch.count)
+                self.on_delivered(batch.tag, batch.count, len(batch.entries))
             outer.set_result(None)
 
 
@@ -187,7 +188,7 @@ class Forwarder:
         if exc is None:
             self.spool.ack(entry)
             if self.on_delivered is not None:
-                self.on_delivered(entry.tag, entry.count)
+                self.on_delivered(entry.tag, entry.count, len(entry.entries))
         elif isinstance(exc, PoisonFrame):
             self.spool.dead_letter(entry, str(exc))
         else:

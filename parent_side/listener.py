@@ -43,6 +43,7 @@ from fluent_forward.session import Opened, ServerSession
 from fluent_forward.tags import tag_problem
 
 from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
+from .fairshare import FairShare
 from .forwarder import Sink
 from .identity import CidSet, EnclaveRegistry, Identity, identity_of
 from .intake import EnclaveStats, take_frame
@@ -72,7 +73,7 @@ class ListenerConfig:
     max_connections: int = 256
     max_connections_per_enclave: int = 8
     reserved_connections: int = DEFAULT_RESERVED_CONNECTIONS  # for enclaves with none open
-    rate_limit: int = 0  # bytes per second per enclave; 0: none
+    rate_limit: int = 0  # an operator's cap, bytes per second per enclave; 0: none
     frame_timeout: float = 30.0  # a frame must complete within this of its first byte
     idle_timeout: float = IDLE_TIMEOUT  # close after this long without a byte; 0: never
     stamp_records: bool = False
@@ -139,8 +140,8 @@ class Listener(ForwardServer):
     """The relay's server side."""
 
     def __init__(self, config: ListenerConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None, *, sink_warns_gaps: bool = False
-                 ) -> None:
+                 registry: EnclaveRegistry | None = None, *, sink_warns_gaps: bool = False,
+                 fair: FairShare | None = None) -> None:
         super().__init__(config.endpoint, unix_mode=config.unix_mode)
         self.config = config
         self.sink = sink
@@ -148,6 +149,9 @@ class Listener(ForwardServer):
         #: The spool warns of a gap in an agent run's sequence itself (it follows runs
         #: across relay restarts); a gap is then only counted here, never warned twice.
         self.sink_warns_gaps = sink_warns_gaps
+        #: Each enclave's share of what the relay holds; ``delivered`` is told by the
+        #: relay as batches leave. None: no sharing (a sink that tells nothing).
+        self.fair = fair
         #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
         self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] | None = None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
@@ -306,6 +310,8 @@ class Listener(ForwardServer):
                          acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
                          ) -> None:
         while True:
+            if self.fair is not None:  # over its share: wait for deliveries first
+                await self.fair.wait(ident.name)
             cfg = self.config  # read again each time: a reload may have changed it
             session.frame_timeout = cfg.frame_timeout
             session.idle_timeout = cfg.idle_timeout or None  # 0: never
@@ -355,6 +361,8 @@ class Listener(ForwardServer):
             self._escaped(frame.tag, intake.escaped_tag, ident)
         futures = [await self.sink.submit(sub.batch, sub.boot, sub.seq)
                    for sub in intake.submissions]
+        if self.fair is not None:
+            self.fair.add(ident.name, sum(len(sub.batch.entries) for sub in intake.submissions))
         if frame.chunk is not None:
             await acks.put((frame.chunk, futures))
 

@@ -23,6 +23,7 @@ from fluent_forward import __version__
 from fluent_forward.codec import EventTime, pack_entry
 
 from .config import SERVE_OPTIONS, RelayConfig
+from .fairshare import FairShare
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
 from .intake import EnclaveStats
@@ -97,8 +98,12 @@ class Relay:
                                          interval=config.describe_interval,
                                          on_terminated=self._terminated)
                          if vsock and config.nitro_cli else None)
+        # Outages are what the spool is for: then the enclaves share its size.
+        self.fair = FairShare(capacity=config.spool_bytes if self.spool is not None
+                              else config.upstream_buffer_bytes)
         self.listener = Listener(_listener_config(config), self.sink, self.registry,
-                                 sink_warns_gaps=isinstance(self.sink, SpoolSink))
+                                 sink_warns_gaps=isinstance(self.sink, SpoolSink),
+                                 fair=self.fair)
         self.listener.on_lifecycle = self._enclave_event
         self.admin = (AdminServer(config.admin_socket, self.snapshot, self.reload)
                       if config.admin_socket else None)
@@ -249,13 +254,17 @@ class Relay:
         self.emit(LIFECYCLE_TAG, {"event": "enclave_terminated", "enclave": name,
                                   "cid": enclave.cid, "enclave_id": enclave.enclave_id})
 
-    def _delivered(self, tag: str, count: int) -> None:
-        """Count records the output has safe, per enclave (for status)."""
+    def _delivered(self, tag: str, count: int, nbytes: int) -> None:
+        """Count records the output has safe, per enclave (for status and fair shares)."""
         root, _, rest = tag.partition(".")
         if root == TAG_ROOT:
-            peer = self.listener.stats.peers.get(rest.partition(".")[0])
+            name = rest.partition(".")[0]
+            self.fair.delivered(name, nbytes)
+            peer = self.listener.stats.peers.get(name)
             if peer is not None:
                 peer.records_out += count
+        if self.spool is not None and self.spool.backlog == 0:
+            self.fair.settle()
 
     async def _status_records(self) -> None:
         while True:
@@ -278,7 +287,8 @@ class Relay:
                  "output": str(cfg.output), "connections_open": st.open_connections,
                  "connections": st.connections, "protocol_errors": st.protocol_errors,
                  "auth_failures": st.auth_failures, "timeouts": st.timeouts,
-                 "refused": st.refused_cid + st.refused_limit, "reloads": self.reloads}
+                 "refused": st.refused_cid + st.refused_limit, "reloads": self.reloads,
+                 "fair_share": self.fair.status()}
         spool: dict[str, Any] = {"mode": "memory-only"}
         if self.spool is not None:
             spool = {**self.spool.status(), "backlog": self.spool.backlog}

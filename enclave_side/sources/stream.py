@@ -59,12 +59,12 @@ class LineStream:
         self.bytes += len(data)
         items = self.splitter.feed(data)
         if items:
-            self._emit(items)
+            self._emit(items, clean=self.splitter.clean)
 
-    def _emit(self, items: list[Item]) -> None:
+    def _emit(self, items: list[Item], *, clean: bool = False) -> None:
         self.lines += len(items)
         if self.pipeline is None:
-            self._add(self.encoder.encode(items, time.time_ns()), len(items))
+            self._add(self.encoder.encode(items, time.time_ns(), clean=clean), len(items))
         else:
             self._add(*self.pipeline.process_lines(items, time.time_ns()))
 

@@ -151,3 +151,32 @@ def test_splitting_reads_gives_what_splitting_their_concatenation_gives(
         assert new.pending == ref.pending
     assert new.flush() == ref.flush()
     assert (new.dropped_bytes, new.truncated) == (ref.dropped_bytes, ref.truncated)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40) | st.sampled_from([b"\n", b"\xc3\xa9\n", b"x" * 30]),
+                max_size=12))
+def test_a_clean_read_says_so_and_its_lines_encode_the_same_without_looking(
+        reads: list[bytes]) -> None:
+    # ``clean`` lets the encoder skip checking the lines for flags and non-ASCII: it
+    # must hold only when that check would have found nothing.
+    splitter, enc = LineSplitter(max_line_bytes=24), EntryEncoder({"stream": "stdout"})
+    for data in reads:
+        items = splitter.feed(data)
+        if splitter.clean:
+            assert all(type(i) is bytes and i.isascii() for i in items)
+            assert enc.encode(items, 5, clean=True) == enc.encode(items, 5)
+    splitter.flush()
+    assert not splitter.clean, "a flushed partial line is flagged: never clean"
+
+
+def test_a_read_with_a_cut_line_or_non_ascii_is_not_clean() -> None:
+    splitter = LineSplitter(max_line_bytes=8)
+    splitter.feed(b"short\n")
+    assert splitter.clean
+    splitter.feed(b"far too long a line\n")
+    assert not splitter.clean
+    splitter.feed(b"caf\xc3\xa9\n")
+    assert not splitter.clean
+    splitter.feed(b"ok\nand an unfinished tail past the limit")
+    assert not splitter.clean

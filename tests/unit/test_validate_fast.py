@@ -200,6 +200,8 @@ def test_agent_entries_take_the_split_path(lengths: list[int], fields: dict[str,
     pytest.param(HEAD, id="the head alone"),
     pytest.param(HEAD * 3 + b"tail", id="heads in a row"),
     pytest.param(b"x" * 40 + HEAD, id="the head at the end"),
+    pytest.param(b"y" * 40 + b"\xa6stream\xa6stdout" + HEAD + b"\x00" * 8,
+                 id="the fixed fields and a head inside a line (the separator)"),
     pytest.param(b"\xc3\x92\xd7\x00", id="non-ascii around it"),
 ])
 def test_a_head_inside_a_line_never_splits_an_entry(line: bytes) -> None:
@@ -223,6 +225,14 @@ def test_agent_entries_with_flags_or_other_fields_in_the_same_batch() -> None:
                  id="non-minimal header"),
     pytest.param(agent_entries([b"a"], ns=1_000_000_000) [:7] + b"\x3b\x9a\xca\x00"
                  + agent_entries([b"a"])[11:], id="nanoseconds 1e9"),
+    pytest.param(agent_entries([b"a" * 40] * 3)[:7] + b"\x3b\x9a\xca\x00"
+                 + agent_entries([b"a" * 40] * 3)[11:], id="str8 lines, nanoseconds 1e9"),
+    pytest.param(agent_entries([b"a" * 40] * 3)[:7] + b"\x3b\x9a\xc9\xff"
+                 + agent_entries([b"a" * 40] * 3)[11:], id="str8 lines, nanoseconds 1e9-1"),
+    pytest.param(agent_entries([b"a" * 40, b"b" * 40]).replace(b"\xd9\x28b", b"\xd9\x27b"),
+                 id="str8 lines, the second header one short"),
+    pytest.param(agent_entries([b"a" * 40]) + agent_entries([b"b" * 40], {"stream": "x"})
+                 + agent_entries([b"c" * 40]), id="str8 lines, one without the fields"),
     pytest.param(agent_entries([b"a", b"b"]).replace(b"\xa3log", b"\xa3lag", 1),
                  id="another key first"),
     pytest.param(agent_entries([b"a"]) + agent_entries([b"b"], {"stream": "stdouT"}),

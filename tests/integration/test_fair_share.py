@@ -1,0 +1,98 @@
+"""A fair share of the relay: an enclave flooding it cannot put the others behind its flood.
+
+Enclaves of distinct identities are stood in for as in test_trust.py (Unix connections
+the relay sees as CIDs 16 and 17, named by a fake nitro-cli). The upstream is a fake
+Fluent Bit made slow on purpose (one chunk in flight, each acked after a delay), so
+that it, not the relay, is the bottleneck and the spool fills. What is asserted is the
+order the upstream receives frames in, never a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from fluent_forward.codec import Ack, EventTime, chunk_id, encode_packed_forward, pack_entry
+from parent_side.identity import EnclaveRegistry
+from tests.conftest import StartRelay, delivered
+from tests.fakes.fluentbit import FakeFluentBit
+from tests.fakes.nitro_cli import FakeNitroCli
+from tests.helpers import MS, wait_until, within
+from tests.integration.test_relay_bad_input import RawAgent
+from tests.integration.test_trust import AsCid
+
+pytestmark = pytest.mark.asyncio
+
+KIB = 1024
+FRAME_LINES = 64  # 64 lines of 1,000 bytes: a 64 KiB frame
+FLOOD_FRAMES = 80  # 5 MiB: twenty fair windows of the test's relay
+WINDOW = 256 * KIB  # the relay's fair window here (its default is 16 MiB)
+
+
+def frame(agent: RawAgent, text: str, lines: int) -> tuple[str, bytes]:
+    agent.seq += 1
+    chunk = chunk_id(agent.boot, agent.seq)
+    entries = b"".join(pack_entry(EventTime(1_700_000_000, i), {"log": text})
+                       for i in range(lines))
+    return chunk, encode_packed_forward("app.stdout", entries, {"chunk": chunk})
+
+
+async def flood(agent: RawAgent, frames: int) -> None:
+    """Send ``frames`` frames at once (no waiting for acks), then read every ack."""
+    chunks = []
+    for _ in range(frames):
+        chunk, data = frame(agent, "f" * 1000, FRAME_LINES)
+        chunks.append(chunk)
+        agent.writer.write(data)
+    acks: list[object] = []
+    while len(acks) < frames:
+        data = await agent.reader.read(65536)
+        assert data, "the relay closed the connection"
+        acks += agent.decoder.feed(data)
+    assert acks == [Ack(chunk) for chunk in chunks]
+
+
+@pytest_asyncio.fixture
+async def slow_fluentbit(sockdir: Path) -> AsyncIterator[FakeFluentBit]:
+    """Each chunk acked after 20 ms (with one chunk in flight, the relay's bottleneck).
+
+    Requested before ``start_relay``, so it outlives the relays (which deliver their
+    own last records on the way out)."""
+    async with FakeFluentBit(f"unix://{sockdir}/fb.sock", ack_delay=20 * MS) as fb:
+        yield fb
+
+
+async def test_a_flooding_enclave_keeps_to_its_share_and_others_are_not_queued_behind_it(
+        slow_fluentbit: FakeFluentBit, start_relay: StartRelay, sockdir: Path,
+        nitro_cli: FakeNitroCli) -> None:
+    fb = slow_fluentbit
+    sock = sockdir / "relay.sock"
+    relay = await start_relay(f"unix://{sock}", fb.url, upstream_window=1)
+    relay.listener.registry = EnclaveRegistry((str(nitro_cli.path), "describe-enclaves"),
+                                              min_refresh=0)
+    relay.fair.window = WINDOW
+    as_cid = AsCid(relay)
+    flooder = await as_cid.connect(sock, 16)  # "payments"
+    flooding = asyncio.ensure_future(flood(flooder, FLOOD_FRAMES))
+    # The flooder is read until it holds a window; then the relay either has read the
+    # whole flood (no fair share: the spool takes it all) or holds it back.
+    await wait_until(lambda: relay.listener.stats.peers["payments"].frames == FLOOD_FRAMES
+                     or relay.fair.waits > 0, "the relay to read the flood or hold it back")
+    quiet = await as_cid.connect(sock, 17)  # "debug_box"
+    await quiet.send_batch(["quiet one"])  # acked once in the spool: not held back
+    await wait_until(lambda: any(r.record.get("log") == "quiet one" for r in fb.records),
+                     "the quiet enclave's line upstream")
+    ahead = next(i for i, r in enumerate(fb.records) if r.record.get("log") == "quiet one")
+    # What the flooder held when the quiet batch came in: a window, plus what one read
+    # (256 KiB) brought past it; not the twenty windows it had sent.
+    assert ahead / FRAME_LINES <= (WINDOW + 256 * KIB) / (FRAME_LINES * KIB) + 1, ahead
+    await within(flooding, "the whole flood to be taken")
+    await delivered(relay)
+    assert sum(1 for r in fb.records if r.record.get("log") == "f" * 1000) == (
+        FLOOD_FRAMES * FRAME_LINES), "every line of the flood upstream, none dropped"
+    await flooder.close()
+    await quiet.close()
