@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from fluent_forward.codec import Ack, EventTime, chunk_id, encode_packed_forward, pack_entry
+from fakes.fluentbit import FakeFluentBit
+from fluent_forward.codec import Ack, EventTime, encode_packed_forward, pack_entry
+from fluent_forward.conventions import chunk_id
 from parent_side.identity import EnclaveRegistry
 from tests.conftest import StartRelay, delivered
-from tests.fakes.fluentbit import FakeFluentBit
 from tests.fakes.nitro_cli import FakeNitroCli
 from tests.helpers import MS, wait_until, within
 from tests.integration.test_relay_bad_input import RawAgent
