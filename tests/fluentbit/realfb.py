@@ -158,10 +158,18 @@ def parse_out_line(tag: str, line: str) -> OutRecord:
 
 @dataclass
 class FileOutput:
-    """Reads the ``file`` output's directory incrementally (only complete lines)."""
+    """Reads the ``file`` output's directory incrementally (only complete lines).
+
+    A Fluent Bit killed (SIGKILL) while its file output writes leaves the last line
+    torn: a record's first part, with no newline, to which the next start appends
+    whole lines. Such a fragment is kept in ``torn`` (the record comes again: its chunk
+    was not done, and a filesystem-buffered input flushes it again after the restart),
+    and the whole record written after it on the same line is read as usual.
+    """
 
     dir: Path
     records: list[OutRecord] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)
     _offsets: dict[str, int] = field(default_factory=dict)
 
     def poll(self) -> list[OutRecord]:
@@ -174,10 +182,17 @@ class FileOutput:
                 f.seek(offset)
                 data = f.read()
             end = data.rfind(b"\n") + 1
-            for line in data[:end].decode("utf-8").splitlines():
-                self.records.append(parse_out_line(path.name, line))
+            for line in data[:end].decode("utf-8", "replace").splitlines():
+                self._line(path.name, line)
             self._offsets[path.name] = offset + end
         return self.records
+
+    def _line(self, tag: str, line: str) -> None:
+        start = line.rfind(f"{tag}: [")
+        if start > 0:
+            self.torn.append(line[:start])
+            line = line[start:]
+        self.records.append(parse_out_line(tag, line))
 
     def tagged(self, tag: str) -> list[OutRecord]:
         return [r for r in self.poll() if r.tag == tag]
