@@ -65,6 +65,7 @@ class Remap:
     port: int
     swap_outputs: bool
     interval: int | None
+    grace: int | None
 
     def command(self, command: str) -> str:
         argv = shlex.split(command)
@@ -78,6 +79,8 @@ class Remap:
     def section(self, kind: str, entries: Entries) -> Entries:
         """One section (``kind`` is SERVICE, INPUT, FILTER or OUTPUT), remapped."""
         name = str(dict(entries).get("name", "")).lower()
+        if kind == "SERVICE" and self.grace is not None:
+            entries = [*entries, ("grace", self.grace)]
         if kind == "FILTER" and name == "aws":
             match = [(k, v) for k, v in entries if k.startswith("match")]
             return [("name", "record_modifier"), *match,
@@ -135,13 +138,14 @@ def rewrite_classic(text: str, change: Callable[[str, Entries], Entries]) -> str
     return "\n".join(out) + "\n"
 
 
-def _classic(copy: Path, remap: Remap, input_name: str, output: str) -> Path:
+def _classic(copy: Path, remap: Remap, input_name: str, output: str, console: bool) -> Path:
     for path in copy.glob("*.conf"):
         path.write_text(rewrite_classic(path.read_text(), remap.section))
     main = copy / "fluent-bit.conf"
     text = main.read_text()
+    enable = "@INCLUDE input-console.conf" if console else "# @INCLUDE input-console.conf"
     for old, new in [("@INCLUDE input-unix.conf", f"@INCLUDE input-{input_name}.conf"),
-                     ("# @INCLUDE input-console.conf", "@INCLUDE input-console.conf"),
+                     ("# @INCLUDE input-console.conf", enable),
                      ("@INCLUDE output-cloudwatch_logs.conf", f"@INCLUDE output-{output}.conf")]:
         assert old in text.splitlines(), f"fluent-bit.conf no longer has {old!r}"
         text = text.replace(old, new)
@@ -160,7 +164,7 @@ def _yaml_section(remap: Remap, kind: str, section: dict[str, Any]) -> dict[str,
     return merged
 
 
-def _yaml(copy: Path, remap: Remap, input_name: str, output: str) -> Path:
+def _yaml(copy: Path, remap: Remap, input_name: str, output: str, console: bool) -> Path:
     kinds = {"inputs": "INPUT", "filters": "FILTER", "outputs": "OUTPUT"}
     for path in copy.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
@@ -177,19 +181,24 @@ def _yaml(copy: Path, remap: Remap, input_name: str, output: str) -> Path:
                 includes[includes.index(old)] = new
             # Commented out in the file, to be enabled by the user: enabled here.
             assert "# - input-console.yaml" in path.read_text()
-            includes.append("input-console.yaml")
+            if console:
+                includes.append("input-console.yaml")
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return copy / "fluent-bit.yaml"
 
 
 def deploy(work: Path, fmt: str, *, input_name: str = "unix", output: str = "cloudwatch_logs",
-           swap_outputs: bool = True, interval: int | None = 1,
-           admin_socket: Path, nitro_cli: Path) -> Deployment:
-    """A copy of fluentbit/ in ``work/fluentbit`` (``fmt``: classic or yaml), remapped."""
+           swap_outputs: bool = True, interval: int | None = 1, console: bool = True,
+           grace: int | None = None, admin_socket: Path, nitro_cli: Path) -> Deployment:
+    """A copy of fluentbit/ in ``work/fluentbit`` (``fmt``: classic or yaml), remapped.
+
+    ``console`` enables the console input's include line (commented out as shipped);
+    ``grace`` sets the service's shutdown grace period (5 s when unset).
+    """
     copy = work / "fluentbit"
     shutil.copytree(FB, copy)
-    remap = Remap(work, admin_socket, nitro_cli, free_port(), swap_outputs, interval)
-    main = (_classic if fmt == "classic" else _yaml)(copy, remap, input_name, output)
+    remap = Remap(work, admin_socket, nitro_cli, free_port(), swap_outputs, interval, grace)
+    main = (_classic if fmt == "classic" else _yaml)(copy, remap, input_name, output, console)
     (work / "out").mkdir(exist_ok=True)
     if input_name == "unix":
         url, key = f"unix://{work / 'forward.sock'}", None

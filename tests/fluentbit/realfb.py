@@ -33,7 +33,7 @@ import pytest
 from tests.helpers import DEADLINE, env_for_subprocess, wait_until
 
 __all__ = ["FileOutput", "OutRecord", "RealFluentBit", "Section", "can_connect",
-           "classic_config", "error_lines", "find_binary", "free_port", "kill",
+           "classic_config", "descendants", "error_lines", "find_binary", "free_port", "kill",
            "parse_out_line", "require_binary", "start_process", "tail", "wait_accepting"]
 
 #: Where CI (and this project's machines) keep a real Fluent Bit, from the repository root.
@@ -294,11 +294,36 @@ def start_process(argv: list[str], log: Any, **env: str) -> subprocess.Popen[byt
                             stderr=subprocess.STDOUT, env=env_for_subprocess(**env))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children first found, then theirs), from /proc."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL and reap, if it still runs."""
+    """SIGKILL it and what it started (its exec inputs' commands), and reap it.
+
+    The exec input runs each command in a process group of its own, which a Fluent Bit
+    killed leaves running (a console companion would follow its enclave for ever).
+    """
     if proc.poll() is None:
+        started = descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=DEADLINE)
 

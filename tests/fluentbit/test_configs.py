@@ -9,6 +9,8 @@ aws filter's IMDS, the AWS outputs) and says why for each.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -124,3 +126,32 @@ async def test_every_aws_output_file_starts_as_shipped(
                      "Fluent Bit to finish starting")
     assert proc.poll() is None, f"Fluent Bit exited ({proc.returncode}):\n{tail(log_path)}"
     assert error_lines(log_path.read_text(errors="replace")) == [], tail(log_path)
+
+
+@pytest.mark.parametrize("console", [False, True], ids=["without_console", "with_console"])
+async def test_with_the_console_input_sigterm_does_not_stop_fluent_bit(
+        start_deployed: StartFluentBit, nitro_cli: FakeNitroCli, sockdir: Path,
+        console: bool) -> None:
+    """What input-console.conf warns of: a threaded exec whose command never exits.
+
+    Without the console input Fluent Bit exits on SIGTERM; with it, Fluent Bit 4.2.8
+    says "service has stopped" after its grace period and then never exits, so a
+    restart hangs until the service manager kills it.
+    """
+    dep = deploy(sockdir / "w", "classic", console=console, grace=1, interval=None,
+                 admin_socket=sockdir / "admin.sock", nitro_cli=nitro_cli.path)
+    proc = await start_deployed(dep)
+    log_path = dep.dir / "fluent-bit.log"
+    if console:
+        await wait_until(lambda: nitro_cli.attaches(str(DEBUG_ENCLAVE["EnclaveID"])) >= 1,
+                         "the console companion to follow the debug enclave")
+    proc.send_signal(signal.SIGTERM)
+    await wait_until(lambda: proc.poll() is not None
+                     or "service has stopped" in log_path.read_text(),
+                     "Fluent Bit to stop its service")
+    if not console:
+        await wait_until(lambda: proc.poll() is not None, "Fluent Bit to exit")
+        assert proc.returncode == 0
+        return
+    await asyncio.sleep(2.0)  # a window in which a Fluent Bit that exits would have
+    assert proc.poll() is None, "Fluent Bit exited: input-console's caveat is out of date"
