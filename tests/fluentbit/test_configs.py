@@ -63,15 +63,21 @@ def start_deployed(fluent_bit: str) -> Iterator[StartFluentBit]:
         kill(proc)
 
 
-@pytest.mark.parametrize("input_name", ["unix", "tcp"])
+#: Each forward input and each output file (swapped for file) once per format.
+FLOWS = [("unix", "cloudwatch_logs"), ("tcp", "s3"), ("unix", "kinesis_streams"),
+         ("tcp", "opensearch")]
+
+
+@pytest.mark.parametrize(("input_name", "output"), FLOWS, ids=[f"{i}-{o}" for i, o in FLOWS])
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_the_shipped_config_runs_and_every_input_delivers_through_it(
         start_deployed: StartFluentBit, start_relay: StartRelay, nitro_cli: FakeNitroCli,
-        sockdir: Path, fmt: str, input_name: str) -> None:
-    """The relay's records, the status exec input and the console exec input, parsed."""
+        sockdir: Path, fmt: str, input_name: str, output: str) -> None:
+    """The relay's records, the status exec input and the console exec input, parsed,
+    through the output file's sections (their matches kept, their plugin now file)."""
     admin = sockdir / "admin.sock"
-    dep = deploy(sockdir / "w", fmt, input_name=input_name, admin_socket=admin,
-                 nitro_cli=nitro_cli.path)
+    dep = deploy(sockdir / "w", fmt, input_name=input_name, output=output,
+                 admin_socket=admin, nitro_cli=nitro_cli.path)
     proc = await start_deployed(dep)
     relay = await start_relay(f"unix://{sockdir}/relay.sock", dep.url,
                               upstream_shared_key=dep.shared_key, admin_socket=str(admin))
