@@ -64,7 +64,9 @@ Checked against a real Fluent Bit 4.2.8 (tests/fluentbit/test_probes.py, both pe
   ``["HELO", {"nonce", "auth"}]`` (16-byte str each, no ``keepalive``), a PING of str fields
   with the right key gets ``["PONG", true, "", self_hostname, digest]``, a wrong key or
   ``bin`` PING fields close without PONG, and bytes sent in the same write as the PING are
-  discarded; a ``nil`` root after the handshake closes too.
+  discarded; a ``nil`` root after the handshake closes too; a frame of exactly
+  ``buffer_max_size`` bytes is acked and one byte more closes the connection (the real
+  one resets it, logging "incoming data exceed limit").
 * Corrected: a bad entry does **not** close the connection. The reference (ref §2.1 "Ack")
   says a Forward-mode frame with a bad entry is closed without ack; the real one stores
   the entries before it, drops it and the rest, acks and keeps the connection, as

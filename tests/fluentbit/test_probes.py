@@ -63,11 +63,12 @@ class Peer:
         return self.stored(tag)
 
 
-async def make_peer(request: pytest.FixtureRequest, sockdir: Path,
-                    shared_key: str | None) -> AsyncIterator[Peer]:
+async def make_peer(request: pytest.FixtureRequest, sockdir: Path, shared_key: str | None,
+                    buffer_max_size: int | None = None) -> AsyncIterator[Peer]:
     if request.param == "fake":
+        limit = {} if buffer_max_size is None else {"buffer_max_size": buffer_max_size}
         fake = FakeFluentBit(f"unix://{sockdir}/fake.sock", shared_key=shared_key,
-                             self_hostname="fluent-bit")
+                             self_hostname="fluent-bit", **limit)
         await fake.start()
         try:
             yield Peer("fake", fake.url, fake=fake)
@@ -75,7 +76,10 @@ async def make_peer(request: pytest.FixtureRequest, sockdir: Path,
             await fake.stop()
     else:
         make = request.getfixturevalue("make_fluentbit")
-        real = make("probe", shared_key=shared_key)
+        # Plain numbers: Fluent Bit reads "64K" as 64000 bytes.
+        options = [] if buffer_max_size is None else [
+            ("buffer_chunk_size", buffer_max_size // 2), ("buffer_max_size", buffer_max_size)]
+        real = make("probe", shared_key=shared_key, input_options=options)
         await real.start()
         yield Peer("real", real.url, real=real)
 
@@ -89,6 +93,16 @@ async def peer(request: pytest.FixtureRequest, sockdir: Path) -> AsyncIterator[P
 @pytest_asyncio.fixture(params=["fake", "real"])
 async def keyed_peer(request: pytest.FixtureRequest, sockdir: Path) -> AsyncIterator[Peer]:
     async for p in make_peer(request, sockdir, KEY):
+        yield p
+
+
+SMALL_BUFFER = 65536
+
+
+@pytest_asyncio.fixture(params=["fake", "real"])
+async def small_peer(request: pytest.FixtureRequest, sockdir: Path) -> AsyncIterator[Peer]:
+    """A forward input whose buffer_max_size is 64 KiB."""
+    async for p in make_peer(request, sockdir, None, SMALL_BUFFER):
         yield p
 
 
@@ -241,3 +255,25 @@ async def test_bytes_after_the_ping_in_the_same_write_are_discarded(keyed_peer: 
         assert await c.recv() == EOF_
     await keyed_peer.wait_stored("probe.next", 1)  # flushed with anything sent before it
     assert keyed_peer.stored("probe.pipelined") == []
+
+
+def frame_of_size(size: int, chunk: str) -> bytes:
+    """A PackedForward frame of exactly ``size`` bytes (one record, its log padded)."""
+    def frame(pad: int) -> bytes:
+        return packb(["probe.big", packb([et(1, 0), {"log": "x" * pad}]), {"chunk": chunk}])
+
+    pad = size - len(frame(0))
+    while len(frame(pad)) > size:  # longer str headers as the string grows
+        pad -= 1
+    assert len(frame(pad)) == size
+    return frame(pad)
+
+
+async def test_a_frame_of_buffer_max_size_fits_and_one_byte_more_closes(
+        small_peer: Peer) -> None:
+    async with Client.connect(small_peer.url) as c:
+        c.send(frame_of_size(SMALL_BUFFER, "fits"))
+        assert await c.recv() == {b"ack": b"fits"}
+    async with Client.connect(small_peer.url) as c:
+        c.send(frame_of_size(SMALL_BUFFER + 1, "too-big"))
+        assert await c.recv() == EOF_
