@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import struct
 from collections.abc import AsyncIterator
@@ -277,3 +278,35 @@ async def test_a_frame_of_buffer_max_size_fits_and_one_byte_more_closes(
     async with Client.connect(small_peer.url) as c:
         c.send(frame_of_size(SMALL_BUFFER + 1, "too-big"))
         assert await c.recv() == EOF_
+
+
+def str_header(n: int) -> bytes:
+    """A msgpack str header (msgpack-python packs only valid UTF-8 as str)."""
+    if n < 32:
+        return bytes([0xA0 | n])
+    return (b"\xd9" + n.to_bytes(1, "big") if n < 256 else b"\xda" + n.to_bytes(2, "big"))
+
+
+TWO = packb([et(7, 70), {"n": 1}]) + packb([et(8, 80), {"n": 2}])
+
+
+@pytest.mark.parametrize(("name", "frame"), [
+    ("message, int time", packb(["probe.shape", 7, {"n": 1}, {"chunk": "s"}])),
+    ("forward, v2 entries", packb(["probe.shape", [[[et(7, 70), {}], {"n": 1}],
+                                                   [[et(8, 80), {"m": 1}], {"n": 2}]],
+                                   {"chunk": "s"}])),
+    ("packed, entries as str", b"\x93" + packb("probe.shape") + str_header(len(TWO)) + TWO
+     + packb({"chunk": "s"})),
+    ("packed, gzip", packb(["probe.shape", gzip.compress(TWO),
+                            {"chunk": "s", "compressed": "gzip"}])),
+])
+async def test_the_frame_shapes_both_accept(peer: Peer, name: str, frame: bytes) -> None:
+    async with Client.connect(peer.url) as c:
+        c.send(frame)
+        assert await c.recv() == {b"ack": b"s"}, name
+        await c.ack_of("after")
+    expected = ([(7 * 10**9, {"n": 1})] if name.startswith("message") else
+                [(7 * 10**9 + 70, {"n": 1}), (8 * 10**9 + 80, {"n": 2})])
+    await peer.wait_stored("probe.shape", len(expected))
+    await peer.wait_stored("probe.next", 1)  # and nothing more came before it
+    assert peer.stored("probe.shape") == expected, name
