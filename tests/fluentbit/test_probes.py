@@ -1,7 +1,7 @@
 """The fake Fluent Bit held to the real one: the same exchanges, byte for byte, with both.
 
 Each test takes ``peer`` (or ``keyed_peer``, whose forward input has a ``shared_key``),
-once as tests/fakes/fluentbit.py and once as a real Fluent Bit, speaks raw msgpack to it
+once as fakes/fluentbit.py and once as a real Fluent Bit, speaks raw msgpack to it
 (no project code on the client side) and asserts what comes back and what is stored.
 A difference found here is corrected in the fake and written in its docstring. Without a
 real binary the real half skips (fails under CI=true) and the fake half still runs.
@@ -26,7 +26,7 @@ import msgpack
 import pytest
 import pytest_asyncio
 
-from tests.fakes.fluentbit import FakeFluentBit
+from fakes.fluentbit import FakeFluentBit
 from tests.fluentbit.realfb import RealFluentBit
 from tests.helpers import DEADLINE, wait_until
 
