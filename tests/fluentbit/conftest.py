@@ -1,7 +1,8 @@
 """Fixtures of the real Fluent Bit tier: the binary, and Fluent Bit processes always killed.
 
-Every test module here sets the ``fluentbit`` marker. Without a binary (``FLUENT_BIT`` or
-``fluent-bit`` on PATH) the tier is skipped with the reason; under ``CI=true`` it fails.
+Every test module here sets the ``fluentbit`` marker. The binary is found as
+tests/realfb.py finds it (``FLUENT_BIT``, the project's test copy, ``fluent-bit`` on PATH);
+without one the tier is skipped with the reason, and under ``CI=true`` it fails.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import StartRelay
-from tests.fluentbit.realfb import RealFluentBit, require_binary
+from tests.fluentbit.peer import RealFluentBit
+from tests.realfb import fluent_bit_binary
 
 MakeFluentBit = Callable[..., RealFluentBit]
 
@@ -22,7 +24,7 @@ MakeFluentBit = Callable[..., RealFluentBit]
 @pytest.fixture(scope="session")
 def fluent_bit() -> str:
     """The fluent-bit executable (skips, or fails under CI=true, without one)."""
-    return require_binary()
+    return fluent_bit_binary()
 
 
 @pytest.fixture

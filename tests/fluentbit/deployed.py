@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from tests.fluentbit.realfb import free_port
+from tests.fluentbit.peer import free_port
 from tests.helpers import ROOT
 
 __all__ = ["INSTANCE_ID", "ZONE", "Deployment", "deploy", "rewrite_classic"]

@@ -21,7 +21,7 @@ from parent_side.relay import LIFECYCLE_TAG
 from tests.conftest import StartRelay
 from tests.fakes.nitro_cli import ENCLAVES, FakeNitroCli
 from tests.fluentbit.deployed import INSTANCE_ID, ZONE, Deployment, deploy
-from tests.fluentbit.realfb import (
+from tests.fluentbit.peer import (
     FileOutput,
     error_lines,
     kill,

@@ -19,7 +19,7 @@ from parent_side.relay import Relay
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, relay_url
 from tests.fluentbit.conftest import MakeFluentBit
-from tests.fluentbit.realfb import RealFluentBit, error_lines
+from tests.fluentbit.peer import RealFluentBit, error_lines
 from tests.helpers import wait_until
 from tests.integration.test_faults import (
     APP,

@@ -27,7 +27,7 @@ import pytest
 import pytest_asyncio
 
 from fakes.fluentbit import FakeFluentBit
-from tests.fluentbit.realfb import RealFluentBit
+from tests.fluentbit.peer import RealFluentBit
 from tests.helpers import DEADLINE, wait_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.fluentbit]

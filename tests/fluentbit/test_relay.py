@@ -15,7 +15,7 @@ import pytest
 from tests.agentproc import cleanup, python_child, start_agent
 from tests.conftest import StartRelay, relay_url
 from tests.fluentbit.conftest import MakeFluentBit
-from tests.fluentbit.realfb import error_lines
+from tests.fluentbit.peer import error_lines
 from tests.helpers import wait_until
 from tests.integration.test_relay_bad_input import RawAgent
 

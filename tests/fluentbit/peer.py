@@ -1,6 +1,7 @@
-"""A real Fluent Bit for tests: a process on a generated configuration, and its file output.
+"""A real Fluent Bit for the tier: a process on a generated configuration, and its file output.
 
-``find_binary()`` takes ``FLUENT_BIT`` or ``fluent-bit`` on PATH. ``RealFluentBit`` writes
+The binary is the one tests/realfb.py finds (``FLUENT_BIT``, the project's test copy,
+``fluent-bit`` on PATH; skip, or fail under CI=true, without one). ``RealFluentBit`` writes
 a classic configuration into a work directory (a forward input on a Unix socket or on
 127.0.0.1, a ``file`` output into ``<workdir>/out``), starts the process with its log in
 ``<workdir>/fluent-bit.log``, waits for the input to accept connections (never a fixed
@@ -19,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,45 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pytest
-
 from tests.helpers import DEADLINE, env_for_subprocess, wait_until
 
 __all__ = ["FileOutput", "OutRecord", "RealFluentBit", "Section", "can_connect",
-           "classic_config", "descendants", "error_lines", "find_binary", "free_port", "kill",
-           "parse_out_line", "require_binary", "start_process", "tail", "wait_accepting"]
-
-#: Where CI (and this project's machines) keep a real Fluent Bit, from the repository root.
-SHARED_BINARY = "../shared/tools/fluent-bit-4.2.8/fluent-bit"
+           "classic_config", "descendants", "error_lines", "free_port", "kill",
+           "parse_out_line", "start_process", "tail", "wait_accepting"]
 
 Section = tuple[str, Sequence[tuple[str, object]]]
-
-
-def find_binary() -> str | None:
-    """``FLUENT_BIT`` if set (it must then exist), else ``fluent-bit`` on PATH, else None."""
-    env = os.environ.get("FLUENT_BIT")
-    if env:
-        return env
-    return shutil.which("fluent-bit")
-
-
-def require_binary() -> str:
-    """The binary, or skip saying why (under ``CI=true``, fail instead, as the vsock tier)."""
-    binary = find_binary()
-    why = None
-    if binary is None:
-        why = ("no Fluent Bit: set FLUENT_BIT to a fluent-bit binary (the project's CI uses "
-               f"{SHARED_BINARY} from the repository root) or put fluent-bit on PATH")
-    elif not os.access(binary, os.X_OK):
-        why = f"FLUENT_BIT={binary} is not an executable file"
-    if why is None:
-        assert binary is not None
-        return binary
-    message = f"real Fluent Bit tier not run: {why}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + ". Under CI=true a tier that cannot run fails the build.",
-                    pytrace=False)
-    pytest.skip(message)
 
 
 def free_port() -> int:
