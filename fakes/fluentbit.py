@@ -1,9 +1,13 @@
 """A fake Fluent Bit ``in_forward`` input: an independent Forward-protocol peer for tests.
 
-It is written from /work/shared/reference/forward-protocol.md (cited as "ref §N") and from
-Fluent Bit's plugins/in_forward/fw_prot.c and fw_conn.c. It uses only the standard library
-and msgpack, never the project's codec, so the project is tested against a second reading
-of the protocol rather than against itself.
+It is written from the reference notes on the Forward protocol (cited as "ref §N") and from
+Fluent Bit's plugins/in_forward/fw_prot.c and fw_conn.c, and held to a real Fluent Bit 4.2.8:
+tests/fluentbit/test_probes.py runs the same exchanges against both (where the two
+disagreed, the fake was corrected: see "Checked against a real Fluent Bit" below). It uses
+only the standard library and msgpack, never the project's codec, so the project is tested
+against a second reading of the protocol rather than against itself. The faults a real
+Fluent Bit cannot be made to play (bogus or delayed acks, a frozen peer, closing on one
+chunk) stay the fake's job.
 
 Fluent Bit behaviours it copies:
 
@@ -24,8 +28,9 @@ Fluent Bit behaviours it copies:
   (Fluent Bit truncates; 5.3 gives ...300000000 here, ...299999999 there).
   Entries may be ``[time, record]`` or the Fluent Bit v2 shape ``[[time, metadata], record]``.
   EventTime seconds 0xFFFFFFFF / 0xFFFFFFFE are group start/end markers, not records.
-* Forward mode with a bad entry: the entries before it are kept, then (default
-  ``bad_entry="close"``) the connection is closed with no ack, as ref §2.1 "Ack" states.
+* Forward mode with a bad entry: the entries before it are kept, the rest dropped, the
+  frame acked and the connection kept (default ``bad_entry="ack"``, as the real one does);
+  ``bad_entry="close"`` closes with no ack instead, as ref §2.1 "Ack" states.
 * PackedForward (ref §2.1 "Malformed input"): the payload is appended as-is by Fluent Bit, so
   the fake keeps every good entry and counts the bad ones in ``rejected_entries``.
   gzip is inflated when ``compressed`` is "gzip", or when the options map is present and the
@@ -49,14 +54,28 @@ Fluent Bit behaviours it copies:
   closed, new ones are accepted then closed until ``resume()``.
 * ``tag_prefix`` is prepended verbatim, with no separator (ref §2.1 "Configuration").
 
-Where the reference and the fw_prot.c source disagree (the default follows the reference):
+Checked against a real Fluent Bit 4.2.8 (tests/fluentbit/test_probes.py, both peers):
 
-* fw_prot.c as read (2024-2026 sources) does not close on a bad Forward entry: it stops at
-  it, drops the rest, still acks and keeps the connection. ``bad_entry="ack"`` does that, and
-  also applies it to a Message-mode ext time of the wrong type (dropped, acked).
+* Agree: the ack is exactly ``81 A3 "ack" <chunk str>``; without ``chunk`` nothing comes
+  back and the connection stays open; a ``nil`` root (heartbeat), a ``bin`` or int
+  ``chunk``, non-map options, a 3-element PackedForward whose options are ``nil``, a
+  Message-mode float time and malformed msgpack all close the connection; Forward-mode
+  ``nil`` options are accepted; without ``shared_key`` no HELO is sent; with it, HELO is
+  ``["HELO", {"nonce", "auth"}]`` (16-byte str each, no ``keepalive``), a PING of str fields
+  with the right key gets ``["PONG", true, "", self_hostname, digest]``, a wrong key or
+  ``bin`` PING fields close without PONG, and bytes sent in the same write as the PING are
+  discarded; a ``nil`` root after the handshake closes too; a frame of exactly
+  ``buffer_max_size`` bytes is acked and one byte more closes the connection (the real
+  one resets it, logging "incoming data exceed limit").
+* Corrected: a bad entry does **not** close the connection. The reference (ref §2.1 "Ack")
+  says a Forward-mode frame with a bad entry is closed without ack; the real one stores
+  the entries before it, drops it and the rest, acks and keeps the connection, as
+  fw_prot.c reads; a Message-mode ext -1 (or other ext) time is likewise dropped and
+  acked. So ``bad_entry="ack"`` is now the default; ``bad_entry="close"`` keeps the
+  reference's reading for the tests written against it.
 * fw_prot.c closes a 3-element PackedForward frame whose options are ``nil``
   (``get_chunk_event_type`` wants a map), although ``nil`` is tolerated in the other modes.
-  The fake copies that.
+  The real one does the same, and so does the fake.
 
 Not modelled: ``security.users`` (user/password auth), ``buffer_chunk_size``, metrics and
 traces (``fluent_signal`` 1 and 2 close the connection), output-side behaviour.
@@ -534,7 +553,7 @@ class FakeFluentBit:
         send_acks: bool = True,
         refuse: bool = False,
         close_on_chunk: Callable[[Batch], bool] | None = None,
-        bad_entry: str = "close",
+        bad_entry: str = "ack",
         on_record: Callable[[Record], None] | None = None,
     ) -> None:
         if bad_entry not in ("close", "ack"):

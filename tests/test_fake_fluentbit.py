@@ -367,7 +367,7 @@ async def test_fluent_bit_v2_entry_shape_is_accepted(url: str) -> None:
 @pytest.mark.asyncio
 async def test_forward_bad_entry_keeps_earlier_entries_and_closes_without_ack(url: str) -> None:
     bad = [msgpack.Timestamp(1, 0), {"n": 2}]  # ext -1: WRONG_TIMESTAMP_TYPE
-    async with FakeFluentBit(url) as fb, connect(fb.url) as client:
+    async with FakeFluentBit(url, bad_entry="close") as fb, connect(fb.url) as client:
         client.send(forward(CHUNK, [1, {"n": 1}], bad, [3, {"n": 3}]))
         await client.expect_eof()
         assert [r.record for r in fb.records] == [{"n": 1}]
@@ -387,7 +387,7 @@ async def test_forward_bad_entry_in_fw_prot_c_mode_acks_and_drops_the_rest(url: 
 
 @pytest.mark.asyncio
 async def test_message_mode_ext_minus_1_time_is_refused(url: str) -> None:
-    async with FakeFluentBit(url) as fb, connect(fb.url) as client:
+    async with FakeFluentBit(url, bad_entry="close") as fb, connect(fb.url) as client:
         client.send([TAG, msgpack.Timestamp(1, 0), {"a": 1}, {"chunk": CHUNK}])
         await client.expect_eof()
         assert fb.records == [] and fb.rejected_entries == 1
