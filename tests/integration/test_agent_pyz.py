@@ -14,6 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from fluent_forward import __version__
 from tests.conftest import StartRelay, relay_url
 from tests.helpers import DEADLINE, PYTHON, load_tool, read_json_lines, wait_until, within
 
@@ -89,3 +90,15 @@ async def test_without_msgpack_it_says_in_one_line_what_to_install(pyz: Path,
     lines = err.decode().splitlines()
     assert len(lines) == 1 and b"Traceback" not in err, err
     assert "pip install msgpack" in lines[0]
+
+
+@pytest.mark.asyncio
+async def test_pyz_reports_the_projects_one_version(pyz: Path, msgpack_only: Path,
+                                                    sockdir: Path) -> None:
+    """The archive carries no package metadata: the version comes from the code."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-S", str(pyz), "--version", cwd=sockdir, env={"PYTHONPATH": str(msgpack_only)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await within(proc.communicate(), "the pyz agent's version")  # type: ignore[misc]
+    assert proc.returncode == 0, err
+    assert out.decode().strip() == f"enclave-log-agent {__version__}"

@@ -1,0 +1,160 @@
+"""A pip-installed copy works, as the deploy guide and docker/parent/Dockerfile install it.
+
+The checkout is copied to a temporary folder and built there with ``python -m build``
+(the sdist, then the wheel from that sdist, so the sdist is proved to build too). The
+wheel is installed, not editable, into a fresh venv by pip from a local folder of wheels
+(tests/deploy/wheels.py), and its two commands run from outside the repository with
+nothing of it on the path: ``--version``, and an agent -> relay -> stdout pipeline over
+a Unix socket. Every test here fails on the packaging that listed its packages by hand
+and missed ``enclave_side.sources``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fluent_forward import __version__
+from tests.deploy.wheels import build_dists, checkout_copy, run, subprocess_env, wheelhouse
+from tests.helpers import DEADLINE, PYTHON, ROOT, short_tmpdir, stop_process, wait_until_sync
+
+pytestmark = pytest.mark.slow
+
+#: The tree's packages: every top-level folder with an ``__init__.py`` but the tests' and
+#: the bench's, whether or not anyone remembered to tell the packaging about it.
+PACKAGES = tuple(sorted(p.parent.name for p in ROOT.glob("*/__init__.py")
+                        if p.parent.name not in ("tests", "bench")))
+#: Folders the deploy guide installs from, which the sdist must carry whole.
+DEPLOY_FOLDERS = ("fluentbit", "systemd", "docker", "k8s", "examples", "tools")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return checkout_copy(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="module")
+def dists(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_dists(source, tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def venv(dists: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the wheel installed by pip, offline, not editable."""
+    tmp = tmp_path_factory.mktemp("install")
+    house = wheelhouse(dists[0], tmp / "wheels")
+    venv = tmp / "venv"
+    run([PYTHON, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
+    # This environment's pip, installing into the new venv (as its own pip would).
+    run([PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--no-index", "--find-links", str(house), "nitro-enclave-logs"], "pip install")
+    return venv
+
+
+def wheel_names(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        return set(zf.namelist())
+
+
+def test_the_wheel_holds_every_module_of_the_tree(dists: tuple[Path, Path]) -> None:
+    names = wheel_names(dists[0])
+    tree = {str(p.relative_to(ROOT)) for package in PACKAGES
+            for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
+    assert "enclave_side/sources/tail.py" in tree
+    assert sorted(tree - names) == [], "modules missing from the wheel"
+    extra = {n for n in names if not n.startswith(PACKAGES) and ".dist-info/" not in n}
+    assert not extra, f"the wheel carries more than the packages: {sorted(extra)}"
+
+
+def test_the_sdist_carries_what_the_deploy_guide_installs(
+        source: Path, dists: tuple[Path, Path]) -> None:
+    with tarfile.open(dists[1]) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    wanted = {str(p.relative_to(source)) for folder in DEPLOY_FOLDERS
+              for p in (source / folder).rglob("*") if p.is_file()}
+    wanted |= {"README.md", "SECURITY.md", "pyproject.toml", "Makefile"}
+    assert "systemd/enclave-log-relay.service" in wanted
+    assert sorted(wanted - names) == [], "files missing from the sdist"
+    assert not [n for n in names if n.startswith(("tests/", "bench/"))], (
+        "the test and bench trees need the development checkout")
+
+
+def test_the_version_has_one_source(dists: tuple[Path, Path]) -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "fluent_forward.__version__"}
+    assert dists[0].name.startswith(f"nitro_enclave_logs-{__version__}-")
+    assert f"Version: {__version__}\n" in zipfile.ZipFile(dists[0]).read(
+        f"nitro_enclave_logs-{__version__}.dist-info/METADATA").decode()
+
+
+@pytest.mark.parametrize("command", ["enclave-log-agent", "enclave-log-relay"])
+def test_installed_commands_print_the_version(venv: Path, tmp_path: Path, command: str) -> None:
+    out = run([str(venv / "bin" / command), "--version"], f"{command} --version", cwd=tmp_path)
+    assert out.strip() == f"{command} {__version__}"
+
+
+def test_every_module_imports_from_the_venv_not_the_repository(venv: Path, tmp_path: Path
+                                                               ) -> None:
+    script = ("import importlib, json, pkgutil\n"
+              f"names = {list(PACKAGES)!r}\n"
+              "for p in list(names):\n"
+              "    pkg = importlib.import_module(p)\n"
+              "    names += [i.name for i in pkgutil.walk_packages(pkg.__path__, p + '.')\n"
+              "              if not i.name.endswith('__main__')]\n"
+              "print(json.dumps({n: importlib.import_module(n).__file__ for n in names}))\n")
+    files = json.loads(run([str(venv / "bin" / "python"), "-c", script], "imports",
+                           cwd=tmp_path))
+    assert "enclave_side.sources.tail" in files
+    outside = {n: f for n, f in files.items() if not f.startswith(str(venv))}
+    assert not outside, f"imported from outside the venv: {outside}"
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    with short_tmpdir() as path:
+        yield path
+
+
+def test_installed_agent_ships_through_installed_relay_to_stdout(venv: Path, folder: Path
+                                                                 ) -> None:
+    url, out = f"unix://{folder}/relay.sock", folder / "relay.out"
+    with out.open("wb") as stdout, (folder / "relay.err").open("wb") as stderr:
+        relay = subprocess.Popen(
+            [str(venv / "bin" / "enclave-log-relay"), "serve", "--listen", url,
+             "--output", "stdout", "--spool", str(folder / "spool"),
+             "--admin-socket", str(folder / "admin.sock"), "--nitro-cli", "none"],
+            cwd=folder, stdout=stdout, stderr=stderr, env=subprocess_env())
+    try:
+        wait_until_sync(lambda: (folder / "relay.sock").exists() or relay.poll() is not None,
+                        "the installed relay to listen")
+        assert relay.poll() is None, (folder / "relay.err").read_text()
+        child = "import sys\nfor i in range(20): print('line', i)\nprint('oops', file=sys.stderr)"
+        agent = subprocess.run(
+            [str(venv / "bin" / "enclave-log-agent"), "--relay", url, "--tag", "inst",
+             "--", str(venv / "bin" / "python"), "-c", child],
+            cwd=folder, capture_output=True, timeout=DEADLINE, env=subprocess_env())
+        assert agent.returncode == 0, agent.stderr.decode(errors="replace")
+
+        def records(tag: str) -> list[object]:
+            lines = out.read_text().splitlines()
+            return [json.loads(line)["record"]["log"] for line in lines
+                    if line.endswith("}") and json.loads(line)["tag"] == tag]
+
+        wait_until_sync(lambda: len(records("enclave.local.inst.stdout")) == 20
+                        and len(records("enclave.local.inst.stderr")) == 1,
+                        "the records on the installed relay's stdout")
+        assert records("enclave.local.inst.stdout") == [f"line {i}" for i in range(20)]
+        assert records("enclave.local.inst.stderr") == ["oops"]
+    finally:
+        stop_process(relay)
+    assert relay.returncode == 0, (folder / "relay.err").read_text()
