@@ -1,6 +1,6 @@
 """A fake Fluent Bit ``in_forward`` input: an independent Forward-protocol peer for tests.
 
-It is written from /work/shared/reference/forward-protocol.md (cited as "ref §N") and from
+It is written from the project's shared reference forward-protocol.md (cited as "ref §N") and from
 Fluent Bit's plugins/in_forward/fw_prot.c and fw_conn.c. It uses only the standard library
 and msgpack, never the project's codec, so the project is tested against a second reading
 of the protocol rather than against itself.
