@@ -8,6 +8,7 @@ archive lacks: the test proves it runs with Python and msgpack only.
 from __future__ import annotations
 
 import asyncio
+import re
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from fluent_forward import __version__
 from tests.conftest import StartRelay, relay_url
-from tests.helpers import DEADLINE, PYTHON, load_tool, read_json_lines, wait_until, within
+from tests.helpers import DEADLINE, PYTHON, ROOT, load_tool, read_json_lines, wait_until, within
 
 build_pyz = load_tool("build_pyz")
 
@@ -102,3 +103,17 @@ async def test_pyz_reports_the_projects_one_version(pyz: Path, msgpack_only: Pat
     out, err = await within(proc.communicate(), "the pyz agent's version")  # type: ignore[misc]
     assert proc.returncode == 0, err
     assert out.decode().strip() == f"enclave-log-agent {__version__}"
+
+
+def test_readme_states_the_archives_size(pyz: Path) -> None:
+    """README's figure comes from the archive ``make agent-pyz`` builds, within the
+    tolerance the README states beside it."""
+    text = (ROOT / "README.md").read_text()
+    stated = int(re.search(r"\| `enclave-log-agent\.pyz` \| ([\d,]+) bytes \|", text)
+                 [1].replace(",", ""))  # type: ignore[index]
+    tolerance = int(re.search(r"no longer within (\d+)% of the figure above", text)
+                    [1]) / 100  # type: ignore[index]
+    size = pyz.stat().st_size
+    assert abs(size - stated) <= tolerance * stated, (
+        f"the pyz is {size:,} bytes, README says {stated:,}: "
+        "update it from python tools/measure_agent.py")
