@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.helpers import PYTHON, ROOT
 
-__all__ = ["build_dists", "checkout_copy", "requirements", "subprocess_env",
+__all__ = ["build_dists", "checkout_copy", "requirements", "run", "subprocess_env",
            "wheel_from_installed", "wheelhouse"]
 
 #: What a build or an install may take on a loaded 2-core machine.
