@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tests.helpers import PYTHON, ROOT
 
-__all__ = ["build_dists", "checkout_copy", "requirements", "run", "subprocess_env",
-           "wheel_from_installed", "wheelhouse"]
+__all__ = ["build_dists", "checkout_copy", "checkout_files", "requirements", "run",
+           "subprocess_env", "wheel_from_installed", "wheelhouse"]
 
 #: What a build or an install may take on a loaded 2-core machine.
 TIMEOUT = 300
@@ -36,16 +36,19 @@ def subprocess_env() -> dict[str, str]:
             if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
 
 
-def checkout_copy(dest: Path) -> Path:
-    """Copy the checkout's files (tracked, and new ones git does not ignore) to ``dest``."""
+def checkout_files() -> list[str]:
+    """The checkout's files: tracked, and new ones git does not ignore."""
     listed = subprocess.run(
         ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
+    return [name for name in listed if name and (ROOT / name).is_file()]
+
+
+def checkout_copy(dest: Path) -> Path:
+    """Copy the checkout's files to ``dest``."""
+    for name in checkout_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
     return dest
 
 
