@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from fluent_forward import __version__
 from tests.deploy.formats import parse_unit
 from tests.deploy.guide import SYSTEM_DIRS, Remap, classify, guide_commands, program
 from tests.deploy.test_systemd_unit import SYSTEM_UNITS, need
-from tests.deploy.wheels import checkout_copy, run, subprocess_env, wheel_from_installed
+from tests.deploy.wheels import checkout_copy, dependency_wheels, run, subprocess_env
 from tests.helpers import ROOT, short_tmpdir, stop_process, wait_until_sync
 
 pytestmark = pytest.mark.slow
@@ -47,25 +46,14 @@ class Deployed:
     ran: list[str]
 
 
-def requirement_names() -> list[str]:
-    """The project's dependencies and its build backend: what pip needs offline."""
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        pyproject = tomllib.load(f)
-    specs = [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
-    return [re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0] for spec in specs]
-
-
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[Deployed]:
     """The guide's runnable commands, run in order in a scratch root."""
     for tool in ("systemd-sysusers", "systemd-tmpfiles"):
         need(tool)
     with short_tmpdir() as tmp:
-        root, wheels = tmp / "root", tmp / "wheels"
+        root, wheels = tmp / "root", dependency_wheels(tmp / "wheels")
         source = checkout_copy(tmp / "src")
-        wheels.mkdir()
-        for name in requirement_names():
-            wheel_from_installed(name, wheels)
         for folder in SYSTEM_DIRS:
             (root / folder).mkdir(parents=True)
         remap, ran = Remap(root, source, wheels), []

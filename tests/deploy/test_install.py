@@ -12,6 +12,7 @@ and missed ``enclave_side.sources``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tarfile
 import tomllib
@@ -22,7 +23,15 @@ from pathlib import Path
 import pytest
 
 from fluent_forward import __version__
-from tests.deploy.wheels import build_dists, checkout_copy, run, subprocess_env, wheelhouse
+from tests.deploy.formats import parse_dockerfile, stages
+from tests.deploy.wheels import (
+    build_dists,
+    checkout_copy,
+    dependency_wheels,
+    run,
+    subprocess_env,
+    wheelhouse,
+)
 from tests.helpers import DEADLINE, PYTHON, ROOT, short_tmpdir, stop_process, wait_until_sync
 
 pytestmark = pytest.mark.slow
@@ -158,3 +167,34 @@ def test_installed_agent_ships_through_installed_relay_to_stdout(venv: Path, fol
     finally:
         stop_process(relay)
     assert relay.returncode == 0, (folder / "relay.err").read_text()
+
+
+def test_the_parent_images_copy_and_pip_install_give_a_working_relay(
+        source: Path, tmp_path: Path) -> None:
+    """docker/parent/Dockerfile's COPY lines and its ``pip install``, done in a folder:
+    what the image copies is enough to build and install the relay (offline here)."""
+    steps = stages(parse_dockerfile((source / "docker/parent/Dockerfile").read_text()))[-1]
+    image, venv = tmp_path / "image", tmp_path / "venv"
+    run([PYTHON, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
+    installs = 0
+    for step in steps:
+        if step.keyword == "COPY":
+            *sources, dest = step.argument.split()
+            target = image / dest.lstrip("/")
+            for name in sources:
+                if (source / name).is_dir():
+                    shutil.copytree(source / name, target)
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source / name, target / name)
+        elif step.keyword == "RUN" and step.argument.startswith("pip install"):
+            argv = step.argument.split("&&")[0].split()
+            args = [str(image) + a if a.startswith("/") else a for a in argv[2:]]
+            run([PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                 *args, "--no-index", "--find-links", str(dependency_wheels(tmp_path / "w"))],
+                f"the image's {step.argument}")
+            installs += 1
+    assert installs == 1, "the image installs the project with one pip install"
+    out = run([str(venv / "bin" / "enclave-log-relay"), "--version"], "the image's relay",
+              cwd=tmp_path)
+    assert out.strip() == f"enclave-log-relay {__version__}"

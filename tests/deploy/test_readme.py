@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 
@@ -146,3 +147,17 @@ def test_the_demo_sample_check_sees_a_changed_log() -> None:
     changed = sample.replace(metrics, json.dumps(record))
     assert demo.differences(sample, sample) == []
     assert len(demo.differences(sample, changed)) == 2
+
+
+def test_the_vsock_tiers_table_and_count_name_its_real_tests() -> None:
+    """The tier's tests run only in a guest, so the README's account of them is checked
+    against their source: every test the table names exists, and their number is right."""
+    text = README.read_text()
+    defined = {f"{path.name}::{node.name}" for path in (ROOT / "tests" / "vsock").glob("test_*.py")
+               for node in ast.parse(path.read_text()).body
+               if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+               and node.name.startswith("test_")}
+    named = set(re.findall(r"`(test_\w+\.py::test_\w+)`", text))
+    assert named and named <= defined, f"no such test: {sorted(named - defined)}"
+    count = re.search(r"the tier: one guest boot and its (\d+) tests", text)
+    assert count is not None and int(count[1]) == len(defined)

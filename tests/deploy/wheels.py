@@ -15,14 +15,15 @@ import hashlib
 import re
 import shutil
 import subprocess
+import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
 from tests.helpers import PYTHON, ROOT
 
-__all__ = ["build_dists", "checkout_copy", "checkout_files", "requirements", "run",
-           "subprocess_env", "wheel_from_installed", "wheelhouse"]
+__all__ = ["build_dists", "checkout_copy", "checkout_files", "dependency_wheels",
+           "requirements", "run", "subprocess_env", "wheel_from_installed", "wheelhouse"]
 
 #: What a build or an install may take on a loaded 2-core machine.
 TIMEOUT = 300
@@ -111,6 +112,17 @@ def wheel_from_installed(name: str, outdir: Path) -> Path:
             records.append(_record_line(str(f), data))
         zf.writestr(record_name, "\n".join([*records, f"{record_name},,"]) + "\n")
     return outdir / filename
+
+
+def dependency_wheels(outdir: Path) -> Path:
+    """A folder with a wheel of each dependency and of the build backend, from this venv:
+    what pip needs to build and install the project from its source, offline."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        pyproject = tomllib.load(f)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for spec in [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]:
+        wheel_from_installed(re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0], outdir)
+    return outdir
 
 
 def wheelhouse(wheel: Path, outdir: Path) -> Path:
