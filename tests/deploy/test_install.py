@@ -24,6 +24,7 @@ import pytest
 
 from fluent_forward import __version__
 from tests.deploy.formats import parse_dockerfile, stages
+from tests.deploy.test_containers import copies
 from tests.deploy.wheels import (
     build_dists,
     checkout_copy,
@@ -176,18 +177,16 @@ def test_the_parent_images_copy_and_pip_install_give_a_working_relay(
     steps = stages(parse_dockerfile((source / "docker/parent/Dockerfile").read_text()))[-1]
     image, venv = tmp_path / "image", tmp_path / "venv"
     run([PYTHON, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
+    for dest, name in copies(steps).items():
+        target = image / dest.lstrip("/")
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target)
     installs = 0
     for step in steps:
-        if step.keyword == "COPY":
-            *sources, dest = step.argument.split()
-            target = image / dest.lstrip("/")
-            for name in sources:
-                if (source / name).is_dir():
-                    shutil.copytree(source / name, target)
-                else:
-                    target.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source / name, target / name)
-        elif step.keyword == "RUN" and step.argument.startswith("pip install"):
+        if step.keyword == "RUN" and step.argument.startswith("pip install"):
             argv = step.argument.split("&&")[0].split()
             args = [str(image) + a if a.startswith("/") else a for a in argv[2:]]
             run([PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
