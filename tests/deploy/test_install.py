@@ -89,7 +89,7 @@ def test_the_sdist_carries_what_the_deploy_guide_installs(
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     wanted = {str(p.relative_to(source)) for folder in DEPLOY_FOLDERS
               for p in (source / folder).rglob("*") if p.is_file()}
-    wanted |= {"README.md", "SECURITY.md", "pyproject.toml", "Makefile"}
+    wanted |= {"README.md", "SECURITY.md", "CONTRIBUTING.md", "pyproject.toml", "Makefile"}
     assert "systemd/enclave-log-relay.service" in wanted
     assert sorted(wanted - names) == [], "files missing from the sdist"
     assert not [n for n in names if n.startswith(("tests/", "bench/"))], (
