@@ -37,10 +37,18 @@ from tests.helpers import DEADLINE, PYTHON, ROOT, short_tmpdir, stop_process, wa
 
 pytestmark = pytest.mark.slow
 
-#: The tree's packages: every top-level folder with an ``__init__.py`` but the tests' and
-#: the bench's, whether or not anyone remembered to tell the packaging about it.
-PACKAGES = tuple(sorted(p.parent.name for p in ROOT.glob("*/__init__.py")
-                        if p.parent.name not in ("tests", "bench")))
+
+
+def tree_packages() -> tuple[str, ...]:
+    """Every top-level folder with an ``__init__.py`` that pyproject.toml does not exclude,
+    whether or not anyone remembered to tell the packaging about it."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        excluded = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["exclude"]
+    return tuple(sorted(p.parent.name for p in ROOT.glob("*/__init__.py")
+                        if p.parent.name not in excluded))
+
+
+PACKAGES = tree_packages()
 #: Folders the deploy guide installs from, which the sdist must carry whole.
 DEPLOY_FOLDERS = ("fluentbit", "systemd", "docker", "k8s", "examples", "tools")
 
@@ -113,20 +121,48 @@ def test_installed_commands_print_the_version(venv: Path, tmp_path: Path, comman
     assert out.strip() == f"{command} {__version__}"
 
 
-def test_every_module_imports_from_the_venv_not_the_repository(venv: Path, tmp_path: Path
-                                                               ) -> None:
-    script = ("import importlib, json, pkgutil\n"
-              f"names = {list(PACKAGES)!r}\n"
-              "for p in list(names):\n"
-              "    pkg = importlib.import_module(p)\n"
-              "    names += [i.name for i in pkgutil.walk_packages(pkg.__path__, p + '.')\n"
-              "              if not i.name.endswith('__main__')]\n"
-              "print(json.dumps({n: importlib.import_module(n).__file__ for n in names}))\n")
-    files = json.loads(run([str(venv / "bin" / "python"), "-c", script], "imports",
-                           cwd=tmp_path))
-    assert "enclave_side.sources.tail" in files
+#: Imports every module of the installed packages; prints each one's file, or the
+#: package it lacks.
+IMPORT_ALL = """\
+import importlib, json, pkgutil, sys
+names, out = sys.argv[1:], {}
+for p in list(names):
+    names += [i.name for i in pkgutil.walk_packages(importlib.import_module(p).__path__, p + '.')
+              if not i.name.endswith('__main__')]
+for n in names:
+    try:
+        out[n] = importlib.import_module(n).__file__
+    except ModuleNotFoundError as exc:
+        out[n] = {"missing": exc.name}
+print(json.dumps(out))
+"""
+
+
+def optional_distributions(wheel: Path) -> set[str]:
+    """What the wheel's extras for users (``[sign]``, not ``[test]``) add; a plain install
+    goes without them."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(f"nitro_enclave_logs-{__version__}.dist-info/METADATA").decode()
+    return {line.split(":", 1)[1].split(";")[0].strip().split(">")[0].split("=")[0].strip()
+            for line in meta.splitlines()
+            if line.startswith("Requires-Dist:") and "extra ==" in line
+            and "extra == \"test\"" not in line}
+
+
+def test_every_module_imports_from_the_venv_not_the_repository(
+        dists: tuple[Path, Path], venv: Path, tmp_path: Path) -> None:
+    """Every module imports from the venv; one may lack only what an extra adds."""
+    found = json.loads(run([str(venv / "bin" / "python"), "-c", IMPORT_ALL, *PACKAGES],
+                           "imports", cwd=tmp_path))
+    assert "enclave_side.sources.tail" in found
+    missing = {n: f["missing"] for n, f in found.items() if isinstance(f, dict)}
+    extras = optional_distributions(dists[0])
+    assert {m.split(".")[0] for m in missing.values()} <= extras, (
+        f"modules that cannot import from a plain install: {missing}")
+    files = {n: f for n, f in found.items() if isinstance(f, str)}
     outside = {n: f for n, f in files.items() if not f.startswith(str(venv))}
     assert not outside, f"imported from outside the venv: {outside}"
+    assert {n.split(".")[0] for n in files} == set(PACKAGES)
 
 
 @pytest.fixture
@@ -197,3 +233,17 @@ def test_the_parent_images_copy_and_pip_install_give_a_working_relay(
     out = run([str(venv / "bin" / "enclave-log-relay"), "--version"], "the image's relay",
               cwd=tmp_path)
     assert out.strip() == f"enclave-log-relay {__version__}"
+
+
+def test_every_command_the_wheel_declares_starts_from_the_venv(
+        dists: tuple[Path, Path], venv: Path, tmp_path: Path) -> None:
+    """Each console script (enclave-log-verify too, and any added later) imports all it
+    needs from the installed copy: ``--help`` answers."""
+    with zipfile.ZipFile(dists[0]) as zf:
+        entry_points = zf.read(f"nitro_enclave_logs-{__version__}.dist-info/entry_points.txt")
+    section = entry_points.decode().split("[console_scripts]", 1)[1].split("\n[", 1)[0]
+    commands = [line.split("=", 1)[0].strip() for line in section.splitlines() if "=" in line]
+    assert {"enclave-log-agent", "enclave-log-relay"} <= set(commands)
+    for command in commands:
+        out = run([str(venv / "bin" / command), "--help"], f"{command} --help", cwd=tmp_path)
+        assert out.startswith("usage:"), command
