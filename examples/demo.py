@@ -55,7 +55,8 @@ def main() -> int:
         print(f"demo: relay listening on {url}, output stdout", file=sys.stderr)
         relay = subprocess.Popen(
             [sys.executable, "-m", "parent_side", "--listen", url, "--output", "stdout",
-             "--spool", f"{tmp}/spool", "--log-level", "warning"],
+             "--spool", f"{tmp}/spool", "--admin-socket", f"{tmp}/admin.sock",
+             "--log-level", "warning"],
             stdout=subprocess.PIPE, env=env)
         delivered: list[dict[str, object]] = []
 

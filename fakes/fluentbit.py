@@ -1,6 +1,6 @@
 """A fake Fluent Bit ``in_forward`` input: an independent Forward-protocol peer for tests.
 
-It is written from the reference notes on the Forward protocol (cited as "ref §N") and from
+It is written from the project's shared reference forward-protocol.md (cited as "ref §N") and from
 Fluent Bit's plugins/in_forward/fw_prot.c and fw_conn.c, and held to a real Fluent Bit 4.2.8:
 tests/fluentbit/test_probes.py runs the same exchanges against both (where the two
 disagreed, the fake was corrected: see "Checked against a real Fluent Bit" below). It uses

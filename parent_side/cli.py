@@ -121,6 +121,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     if args[0] == "serve":
         return "serve", serve_config(args, env)
     parser, _ = _build()
+    if args[0] not in COMMAND_OPTIONS:
+        parser.parse_args(args)  # -h, --help or --version: argparse answers and exits
     sub, options = parser.commands[args[0]], COMMAND_OPTIONS[args[0]]
     apply_env_defaults(sub, ENV_PREFIX, env, skip=frozenset(o.key for o in options
                                                             if not o.env))

@@ -1,7 +1,7 @@
 """Tests of the fake Fluent Bit forward input itself (fakes/fluentbit.py).
 
 Each test names one Fluent Bit in_forward behaviour from
-/work/shared/reference/forward-protocol.md §2.1 and fails if the fake stops copying it.
+the project's shared reference forward-protocol.md §2.1 and fails if the fake stops copying it.
 Client frames are built here with msgpack directly, never with the project's codec.
 """
 

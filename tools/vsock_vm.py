@@ -7,9 +7,9 @@ harness never opens an AF_VSOCK socket on the host. It boots a Debian kernel und
 default) with a read-only 9p root filesystem; inside the guest ``connect((1, port))`` reaches a
 socket bound with ``bind((VMADDR_CID_ANY, port))``. The project directory is shared read-write
 and the host's Python install (the one the project's ``.venv`` points to) read-only, both at the
-same absolute paths as on the host, so ``/work/main/.venv/bin/python`` runs unchanged in the guest.
+same absolute paths as on the host, so ``<project>/.venv/bin/python`` runs unchanged in the guest.
 
-Recipe: /work/shared/reference/vsock-vm.md (measured on a CI-class machine).
+Recipe: the project's shared reference vsock-vm.md (measured on a CI-class machine).
 
 Usage (stdlib only, run with any Python >= 3.9)::
 

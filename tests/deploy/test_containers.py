@@ -439,7 +439,8 @@ def test_the_relay_runs_under_the_profile(sockdir: Path) -> None:
     with (sockdir / "relay.err").open("wb") as err:
         relay = subprocess.Popen(
             [PYTHON, str(SECCOMP_EXEC), str(SECCOMP), "--", PYTHON, "-m", "parent_side",
-             "--listen", url, "--output", f"file://{out}"],
+             "--listen", url, "--output", f"file://{out}", "--spool", f"{sockdir}/spool",
+             "--admin-socket", f"{sockdir}/admin.sock"],
             stdout=subprocess.DEVNULL, stderr=err, env=env_for_subprocess())
     try:
         wait_until_sync(lambda: (sockdir / "relay.sock").exists() or relay.poll() is not None,

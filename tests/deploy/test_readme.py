@@ -5,11 +5,14 @@
 - Every repository path the README names exists, and every link to a section has one.
 - The enclave image's CMD quoted in the guide is the one in docker/enclave/Dockerfile.
 - The `status` example has the columns `status` prints.
+- The `make demo` sample is the shape of a real run (tools/gen_demo_sample.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import re
 
 import pytest
@@ -18,9 +21,10 @@ from parent_side import cli as relay_cli
 from parent_side.cli import parse_args
 from parent_side.status import format_table
 from tests.deploy.formats import parse_dockerfile, stages
-from tests.helpers import ROOT, load_tool
+from tests.helpers import PYTHON, ROOT, load_tool
 
 gen = load_tool("gen_config_reference")
+demo = load_tool("gen_demo_sample")
 README = ROOT / "README.md"
 
 
@@ -125,3 +129,35 @@ def test_readme_status_example_has_the_columns_status_prints() -> None:
     header = format_table(snap).splitlines()[1]
     example = README.read_text().split("enclave-log-relay status\n", 1)[1].split("```", 1)[0]
     assert header.split() == example.splitlines()[1].split()
+
+
+@pytest.mark.slow
+def test_readme_demo_sample_has_the_shape_of_a_real_make_demo_run() -> None:
+    """Records, tags, field names and ``log`` texts; not times, pids or paths."""
+    assert demo.differences(demo.sample(README.read_text()), demo.run(PYTHON)) == [], (
+        "README's make demo sample is out of date: run python tools/gen_demo_sample.py")
+
+
+def test_the_demo_sample_check_sees_a_changed_log() -> None:
+    """The drift that once went unseen: agent.metrics' ``log`` became its JSON."""
+    sample = demo.sample(README.read_text())
+    metrics = next(line for line in sample.splitlines() if '.agent.metrics"' in line)
+    record = json.loads(metrics)
+    record["record"]["log"] = "agent metrics"
+    changed = sample.replace(metrics, json.dumps(record))
+    assert demo.differences(sample, sample) == []
+    assert len(demo.differences(sample, changed)) == 2
+
+
+def test_the_vsock_tiers_table_and_count_name_its_real_tests() -> None:
+    """The tier's tests run only in a guest, so the README's account of them is checked
+    against their source: every test the table names exists, and their number is right."""
+    text = README.read_text()
+    defined = {f"{path.name}::{node.name}" for path in (ROOT / "tests" / "vsock").glob("test_*.py")
+               for node in ast.parse(path.read_text()).body
+               if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+               and node.name.startswith("test_")}
+    named = set(re.findall(r"`(test_\w+\.py::test_\w+)`", text))
+    assert named and named <= defined, f"no such test: {sorted(named - defined)}"
+    count = re.search(r"the tier: one guest boot and its (\d+) tests", text)
+    assert count is not None and int(count[1]) == len(defined)

@@ -8,14 +8,16 @@ archive lacks: the test proves it runs with Python and msgpack only.
 from __future__ import annotations
 
 import asyncio
+import re
 import zipfile
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from fluent_forward import __version__
 from tests.conftest import StartRelay, relay_url
-from tests.helpers import DEADLINE, PYTHON, load_tool, read_json_lines, wait_until, within
+from tests.helpers import DEADLINE, PYTHON, ROOT, load_tool, read_json_lines, wait_until, within
 
 build_pyz = load_tool("build_pyz")
 
@@ -89,3 +91,29 @@ async def test_without_msgpack_it_says_in_one_line_what_to_install(pyz: Path,
     lines = err.decode().splitlines()
     assert len(lines) == 1 and b"Traceback" not in err, err
     assert "pip install msgpack" in lines[0]
+
+
+@pytest.mark.asyncio
+async def test_pyz_reports_the_projects_one_version(pyz: Path, msgpack_only: Path,
+                                                    sockdir: Path) -> None:
+    """The archive carries no package metadata: the version comes from the code."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-S", str(pyz), "--version", cwd=sockdir, env={"PYTHONPATH": str(msgpack_only)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await within(proc.communicate(), "the pyz agent's version")  # type: ignore[misc]
+    assert proc.returncode == 0, err
+    assert out.decode().strip() == f"enclave-log-agent {__version__}"
+
+
+def test_readme_states_the_archives_size(pyz: Path) -> None:
+    """README's figure comes from the archive ``make agent-pyz`` builds, within the
+    tolerance the README states beside it."""
+    text = (ROOT / "README.md").read_text()
+    stated = int(re.search(r"\| `enclave-log-agent\.pyz` \| ([\d,]+) bytes \|", text)
+                 [1].replace(",", ""))  # type: ignore[index]
+    tolerance = int(re.search(r"no longer within (\d+)% of the figure above", text)
+                    [1]) / 100  # type: ignore[index]
+    size = pyz.stat().st_size
+    assert abs(size - stated) <= tolerance * stated, (
+        f"the pyz is {size:,} bytes, README says {stated:,}: "
+        "update it from python tools/measure_agent.py")

@@ -105,7 +105,8 @@ class RelayProc:
         self.listen = listen
         self.argv = [PYTHON, "-m", "parent_side", "serve", "--listen", listen,
                      "--output", output, "--spool", str(self.spool), "--log-level", "info",
-                     "--hostname", "fault-relay", *options]
+                     "--hostname", "fault-relay", "--admin-socket", str(workdir / "admin.sock"),
+                     *options]
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
 

@@ -331,6 +331,7 @@ async def test_reload_answers_what_it_applied_and_what_needs_a_restart(
     spool_bytes = relay.config.spool_bytes
     args = ["serve", "--listen", f"unix://{sock}", "--output", f"file://{out}",
             "--spool", str(relay.config.spool), "--hostname", "test-relay",
+            "--admin-socket", str(relay.config.admin_socket),
             "--spool-size", "2GiB", "--max-connections", "3"]
     relay._reloader = lambda: relay_cli.serve_config(args, {}, raising=True)
     assert relay.reload() == "changed: max_connections; needs a restart: spool_bytes"

@@ -105,7 +105,8 @@ def pipeline() -> Iterator[tuple[Path, Path]]:
             wait_until_sync(lambda: (tmp / "fb.sock").exists(), "Fluent Bit's socket")
             relay = subprocess.Popen(
                 [PYTHON, "-m", "parent_side", "serve", "--listen", f"unix://{tmp}/relay.sock",
-                 "--output", f"unix://{tmp}/fb.sock", "--spool", str(tmp / "spool")],
+                 "--output", f"unix://{tmp}/fb.sock", "--spool", str(tmp / "spool"),
+                 "--admin-socket", str(tmp / "admin.sock")],
                 env=env_for_subprocess(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_until_sync(lambda: (tmp / "relay.sock").exists(), "the relay's socket")
             for _ in range(2):

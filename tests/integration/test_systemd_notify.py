@@ -67,7 +67,8 @@ def start_relay(sockdir: Path, notify_socket: str, **env: str) -> subprocess.Pop
     with (sockdir / "relay.err").open("wb") as err:
         return subprocess.Popen(
             [PYTHON, "-m", "parent_side", "--listen", f"unix://{sockdir}/relay.sock",
-             "--output", "stdout", "--log-level", "warning"],
+             "--output", "stdout", "--log-level", "warning", "--spool", f"{sockdir}/spool",
+             "--admin-socket", f"{sockdir}/admin.sock"],
             stdout=subprocess.DEVNULL, stderr=err,
             env=env_for_subprocess(NOTIFY_SOCKET=notify_socket, **env))
 
