@@ -16,7 +16,6 @@ skipped without, except under CI=true, where they must be there.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from tests.deploy.guide import SYSTEM_DIRS, Remap, classify, guide_commands, pro
 from tests.deploy.test_systemd_unit import SYSTEM_UNITS, need
 from tests.deploy.wheels import checkout_copy, dependency_wheels, run, subprocess_env
 from tests.helpers import ROOT, short_tmpdir, stop_process, wait_until_sync
+from tests.realfb import fluent_bit_binary
 
 pytestmark = pytest.mark.slow
 
@@ -117,18 +117,6 @@ def test_sysusers_and_tmpfiles_make_the_relays_user_and_fluent_bits_socket_folde
     assert (oct(st.st_mode & 0o7777), st.st_gid) == (oct(0o2770), int(group[2]))
 
 
-def fluent_bit() -> str:
-    """``FLUENT_BIT``, else ``fluent-bit`` on PATH; skipped without, failed under CI."""
-    binary = os.environ.get("FLUENT_BIT") or shutil.which("fluent-bit")
-    if binary is None or not os.access(binary, os.X_OK):
-        message = ("no Fluent Bit: set FLUENT_BIT to a fluent-bit binary (CI uses "
-                   "../shared/tools/fluent-bit-4.2.8/fluent-bit)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
-
-
 def confine_fluent_bit(root: Path) -> Path:
     """The installed classic files, their system paths moved under ``root``; what cannot
     run here swapped: the ``aws`` filter (the instance metadata service) and the
@@ -165,7 +153,7 @@ def out_records(path: Path) -> list[tuple[str, dict[str, object]]]:
 
 def test_fluent_bit_on_the_installed_files_takes_the_installed_relays_records(
         deployed: Deployed) -> None:
-    binary, root = fluent_bit(), deployed.root
+    binary, root = fluent_bit_binary(), deployed.root
     config = confine_fluent_bit(root)
     admin = root / "run/enclave-log-relay/admin.sock"  # the unit's RuntimeDirectory
     admin.parent.mkdir(exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,11 +28,12 @@ from fluent_forward.tags import escape_tag
 from parent_side.spool import FRAME, HEADER
 from tests.conftest import StartRelay, delivered
 from tests.fakes.nitro_cli import FakeNitroCli
-from tests.helpers import ROOT, read_json_lines, stop_process, wait_until
+from tests.helpers import read_json_lines, stop_process, wait_until
 from tests.integration.test_faults import Procs
 from tests.integration.test_relay_bad_input import RawAgent
 from tests.integration.test_trust import refused, relay_with_enclaves
 from tests.property.test_hostile_round2 import HOSTILE_TAGS
+from tests.realfb import fluent_bit_binary
 
 pytestmark = pytest.mark.asyncio
 
@@ -222,26 +222,8 @@ async def test_one_enclave_holding_every_slot_it_may_never_locks_another_out(
 
 # -- tags through a real Fluent Bit -----------------------------------------------------
 
-#: The project's Fluent Bit for tests, relative to the repository root (see its README).
-SHARED_FLUENT_BIT = ROOT / "../shared/tools/fluent-bit-4.2.8/fluent-bit"
 #: Tags that follow the rule, and nothing else (what match_regex routes).
 RULE_REGEX = r"^enclave\.local\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
-
-
-def real_fluent_bit() -> str:
-    """``$FLUENT_BIT``, else the shared build, else ``fluent-bit`` on PATH; skip if none
-    (under CI=true that is a failure: CI has the shared build)."""
-    for candidate in (os.environ.get("FLUENT_BIT"), str(SHARED_FLUENT_BIT)):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    found = subprocess.run(["sh", "-c", "command -v fluent-bit"], capture_output=True,
-                           text=True, check=False).stdout.strip()
-    if found:
-        return found
-    reason = "no real Fluent Bit: set FLUENT_BIT=/path/to/fluent-bit"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def fluent_bit_config(d: Path) -> str:
@@ -291,7 +273,7 @@ async def real_fluentbit(sockdir: Path) -> AsyncIterator[Path]:
     """A real Fluent Bit with ``fluent_bit_config``; yields its directory. Requested
     before ``start_relay``, it stops after the relay (which would otherwise wait out
     its shutdown timeout on an upstream gone)."""
-    binary = real_fluent_bit()
+    binary = fluent_bit_binary()
     for sub in ("all", "regex", "exact"):
         (sockdir / sub).mkdir()
     conf = sockdir / "fluent-bit.conf"

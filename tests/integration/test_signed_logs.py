@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -27,12 +26,12 @@ from logverify.testpki import TestAttester, make_test_pki
 from tests.helpers import (
     DEADLINE,
     PYTHON,
-    ROOT,
     env_for_subprocess,
     short_tmpdir,
     stop_process,
     wait_until_sync,
 )
+from tests.realfb import fluent_bit_binary
 
 pytestmark = [pytest.mark.fluentbit, pytest.mark.slow]
 
@@ -60,16 +59,6 @@ FB_CONF = """\
 """
 
 
-def fluent_bit() -> str:
-    default = ROOT.parent / "shared/tools/fluent-bit-4.2.8/fluent-bit"
-    path = os.environ.get("FLUENT_BIT", str(default))
-    if not os.access(path, os.X_OK):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no Fluent Bit at {path} (FLUENT_BIT)")
-        pytest.skip(f"no Fluent Bit at {path}: set FLUENT_BIT")
-    return path
-
-
 def _final_checkpoints(out: Path) -> int:
     return out.read_text().count("\\nfinal\\n") if out.exists() else 0
 
@@ -92,7 +81,7 @@ def _run_agent(tmp: Path, pki: Path) -> None:
 @pytest.fixture(scope="module")
 def pipeline() -> Iterator[tuple[Path, Path]]:
     """Fluent Bit's file output after two signing agent runs, and the test root."""
-    binary = fluent_bit()
+    binary = fluent_bit_binary()
     with short_tmpdir() as tmp:
         pki = tmp / "pki"
         root = make_test_pki(pki, pcr0=PCR0)
