@@ -16,6 +16,9 @@ Scenarios (150-byte lines, ``--lines`` per run, each run ``--runs`` times, inter
               our agent -> relay with default options, and Fluent Bit's own tail ->
               forward with acks, on the same file (bench/fluentbit.py); needs a
               ``fluent-bit`` on PATH or named by ``$FLUENT_BIT``, and says so without
+  fairshare   the p99 latency of three quiet enclaves' lines (a file each, as in e2e's
+              latency), alone and while a fourth floods the relay as fast as it can;
+              each agent its own identity (bench/cid_relay.py), Unix sockets
   sinks       (only when asked) how fast this bench's sink and the tests' fake Fluent
               Bit take relay-shaped frames: the sink must not be the bottleneck
 
@@ -43,6 +46,7 @@ from typing import Any
 import msgpack
 
 from bench import scenarios as sc
+from bench.fairshare import QUIET_CIDS, fair_share
 from bench.fluentbit import (
     FluentBitSink,
     find_fluent_bit,
@@ -52,7 +56,7 @@ from bench.fluentbit import (
 from bench.procs import ROOT
 from bench.sink import BenchSink
 
-SCENARIOS = ("child", "tail", "relay", "e2e", "idle", "fluentbit", "sinks")
+SCENARIOS = ("child", "tail", "relay", "e2e", "idle", "fairshare", "fluentbit", "sinks")
 AGENT_BUFFER_MIB = 32  # the agent's default --buffer-size
 RELAY_WINDOWS_MIB = 64 + 16  # the relay's default --upstream-buffer + spool cache
 
@@ -172,6 +176,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     e, n, data_file, RELAY_OPTS, sign=True), first)
             if "idle" in only:
                 await one("idle", sc.idle, first)
+            if "fairshare" in only:  # Unix sockets whatever --transports says: see cid_relay
+                if "unix" not in sinks:
+                    sinks["unix"] = await _unix_sink(tmp_root)
+                await one("fairshare", lambda e: fair_share(
+                    e, args.latency_seconds, args.latency_warmup), "unix")
             if "sinks" in only:
                 for kind in ("bench", "fake"):
                     await one(f"sink.{kind}", lambda e, k=kind: sc.sink_capacity(
@@ -210,6 +219,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_before": load_before, "load_after": os.getloadavg(),
             "relay_options": list(RELAY_OPTS), "results": results.as_json(),
             "fluent_bit": fluent_bit, "errors": errors}
+
+
+async def _unix_sink(tmp_root: Path) -> tuple[BenchSink, str]:
+    sink = BenchSink()
+    url = f"unix://{tmp_root}/sink.sock"
+    await sink.start(url)
+    return sink, url
 
 
 async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
@@ -304,6 +320,20 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                 ("", "relay RSS idle (MiB)", m("idle", "relay_idle_rss_mib"), ""),
                 ("", "agent CPU idle (% of a core)", m("idle", "agent_idle_cpu_pct"), ""),
                 ("", "relay CPU idle (% of a core)", m("idle", "relay_idle_cpu_pct"), "")]
+    if "fairshare" in res:
+        quiet = f"7 fair share: {len(QUIET_CIDS)} quiet enclaves"
+        out += [(quiet, "their lines/s each", m("fairshare", "quiet_rate"), ""),
+                ("  alone", "latency p50 (ms)", m("fairshare", "alone_p50_ms"), ""),
+                ("", "latency p99 (ms)", m("fairshare", "alone_p99_ms"), ""),
+                ("", "latency max (ms)", m("fairshare", "alone_max_ms"), ""),
+                ("  a 4th enclave flooding", "its lines/s into the sink",
+                 m("fairshare", "flood_lines_per_s"), ""),
+                ("", "relay CPU (% of a core)", m("fairshare", "relay_cpu_pct"), ""),
+                ("", "latency p50 (ms)", m("fairshare", "flood_p50_ms"), ""),
+                ("", "latency p99 (ms)", m("fairshare", "flood_p99_ms"), ""),
+                ("", "latency max (ms)", m("fairshare", "flood_max_ms"), ""),
+                ("  flooded / alone", "latency p99 (x, run by run)",
+                 m("fairshare", "p99_ratio"), "<= 2")]
     loads = [(k, "agent_peak_rss_mib") for k in ("child", "tail", "tail.redact")] + [
         (k, "relay_peak_rss_mib") for k in sorted(res) if k.startswith(("relay.", "e2e."))]
     for key, name in loads:
