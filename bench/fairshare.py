@@ -14,7 +14,10 @@ the sink keeps the delay of those lines from the write to it:
 p50/p99 leave the warm-up out (an idle agent looks at its file every 250 ms). What the
 fair share promises is the ratio of the two p99s: a flood must not put the others
 behind it (issue 16: within 2x). The flood's rate into the sink and the relay's CPU in
-the flooded phase say how hard the relay was pushed.
+the flooded phase say how hard the relay was pushed; the relay's count of waits for a
+share, whether the fair share had to hold the flood back. Run again with the sink
+reading at most ``SLOW_UPSTREAM`` bytes a second, the upstream is the bottleneck: the
+case the fair share is for.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from bench.scenarios import (
 )
 from parent_side.status import query
 
-__all__ = ["FLOOD_CID", "FLOODER", "QUIET_CIDS", "QUIET_RATE", "fair_share"]
+__all__ = ["FLOOD_CID", "FLOODER", "QUIET_CIDS", "QUIET_RATE", "SLOW_UPSTREAM", "fair_share"]
 
 QUIET_CIDS = (16, 17, 18)  # three enclaves of ordinary volume
 FLOOD_CID = 20
 QUIET_RATE = 2000.0  # lines/s each: 375 sampled lines a second between the three
+SLOW_UPSTREAM = 20e6  # bytes/s: about 110 k lines/s, well under what the flood sends
 FLOOD_SLACK = 10.0  # the flood outlasts its phase by this much: the drain is flooded too
 
 #: Prints ``line()``s as fast as a Python loop writes 256 of them at a time, for
@@ -77,8 +81,12 @@ async def _phase(env: Env, files: list[Path], seconds: float, warmup: float,
     return collections.Counter(env.sink.delays), written, t0, t1
 
 
-async def fair_share(env: Env, seconds: float, warmup: float) -> dict[str, float]:
-    """Both phases on one relay; see the module docstring."""
+async def fair_share(env: Env, seconds: float, warmup: float,
+                     upstream_rate: float | None = None) -> dict[str, float]:
+    """Both phases on one relay; see the module docstring. ``upstream_rate``: the sink
+    reads at most that many bytes a second (the upstream, not the relay, is then what
+    the enclaves compete for, and the spool fills)."""
+    env.sink.read_rate = upstream_rate
     listen = f"unix://{env.tmp}/relay.sock"  # the peer's pid is SO_PEERCRED's: Unix only
     admin = env.tmp / "admin.sock"
     relay = env.start("relay", ["-m", "bench.cid_relay", *relay_args(
