@@ -64,14 +64,15 @@ out.flush()
 """
 
 
-async def _phase(env: Env, files: list[Path], seconds: float, warmup: float,
+async def _phase(env: Env, name: str, files: list[Path], seconds: float, warmup: float,
                  procs: list[Proc], quiet_so_far: int
                  ) -> tuple[collections.Counter[int], int, float, float]:
-    """One writer over ``files``: (delays, lines written, its start and end, monotonic)."""
+    """One writer over ``files``: (delays, lines written, its start and end, monotonic);
+    ``name`` names its log (the count written is its last word)."""
     env.sink.delays.clear()
     env.sink.latency_from = time.time_ns() + int(warmup * 1e9)
     t0 = time.monotonic()
-    writer = env.start("writer", ["-c", WRITER, ",".join(map(str, files)), str(QUIET_RATE),
+    writer = env.start(name, ["-c", WRITER, ",".join(map(str, files)), str(QUIET_RATE),
                                   str(seconds + warmup)])
     await writer.wait(seconds + warmup + 30.0)
     t1 = time.monotonic()
@@ -99,7 +100,8 @@ async def fair_share(env: Env, seconds: float, warmup: float,
         quiet.append(env.start(f"quiet{cid}", agent_args(listen, "--file", str(path)),
                                env=bench_env(NEL_BENCH_CID=str(cid))))
     await asyncio.sleep(1.5)  # connected and idle
-    alone, written, _, _ = await _phase(env, files, seconds, warmup, [relay, *quiet], 0)
+    alone, written, _, _ = await _phase(env, "writer-alone", files, seconds, warmup,
+                                        [relay, *quiet], 0)
 
     flood_tag = f"{TAG}.stdout"
     flood = env.start("flood", agent_args(
@@ -107,8 +109,8 @@ async def fair_share(env: Env, seconds: float, warmup: float,
         str(seconds + warmup + FLOOD_SLACK)), env=bench_env(NEL_BENCH_CID=str(FLOOD_CID)))
     await _until(env.sink, flood_tag, 1, [relay, flood])
     flooded0, cpu0 = env.sink.count(flood_tag), relay.cpu()
-    loaded, more, t0, t1 = await _phase(env, files, seconds, warmup,
-                                        [relay, *quiet, flood], written)
+    loaded, _, t0, t1 = await _phase(env, "writer-flooded", files, seconds, warmup,
+                                     [relay, *quiet, flood], written)
     flood_rate = (env.sink.count(flood_tag) - flooded0) / (time.monotonic() - t0)
     relay_cpu = (relay.cpu() - cpu0) / (time.monotonic() - t0)
     if flood.exited():
