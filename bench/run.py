@@ -16,6 +16,10 @@ Scenarios (150-byte lines, ``--lines`` per run, each run ``--runs`` times, inter
               our agent -> relay with default options, and Fluent Bit's own tail ->
               forward with acks, on the same file (bench/fluentbit.py); needs a
               ``fluent-bit`` on PATH or named by ``$FLUENT_BIT``, and says so without
+  fairshare   the p99 latency of three quiet enclaves' lines (a file each, as in e2e's
+              latency), alone and while a fourth floods the relay as fast as it can;
+              each agent its own identity (bench/cid_relay.py), Unix sockets; then
+              again with the sink reading at most 20 MB/s (bench/fairshare.py)
   sinks       (only when asked) how fast this bench's sink and the tests' fake Fluent
               Bit take relay-shaped frames: the sink must not be the bottleneck
 
@@ -43,6 +47,7 @@ from typing import Any
 import msgpack
 
 from bench import scenarios as sc
+from bench.fairshare import QUIET_CIDS, SLOW_UPSTREAM, fair_share
 from bench.fluentbit import (
     FluentBitSink,
     find_fluent_bit,
@@ -52,7 +57,7 @@ from bench.fluentbit import (
 from bench.procs import ROOT
 from bench.sink import BenchSink
 
-SCENARIOS = ("child", "tail", "relay", "e2e", "idle", "fluentbit", "sinks")
+SCENARIOS = ("child", "tail", "relay", "e2e", "idle", "fairshare", "fluentbit", "sinks")
 AGENT_BUFFER_MIB = 32  # the agent's default --buffer-size
 RELAY_WINDOWS_MIB = 64 + 16  # the relay's default --upstream-buffer + spool cache
 
@@ -172,6 +177,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     e, n, data_file, RELAY_OPTS, sign=True), first)
             if "idle" in only:
                 await one("idle", sc.idle, first)
+            if "fairshare" in only:  # Unix sockets whatever --transports says: see cid_relay
+                if "unix" not in sinks:
+                    sinks["unix"] = await _unix_sink(tmp_root)
+                await one("fairshare", lambda e: fair_share(
+                    e, args.latency_seconds, args.latency_warmup), "unix")
+                await one("fairshare.slow", lambda e: fair_share(
+                    e, args.latency_seconds, args.latency_warmup, SLOW_UPSTREAM), "unix")
             if "sinks" in only:
                 for kind in ("bench", "fake"):
                     await one(f"sink.{kind}", lambda e, k=kind: sc.sink_capacity(
@@ -210,6 +222,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_before": load_before, "load_after": os.getloadavg(),
             "relay_options": list(RELAY_OPTS), "results": results.as_json(),
             "fluent_bit": fluent_bit, "errors": errors}
+
+
+async def _unix_sink(tmp_root: Path) -> tuple[BenchSink, str]:
+    sink = BenchSink()
+    url = f"unix://{tmp_root}/sink.sock"
+    await sink.start(url)
+    return sink, url
 
 
 async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
@@ -304,6 +323,24 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                 ("", "relay RSS idle (MiB)", m("idle", "relay_idle_rss_mib"), ""),
                 ("", "agent CPU idle (% of a core)", m("idle", "agent_idle_cpu_pct"), ""),
                 ("", "relay CPU idle (% of a core)", m("idle", "relay_idle_cpu_pct"), "")]
+    for key, upstream in (("fairshare", "the sink as fast as it can"),
+                          ("fairshare.slow", f"the sink at {SLOW_UPSTREAM / 1e6:.0f} MB/s")):
+        if key not in res:
+            continue
+        out += [(f"7 fair share: {len(QUIET_CIDS)} quiet enclaves, {upstream}",
+                 "their lines/s each", m(key, "quiet_rate"), ""),
+                ("  alone", "latency p50 (ms)", m(key, "alone_p50_ms"), ""),
+                ("", "latency p99 (ms)", m(key, "alone_p99_ms"), ""),
+                ("", "latency max (ms)", m(key, "alone_max_ms"), ""),
+                ("  a 4th enclave flooding", "its lines/s into the sink",
+                 m(key, "flood_lines_per_s"), ""),
+                ("", "relay CPU (% of a core)", m(key, "relay_cpu_pct"), ""),
+                ("", "waits for a fair share", m(key, "fair_share_waits"), ""),
+                ("", "latency p50 (ms)", m(key, "flood_p50_ms"), ""),
+                ("", "latency p99 (ms)", m(key, "flood_p99_ms"), ""),
+                ("", "latency max (ms)", m(key, "flood_max_ms"), ""),
+                ("  flooded / alone", "latency p99 (x, run by run)",
+                 m(key, "p99_ratio"), "<= 2")]
     loads = [(k, "agent_peak_rss_mib") for k in ("child", "tail", "tail.redact")] + [
         (k, "relay_peak_rss_mib") for k in sorted(res) if k.startswith(("relay.", "e2e."))]
     for key, name in loads:

@@ -444,16 +444,18 @@ async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, 
 #: Writes ``rate`` lines a second, every millisecond what is due, in one write(); one line
 #: in ``SAMPLE`` (the first of each group of 16) carries its write time as ``ts=``, the
 #: others ``tq=`` (same length): the sink's regex then makes one object per 16 lines, and
-#: 16 lines written together leave together, so the sample is the distribution.
+#: 16 lines written together leave together, so the sample is the distribution. Given
+#: several paths (comma-separated), it writes the same to each: one process for several
+#: tailed files, so that the writers do not take a core of their own.
 WRITER = """\
 import os, sys, time
-path, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+paths, rate, seconds = sys.argv[1].split(","), float(sys.argv[2]), float(sys.argv[3])
 SAMPLE = 16
 pad = "abcdefghijklmnopqrstuvwxyz" * 6
 def line(mark, ns):
     head = "2026-11-26T22:13:43.000000Z INFO latency probe %s=%019d " % (mark, ns)
     return (head + pad[:149 - len(head)] + "\\n").encode()
-fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+fds = [os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) for path in paths]
 start = time.monotonic()
 written = 0
 while True:
@@ -463,11 +465,14 @@ while True:
     due = (int((now - start) * rate) - written) // SAMPLE * SAMPLE
     if due > 0:
         ns = time.time_ns()
-        os.write(fd, (line("ts", ns) + line("tq", ns) * (SAMPLE - 1)) * (due // SAMPLE))
+        data = (line("ts", ns) + line("tq", ns) * (SAMPLE - 1)) * (due // SAMPLE)
+        for fd in fds:
+            os.write(fd, data)
         written += due
     time.sleep(0.001)
-os.close(fd)
-print(written)
+for fd in fds:
+    os.close(fd)
+print(written * len(fds))
 """
 
 

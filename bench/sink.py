@@ -103,6 +103,9 @@ class BenchSink:
         self.bytes = 0
         self.delays: collections.Counter[int] = collections.Counter()  # delay ns -> lines
         self.on_frame: Callable[[BenchSink, str, int], None] | None = None
+        #: Bytes a second it reads at most (None: as fast as it can): an upstream slower
+        #: than its senders, for the fair share bench.
+        self.read_rate: float | None = None
         self.server: asyncio.Server | None = None
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
@@ -136,6 +139,7 @@ class BenchSink:
         self.delays.clear()
         self.cold_max = 0
         self.frames = self.bytes = 0
+        self.read_rate = None
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds (checked after each frame)."""
@@ -153,6 +157,8 @@ class BenchSink:
                 data = await reader.read(1 << 20)
                 if not data:
                     return
+                if self.read_rate:
+                    await asyncio.sleep(len(data) / self.read_rate)
                 buf += data
                 pos = 0
                 acks = []

@@ -44,6 +44,24 @@ def test_make_bench_measures_each_hop_and_writes_its_json(tmp_path: Path) -> Non
         assert "skipped" in result["fluent_bit"]
 
 
+def test_the_fair_share_bench_measures_quiet_enclaves_alone_and_flooded(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    # --lines: the file the other scenarios read; this one writes its own lines.
+    proc = run(["-m", "bench", "--lines", "1000", "--runs", "1", "--only", "fairshare",
+                "--latency-seconds", "1", "--latency-warmup", "0.5", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["errors"] == []
+    for key in ("fairshare", "fairshare.slow"):  # the sink as fast as it can, and slow
+        fair = result["results"][key]
+        for phase in ("alone", "flood"):
+            assert fair[f"{phase}_sampled"]["median"] > 0, (key, phase)
+            assert 0 < fair[f"{phase}_p50_ms"]["median"] <= fair[f"{phase}_p99_ms"]["median"]
+        assert fair["flood_lines_per_s"]["median"] > 0, key
+        assert fair["p99_ratio"]["median"] > 0, key
+    assert proc.stdout.count("|   flooded / alone | latency p99 (x, run by run) |") == 2
+
+
 def test_the_processing_bench_checks_each_configuration_did_its_work() -> None:
     proc = run(["-m", "bench.processing", "--lines", "4000", "--runs", "1", "--json"])
     assert proc.returncode == 0, proc.stderr
