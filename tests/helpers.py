@@ -87,6 +87,18 @@ def stop_process(proc: subprocess.Popen[bytes] | asyncio.subprocess.Process,
             proc.wait()
 
 
+async def terminate(proc: asyncio.subprocess.Process, timeout: float = 15.0) -> None:
+    """SIGTERM an asyncio child and wait for it; SIGKILL it if it lingers past ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(timeout):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 def load_tool(name: str) -> ModuleType:
     """Import ``tools/<name>.py`` (tools/ is a directory of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, terminate, wait_until
 
 __all__ = ["RealFluentBit", "fluent_bit_binary"]
 
@@ -113,14 +113,7 @@ class RealFluentBit:
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(15):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await terminate(self.proc)
 
     def logs(self, tag_suffix: str = "") -> list[str]:
         """The ``log`` field of every record written out, in file order."""

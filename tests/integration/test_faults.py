@@ -51,7 +51,7 @@ from fluent_forward.handshake import ClientHandshake, Helo, Pong
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, delivered
 from tests.fakes.proxy import FaultProxy
-from tests.helpers import DEADLINE, MS, PYTHON, env_for_subprocess, wait_until
+from tests.helpers import DEADLINE, MS, PYTHON, env_for_subprocess, terminate, wait_until
 from tests.integration.test_relay_bad_input import RawAgent
 from tests.oracle import Report, check, parse_line
 
@@ -150,13 +150,7 @@ class RelayProc:
         assert self.proc is not None
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(15):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await terminate(self.proc)
 
     def log(self) -> str:
         try:
