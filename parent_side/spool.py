@@ -43,155 +43,51 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from fluent_forward.conventions import Overflow
-from fluent_forward.wire import bin_header
 
 from .replay import ReplayWindow
+from .spool_dedup import Resent
 from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, read_mark
-from .spool_recovery import Scan, compact, rewrite, scan_entries, set_aside
+from .spool_format import (
+    FORMAT_VERSION,
+    FRAME,
+    HEADER,
+    MAGIC,
+    Segment,
+    SpoolEntry,
+    SpoolError,
+    SpoolStats,
+    Write,
+    _writev_all,
+    commit_group,
+    payload_parts,
+    read_entry,
+    segment_path,
+)
+from .spool_recovery import Recovery
 
 __all__ = [
     "FORMAT_VERSION",
+    "FRAME",
+    "HEADER",
+    "MAGIC",
     "Spool",
     "SpoolEntry",
     "SpoolError",
     "SpoolStats",
+    "payload_parts",
 ]
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"NELSPOOL"
-FORMAT_VERSION = 1
-HEADER = struct.Struct(">8sHH4x")  # magic, version, flags
-FRAME = struct.Struct(">II")  # payload length, crc32
-#: Entries larger than this are refused as corrupt when reading back.
-MAX_ENTRY = 64 * 1024 * 1024
-
-
-class SpoolError(Exception):
-    """The spool cannot be used; the message names ``--spool`` and the fix."""
-
-
-@dataclass(slots=True, eq=False)
-class SpoolEntry:
-    """One spooled batch on its way downstream."""
-
-    segment: int
-    offset: int
-    tag: str
-    entries: bytes
-    count: int
-    boot_id: bytes | None = None
-    seq: int | None = None
-    received_ns: int = 0
-    size: int = 0  # bytes on disk, framing included
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
-
-
-@dataclass(slots=True, eq=False)
-class _Segment:
-    id: int
-    path: str
-    size: int = 0  # bytes written (or queued to be written)
-    committed: int = 0  # bytes known durable
-    records: int = 0
-    sealed: bool = False  # no more appends
-    fd: int = -1
-
-
-@dataclass(slots=True)
-class SpoolStats:
-    """Counters for status and metrics."""
-
-    appended_batches: int = 0
-    appended_records: int = 0
-    forwarded_batches: int = 0
-    acked_batches: int = 0
-    duplicate_batches: int = 0
-    gap_batches: int = 0
-    dropped_records: int = 0
-    dead_lettered: int = 0
-    commits: int = 0
-    recovered_batches: int = 0
-    recovered_records: int = 0
-    torn_bytes_cut: int = 0
-    corrupt_segments: int = 0
-    corrupt_bytes_set_aside: int = 0
-
-
-@dataclass(slots=True)
-class _Boot:
-    max_seq: int = 0
-    last_seen: float = 0.0
-
-
-_pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
-
-
-def payload_parts(e: SpoolEntry) -> tuple[bytes, bytes, bytes]:
-    """The payload ``[tag, entries, count, boot_id, seq, received_ns]`` in three parts
-    whose concatenation is its msgpack; the entries are the batch's own bytes, so
-    spooling a batch copies them only into the kernel."""
-    head = b"\x96" + _pack(e.tag) + bin_header(len(e.entries))
-    tail = _pack((e.count, e.boot_id, e.seq, e.received_ns))[1:]  # without the array header
-    return head, e.entries, tail
-
-
-def _unpack_payload(segment: int, offset: int, payload: bytes) -> SpoolEntry:
-    tag, entries, count, boot, seq, received = msgpack.unpackb(
-        payload, raw=False, unicode_errors="surrogateescape", use_list=False)
-    return SpoolEntry(segment, offset, tag, entries, count, boot, seq, received,
-                      FRAME.size + len(payload))
-
-
-@dataclass(slots=True, eq=False)
-class _Write:
-    """Bytes queued for the commit thread: ``parts`` in order, after the entry framing
-    (length and crc32, computed in that thread) when ``framed``."""
-
-    seg: _Segment
-    parts: tuple[bytes, ...]
-    framed: bool
-
-    @property
-    def size(self) -> int:
-        return (FRAME.size if self.framed else 0) + sum(map(len, self.parts))
-
-
-#: Most buffers one writev() takes (Linux: 1024).
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
-
-
-def _writev_all(fd: int, parts: list[bytes]) -> None:
-    """Write every part, in order, with as few writev() calls as the kernel allows."""
-    views = [memoryview(p) for p in parts if p]
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i:i + _IOV_MAX])
-        while n and i < len(views):  # drop what was written, trim a part written in half
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
-
 
 class Spool:
     """A durable FIFO of batches.
@@ -233,8 +129,6 @@ class Spool:
         self.commit_delay = commit_delay
         self.commit_bytes = commit_bytes
         self.cache_bytes = cache_bytes
-        self.dedup_boots = dedup_boots
-        self.dedup_window = dedup_window
         self._fsync = fsync
         self._writev = writev
         self.retry_interval = retry_interval
@@ -246,12 +140,12 @@ class Spool:
         self._last_seg_id = 0  # segment ids only grow, even when every segment is gone
         self.replay = ReplayWindow(replay_window)
         self.stats = SpoolStats()
-        self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
+        self._segments: collections.OrderedDict[int, Segment] = collections.OrderedDict()
         self._lock_fd = -1
         self._dir_fd = -1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-commit")
         # Writes waiting for the commit thread, and their futures.
-        self._pending: list[_Write] = []
+        self._pending: list[Write] = []
         self._pending_bytes = 0
         self._pending_futures: list[asyncio.Future[None]] = []
         self._dir_dirty = False
@@ -267,10 +161,10 @@ class Spool:
         self._out_per_segment: collections.Counter[int] = collections.Counter()
         # Duplicates: recent (boot, seq) -> the future of the append that stored it
         # (None: recovered from disk, so durable).
-        self._recent: collections.OrderedDict[tuple[bytes, int],
-                                              asyncio.Future[None] | None] = (
-            collections.OrderedDict())
-        self._boots: collections.OrderedDict[bytes, _Boot] = collections.OrderedDict()
+        self._resent = Resent(dedup_boots, dedup_window)
+        # The same dicts, by their old names (tests look at their sizes).
+        self._recent = self._resent.recent
+        self._boots = self._resent.boots
         self._dropped_batches = 0
         self._closed = False
 
@@ -303,110 +197,19 @@ class Spool:
         mark = self._read_hint()
         self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
-    def _segment_ids(self) -> list[int]:
-        ids = []
-        for name in os.listdir(self.path):
-            if name.endswith(".seg") and name[:-4].isdigit():
-                ids.append(int(name[:-4]))
-        return sorted(ids)
-
-    def _seg_path(self, seg_id: int) -> str:
-        return os.path.join(self.path, f"{seg_id:016d}.seg")
-
     def _recover(self) -> None:
-        hint = self._read_hint()
-        for seg_id in self._segment_ids():
-            path = self._seg_path(seg_id)
-            if hint and seg_id < hint[0]:
-                os.unlink(path)  # entirely acked before the last stop
-                self._dir_dirty = True
-                continue
-            seg = _Segment(seg_id, path, sealed=True)
-            skip_to = self._scan(seg, skip_to=hint[1] if hint and seg_id == hint[0] else 0)
-            if skip_to is None:
-                continue
-            if hint and seg_id == hint[0]:
-                hint = (seg_id, skip_to)  # where it is now, if the segment was rewritten
-            self._segments[seg_id] = seg
-        if self._dir_dirty:
+        found = Recovery(self.path, self.stats)
+        found.run(self._read_hint())
+        for entry in found.entries:  # to recognise the batches agents resend
+            self._remember(entry.boot_id, entry.seq, None)
+        self._segments.update(found.segments)
+        if found.segments:
+            self._cursor = found.cursor
+        if found.dir_dirty:
             os.fsync(self._dir_fd)
-            self._dir_dirty = False
-        if self._segments:
-            first = next(iter(self._segments))
-            start = hint[1] if hint and hint[0] == first else HEADER.size
-            self._cursor = (first, start)
-        if self.stats.recovered_batches:
-            log.info("spool %s: recovered %d batches (%d records) not yet acked downstream",
-                     self.path, self.stats.recovered_batches, self.stats.recovered_records)
 
     def _read_hint(self) -> tuple[int, int] | None:
         return read_mark(self._mark.path)
-
-    def _scan(self, seg: _Segment, skip_to: int) -> int | None:
-        """Check a segment: keep every intact entry, set aside corrupt bytes between
-        them, cut a torn tail; count what is left to forward. Returns where
-        ``skip_to`` is now (the segment may have been rewritten), None if it is gone."""
-        with open(seg.path, "rb") as f:
-            data = f.read()
-        if len(data) < HEADER.size:
-            os.unlink(seg.path)  # created, never written: nothing in it
-            self._dir_dirty = True
-            return None
-        self._check_header(seg, data)
-        scan = scan_entries(data, HEADER.size, frame=FRAME, max_entry=MAX_ENTRY,
-                            decode=lambda offset, payload: _unpack_payload(seg.id, offset,
-                                                                           payload))
-        for scanned in scan.entries:
-            entry = scanned.value
-            self._remember(entry.boot_id, entry.seq, None)
-            if entry.offset >= skip_to:
-                self.stats.recovered_batches += 1
-                self.stats.recovered_records += entry.count
-            seg.records += entry.count
-        if scan.end < len(data):
-            self.stats.torn_bytes_cut += len(data) - scan.end
-            self.stats.corrupt_segments += 1
-            log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
-                        seg.path, len(data) - scan.end, scan.end)
-            if not scan.holes:
-                with open(seg.path, "r+b") as f:
-                    f.truncate(scan.end)
-                    os.fsync(f.fileno())
-        if scan.holes:
-            skip_to = self._set_aside_holes(seg, data, scan, skip_to)
-            seg.size = seg.committed = os.path.getsize(seg.path)
-            return skip_to
-        seg.size = seg.committed = scan.end
-        return skip_to
-
-    def _check_header(self, seg: _Segment, data: bytes) -> None:
-        magic, version, _ = HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise SpoolError(f"--spool {self.path}: {os.path.basename(seg.path)} is not a "
-                             "spool segment; move it away or use another --spool DIR")
-        if version > FORMAT_VERSION:
-            raise SpoolError(
-                f"--spool {self.path}: {os.path.basename(seg.path)} has spool format "
-                f"{version}, newer than this relay's {FORMAT_VERSION}: a newer relay wrote "
-                "it. Run that relay until the spool drains, or use another --spool DIR")
-
-    def _set_aside_holes(self, seg: _Segment, data: bytes, scan: Scan[SpoolEntry],
-                         skip_to: int) -> int:
-        """Corrupt bytes between intact entries: into the dead-letter file, counted and
-        reported as the spool's loss (not the agents'), and out of the segment."""
-        name = os.path.basename(seg.path)
-        set_aside(self.path, name, data, scan.holes)
-        lost = sum(end - start for start, end in scan.holes)
-        self.stats.corrupt_bytes_set_aside += lost
-        self.stats.corrupt_segments += 1
-        log.error("spool %s: %d bytes in %d place(s) of %s changed on disk and were set aside "
-                  "in dead-letter.jsonl: the batches they held are lost by the spool, not by "
-                  "the agents; the %d intact batches around them are kept", self.path, lost,
-                  len(scan.holes), name, len(scan.entries))
-        compacted, moved = compact(data, HEADER.size, scan)
-        rewrite(seg.path, compacted)
-        self._dir_dirty = True
-        return moved(skip_to)
 
     # -- appending -------------------------------------------------------------------
 
@@ -415,24 +218,24 @@ class Spool:
         """Bytes in all segments (including writes not yet committed)."""
         return sum(s.size for s in self._segments.values())
 
-    def _active(self, need: int) -> _Segment:
+    def _active(self, need: int) -> Segment:
         seg = next(reversed(self._segments.values()), None)
         if seg is None or seg.sealed or seg.size + need > self._segment_limit() and seg.records:
             if seg is not None:
                 seg.sealed = True
             seg_id = self._last_seg_id = max(seg.id if seg else 0, self._last_seg_id) + 1
-            path = self._seg_path(seg_id)
-            seg = _Segment(seg_id, path)
+            path = segment_path(self.path, seg_id)
+            seg = Segment(seg_id, path)
             seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                              | os.O_CLOEXEC, 0o640)
             self._segments[seg_id] = seg
-            self._queue_write(_Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
+            self._queue_write(Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
             self._dir_dirty = True
             if self._cursor == (0, 0):
                 self._cursor = (seg_id, HEADER.size)
         return seg
 
-    def _queue_write(self, write: _Write) -> None:
+    def _queue_write(self, write: Write) -> None:
         size = write.size
         self._pending.append(write)
         self._pending_bytes += size
@@ -447,12 +250,9 @@ class Spool:
         (same boot id and sequence number as one already spooled) is not stored
         again: the future of the first copy is returned.
         """
-        if boot_id is not None and seq is not None and (boot_id, seq) in self._recent:
+        first = self._resent.first(boot_id, seq)
+        if first is not None:
             self.stats.duplicate_batches += 1
-            first = self._recent[(boot_id, seq)]
-            if first is None:
-                first = asyncio.get_running_loop().create_future()
-                first.set_result(None)
             return first
         entry = SpoolEntry(0, 0, tag, entries, count, boot_id, seq, time.time_ns())
         parts = payload_parts(entry)
@@ -467,7 +267,7 @@ class Spool:
                     raise
                 self._disk_error(exc)  # a new segment could not be created
         entry.segment, entry.offset, entry.size = seg.id, seg.size, size
-        self._queue_write(_Write(seg, parts, True))
+        self._queue_write(Write(seg, parts, True))
         seg.records += count
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending_futures.append(fut)
@@ -482,31 +282,22 @@ class Spool:
         self._schedule_commit()
         return fut
 
+    @property
+    def dedup_boots(self) -> int:
+        """Agent runs remembered to recognise resent batches (settable)."""
+        return self._resent.boots_max
+
+    @dedup_boots.setter
+    def dedup_boots(self, value: int) -> None:
+        self._resent.boots_max = value
+
+    @property
+    def dedup_window(self) -> int:
+        return self._resent.window
+
     def _remember(self, boot_id: bytes | None, seq: int | None,
                   fut: asyncio.Future[None] | None) -> None:
-        if boot_id is None or seq is None:
-            return
-        boot = self._boots.get(boot_id)
-        if boot is None:
-            boot = self._boots[boot_id] = _Boot()
-            while len(self._boots) > self.dedup_boots:
-                old, _ = self._boots.popitem(last=False)
-                for key in [k for k in self._recent if k[0] == old]:
-                    del self._recent[key]
-        else:
-            self._boots.move_to_end(boot_id)
-        if boot.max_seq and seq > boot.max_seq + 1:
-            missing = seq - boot.max_seq - 1
-            self.stats.gap_batches += missing
-            if fut is not None:  # not while recovering: it was logged when it happened
-                log.warning("agent run %s skipped %d batch(es) (%d..%d): it dropped them "
-                            "(overflow drop_oldest) or lost them", boot_id.hex(), missing,
-                            boot.max_seq + 1, seq - 1)
-        boot.max_seq = max(boot.max_seq, seq)
-        boot.last_seen = time.monotonic()
-        self._recent[(boot_id, seq)] = fut
-        while len(self._recent) > self.dedup_boots * 8 + self.dedup_window:
-            self._recent.popitem(last=False)
+        self.stats.gap_batches += self._resent.remember(boot_id, seq, fut)
 
     @property
     def limit(self) -> int:
@@ -562,7 +353,7 @@ class Spool:
         return {"path": self.path, "bytes": self.size, "effective_max_bytes": self.limit,
                 "disk_free_bytes": self.room.free, "error": self.gate.error}
 
-    def _stall(self, exc: OSError, writes: list[_Write],
+    def _stall(self, exc: OSError, writes: list[Write],
                futures: list[asyncio.Future[None]]) -> None:
         """The disk refused a commit (full, over quota, failing): keep the group, first
         in line, stop taking appends, and write it again on a timer. The agents are not
@@ -634,39 +425,11 @@ class Spool:
         # One commit at a time: each file ends where its last commit left it.
         starts = {w.seg.fd: w.seg.committed for w in writes}
         job = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._commit, writes, dir_fd, starts)
+            self._executor, functools.partial(commit_group, writes, dir_fd, starts,
+                                              writev=self._writev, fsync=self._fsync))
         job.add_done_callback(lambda j: self._committed(j, writes, futures))
 
-    def _commit(self, writes: list[_Write], dir_fd: int, starts: dict[int, int]) -> None:
-        """In the commit thread: frame the entries, write and sync them; on a failure,
-        cut what this group wrote off the files again and raise."""
-        try:
-            self._write_group(writes, dir_fd)
-        except OSError:
-            for fd, size in starts.items():
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)  # no half entry stays behind; frees the room
-            raise
-
-    def _write_group(self, writes: list[_Write], dir_fd: int) -> None:
-        """Frame the entries (crc32 runs here, off the event loop, and without the
-        GIL), write everything with writev, then one fdatasync per file."""
-        by_fd: dict[int, list[bytes]] = {}
-        for w in writes:
-            parts = by_fd.setdefault(w.seg.fd, [])  # dicts keep order: segments in turn
-            if w.framed:
-                crc = 0
-                for part in w.parts:
-                    crc = zlib.crc32(part, crc)
-                parts.append(FRAME.pack(w.size - FRAME.size, crc))
-            parts.extend(w.parts)
-        for fd, parts in by_fd.items():
-            self._writev(fd, parts)
-            self._fsync(fd)
-        if dir_fd >= 0:
-            os.fsync(dir_fd)
-
-    def _committed(self, job: asyncio.Future[None], writes: list[_Write],
+    def _committed(self, job: asyncio.Future[None], writes: list[Write],
                    futures: list[asyncio.Future[None]]) -> None:
         self._committing = False
         exc = job.exception()
@@ -739,19 +502,9 @@ class Spool:
             self._cache_size -= len(entry.entries)
             self._cursor = (seg_id, entry.end)
             return entry
-        entry, size = self._read_disk(seg, offset)
+        entry, size = read_entry(seg, offset)
         self._cursor = (seg_id, offset + size)
         return entry
-
-    def _read_disk(self, seg: _Segment, offset: int) -> tuple[SpoolEntry, int]:
-        with open(seg.path, "rb") as f:
-            f.seek(offset)
-            length, crc = FRAME.unpack(f.read(FRAME.size))
-            payload = f.read(length)
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            # Checked at recovery and written by us since: the disk changed under us.
-            raise SpoolError(f"spool {seg.path}: entry at {offset} is corrupt")
-        return _unpack_payload(seg.id, offset, payload), FRAME.size + length
 
     def _last_id(self) -> int:
         return next(reversed(self._segments)) if self._segments else 0
@@ -788,7 +541,7 @@ class Spool:
         self.expire_replay()
         self._changed.set()  # wait_drained() waits on acks
 
-    def _maybe_delete(self, seg: _Segment) -> None:
+    def _maybe_delete(self, seg: Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
         if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
                 and not self._out_per_segment[seg.id] and not self.replay.held(seg.id)):
@@ -818,10 +571,10 @@ class Spool:
         for seg_id, offset in self.replay.positions(time.monotonic()):
             seg = self._segments.get(seg_id)
             if seg is not None:
-                entries.append(self._read_disk(seg, offset)[0])
+                entries.append(read_entry(seg, offset)[0])
         return entries
 
-    def _delete(self, seg: _Segment, *, dropped: bool = False) -> None:
+    def _delete(self, seg: Segment, *, dropped: bool = False) -> None:
         if dropped:
             unsent, batches = self._unsent(seg)
             self._dropped_batches += batches
@@ -842,12 +595,12 @@ class Spool:
         self._schedule_dir_sync()
         self._changed.set()
 
-    def _unsent(self, seg: _Segment) -> tuple[int, int]:
+    def _unsent(self, seg: Segment) -> tuple[int, int]:
         """(records, batches) of ``seg`` not acked downstream, read from the disk."""
         records = batches = 0
         offset = HEADER.size
         while offset < seg.committed:
-            entry, size = self._read_disk(seg, offset)
+            entry, size = read_entry(seg, offset)
             key = (seg.id, offset)
             unread = self._cursor[0] < seg.id or (
                 self._cursor[0] == seg.id and offset >= self._cursor[1])
