@@ -55,6 +55,7 @@ from typing import Any
 from fluent_forward.conventions import Overflow
 
 from .replay import ReplayWindow
+from .spool_cursor import InFlight, ReadCache
 from .spool_dedup import Resent
 from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, read_mark
 from .spool_format import (
@@ -128,7 +129,6 @@ class Spool:
         self.segment_bytes = max(min(segment_bytes, max_bytes // 4), 64 << 10)
         self.commit_delay = commit_delay
         self.commit_bytes = commit_bytes
-        self.cache_bytes = cache_bytes
         self._fsync = fsync
         self._writev = writev
         self.retry_interval = retry_interval
@@ -154,11 +154,8 @@ class Spool:
         self._changed = asyncio.Event()
         # Forwarding: the read cursor, newest entries cached, entries out for ack.
         self._cursor: tuple[int, int] = (0, 0)
-        self._cache: collections.deque[SpoolEntry] = collections.deque()
-        self._cache_size = 0
-        self._outstanding: dict[tuple[int, int], bool] = {}  # (seg, offset) -> acked
-        self._out_order: collections.deque[tuple[int, int]] = collections.deque()  # read order
-        self._out_per_segment: collections.Counter[int] = collections.Counter()
+        self._cache = ReadCache(cache_bytes)
+        self._outstanding = InFlight()
         # Duplicates: recent (boot, seq) -> the future of the append that stored it
         # (None: recovered from disk, so durable).
         self._resent = Resent(dedup_boots, dedup_window)
@@ -274,11 +271,9 @@ class Spool:
         self._remember(boot_id, seq, fut)
         self.stats.appended_batches += 1
         self.stats.appended_records += count
-        if self._cache_size < self.cache_bytes:
-            # Most of the time the forwarder is caught up and wants this entry next:
-            # it takes it from memory instead of reading it back from the disk.
-            self._cache.append(entry)
-            self._cache_size += len(entries)
+        # Most of the time the forwarder is caught up and wants this entry next:
+        # it takes it from memory instead of reading it back from the disk.
+        self._cache.add(entry)
         self._schedule_commit()
         return fut
 
@@ -342,7 +337,7 @@ class Spool:
         """Delete the active segment if everything in it was forwarded and acked: at
         the cap it would otherwise hold its room forever (only sealed segments go)."""
         seg = next(reversed(self._segments.values()), None)
-        if (seg is None or seg.committed != seg.size or self._out_per_segment[seg.id]
+        if (seg is None or seg.committed != seg.size or self._outstanding.in_segment(seg.id)
                 or self._cursor != (seg.id, seg.committed) or self.replay.held(seg.id)):
             return False
         seg.sealed = True
@@ -469,10 +464,7 @@ class Spool:
         while True:
             entry = self._read_next()
             if entry is not None:
-                key = (entry.segment, entry.offset)
-                self._outstanding[key] = False
-                self._out_order.append(key)
-                self._out_per_segment[entry.segment] += 1
+                self._outstanding.add((entry.segment, entry.offset))
                 self.stats.forwarded_batches += 1
                 return entry
             self._changed.clear()
@@ -495,15 +487,10 @@ class Spool:
                     self._maybe_delete(seg)
                     return self._read_next()
             return None
-        while self._cache and (self._cache[0].segment, self._cache[0].offset) < (seg_id, offset):
-            self._cache_size -= len(self._cache.popleft().entries)
-        if self._cache and (self._cache[0].segment, self._cache[0].offset) == (seg_id, offset):
-            entry = self._cache.popleft()
-            self._cache_size -= len(entry.entries)
-            self._cursor = (seg_id, entry.end)
-            return entry
-        entry, size = read_entry(seg, offset)
-        self._cursor = (seg_id, offset + size)
+        entry = self._cache.take(seg_id, offset)
+        if entry is None:
+            entry = read_entry(seg, offset)[0]
+        self._cursor = (seg_id, entry.end)
         return entry
 
     def _last_id(self) -> int:
@@ -518,18 +505,12 @@ class Spool:
     def ack(self, entry: SpoolEntry, *, replay: bool = True) -> None:
         """The output has ``entry`` safe: it may leave the spool (after the replay window,
         unless ``replay`` is false)."""
-        key = (entry.segment, entry.offset)
-        if key not in self._outstanding:
+        moved = self._outstanding.ack((entry.segment, entry.offset))
+        if moved is None:
             return  # its segment was dropped meanwhile
         if replay:
-            self.replay.add(*key, time.monotonic())
-        self._outstanding[key] = True
+            self.replay.add(entry.segment, entry.offset, time.monotonic())
         self.stats.acked_batches += 1
-        self._out_per_segment[entry.segment] -= 1
-        moved = False
-        while self._out_order and self._outstanding.get(self._out_order[0]):
-            del self._outstanding[self._out_order.popleft()]
-            moved = True
         if moved:
             try:
                 self._write_mark()
@@ -544,7 +525,7 @@ class Spool:
     def _maybe_delete(self, seg: Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
         if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
-                and not self._out_per_segment[seg.id] and not self.replay.held(seg.id)):
+                and not self._outstanding.in_segment(seg.id) and not self.replay.held(seg.id)):
             self._delete(seg)
 
     # -- the replay window (replay.py) -------------------------------------------------
@@ -581,16 +562,13 @@ class Spool:
             self.stats.dropped_records += unsent
             log.warning("spool full: dropped segment %d (%d records not yet delivered)",
                         seg.id, unsent)
-            for key in [k for k in self._outstanding if k[0] == seg.id]:
-                del self._outstanding[key]
-            self._out_order = collections.deque(k for k in self._out_order if k[0] != seg.id)
         if seg.fd >= 0:
             os.close(seg.fd)
             seg.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(seg.path)
         del self._segments[seg.id]
-        self._out_per_segment.pop(seg.id, None)
+        self._outstanding.forget(seg.id)
         self._dir_dirty = True
         self._schedule_dir_sync()
         self._changed.set()
@@ -601,10 +579,9 @@ class Spool:
         offset = HEADER.size
         while offset < seg.committed:
             entry, size = read_entry(seg, offset)
-            key = (seg.id, offset)
             unread = self._cursor[0] < seg.id or (
                 self._cursor[0] == seg.id and offset >= self._cursor[1])
-            if unread or (key in self._outstanding and not self._outstanding[key]):
+            if unread or self._outstanding.unacked((seg.id, offset)):
                 records += entry.count
                 batches += 1
             offset += size
@@ -620,7 +597,7 @@ class Spool:
         # cursor, if none is out) has been acked downstream.
         if self._cursor == (0, 0):
             return  # nothing was ever spooled
-        self._mark.write(self._out_order[0] if self._out_order else self._cursor)
+        self._mark.write(self._outstanding.oldest() or self._cursor)
 
     def write_hint(self) -> None:
         """Record how far forwarding got, and make it durable (the forwarder's timer)."""
