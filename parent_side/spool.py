@@ -8,14 +8,15 @@ Layout of the spool directory::
     acked                     where forwarding had got to (rewritten on every ack)
     dead-letter.jsonl         frames Fluent Bit kept refusing, set aside
 
-A segment starts with a 16-byte header (``NELSPOOL``, a format version, zeros) and
-holds entries, each framed as ``u32 length | u32 crc32 | payload``; the payload is a
-msgpack array ``[tag, entries, count, boot_id, seq, received_ns]``: the entries exactly
-as they will be forwarded, already stamped with the enclave's identity.
+The parts, each in its module: a segment's format and file IO (``spool_format``), the
+commit thread (``spool_commit``), recovery at start (``spool_recovery``), entries out
+for ack and the read cache (``spool_cursor``), resent batches (``spool_dedup``), room
+and disk errors (``spool_disk``), the replay window (``replay``). A segment holds each
+batch's entries exactly as they will be forwarded, stamped with the enclave's identity.
 
 Durability: appends are written and ``fdatasync``ed by one commit thread, in groups
-(after ``commit_delay`` or once ``commit_bytes`` are waiting, whichever first), so
-the event loop never waits on the disk. ``append`` returns a future that resolves
+(after ``commit_delay`` or once ``commit_bytes`` are waiting), so the event loop never
+waits on the disk. ``append`` returns a future that resolves
 only after the fdatasync covering the entry returned; the relay acks the agent then.
 Creating or removing a segment also fsyncs the directory.
 
@@ -41,23 +42,19 @@ import asyncio
 import base64
 import collections
 import contextlib
-import errno
-import fcntl
-import functools
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fluent_forward.conventions import Overflow
 
 from .replay import ReplayWindow
+from .spool_commit import CommitQueue
 from .spool_cursor import InFlight, ReadCache
 from .spool_dedup import Resent
-from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, read_mark
+from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, lock_directory, read_mark
 from .spool_format import (
     FORMAT_VERSION,
     FRAME,
@@ -69,12 +66,11 @@ from .spool_format import (
     SpoolStats,
     Write,
     _writev_all,
-    commit_group,
     payload_parts,
     read_entry,
     segment_path,
 )
-from .spool_recovery import Recovery
+from .spool_recovery import Recovery, append_dead_letters
 
 __all__ = [
     "FORMAT_VERSION",
@@ -127,10 +123,8 @@ class Spool:
         self.max_bytes = max_bytes
         self.full = full
         self.segment_bytes = max(min(segment_bytes, max_bytes // 4), 64 << 10)
-        self.commit_delay = commit_delay
-        self.commit_bytes = commit_bytes
-        self._fsync = fsync
-        self._writev = writev
+        self._commits = CommitQueue(delay=commit_delay, max_bytes=commit_bytes,
+                                    writev=writev, fsync=fsync, done=self._committed)
         self.retry_interval = retry_interval
         self.room = DiskRoom(path, reserve=reserve_bytes)
         self._mark = AckedMark(os.path.join(path, "acked"))
@@ -143,14 +137,6 @@ class Spool:
         self._segments: collections.OrderedDict[int, Segment] = collections.OrderedDict()
         self._lock_fd = -1
         self._dir_fd = -1
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-commit")
-        # Writes waiting for the commit thread, and their futures.
-        self._pending: list[Write] = []
-        self._pending_bytes = 0
-        self._pending_futures: list[asyncio.Future[None]] = []
-        self._dir_dirty = False
-        self._committing = False
-        self._commit_timer: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
         # Forwarding: the read cursor, newest entries cached, entries out for ack.
         self._cursor: tuple[int, int] = (0, 0)
@@ -169,26 +155,8 @@ class Spool:
 
     def open(self) -> None:
         """Create or lock the directory and recover what it holds."""
-        try:
-            os.makedirs(self.path, mode=0o750, exist_ok=True)
-            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            self._lock_fd = os.open(os.path.join(self.path, "lock"),
-                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise SpoolError(
-                f"--spool {self.path}: {exc.strerror}. Give the relay a directory it can "
-                "write (the systemd unit's StateDirectory is /var/lib/enclave-log-relay), "
-                "another --spool DIR, or --spool none for memory-only mode") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise SpoolError(f"--spool {self.path} is in use by another relay; two "
-                                 "relays cannot share a spool: give each its own "
-                                 "--spool DIR") from None
-            raise
-        os.ftruncate(self._lock_fd, 0)
-        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        self._dir_fd, self._lock_fd = lock_directory(self.path)
+        self._commits.dir_fd = self._dir_fd
         self._recover()
         # A new segment's id must follow every id the acked mark may name.
         mark = self._read_hint()
@@ -226,17 +194,11 @@ class Spool:
             seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                              | os.O_CLOEXEC, 0o640)
             self._segments[seg_id] = seg
-            self._queue_write(Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
-            self._dir_dirty = True
+            self._commits.queue(Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
+            self._commits.dir_dirty = True
             if self._cursor == (0, 0):
                 self._cursor = (seg_id, HEADER.size)
         return seg
-
-    def _queue_write(self, write: Write) -> None:
-        size = write.size
-        self._pending.append(write)
-        self._pending_bytes += size
-        write.seg.size += size
 
     async def append(self, tag: str, entries: bytes, count: int, *,
                      boot_id: bytes | None = None, seq: int | None = None
@@ -264,17 +226,17 @@ class Spool:
                     raise
                 self._disk_error(exc)  # a new segment could not be created
         entry.segment, entry.offset, entry.size = seg.id, seg.size, size
-        self._queue_write(Write(seg, parts, True))
+        self._commits.queue(Write(seg, parts, True))
         seg.records += count
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_futures.append(fut)
+        self._commits.futures.append(fut)
         self._remember(boot_id, seq, fut)
         self.stats.appended_batches += 1
         self.stats.appended_records += count
         # Most of the time the forwarder is caught up and wants this entry next:
         # it takes it from memory instead of reading it back from the disk.
         self._cache.add(entry)
-        self._schedule_commit()
+        self._commits.schedule()
         return fut
 
     @property
@@ -353,10 +315,7 @@ class Spool:
         """The disk refused a commit (full, over quota, failing): keep the group, first
         in line, stop taking appends, and write it again on a timer. The agents are not
         acked meanwhile, and their connections stay open."""
-        self._pending[:0] = writes
-        self._pending_futures[:0] = futures
-        self._pending_bytes += sum(w.size for w in writes)
-        self._dir_dirty = True  # in case this group carried a directory sync
+        self._commits.requeue(writes, futures)
         self._disk_error(exc)
 
     def _disk_error(self, exc: OSError) -> None:
@@ -369,8 +328,8 @@ class Spool:
 
     def _retry(self) -> None:
         self._retry_timer = None
-        if self._pending or self._dir_dirty:
-            self._start_commit()  # success unstalls; failure stalls again
+        if self._commits.waiting:
+            self._commits.start()  # success unstalls; failure stalls again
         else:
             self._unstall()  # a segment could not be created: appends try again
 
@@ -395,38 +354,8 @@ class Spool:
 
     # -- committing ------------------------------------------------------------------
 
-    def _schedule_commit(self) -> None:
-        if self._committing:
-            return
-        if self._pending_bytes >= self.commit_bytes:
-            if self._commit_timer is not None:
-                self._commit_timer.cancel()
-                self._commit_timer = None
-            self._start_commit()
-        elif self._commit_timer is None:
-            self._commit_timer = asyncio.get_running_loop().call_later(
-                self.commit_delay, self._start_commit)
-
-    def _start_commit(self) -> None:
-        self._commit_timer = None
-        if self._committing or not (self._pending or self._dir_dirty):
-            return
-        self._committing = True
-        writes, self._pending = self._pending, []
-        futures, self._pending_futures = self._pending_futures, []
-        self._pending_bytes = 0
-        dir_fd = self._dir_fd if self._dir_dirty else -1
-        self._dir_dirty = False
-        # One commit at a time: each file ends where its last commit left it.
-        starts = {w.seg.fd: w.seg.committed for w in writes}
-        job = asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(commit_group, writes, dir_fd, starts,
-                                              writev=self._writev, fsync=self._fsync))
-        job.add_done_callback(lambda j: self._committed(j, writes, futures))
-
     def _committed(self, job: asyncio.Future[None], writes: list[Write],
                    futures: list[asyncio.Future[None]]) -> None:
-        self._committing = False
         exc = job.exception()
         if is_disk_full(exc):
             assert isinstance(exc, OSError)
@@ -454,8 +383,8 @@ class Spool:
                     os.close(seg.fd)
                     seg.fd = -1
         self._changed.set()
-        if self._pending or self._dir_dirty:
-            self._schedule_commit()
+        if self._commits.waiting:
+            self._commits.schedule()
 
     # -- forwarding ------------------------------------------------------------------
 
@@ -569,7 +498,7 @@ class Spool:
             os.unlink(seg.path)
         del self._segments[seg.id]
         self._outstanding.forget(seg.id)
-        self._dir_dirty = True
+        self._commits.dir_dirty = True
         self._schedule_dir_sync()
         self._changed.set()
 
@@ -589,7 +518,7 @@ class Spool:
 
     def _schedule_dir_sync(self) -> None:
         with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
-            self._schedule_commit()
+            self._commits.schedule()
 
     def _write_mark(self) -> None:
         """Record how far downstream acked, so a restart resends only what was in flight."""
@@ -608,11 +537,9 @@ class Spool:
 
     def dead_letter(self, entry: SpoolEntry, reason: str) -> None:
         """Set aside a batch downstream keeps refusing, then treat it as done."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tag": entry.tag,
-                  "count": entry.count, "reason": reason,
-                  "entries_msgpack_b64": base64.b64encode(entry.entries).decode()}
-        with open(os.path.join(self.path, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_dead_letters(self.path, [{
+            "tag": entry.tag, "count": entry.count, "reason": reason,
+            "entries_msgpack_b64": base64.b64encode(entry.entries).decode()}])
         self.stats.dead_lettered += 1
         self.ack(entry, replay=False)  # never sent again: Fluent Bit refuses it
         log.error("dead-lettered a batch of %d records on %s after Fluent Bit refused it "
@@ -643,7 +570,7 @@ class Spool:
     @property
     def idle(self) -> bool:
         """Nothing waiting to be committed."""
-        return not (self._pending or self._committing)
+        return not (self._commits.writes or self._commits.busy)
 
     @property
     def backlog(self) -> int:
@@ -657,13 +584,12 @@ class Spool:
         if self._closed:
             return
         self._closed = True
-        for timer in (self._commit_timer, self._retry_timer):
-            if timer is not None:
-                timer.cancel()
-        self._commit_timer = self._retry_timer = None
-        if (self._pending or self._dir_dirty) and not self._committing:
-            self._start_commit()
-        while self._committing:
+        self._commits.cancel_timer()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        self._commits.start()  # if anything waits and no commit runs
+        while self._commits.busy:
             self._changed.clear()
             await self._changed.wait()
         with contextlib.suppress(OSError):
@@ -683,7 +609,7 @@ class Spool:
             if self._dir_fd >= 0:
                 os.fsync(self._dir_fd)
         self._mark.close()
-        self._executor.shutdown(wait=True)
+        self._commits.shutdown()
         for fd in (self._dir_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)

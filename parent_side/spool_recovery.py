@@ -39,7 +39,8 @@ from .spool_format import (
     unpack_payload,
 )
 
-__all__ = ["Recovery", "Scan", "ScannedEntry", "compact", "rewrite", "scan_entries", "set_aside"]
+__all__ = ["Recovery", "Scan", "ScannedEntry", "append_dead_letters", "compact", "rewrite",
+           "scan_entries", "set_aside"]
 
 log = logging.getLogger("parent_side.spool")
 
@@ -147,15 +148,24 @@ def compact(data: bytes, header_size: int, scan: Scan[E]) -> tuple[bytes, Callab
 
 def set_aside(directory: str, segment: str, data: bytes, holes: list[tuple[int, int]]) -> None:
     """Append each hole's bytes to ``dead-letter.jsonl``, to be looked at, not resent."""
+    append_dead_letters(directory, [
+        {"reason": "corrupt spool bytes (changed on disk)", "segment": segment,
+         "offset": start, "length": end - start,
+         "bytes_b64": base64.b64encode(data[start:end]).decode()} for start, end in holes],
+        sync=True)
+
+
+def append_dead_letters(directory: str, records: list[dict[str, object]], *,
+                        sync: bool = False) -> None:
+    """Append ``records``, each stamped with the time, to the spool's ``dead-letter.jsonl``
+    (the one file for everything set aside: refused batches and corrupt bytes)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(os.path.join(directory, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
-        for start, end in holes:
-            f.write(json.dumps({
-                "time": stamp, "reason": "corrupt spool bytes (changed on disk)",
-                "segment": segment, "offset": start, "length": end - start,
-                "bytes_b64": base64.b64encode(data[start:end]).decode()}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        for record in records:
+            f.write(json.dumps({"time": stamp, **record}) + "\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def rewrite(path: str, data: bytes) -> None:
