@@ -123,33 +123,32 @@ class UserPattern:
             return self._line_by_line(lines)
         undecided: list[int] = []
         for i in recheck:
-            try:
-                m = self.rx.search(lines[i], timeout=self.timeout)
-            except TimeoutError:
-                self.timeouts += 1
-                undecided.append(i)
-                continue
-            if m is not None:
-                found[i] = m
+            self._search_line(lines, i, found, undecided)
         return found, undecided
 
     def _line_by_line(self, lines: Sequence[bytes]) -> tuple[dict[int, Any], list[int]]:
         found: dict[int, Any] = {}
         undecided: list[int] = []
         deadline = time.monotonic() + RETRY_BUDGET * self.timeout
-        for i, line in enumerate(lines):
+        for i in range(len(lines)):
             if time.monotonic() >= deadline:
                 undecided.extend(range(i, len(lines)))
                 break
-            try:
-                m = self.rx.search(line, timeout=self.timeout)
-            except TimeoutError:
-                self.timeouts += 1
-                undecided.append(i)
-                continue
-            if m is not None:
-                found[i] = m
+            self._search_line(lines, i, found, undecided)
         return found, undecided
+
+    def _search_line(self, lines: Sequence[bytes], i: int, found: dict[int, Any],
+                     undecided: list[int]) -> None:
+        """Line ``i`` alone: its match into ``found``, or into ``undecided`` if it ran
+        out of time."""
+        try:
+            m = self.rx.search(lines[i], timeout=self.timeout)
+        except TimeoutError:
+            self.timeouts += 1
+            undecided.append(i)
+            return
+        if m is not None:
+            found[i] = m
 
     def sub_lines(self, repl: bytes, lines: list[bytes]) -> tuple[list[bytes], int, list[int]]:
         """Replace matches in each line: ``(lines, replacements, undecided line indexes)``.

@@ -15,7 +15,6 @@ from .errors import EndpointError
 
 __all__ = [
     "VMADDR_CID_ANY",
-    "VMADDR_CID_HOST",
     "VMADDR_CID_LOCAL",
     "VMADDR_CID_PARENT",
     "Endpoint",
@@ -25,7 +24,6 @@ __all__ = [
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL exists only from Python 3.14
-VMADDR_CID_HOST = 2
 VMADDR_CID_PARENT = 3  # the parent instance, as an enclave sees it
 
 _U32 = 0xFFFFFFFF

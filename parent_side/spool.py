@@ -8,14 +8,15 @@ Layout of the spool directory::
     acked                     where forwarding had got to (rewritten on every ack)
     dead-letter.jsonl         frames Fluent Bit kept refusing, set aside
 
-A segment starts with a 16-byte header (``NELSPOOL``, a format version, zeros) and
-holds entries, each framed as ``u32 length | u32 crc32 | payload``; the payload is a
-msgpack array ``[tag, entries, count, boot_id, seq, received_ns]``: the entries exactly
-as they will be forwarded, already stamped with the enclave's identity.
+The parts, each in its module: a segment's format and file IO (``spool_format``), the
+commit thread (``spool_commit``), recovery at start (``spool_recovery``), entries out
+for ack and the read cache (``spool_cursor``), resent batches (``spool_dedup``), room
+and disk errors (``spool_disk``), the replay window (``replay``). A segment holds each
+batch's entries exactly as they will be forwarded, stamped with the enclave's identity.
 
 Durability: appends are written and ``fdatasync``ed by one commit thread, in groups
-(after ``commit_delay`` or once ``commit_bytes`` are waiting, whichever first), so
-the event loop never waits on the disk. ``append`` returns a future that resolves
+(after ``commit_delay`` or once ``commit_bytes`` are waiting), so the event loop never
+waits on the disk. ``append`` returns a future that resolves
 only after the fdatasync covering the entry returned; the relay acks the agent then.
 Creating or removing a segment also fsyncs the directory.
 
@@ -41,157 +42,49 @@ import asyncio
 import base64
 import collections
 import contextlib
-import errno
-import fcntl
-import json
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from fluent_forward.conventions import Overflow
-from fluent_forward.wire import bin_header
 
 from .replay import ReplayWindow
-from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, read_mark
-from .spool_recovery import Scan, compact, rewrite, scan_entries, set_aside
+from .spool_commit import CommitQueue
+from .spool_cursor import InFlight, ReadCache
+from .spool_dedup import Resent
+from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, lock_directory, read_mark
+from .spool_format import (
+    FORMAT_VERSION,
+    FRAME,
+    HEADER,
+    MAGIC,
+    Segment,
+    SpoolEntry,
+    SpoolError,
+    SpoolStats,
+    Write,
+    _writev_all,
+    payload_parts,
+    read_entry,
+    segment_path,
+)
+from .spool_recovery import Recovery, append_dead_letters
 
 __all__ = [
     "FORMAT_VERSION",
+    "FRAME",
+    "HEADER",
+    "MAGIC",
     "Spool",
     "SpoolEntry",
     "SpoolError",
     "SpoolStats",
+    "payload_parts",
 ]
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"NELSPOOL"
-FORMAT_VERSION = 1
-HEADER = struct.Struct(">8sHH4x")  # magic, version, flags
-FRAME = struct.Struct(">II")  # payload length, crc32
-#: Entries larger than this are refused as corrupt when reading back.
-MAX_ENTRY = 64 * 1024 * 1024
-
-
-class SpoolError(Exception):
-    """The spool cannot be used; the message names ``--spool`` and the fix."""
-
-
-@dataclass(slots=True, eq=False)
-class SpoolEntry:
-    """One spooled batch on its way downstream."""
-
-    segment: int
-    offset: int
-    tag: str
-    entries: bytes
-    count: int
-    boot_id: bytes | None = None
-    seq: int | None = None
-    received_ns: int = 0
-    size: int = 0  # bytes on disk, framing included
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
-
-
-@dataclass(slots=True, eq=False)
-class _Segment:
-    id: int
-    path: str
-    size: int = 0  # bytes written (or queued to be written)
-    committed: int = 0  # bytes known durable
-    records: int = 0
-    sealed: bool = False  # no more appends
-    fd: int = -1
-
-
-@dataclass(slots=True)
-class SpoolStats:
-    """Counters for status and metrics."""
-
-    appended_batches: int = 0
-    appended_records: int = 0
-    forwarded_batches: int = 0
-    acked_batches: int = 0
-    duplicate_batches: int = 0
-    gap_batches: int = 0
-    dropped_records: int = 0
-    dead_lettered: int = 0
-    commits: int = 0
-    recovered_batches: int = 0
-    recovered_records: int = 0
-    torn_bytes_cut: int = 0
-    corrupt_segments: int = 0
-    corrupt_bytes_set_aside: int = 0
-
-
-@dataclass(slots=True)
-class _Boot:
-    max_seq: int = 0
-    last_seen: float = 0.0
-
-
-_pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
-
-
-def payload_parts(e: SpoolEntry) -> tuple[bytes, bytes, bytes]:
-    """The payload ``[tag, entries, count, boot_id, seq, received_ns]`` in three parts
-    whose concatenation is its msgpack; the entries are the batch's own bytes, so
-    spooling a batch copies them only into the kernel."""
-    head = b"\x96" + _pack(e.tag) + bin_header(len(e.entries))
-    tail = _pack((e.count, e.boot_id, e.seq, e.received_ns))[1:]  # without the array header
-    return head, e.entries, tail
-
-
-def _unpack_payload(segment: int, offset: int, payload: bytes) -> SpoolEntry:
-    tag, entries, count, boot, seq, received = msgpack.unpackb(
-        payload, raw=False, unicode_errors="surrogateescape", use_list=False)
-    return SpoolEntry(segment, offset, tag, entries, count, boot, seq, received,
-                      FRAME.size + len(payload))
-
-
-@dataclass(slots=True, eq=False)
-class _Write:
-    """Bytes queued for the commit thread: ``parts`` in order, after the entry framing
-    (length and crc32, computed in that thread) when ``framed``."""
-
-    seg: _Segment
-    parts: tuple[bytes, ...]
-    framed: bool
-
-    @property
-    def size(self) -> int:
-        return (FRAME.size if self.framed else 0) + sum(map(len, self.parts))
-
-
-#: Most buffers one writev() takes (Linux: 1024).
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
-
-
-def _writev_all(fd: int, parts: list[bytes]) -> None:
-    """Write every part, in order, with as few writev() calls as the kernel allows."""
-    views = [memoryview(p) for p in parts if p]
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i:i + _IOV_MAX])
-        while n and i < len(views):  # drop what was written, trim a part written in half
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
-
 
 class Spool:
     """A durable FIFO of batches.
@@ -230,13 +123,8 @@ class Spool:
         self.max_bytes = max_bytes
         self.full = full
         self.segment_bytes = max(min(segment_bytes, max_bytes // 4), 64 << 10)
-        self.commit_delay = commit_delay
-        self.commit_bytes = commit_bytes
-        self.cache_bytes = cache_bytes
-        self.dedup_boots = dedup_boots
-        self.dedup_window = dedup_window
-        self._fsync = fsync
-        self._writev = writev
+        self._commits = CommitQueue(delay=commit_delay, max_bytes=commit_bytes,
+                                    writev=writev, fsync=fsync, done=self._committed)
         self.retry_interval = retry_interval
         self.room = DiskRoom(path, reserve=reserve_bytes)
         self._mark = AckedMark(os.path.join(path, "acked"))
@@ -246,31 +134,20 @@ class Spool:
         self._last_seg_id = 0  # segment ids only grow, even when every segment is gone
         self.replay = ReplayWindow(replay_window)
         self.stats = SpoolStats()
-        self._segments: collections.OrderedDict[int, _Segment] = collections.OrderedDict()
+        self._segments: collections.OrderedDict[int, Segment] = collections.OrderedDict()
         self._lock_fd = -1
         self._dir_fd = -1
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-commit")
-        # Writes waiting for the commit thread, and their futures.
-        self._pending: list[_Write] = []
-        self._pending_bytes = 0
-        self._pending_futures: list[asyncio.Future[None]] = []
-        self._dir_dirty = False
-        self._committing = False
-        self._commit_timer: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
         # Forwarding: the read cursor, newest entries cached, entries out for ack.
         self._cursor: tuple[int, int] = (0, 0)
-        self._cache: collections.deque[SpoolEntry] = collections.deque()
-        self._cache_size = 0
-        self._outstanding: dict[tuple[int, int], bool] = {}  # (seg, offset) -> acked
-        self._out_order: collections.deque[tuple[int, int]] = collections.deque()  # read order
-        self._out_per_segment: collections.Counter[int] = collections.Counter()
+        self._cache = ReadCache(cache_bytes)
+        self._outstanding = InFlight()
         # Duplicates: recent (boot, seq) -> the future of the append that stored it
         # (None: recovered from disk, so durable).
-        self._recent: collections.OrderedDict[tuple[bytes, int],
-                                              asyncio.Future[None] | None] = (
-            collections.OrderedDict())
-        self._boots: collections.OrderedDict[bytes, _Boot] = collections.OrderedDict()
+        self._resent = Resent(dedup_boots, dedup_window)
+        # The same dicts, by their old names (tests look at their sizes).
+        self._recent = self._resent.recent
+        self._boots = self._resent.boots
         self._dropped_batches = 0
         self._closed = False
 
@@ -278,135 +155,26 @@ class Spool:
 
     def open(self) -> None:
         """Create or lock the directory and recover what it holds."""
-        try:
-            os.makedirs(self.path, mode=0o750, exist_ok=True)
-            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            self._lock_fd = os.open(os.path.join(self.path, "lock"),
-                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise SpoolError(
-                f"--spool {self.path}: {exc.strerror}. Give the relay a directory it can "
-                "write (the systemd unit's StateDirectory is /var/lib/enclave-log-relay), "
-                "another --spool DIR, or --spool none for memory-only mode") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise SpoolError(f"--spool {self.path} is in use by another relay; two "
-                                 "relays cannot share a spool: give each its own "
-                                 "--spool DIR") from None
-            raise
-        os.ftruncate(self._lock_fd, 0)
-        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        self._dir_fd, self._lock_fd = lock_directory(self.path)
+        self._commits.dir_fd = self._dir_fd
         self._recover()
         # A new segment's id must follow every id the acked mark may name.
         mark = self._read_hint()
         self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
-    def _segment_ids(self) -> list[int]:
-        ids = []
-        for name in os.listdir(self.path):
-            if name.endswith(".seg") and name[:-4].isdigit():
-                ids.append(int(name[:-4]))
-        return sorted(ids)
-
-    def _seg_path(self, seg_id: int) -> str:
-        return os.path.join(self.path, f"{seg_id:016d}.seg")
-
     def _recover(self) -> None:
-        hint = self._read_hint()
-        for seg_id in self._segment_ids():
-            path = self._seg_path(seg_id)
-            if hint and seg_id < hint[0]:
-                os.unlink(path)  # entirely acked before the last stop
-                self._dir_dirty = True
-                continue
-            seg = _Segment(seg_id, path, sealed=True)
-            skip_to = self._scan(seg, skip_to=hint[1] if hint and seg_id == hint[0] else 0)
-            if skip_to is None:
-                continue
-            if hint and seg_id == hint[0]:
-                hint = (seg_id, skip_to)  # where it is now, if the segment was rewritten
-            self._segments[seg_id] = seg
-        if self._dir_dirty:
+        found = Recovery(self.path, self.stats)
+        found.run(self._read_hint())
+        for entry in found.entries:  # to recognise the batches agents resend
+            self._remember(entry.boot_id, entry.seq, None)
+        self._segments.update(found.segments)
+        if found.segments:
+            self._cursor = found.cursor
+        if found.dir_dirty:
             os.fsync(self._dir_fd)
-            self._dir_dirty = False
-        if self._segments:
-            first = next(iter(self._segments))
-            start = hint[1] if hint and hint[0] == first else HEADER.size
-            self._cursor = (first, start)
-        if self.stats.recovered_batches:
-            log.info("spool %s: recovered %d batches (%d records) not yet acked downstream",
-                     self.path, self.stats.recovered_batches, self.stats.recovered_records)
 
     def _read_hint(self) -> tuple[int, int] | None:
         return read_mark(self._mark.path)
-
-    def _scan(self, seg: _Segment, skip_to: int) -> int | None:
-        """Check a segment: keep every intact entry, set aside corrupt bytes between
-        them, cut a torn tail; count what is left to forward. Returns where
-        ``skip_to`` is now (the segment may have been rewritten), None if it is gone."""
-        with open(seg.path, "rb") as f:
-            data = f.read()
-        if len(data) < HEADER.size:
-            os.unlink(seg.path)  # created, never written: nothing in it
-            self._dir_dirty = True
-            return None
-        self._check_header(seg, data)
-        scan = scan_entries(data, HEADER.size, frame=FRAME, max_entry=MAX_ENTRY,
-                            decode=lambda offset, payload: _unpack_payload(seg.id, offset,
-                                                                           payload))
-        for scanned in scan.entries:
-            entry = scanned.value
-            self._remember(entry.boot_id, entry.seq, None)
-            if entry.offset >= skip_to:
-                self.stats.recovered_batches += 1
-                self.stats.recovered_records += entry.count
-            seg.records += entry.count
-        if scan.end < len(data):
-            self.stats.torn_bytes_cut += len(data) - scan.end
-            self.stats.corrupt_segments += 1
-            log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
-                        seg.path, len(data) - scan.end, scan.end)
-            if not scan.holes:
-                with open(seg.path, "r+b") as f:
-                    f.truncate(scan.end)
-                    os.fsync(f.fileno())
-        if scan.holes:
-            skip_to = self._set_aside_holes(seg, data, scan, skip_to)
-            seg.size = seg.committed = os.path.getsize(seg.path)
-            return skip_to
-        seg.size = seg.committed = scan.end
-        return skip_to
-
-    def _check_header(self, seg: _Segment, data: bytes) -> None:
-        magic, version, _ = HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise SpoolError(f"--spool {self.path}: {os.path.basename(seg.path)} is not a "
-                             "spool segment; move it away or use another --spool DIR")
-        if version > FORMAT_VERSION:
-            raise SpoolError(
-                f"--spool {self.path}: {os.path.basename(seg.path)} has spool format "
-                f"{version}, newer than this relay's {FORMAT_VERSION}: a newer relay wrote "
-                "it. Run that relay until the spool drains, or use another --spool DIR")
-
-    def _set_aside_holes(self, seg: _Segment, data: bytes, scan: Scan[SpoolEntry],
-                         skip_to: int) -> int:
-        """Corrupt bytes between intact entries: into the dead-letter file, counted and
-        reported as the spool's loss (not the agents'), and out of the segment."""
-        name = os.path.basename(seg.path)
-        set_aside(self.path, name, data, scan.holes)
-        lost = sum(end - start for start, end in scan.holes)
-        self.stats.corrupt_bytes_set_aside += lost
-        self.stats.corrupt_segments += 1
-        log.error("spool %s: %d bytes in %d place(s) of %s changed on disk and were set aside "
-                  "in dead-letter.jsonl: the batches they held are lost by the spool, not by "
-                  "the agents; the %d intact batches around them are kept", self.path, lost,
-                  len(scan.holes), name, len(scan.entries))
-        compacted, moved = compact(data, HEADER.size, scan)
-        rewrite(seg.path, compacted)
-        self._dir_dirty = True
-        return moved(skip_to)
 
     # -- appending -------------------------------------------------------------------
 
@@ -415,28 +183,22 @@ class Spool:
         """Bytes in all segments (including writes not yet committed)."""
         return sum(s.size for s in self._segments.values())
 
-    def _active(self, need: int) -> _Segment:
+    def _active(self, need: int) -> Segment:
         seg = next(reversed(self._segments.values()), None)
         if seg is None or seg.sealed or seg.size + need > self._segment_limit() and seg.records:
             if seg is not None:
                 seg.sealed = True
             seg_id = self._last_seg_id = max(seg.id if seg else 0, self._last_seg_id) + 1
-            path = self._seg_path(seg_id)
-            seg = _Segment(seg_id, path)
+            path = segment_path(self.path, seg_id)
+            seg = Segment(seg_id, path)
             seg.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                              | os.O_CLOEXEC, 0o640)
             self._segments[seg_id] = seg
-            self._queue_write(_Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
-            self._dir_dirty = True
+            self._commits.queue(Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
+            self._commits.dir_dirty = True
             if self._cursor == (0, 0):
                 self._cursor = (seg_id, HEADER.size)
         return seg
-
-    def _queue_write(self, write: _Write) -> None:
-        size = write.size
-        self._pending.append(write)
-        self._pending_bytes += size
-        write.seg.size += size
 
     async def append(self, tag: str, entries: bytes, count: int, *,
                      boot_id: bytes | None = None, seq: int | None = None
@@ -447,12 +209,9 @@ class Spool:
         (same boot id and sequence number as one already spooled) is not stored
         again: the future of the first copy is returned.
         """
-        if boot_id is not None and seq is not None and (boot_id, seq) in self._recent:
+        first = self._resent.first(boot_id, seq)
+        if first is not None:
             self.stats.duplicate_batches += 1
-            first = self._recent[(boot_id, seq)]
-            if first is None:
-                first = asyncio.get_running_loop().create_future()
-                first.set_result(None)
             return first
         entry = SpoolEntry(0, 0, tag, entries, count, boot_id, seq, time.time_ns())
         parts = payload_parts(entry)
@@ -467,46 +226,35 @@ class Spool:
                     raise
                 self._disk_error(exc)  # a new segment could not be created
         entry.segment, entry.offset, entry.size = seg.id, seg.size, size
-        self._queue_write(_Write(seg, parts, True))
+        self._commits.queue(Write(seg, parts, True))
         seg.records += count
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_futures.append(fut)
+        self._commits.futures.append(fut)
         self._remember(boot_id, seq, fut)
         self.stats.appended_batches += 1
         self.stats.appended_records += count
-        if self._cache_size < self.cache_bytes:
-            # Most of the time the forwarder is caught up and wants this entry next:
-            # it takes it from memory instead of reading it back from the disk.
-            self._cache.append(entry)
-            self._cache_size += len(entries)
-        self._schedule_commit()
+        # Most of the time the forwarder is caught up and wants this entry next:
+        # it takes it from memory instead of reading it back from the disk.
+        self._cache.add(entry)
+        self._commits.schedule()
         return fut
+
+    @property
+    def dedup_boots(self) -> int:
+        """Agent runs remembered to recognise resent batches (settable)."""
+        return self._resent.boots_max
+
+    @dedup_boots.setter
+    def dedup_boots(self, value: int) -> None:
+        self._resent.boots_max = value
+
+    @property
+    def dedup_window(self) -> int:
+        return self._resent.window
 
     def _remember(self, boot_id: bytes | None, seq: int | None,
                   fut: asyncio.Future[None] | None) -> None:
-        if boot_id is None or seq is None:
-            return
-        boot = self._boots.get(boot_id)
-        if boot is None:
-            boot = self._boots[boot_id] = _Boot()
-            while len(self._boots) > self.dedup_boots:
-                old, _ = self._boots.popitem(last=False)
-                for key in [k for k in self._recent if k[0] == old]:
-                    del self._recent[key]
-        else:
-            self._boots.move_to_end(boot_id)
-        if boot.max_seq and seq > boot.max_seq + 1:
-            missing = seq - boot.max_seq - 1
-            self.stats.gap_batches += missing
-            if fut is not None:  # not while recovering: it was logged when it happened
-                log.warning("agent run %s skipped %d batch(es) (%d..%d): it dropped them "
-                            "(overflow drop_oldest) or lost them", boot_id.hex(), missing,
-                            boot.max_seq + 1, seq - 1)
-        boot.max_seq = max(boot.max_seq, seq)
-        boot.last_seen = time.monotonic()
-        self._recent[(boot_id, seq)] = fut
-        while len(self._recent) > self.dedup_boots * 8 + self.dedup_window:
-            self._recent.popitem(last=False)
+        self.stats.gap_batches += self._resent.remember(boot_id, seq, fut)
 
     @property
     def limit(self) -> int:
@@ -551,7 +299,7 @@ class Spool:
         """Delete the active segment if everything in it was forwarded and acked: at
         the cap it would otherwise hold its room forever (only sealed segments go)."""
         seg = next(reversed(self._segments.values()), None)
-        if (seg is None or seg.committed != seg.size or self._out_per_segment[seg.id]
+        if (seg is None or seg.committed != seg.size or self._outstanding.in_segment(seg.id)
                 or self._cursor != (seg.id, seg.committed) or self.replay.held(seg.id)):
             return False
         seg.sealed = True
@@ -562,15 +310,12 @@ class Spool:
         return {"path": self.path, "bytes": self.size, "effective_max_bytes": self.limit,
                 "disk_free_bytes": self.room.free, "error": self.gate.error}
 
-    def _stall(self, exc: OSError, writes: list[_Write],
+    def _stall(self, exc: OSError, writes: list[Write],
                futures: list[asyncio.Future[None]]) -> None:
         """The disk refused a commit (full, over quota, failing): keep the group, first
         in line, stop taking appends, and write it again on a timer. The agents are not
         acked meanwhile, and their connections stay open."""
-        self._pending[:0] = writes
-        self._pending_futures[:0] = futures
-        self._pending_bytes += sum(w.size for w in writes)
-        self._dir_dirty = True  # in case this group carried a directory sync
+        self._commits.requeue(writes, futures)
         self._disk_error(exc)
 
     def _disk_error(self, exc: OSError) -> None:
@@ -583,8 +328,8 @@ class Spool:
 
     def _retry(self) -> None:
         self._retry_timer = None
-        if self._pending or self._dir_dirty:
-            self._start_commit()  # success unstalls; failure stalls again
+        if self._commits.waiting:
+            self._commits.start()  # success unstalls; failure stalls again
         else:
             self._unstall()  # a segment could not be created: appends try again
 
@@ -609,66 +354,8 @@ class Spool:
 
     # -- committing ------------------------------------------------------------------
 
-    def _schedule_commit(self) -> None:
-        if self._committing:
-            return
-        if self._pending_bytes >= self.commit_bytes:
-            if self._commit_timer is not None:
-                self._commit_timer.cancel()
-                self._commit_timer = None
-            self._start_commit()
-        elif self._commit_timer is None:
-            self._commit_timer = asyncio.get_running_loop().call_later(
-                self.commit_delay, self._start_commit)
-
-    def _start_commit(self) -> None:
-        self._commit_timer = None
-        if self._committing or not (self._pending or self._dir_dirty):
-            return
-        self._committing = True
-        writes, self._pending = self._pending, []
-        futures, self._pending_futures = self._pending_futures, []
-        self._pending_bytes = 0
-        dir_fd = self._dir_fd if self._dir_dirty else -1
-        self._dir_dirty = False
-        # One commit at a time: each file ends where its last commit left it.
-        starts = {w.seg.fd: w.seg.committed for w in writes}
-        job = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._commit, writes, dir_fd, starts)
-        job.add_done_callback(lambda j: self._committed(j, writes, futures))
-
-    def _commit(self, writes: list[_Write], dir_fd: int, starts: dict[int, int]) -> None:
-        """In the commit thread: frame the entries, write and sync them; on a failure,
-        cut what this group wrote off the files again and raise."""
-        try:
-            self._write_group(writes, dir_fd)
-        except OSError:
-            for fd, size in starts.items():
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)  # no half entry stays behind; frees the room
-            raise
-
-    def _write_group(self, writes: list[_Write], dir_fd: int) -> None:
-        """Frame the entries (crc32 runs here, off the event loop, and without the
-        GIL), write everything with writev, then one fdatasync per file."""
-        by_fd: dict[int, list[bytes]] = {}
-        for w in writes:
-            parts = by_fd.setdefault(w.seg.fd, [])  # dicts keep order: segments in turn
-            if w.framed:
-                crc = 0
-                for part in w.parts:
-                    crc = zlib.crc32(part, crc)
-                parts.append(FRAME.pack(w.size - FRAME.size, crc))
-            parts.extend(w.parts)
-        for fd, parts in by_fd.items():
-            self._writev(fd, parts)
-            self._fsync(fd)
-        if dir_fd >= 0:
-            os.fsync(dir_fd)
-
-    def _committed(self, job: asyncio.Future[None], writes: list[_Write],
+    def _committed(self, job: asyncio.Future[None], writes: list[Write],
                    futures: list[asyncio.Future[None]]) -> None:
-        self._committing = False
         exc = job.exception()
         if is_disk_full(exc):
             assert isinstance(exc, OSError)
@@ -696,8 +383,8 @@ class Spool:
                     os.close(seg.fd)
                     seg.fd = -1
         self._changed.set()
-        if self._pending or self._dir_dirty:
-            self._schedule_commit()
+        if self._commits.waiting:
+            self._commits.schedule()
 
     # -- forwarding ------------------------------------------------------------------
 
@@ -706,10 +393,7 @@ class Spool:
         while True:
             entry = self._read_next()
             if entry is not None:
-                key = (entry.segment, entry.offset)
-                self._outstanding[key] = False
-                self._out_order.append(key)
-                self._out_per_segment[entry.segment] += 1
+                self._outstanding.add((entry.segment, entry.offset))
                 self.stats.forwarded_batches += 1
                 return entry
             self._changed.clear()
@@ -732,26 +416,11 @@ class Spool:
                     self._maybe_delete(seg)
                     return self._read_next()
             return None
-        while self._cache and (self._cache[0].segment, self._cache[0].offset) < (seg_id, offset):
-            self._cache_size -= len(self._cache.popleft().entries)
-        if self._cache and (self._cache[0].segment, self._cache[0].offset) == (seg_id, offset):
-            entry = self._cache.popleft()
-            self._cache_size -= len(entry.entries)
-            self._cursor = (seg_id, entry.end)
-            return entry
-        entry, size = self._read_disk(seg, offset)
-        self._cursor = (seg_id, offset + size)
+        entry = self._cache.take(seg_id, offset)
+        if entry is None:
+            entry = read_entry(seg, offset)[0]
+        self._cursor = (seg_id, entry.end)
         return entry
-
-    def _read_disk(self, seg: _Segment, offset: int) -> tuple[SpoolEntry, int]:
-        with open(seg.path, "rb") as f:
-            f.seek(offset)
-            length, crc = FRAME.unpack(f.read(FRAME.size))
-            payload = f.read(length)
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            # Checked at recovery and written by us since: the disk changed under us.
-            raise SpoolError(f"spool {seg.path}: entry at {offset} is corrupt")
-        return _unpack_payload(seg.id, offset, payload), FRAME.size + length
 
     def _last_id(self) -> int:
         return next(reversed(self._segments)) if self._segments else 0
@@ -765,18 +434,12 @@ class Spool:
     def ack(self, entry: SpoolEntry, *, replay: bool = True) -> None:
         """The output has ``entry`` safe: it may leave the spool (after the replay window,
         unless ``replay`` is false)."""
-        key = (entry.segment, entry.offset)
-        if key not in self._outstanding:
+        moved = self._outstanding.ack((entry.segment, entry.offset))
+        if moved is None:
             return  # its segment was dropped meanwhile
         if replay:
-            self.replay.add(*key, time.monotonic())
-        self._outstanding[key] = True
+            self.replay.add(entry.segment, entry.offset, time.monotonic())
         self.stats.acked_batches += 1
-        self._out_per_segment[entry.segment] -= 1
-        moved = False
-        while self._out_order and self._outstanding.get(self._out_order[0]):
-            del self._outstanding[self._out_order.popleft()]
-            moved = True
         if moved:
             try:
                 self._write_mark()
@@ -788,10 +451,10 @@ class Spool:
         self.expire_replay()
         self._changed.set()  # wait_drained() waits on acks
 
-    def _maybe_delete(self, seg: _Segment) -> None:
+    def _maybe_delete(self, seg: Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
         if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
-                and not self._out_per_segment[seg.id] and not self.replay.held(seg.id)):
+                and not self._outstanding.in_segment(seg.id) and not self.replay.held(seg.id)):
             self._delete(seg)
 
     # -- the replay window (replay.py) -------------------------------------------------
@@ -818,40 +481,36 @@ class Spool:
         for seg_id, offset in self.replay.positions(time.monotonic()):
             seg = self._segments.get(seg_id)
             if seg is not None:
-                entries.append(self._read_disk(seg, offset)[0])
+                entries.append(read_entry(seg, offset)[0])
         return entries
 
-    def _delete(self, seg: _Segment, *, dropped: bool = False) -> None:
+    def _delete(self, seg: Segment, *, dropped: bool = False) -> None:
         if dropped:
             unsent, batches = self._unsent(seg)
             self._dropped_batches += batches
             self.stats.dropped_records += unsent
             log.warning("spool full: dropped segment %d (%d records not yet delivered)",
                         seg.id, unsent)
-            for key in [k for k in self._outstanding if k[0] == seg.id]:
-                del self._outstanding[key]
-            self._out_order = collections.deque(k for k in self._out_order if k[0] != seg.id)
         if seg.fd >= 0:
             os.close(seg.fd)
             seg.fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(seg.path)
         del self._segments[seg.id]
-        self._out_per_segment.pop(seg.id, None)
-        self._dir_dirty = True
+        self._outstanding.forget(seg.id)
+        self._commits.dir_dirty = True
         self._schedule_dir_sync()
         self._changed.set()
 
-    def _unsent(self, seg: _Segment) -> tuple[int, int]:
+    def _unsent(self, seg: Segment) -> tuple[int, int]:
         """(records, batches) of ``seg`` not acked downstream, read from the disk."""
         records = batches = 0
         offset = HEADER.size
         while offset < seg.committed:
-            entry, size = self._read_disk(seg, offset)
-            key = (seg.id, offset)
+            entry, size = read_entry(seg, offset)
             unread = self._cursor[0] < seg.id or (
                 self._cursor[0] == seg.id and offset >= self._cursor[1])
-            if unread or (key in self._outstanding and not self._outstanding[key]):
+            if unread or self._outstanding.unacked((seg.id, offset)):
                 records += entry.count
                 batches += 1
             offset += size
@@ -859,7 +518,7 @@ class Spool:
 
     def _schedule_dir_sync(self) -> None:
         with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
-            self._schedule_commit()
+            self._commits.schedule()
 
     def _write_mark(self) -> None:
         """Record how far downstream acked, so a restart resends only what was in flight."""
@@ -867,7 +526,7 @@ class Spool:
         # cursor, if none is out) has been acked downstream.
         if self._cursor == (0, 0):
             return  # nothing was ever spooled
-        self._mark.write(self._out_order[0] if self._out_order else self._cursor)
+        self._mark.write(self._outstanding.oldest() or self._cursor)
 
     def write_hint(self) -> None:
         """Record how far forwarding got, and make it durable (the forwarder's timer)."""
@@ -878,11 +537,9 @@ class Spool:
 
     def dead_letter(self, entry: SpoolEntry, reason: str) -> None:
         """Set aside a batch downstream keeps refusing, then treat it as done."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tag": entry.tag,
-                  "count": entry.count, "reason": reason,
-                  "entries_msgpack_b64": base64.b64encode(entry.entries).decode()}
-        with open(os.path.join(self.path, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_dead_letters(self.path, [{
+            "tag": entry.tag, "count": entry.count, "reason": reason,
+            "entries_msgpack_b64": base64.b64encode(entry.entries).decode()}])
         self.stats.dead_lettered += 1
         self.ack(entry, replay=False)  # never sent again: Fluent Bit refuses it
         log.error("dead-lettered a batch of %d records on %s after Fluent Bit refused it "
@@ -913,7 +570,7 @@ class Spool:
     @property
     def idle(self) -> bool:
         """Nothing waiting to be committed."""
-        return not (self._pending or self._committing)
+        return not (self._commits.writes or self._commits.busy)
 
     @property
     def backlog(self) -> int:
@@ -927,13 +584,12 @@ class Spool:
         if self._closed:
             return
         self._closed = True
-        for timer in (self._commit_timer, self._retry_timer):
-            if timer is not None:
-                timer.cancel()
-        self._commit_timer = self._retry_timer = None
-        if (self._pending or self._dir_dirty) and not self._committing:
-            self._start_commit()
-        while self._committing:
+        self._commits.cancel_timer()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        self._commits.start()  # if anything waits and no commit runs
+        while self._commits.busy:
             self._changed.clear()
             await self._changed.wait()
         with contextlib.suppress(OSError):
@@ -953,7 +609,7 @@ class Spool:
             if self._dir_fd >= 0:
                 os.fsync(self._dir_fd)
         self._mark.close()
-        self._executor.shutdown(wait=True)
+        self._commits.shutdown()
         for fd in (self._dir_fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)

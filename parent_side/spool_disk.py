@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DISK_FULL_ERRNOS", "AckedMark", "DiskRoom", "Gate", "is_disk_full", "read_mark"]
+from .spool_format import SpoolError
+
+__all__ = ["DISK_FULL_ERRNOS", "AckedMark", "DiskRoom", "Gate", "is_disk_full", "lock_directory",
+           "read_mark"]
 
 log = logging.getLogger("parent_side.spool")
 
@@ -226,3 +230,34 @@ class Gate:
         """A write went through: the disk has room again."""
         self.error = ""
         self.open()
+
+
+def lock_directory(path: str) -> tuple[int, int]:
+    """Create the spool directory if needed and take its lock: one relay per spool.
+
+    Returns the directory's fd (to fsync it) and the lock file's, which holds the lock
+    until closed. Raises ``SpoolError`` naming ``--spool`` and the fix.
+    """
+    try:
+        os.makedirs(path, mode=0o750, exist_ok=True)
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        lock_fd = os.open(os.path.join(path, "lock"),
+                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise SpoolError(
+            f"--spool {path}: {exc.strerror}. Give the relay a directory it can "
+            "write (the systemd unit's StateDirectory is /var/lib/enclave-log-relay), "
+            "another --spool DIR, or --spool none for memory-only mode") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(lock_fd)
+        os.close(dir_fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SpoolError(f"--spool {path} is in use by another relay; two "
+                             "relays cannot share a spool: give each its own "
+                             "--spool DIR") from None
+        raise
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, f"{os.getpid()}\n".encode())
+    return dir_fd, lock_fd

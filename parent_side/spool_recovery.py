@@ -10,13 +10,14 @@ dead-letter file, reports them as its own loss, and rewrites the segment without
 so that everything after recovery reads the segment as before.
 
 Pure functions here (``scan_entries``, ``compact``); ``set_aside`` and ``rewrite`` do
-the file work.
+the file work; ``Recovery`` walks a spool directory with them when the relay starts.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import struct
 import time
@@ -25,7 +26,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["Scan", "ScannedEntry", "compact", "rewrite", "scan_entries", "set_aside"]
+from .spool_format import (
+    FRAME,
+    HEADER,
+    MAX_ENTRY,
+    Segment,
+    SpoolEntry,
+    SpoolStats,
+    check_header,
+    segment_ids,
+    segment_path,
+    unpack_payload,
+)
+
+__all__ = ["Recovery", "Scan", "ScannedEntry", "append_dead_letters", "compact", "rewrite",
+           "scan_entries", "set_aside"]
+
+log = logging.getLogger("parent_side.spool")
 
 E = TypeVar("E")
 
@@ -131,15 +148,24 @@ def compact(data: bytes, header_size: int, scan: Scan[E]) -> tuple[bytes, Callab
 
 def set_aside(directory: str, segment: str, data: bytes, holes: list[tuple[int, int]]) -> None:
     """Append each hole's bytes to ``dead-letter.jsonl``, to be looked at, not resent."""
+    append_dead_letters(directory, [
+        {"reason": "corrupt spool bytes (changed on disk)", "segment": segment,
+         "offset": start, "length": end - start,
+         "bytes_b64": base64.b64encode(data[start:end]).decode()} for start, end in holes],
+        sync=True)
+
+
+def append_dead_letters(directory: str, records: list[dict[str, object]], *,
+                        sync: bool = False) -> None:
+    """Append ``records``, each stamped with the time, to the spool's ``dead-letter.jsonl``
+    (the one file for everything set aside: refused batches and corrupt bytes)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(os.path.join(directory, "dead-letter.jsonl"), "a", encoding="utf-8") as f:
-        for start, end in holes:
-            f.write(json.dumps({
-                "time": stamp, "reason": "corrupt spool bytes (changed on disk)",
-                "segment": segment, "offset": start, "length": end - start,
-                "bytes_b64": base64.b64encode(data[start:end]).decode()}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        for record in records:
+            f.write(json.dumps({"time": stamp, **record}) + "\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def rewrite(path: str, data: bytes) -> None:
@@ -154,3 +180,99 @@ def rewrite(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+class Recovery:
+    """What a spool directory holds at start: its segments checked (torn tails cut,
+    holes set aside), the intact entries, and where forwarding resumes.
+
+    Args:
+        path: the spool directory.
+        stats: the spool's counters; recovery adds to them.
+    """
+
+    def __init__(self, path: str, stats: SpoolStats) -> None:
+        self.path = path
+        self.stats = stats
+        self.segments: dict[int, Segment] = {}  # oldest first
+        self.entries: list[SpoolEntry] = []  # every intact entry, in order
+        self.cursor: tuple[int, int] = (0, 0)
+        self.dir_dirty = False  # a file was removed or replaced: sync the directory
+
+    def run(self, hint: tuple[int, int] | None) -> None:
+        """Check every segment in the directory; ``hint`` is the acked mark."""
+        for seg_id in segment_ids(self.path):
+            path = segment_path(self.path, seg_id)
+            if hint and seg_id < hint[0]:
+                os.unlink(path)  # entirely acked before the last stop
+                self.dir_dirty = True
+                continue
+            seg = Segment(seg_id, path, sealed=True)
+            skip_to = self._scan(seg, skip_to=hint[1] if hint and seg_id == hint[0] else 0)
+            if skip_to is None:
+                continue
+            if hint and seg_id == hint[0]:
+                hint = (seg_id, skip_to)  # where it is now, if the segment was rewritten
+            self.segments[seg_id] = seg
+        if self.segments:
+            first = next(iter(self.segments))
+            start = hint[1] if hint and hint[0] == first else HEADER.size
+            self.cursor = (first, start)
+        if self.stats.recovered_batches:
+            log.info("spool %s: recovered %d batches (%d records) not yet acked downstream",
+                     self.path, self.stats.recovered_batches, self.stats.recovered_records)
+
+    def _scan(self, seg: Segment, skip_to: int) -> int | None:
+        """Check a segment: keep every intact entry, set aside corrupt bytes between
+        them, cut a torn tail; count what is left to forward. Returns where
+        ``skip_to`` is now (the segment may have been rewritten), None if it is gone."""
+        with open(seg.path, "rb") as f:
+            data = f.read()
+        if len(data) < HEADER.size:
+            os.unlink(seg.path)  # created, never written: nothing in it
+            self.dir_dirty = True
+            return None
+        check_header(self.path, seg, data)
+        scan = scan_entries(data, HEADER.size, frame=FRAME, max_entry=MAX_ENTRY,
+                            decode=lambda offset, payload: unpack_payload(seg.id, offset,
+                                                                           payload))
+        for scanned in scan.entries:
+            entry = scanned.value
+            self.entries.append(entry)
+            if entry.offset >= skip_to:
+                self.stats.recovered_batches += 1
+                self.stats.recovered_records += entry.count
+            seg.records += entry.count
+        if scan.end < len(data):
+            self.stats.torn_bytes_cut += len(data) - scan.end
+            self.stats.corrupt_segments += 1
+            log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
+                        seg.path, len(data) - scan.end, scan.end)
+            if not scan.holes:
+                with open(seg.path, "r+b") as f:
+                    f.truncate(scan.end)
+                    os.fsync(f.fileno())
+        if scan.holes:
+            skip_to = self._set_aside_holes(seg, data, scan, skip_to)
+            seg.size = seg.committed = os.path.getsize(seg.path)
+            return skip_to
+        seg.size = seg.committed = scan.end
+        return skip_to
+
+    def _set_aside_holes(self, seg: Segment, data: bytes, scan: Scan[SpoolEntry],
+                         skip_to: int) -> int:
+        """Corrupt bytes between intact entries: into the dead-letter file, counted and
+        reported as the spool's loss (not the agents'), and out of the segment."""
+        name = os.path.basename(seg.path)
+        set_aside(self.path, name, data, scan.holes)
+        lost = sum(end - start for start, end in scan.holes)
+        self.stats.corrupt_bytes_set_aside += lost
+        self.stats.corrupt_segments += 1
+        log.error("spool %s: %d bytes in %d place(s) of %s changed on disk and were set aside "
+                  "in dead-letter.jsonl: the batches they held are lost by the spool, not by "
+                  "the agents; the %d intact batches around them are kept", self.path, lost,
+                  len(scan.holes), name, len(scan.entries))
+        compacted, moved = compact(data, HEADER.size, scan)
+        rewrite(seg.path, compacted)
+        self.dir_dirty = True
+        return moved(skip_to)

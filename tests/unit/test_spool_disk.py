@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from parent_side import spool as spool_mod
+from parent_side import spool_format as spool_mod
 from parent_side.spool import Spool
 from parent_side.spool_disk import AckedMark, DiskRoom, is_disk_full, read_mark
 from tests.helpers import MS, short_tmpdir, wait_until, within

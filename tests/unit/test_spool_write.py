@@ -11,7 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from parent_side import spool as spool_mod
+from parent_side import spool_format as spool_mod
 from parent_side.spool import FRAME, HEADER, Spool, SpoolEntry, payload_parts
 from tests.helpers import short_tmpdir, within
 
