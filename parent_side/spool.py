@@ -418,9 +418,23 @@ class Spool:
             return None
         entry = self._cache.take(seg_id, offset)
         if entry is None:
-            entry = read_entry(seg, offset)[0]
+            entry = self._read_disk(seg, offset)[0]
         self._cursor = (seg_id, entry.end)
         return entry
+
+    def _read_disk(self, seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
+        """An entry read back from its segment file (one place, so tests can count
+        the reads that missed the cache)."""
+        return read_entry(seg, offset)
+
+    @property
+    def cache_bytes(self) -> int:
+        """How much of the newest entries is kept in memory for the forwarder."""
+        return self._cache.limit
+
+    @cache_bytes.setter
+    def cache_bytes(self, limit: int) -> None:
+        self._cache.limit = limit
 
     def _last_id(self) -> int:
         return next(reversed(self._segments)) if self._segments else 0
@@ -481,7 +495,7 @@ class Spool:
         for seg_id, offset in self.replay.positions(time.monotonic()):
             seg = self._segments.get(seg_id)
             if seg is not None:
-                entries.append(read_entry(seg, offset)[0])
+                entries.append(self._read_disk(seg, offset)[0])
         return entries
 
     def _delete(self, seg: Segment, *, dropped: bool = False) -> None:
@@ -507,7 +521,7 @@ class Spool:
         records = batches = 0
         offset = HEADER.size
         while offset < seg.committed:
-            entry, size = read_entry(seg, offset)
+            entry, size = self._read_disk(seg, offset)
             unread = self._cursor[0] < seg.id or (
                 self._cursor[0] == seg.id and offset >= self._cursor[1])
             if unread or self._outstanding.unacked((seg.id, offset)):
