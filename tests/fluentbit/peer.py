@@ -168,6 +168,11 @@ class FileOutput:
     def logs(self, tag: str) -> list[str]:
         return [str(r.record.get("log")) for r in self.tagged(tag)]
 
+    def all_logs(self) -> list[str]:
+        """The ``log`` of every record of every tag that has one (the enclaves'),
+        file by file."""
+        return [str(r.record["log"]) for r in self.poll() if "log" in r.record]
+
 
 class RealFluentBit:
     """A Fluent Bit process: a forward input and a ``file`` output, in ``workdir``.
