@@ -318,7 +318,7 @@ class Relay:
         self.config = new
         self.listener.reconfigure(_listener_config(new))
         if self.spool is not None:
-            self.spool.replay.seconds = new.replay_window
+            self.spool.reconfigure(replay_window=new.replay_window)
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
         if _output_args(new) != _output_args(old):

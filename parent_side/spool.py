@@ -562,6 +562,11 @@ class Spool:
 
     # -- status and shutdown ---------------------------------------------------------
 
+    def reconfigure(self, *, replay_window: float) -> None:
+        """Take a reloaded configuration: of the spool's options only the replay window
+        changes without a restart (from the next batch acked downstream)."""
+        self.replay.seconds = replay_window
+
     def status(self) -> dict[str, Any]:
         st = self.stats
         return {"path": self.path, "bytes": self.size, "max_bytes": self.max_bytes,
