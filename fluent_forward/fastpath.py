@@ -53,11 +53,13 @@ _second = itemgetter(1)
 
 def validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
     """The entry count if every entry is valid as it is; None: ask the slow path."""
-    # Signed batches first when there may be one: the other shape would fail only at
-    # its last check, having done the rest of the work.
-    shapes = ((signed_shape_count, agent_shape_count) if _SIG_FIELD in data
-              else (agent_shape_count,))
-    for shape in shapes:
+    # The first entry says which of our agent's shapes to try, without a search of the
+    # whole batch: a signing agent's records end with sig_seq (the plain shape would
+    # fail on them only at its last check). Each shape decodes that entry again: one
+    # small unpack a batch.
+    fixed = _first_entry_fields(data) if data.startswith(_ENTRY_HEAD) else None
+    if fixed is not None:
+        shape = signed_shape_count if _SIG_FIELD in fixed[1] else agent_shape_count
         n = shape(data, max_entries)
         if n is not None:
             return n
