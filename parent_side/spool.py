@@ -52,7 +52,7 @@ from fluent_forward.conventions import Overflow
 
 from .replay import ReplayWindow
 from .spool_commit import CommitQueue
-from .spool_cursor import InFlight, ReadCache
+from .spool_cursor import Outstanding, ReadCache
 from .spool_dedup import Resent
 from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, lock_directory, read_mark
 from .spool_format import (
@@ -141,7 +141,7 @@ class Spool:
         # Forwarding: the read cursor, newest entries cached, entries out for ack.
         self._cursor: tuple[int, int] = (0, 0)
         self._cache = ReadCache(cache_bytes)
-        self._outstanding = InFlight()
+        self._outstanding = Outstanding()
         # Duplicates: recent (boot, seq) -> the future of the append that stored it
         # (None: recovered from disk, so durable).
         self._resent = Resent(dedup_boots, dedup_window)

@@ -2,9 +2,11 @@
 
 Forwarding reads the spool in order, but downstream may ack out of order; the acked
 mark can only move past an entry once everything before it was acked, and a segment
-can only go once none of its entries is out. ``InFlight`` keeps that, keyed by
-(segment, offset). ``ReadCache`` keeps the newest appended entries in memory, so a
-forwarder that is caught up takes them without reading the disk.
+can only go once none of its entries is out. ``Outstanding`` keeps that, keyed by
+(segment, offset): positions in read order, not a window of batches to resend
+(``fluent_forward.window.InFlight``, the Forward client's). ``ReadCache`` keeps the
+newest appended entries in memory, so a forwarder that is caught up takes them
+without reading the disk.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import collections
 
 from .spool_format import SpoolEntry
 
-__all__ = ["InFlight", "ReadCache"]
+__all__ = ["Outstanding", "ReadCache"]
 
 Key = tuple[int, int]  # (segment id, offset)
 
 
-class InFlight:
+class Outstanding:
     """Entries handed to the output and not yet acked, in read order."""
 
     def __init__(self) -> None:
