@@ -51,6 +51,7 @@ from typing import Any
 from fluent_forward.conventions import Overflow
 
 from .replay import ReplayWindow
+from .runs import DEFAULT_RUNS, Gap, Runs
 from .spool_commit import CommitQueue
 from .spool_cursor import Outstanding, ReadCache
 from .spool_dedup import Resent
@@ -98,9 +99,10 @@ class Spool:
         commit_bytes: commit at once when this much is waiting.
         cache_bytes: keep up to this much of the newest entries in memory, so the
             forwarder reads them without touching the disk.
-        dedup_boots, dedup_window: remember the last ``dedup_window`` sequence
-            numbers of up to ``dedup_boots`` agent runs, to ack a resent batch without
-            spooling it twice.
+        dedup_boots, dedup_window: follow up to ``dedup_boots`` agent runs (``runs``,
+            where gaps in their sequences are found) and remember their last
+            ``dedup_window`` sequence numbers, to ack a resent batch without spooling
+            it twice.
         fsync: the sync function (a test seam).
         writev: writes a list of buffers to a file descriptor, all of them (a test seam).
         reserve_bytes: disk space left to others; the spool blocks before it takes it
@@ -114,7 +116,7 @@ class Spool:
     def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Overflow = Overflow.BLOCK,
                  segment_bytes: int = 32 << 20, commit_delay: float = 0.002,
                  commit_bytes: int = 256 << 10, cache_bytes: int = 16 << 20,
-                 dedup_boots: int = 1024, dedup_window: int = 4096,
+                 dedup_boots: int = DEFAULT_RUNS, dedup_window: int = 4096,
                  fsync: Callable[[int], None] = os.fdatasync,
                  writev: Callable[[int, list[bytes]], None] = _writev_all,
                  reserve_bytes: int | None = None, retry_interval: float = 1.0,
@@ -142,12 +144,16 @@ class Spool:
         self._cursor: tuple[int, int] = (0, 0)
         self._cache = ReadCache(cache_bytes)
         self._outstanding = Outstanding()
+        #: The agent runs followed, seeded from disk at open: the relay's one sequence
+        #: tracker (the listener shares it), so a gap is counted here across restarts.
+        self.runs = Runs(dedup_boots)
+        self.runs.on_gap = self._gap
         # Duplicates: recent (boot, seq) -> the future of the append that stored it
         # (None: recovered from disk, so durable).
-        self._resent = Resent(dedup_boots, dedup_window)
-        # The same dicts, by their old names (tests look at their sizes).
+        self._resent = Resent(self.runs, dedup_window)
+        # The same tables, by their old names (tests look at their sizes).
         self._recent = self._resent.recent
-        self._boots = self._resent.boots
+        self._boots = self.runs
         self._dropped_batches = 0
         self._closed = False
 
@@ -166,7 +172,7 @@ class Spool:
         found = Recovery(self.path, self.stats)
         found.run(self._read_hint())
         for entry in found.entries:  # to recognise the batches agents resend
-            self._remember(entry.boot_id, entry.seq, None)
+            self._remember(entry.boot_id, entry.seq, None, quiet=True)
         self._segments.update(found.segments)
         if found.segments:
             self._cursor = found.cursor
@@ -242,19 +248,24 @@ class Spool:
     @property
     def dedup_boots(self) -> int:
         """Agent runs remembered to recognise resent batches (settable)."""
-        return self._resent.boots_max
+        return self.runs.limit
 
     @dedup_boots.setter
     def dedup_boots(self, value: int) -> None:
-        self._resent.boots_max = value
+        self.runs.limit = value
 
     @property
     def dedup_window(self) -> int:
         return self._resent.window
 
     def _remember(self, boot_id: bytes | None, seq: int | None,
-                  fut: asyncio.Future[None] | None) -> None:
-        self.stats.gap_batches += self._resent.remember(boot_id, seq, fut)
+                  fut: asyncio.Future[None] | None, *, quiet: bool = False) -> None:
+        if boot_id is not None and seq is not None:
+            self.runs.advance(boot_id, seq, quiet=quiet)  # a no-op if the intake did
+            self._resent.remember(boot_id, seq, fut)
+
+    def _gap(self, gap: Gap) -> None:
+        self.stats.gap_batches += gap.batches
 
     @property
     def limit(self) -> int:
