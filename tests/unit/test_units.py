@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import pytest
@@ -19,12 +18,7 @@ from nel_config.options import (
     options_of,
     repeated,
 )
-from nel_config.units import (
-    duration_arg,
-    parse_duration,
-    parse_size,
-    size_arg,
-)
+from nel_config.units import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "size"), [
@@ -66,15 +60,6 @@ def test_parse_duration_valid(text: str, seconds: float) -> None:
 def test_parse_duration_invalid(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(text)
-
-
-def test_argparse_types_raise_argument_type_error() -> None:
-    assert size_arg("1KiB") == 1024
-    assert duration_arg("50ms") == pytest.approx(0.05)
-    with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
-        size_arg("big")
-    with pytest.raises(argparse.ArgumentTypeError, match="is not a duration"):
-        duration_arg("soon")
 
 
 @dataclasses.dataclass(frozen=True)
