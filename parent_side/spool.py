@@ -543,11 +543,6 @@ class Spool:
             await self._changed.wait()
 
     @property
-    def idle(self) -> bool:
-        """Nothing waiting to be committed."""
-        return not (self._commits.writes or self._commits.busy)
-
-    @property
     def backlog(self) -> int:
         """Batches in the spool not yet acked downstream."""
         st = self.stats
