@@ -158,14 +158,16 @@ def main(argv: list[str]) -> int:
     repo = Repo()
     at_base, at_head = repo.files(base), repo.files(head)
     b, h = by_package(at_base), by_package(at_head)
+    b_old = by_package(at_base, features=False)
     h_old = by_package(at_head, features=False)
     h_new = by_package(at_head, features=True)
-    rows = [["package", base, head, "of which feature modules", "without them", "change"]]
+    rows = [["package", base, head, "of which feature modules", "without them",
+             "change without them"]]
     for p in (*PACKAGES, "total"):
-        base_n, head_n, new_n, old_n = (sum(c.values()) if p == "total" else c[p]
-                                        for c in (b, h, h_new, h_old))
+        base_n, base_old, head_n, new_n, old_n = (sum(c.values()) if p == "total" else c[p]
+                                                  for c in (b, b_old, h, h_new, h_old))
         rows.append([p, str(base_n), str(head_n), str(new_n), str(old_n),
-                     f"{old_n - base_n:+d}"])
+                     f"{old_n - base_old:+d}"])
     print(f"## Code lines per package ({base} -> {head})\n")
     print(table(rows))
 
