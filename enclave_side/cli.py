@@ -105,8 +105,8 @@ def parse_args(argv: Sequence[str] | None = None,
     except ConfigError as exc:
         parser.error(str(exc))
     parser.set_defaults(**settings.options)
-    apply_env_defaults(parser, ENV_PREFIX, os.environ if environ is None else environ,
-                       skip=frozenset(o.key for o in ALL_OPTIONS if not o.env))
+    apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX,
+                       os.environ if environ is None else environ)
     ns = parser.parse_args(options)
     values = option_values(ns, AGENT_OPTIONS, parser)
     try:

@@ -17,19 +17,37 @@ seconds and uint32 nanoseconds. Every event frame the decoder returns carries it
 entries as one ``bytes`` of concatenated msgpack entries, validated and with every
 time an integer or an EventTime: "lenient on input, strict on output". Entries that
 needed no change are the very bytes that arrived, so a relay forwards them untouched.
+
+The entries themselves (their times, validation, splitting) are ``entries``'s; this
+module re-exports those names, so ``from fluent_forward.codec import EventTime`` holds.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from operator import attrgetter, itemgetter
 from typing import Any, TypeAlias
 
-import msgpack
-
+from .entries import (
+    DEFAULT_MAX_ENTRIES,
+    EventTime,
+    Time,
+    check_record,
+    event_time_bytes,
+    first_event_time,
+    iter_entries,
+    msgpack_error,
+    normal_entry,
+    normal_time,
+    pack_entry,
+    packb,
+    split_entries,
+    time_to_ns,
+    unpacker,
+    validate_entries,
+)
 from .errors import (
     DecompressedTooLarge,
     FrameTooLarge,
@@ -38,9 +56,8 @@ from .errors import (
     TooManyEntries,
     UsageError,
 )
-from .fastpath import BILLION, NANOS, shape_ok, validate_fast
 from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
-from .wire import EVENT_TIME, bin_header
+from .wire import bin_header
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
@@ -77,8 +94,6 @@ __all__ = [
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 #: Largest payload a compressed frame may inflate to.
 DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
-#: Most events one frame may carry.
-DEFAULT_MAX_ENTRIES = 500_000
 #: Largest Message or Forward frame. These arrive as msgpack objects, and a hostile
 #: peer can make each byte cost ~60 bytes of Python objects (an empty map per byte), so
 #: they get a much smaller limit than PackedForward, whose entries arrive as bytes.
@@ -90,54 +105,8 @@ DEFAULT_MAX_OBJECT_FRAME_BYTES = 1024 * 1024
 #: with Fluentd's trailing newline.
 MAX_CHUNK_ID_BYTES = 64
 
-_U32 = 0xFFFFFFFF
-
-
-class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack has no type hints
-    """Fluent's EventTime: msgpack ext type 0, uint32 seconds + uint32 nanoseconds.
-
-    Byte-for-byte what fluent-logger's ``EventTime`` packs (``D7 00 SS SS SS SS NN NN NN NN``).
-    """
-
-    def __new__(cls, seconds: int, nanoseconds: int = 0) -> EventTime:
-        if not (0 <= seconds <= _U32 and 0 <= nanoseconds < 1_000_000_000):
-            raise UsageError(f"EventTime out of range: {seconds}s {nanoseconds}ns")
-        return super().__new__(cls, 0, EVENT_TIME.pack(seconds, nanoseconds))  # type: ignore[no-any-return]
-
-    @classmethod
-    def from_ns(cls, ns: int) -> EventTime:
-        """The EventTime for a Unix time in nanoseconds."""
-        return cls(*divmod(ns, 1_000_000_000))
-
-    @property
-    def ns(self) -> int:
-        """This time as Unix nanoseconds."""
-        seconds, nanos = EVENT_TIME.unpack(self.data)
-        return int(seconds * 1_000_000_000 + nanos)
-
-
-Time: TypeAlias = "int | EventTime | msgpack.ExtType"
-
-
-def event_time_bytes(ns: int) -> bytes:
-    """The 10 packed bytes of an EventTime (fixext8), for building entries by hand."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return b"\xd7\x00" + EVENT_TIME.pack(seconds, nanos)
-
-
-def time_to_ns(t: Any) -> int:
-    """Unix nanoseconds of an integer time or an ext-0 EventTime."""
-    if isinstance(t, msgpack.ExtType):
-        seconds, nanos = EVENT_TIME.unpack(t.data)
-        return int(seconds * 1_000_000_000 + nanos)
-    return int(t) * 1_000_000_000
-
 
 # -- encoders ------------------------------------------------------------------------
-
-# surrogateescape: strings decoded from invalid UTF-8 pack back to the same bytes.
-_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True,
-                                                unicode_errors="surrogateescape").pack
 
 
 def make_options(*, chunk: str | None = None, size: int | None = None,
@@ -153,23 +122,18 @@ def make_options(*, chunk: str | None = None, size: int | None = None,
     return opts
 
 
-def pack_entry(time: Time, record: Mapping[str, Any]) -> bytes:
-    """One packed entry ``[time, record]``."""
-    return _packb((time, record))
-
-
 def encode_message(tag: str, time: Time, record: Mapping[str, Any],
                    options: Mapping[str, Any] | None = None) -> bytes:
     """Message mode: ``[tag, time, record, options?]``."""
     frame: tuple[Any, ...] = (tag, time, record)
-    return _packb(frame if options is None else (*frame, options))
+    return packb(frame if options is None else (*frame, options))
 
 
 def encode_forward(tag: str, entries: Iterable[tuple[Time, Mapping[str, Any]]],
                    options: Mapping[str, Any] | None = None) -> bytes:
     """Forward mode: ``[tag, [[time, record], ...], options?]``."""
     frame: tuple[Any, ...] = (tag, list(entries))
-    return _packb(frame if options is None else (*frame, options))
+    return packb(frame if options is None else (*frame, options))
 
 
 def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
@@ -181,11 +145,11 @@ def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
     """
     head = b"\x93" if options is not None else b"\x92"
     if isinstance(entries, bytes):
-        parts = [head, _packb(tag), bin_header(len(entries)), entries]
+        parts = [head, packb(tag), bin_header(len(entries)), entries]
     else:
-        parts = [head, _packb(tag), bin_header(sum(map(len, entries))), *entries]
+        parts = [head, packb(tag), bin_header(sum(map(len, entries))), *entries]
     if options is not None:
-        parts.append(_packb(options))
+        parts.append(packb(options))
     return b"".join(parts)
 
 
@@ -201,7 +165,7 @@ def encode_compressed_packed_forward(tag: str, entries: bytes,
 
 def encode_ack(chunk: str | bytes) -> bytes:
     """The server's ack: ``{"ack": chunk}``, echoing the client's value and type."""
-    return _packb({"ack": chunk})
+    return packb({"ack": chunk})
 
 
 # -- decoded frames ------------------------------------------------------------------
@@ -259,20 +223,6 @@ Frame: TypeAlias = "EventFrame | Ack | Heartbeat | Helo | Ping | Pong"
 _HEARTBEAT = Heartbeat()
 
 
-def _unpacker(max_bytes: int) -> msgpack.Unpacker:
-    # surrogateescape: invalid UTF-8 in a str is content, not an attack; it survives
-    # decoding and packs back to the same bytes. strict_map_key rejects int keys.
-    return msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", use_list=False,
-                            strict_map_key=True, max_buffer_size=max(max_bytes, 1))
-
-
-def _wrap(exc: Exception, what: str, limit: int) -> MalformedFrame | FrameTooLarge:
-    """Turn a msgpack error into ours. Length headers over a limit mean 'too large'."""
-    if isinstance(exc, ValueError) and "exceeds max" in str(exc):
-        return FrameTooLarge(f"{what} declares a length over the {limit}-byte limit", limit)
-    return MalformedFrame(f"{what} is not valid msgpack: {type(exc).__name__}")
-
-
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes) -> list[Frame]``, bytes split anywhere.
 
@@ -300,7 +250,7 @@ class FrameDecoder:
         self.max_object_frame_bytes = min(max_object_frame_bytes, max_frame_bytes)
         self.max_decompressed_bytes = max_decompressed_bytes
         self.max_entries = max_entries
-        self._unpacker = _unpacker(max_frame_bytes)
+        self._unpacker = unpacker(max_frame_bytes)
         self._fed = 0
         self._frame_start = 0  # stream offset where the incomplete frame began
         self._head = b""  # the first bytes of the incomplete frame, for claimed_size()
@@ -353,7 +303,7 @@ class FrameDecoder:
             except ProtocolError:
                 raise
             except Exception as exc:
-                raise _wrap(exc, "frame", self.max_frame_bytes) from exc
+                raise msgpack_error(exc, "frame", self.max_frame_bytes) from exc
             self._check_claim(piece)
             if pos >= end:
                 return frames
@@ -476,12 +426,12 @@ def parse_event(obj: Any, *, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRES
         if len(second) > max_entries:
             raise TooManyEntries(f"frame carries {len(second)} entries, over max_entries "
                                  f"({max_entries})", max_entries)
-        entries = b"".join(_normal_entry(e) for e in second)
+        entries = b"".join(normal_entry(e) for e in second)
         return EventFrame(FrameKind.FORWARD, tag, entries, len(second), _chunk(opts))
     if len(obj) < 3 or len(obj) > 4:
         raise MalformedFrame("a Message frame is [tag, time, record, options?]")
     opts = _options(obj, 3)
-    entry = _packb((_normal_time(second), _record(obj[2])))
+    entry = packb((normal_time(second), check_record(obj[2])))
     return EventFrame(FrameKind.MESSAGE, tag, entry, 1, _chunk(opts))
 
 
@@ -547,148 +497,3 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         data = d.unused_data
     return b"".join(out)
 
-
-_first = itemgetter(0)
-_second = itemgetter(1)
-
-
-def iter_entries(entries: bytes) -> Iterator[tuple[Any, Any]]:
-    """Decode validated packed entries lazily (for outputs that need the records)."""
-    up = _unpacker(len(entries))
-    up.feed(entries)
-    return iter(up)
-
-
-def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES,
-                     count_hint: int | None = None) -> tuple[bytes, int]:
-    """Check packed entries; return ``(entries, count)``.
-
-    Each entry must be ``[time, record]`` or ``[[time, metadata], record]`` with a map
-    record and a time that is a non-negative integer or an ext-0 EventTime. Floats and
-    msgpack Timestamps (ext -1) are converted to EventTime, which re-encodes the
-    entries; otherwise the input bytes are returned as they are.
-
-    The common case costs two C calls and a few C-level passes: the entries are
-    decoded all at once by one ``unpackb`` (as an array of ``count_hint`` entries, the
-    frame's ``size`` option, or of as many as ``skip()`` counts), then their shape is
-    checked with ``map``/``set``, never a Python loop per entry. Anything else (a
-    wrong hint, a time to normalise, an error to name) takes the entry-by-entry path,
-    which gives the same answer for every input.
-    """
-    count = validate_fast(data, max_entries, count_hint)
-    if count is not None:
-        return data, count
-    return _validate_slow(data, max_entries)
-
-
-def _validate_slow(data: bytes, max_entries: int) -> tuple[bytes, int]:
-    """``validate_entries`` entry by entry: normalises times, names what is wrong."""
-    up = _unpacker(len(data))
-    up.feed(data)
-    items: list[Any] = []
-    append, tell = items.append, up.tell
-    end = 0
-    try:
-        for item in up:
-            append(item)
-            end = tell()  # after a complete object; msgpack also consumes partial ones
-            if len(items) > max_entries:
-                raise TooManyEntries(f"frame carries over max_entries ({max_entries}) entries",
-                                     max_entries)
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise _wrap(exc, "packed entries", len(data)) from exc
-    if end != len(data):
-        raise MalformedFrame("packed entries end in the middle of an entry")
-    if not items:
-        return data, 0
-    if shape_ok(items, msgpack.ExtType, _exts_ok):
-        return data, len(items)
-    # Something to normalise, or something wrong; find out which entry.
-    return b"".join(map(_normal_entry, items)), len(items)
-
-
-_DATA = attrgetter("data")
-
-
-def _exts_ok(exts: list[Any]) -> bool:
-    """ExtType times: all EventTimes with nanoseconds < 1e9."""
-    if {(t.code, len(t.data)) for t in exts} != {(0, 8)}:
-        return False
-    # Big-endian bytes compare as the numbers do: one C-level max() over them all.
-    return bool(max(map(NANOS, map(_DATA, exts))) < BILLION)
-
-
-def _record(record: Any) -> dict[str, Any]:
-    if type(record) is not dict:
-        raise MalformedFrame("a record must be a map")
-    return record
-
-
-def _normal_entry(entry: Any) -> bytes:
-    if type(entry) is not tuple or len(entry) != 2:
-        raise MalformedFrame("an entry must be [time, record]")
-    t, record = entry
-    _record(record)
-    if type(t) is tuple:  # Fluent Bit v2 shape: [[time, metadata], record]
-        if len(t) != 2 or type(t[1]) is not dict:
-            raise MalformedFrame("an entry header must be [time, metadata map]")
-        return _packb(((_normal_time(t[0]), t[1]), record))
-    return _packb((_normal_time(t), record))
-
-
-def _normal_time(t: Any) -> int | msgpack.ExtType:
-    """An integer or EventTime for any time a lenient reader accepts."""
-    kind = type(t)
-    if kind is int:
-        if 0 <= t <= _U32:
-            return int(t)
-    elif kind is float:
-        if 0 <= t < _U32 + 1:
-            seconds = int(t)
-            return EventTime(seconds, min(int(round((t - seconds) * 1e9)), 999_999_999))
-    elif kind is msgpack.ExtType:
-        if t.code == 0 and len(t.data) == 8:
-            seconds, nanos = EVENT_TIME.unpack(t.data)
-            if nanos < 1_000_000_000:
-                return t
-    elif kind is msgpack.Timestamp:  # ext -1: a different layout, the same meaning
-        if 0 <= t.seconds <= _U32:
-            return EventTime(t.seconds, t.nanoseconds)
-    raise MalformedFrame("a time must be a non-negative integer, float or EventTime (ext 0)")
-
-
-
-def first_event_time(entries: bytes) -> int | None:
-    """Unix ns of the first entry, if it starts ``[EventTime, ...]`` (as our agent's do).
-
-    Read straight from the bytes: no decoding, for per-batch clock-skew estimates.
-    """
-    if entries[:3] != b"\x92\xd7\x00" or len(entries) < 11:
-        return None
-    seconds, nanos = EVENT_TIME.unpack_from(entries, 3)
-    return int(seconds * 1_000_000_000 + nanos)
-
-
-def split_entries(entries: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
-    """Cut packed entries into runs of at most ``max_bytes`` (``(bytes, count)`` each).
-
-    Boundaries are found with ``skip()``, without building the records. A single
-    entry larger than ``max_bytes`` travels alone.
-    """
-    up = _unpacker(len(entries))
-    up.feed(entries)
-    pieces: list[tuple[bytes, int]] = []
-    start = prev = count = 0
-    while prev < len(entries):
-        up.skip()
-        end = up.tell()
-        if end - start > max_bytes and count:
-            pieces.append((entries[start:prev], count))
-            start, count = prev, 0
-        count += 1
-        prev = end
-    if count:
-        pieces.append((entries[start:], count))
-    return pieces

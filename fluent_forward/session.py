@@ -44,6 +44,7 @@ from .errors import (
     UsageError,
 )
 from .handshake import ClientHandshake, Helo, Ping, Pong, ServerHandshake, encode_pong
+from .window import InFlight
 
 __all__ = [
     "HEARTBEAT",
@@ -263,6 +264,14 @@ class ServerSession(Session):
         raise self._fail(TransportTimeout(f"nothing received for {self.idle_timeout}s"))
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A chunk sent on this connection, in the order sent (the window's ``Sent``)."""
+
+    chunk: str
+    seq: int
+
+
 class ClientSession(Session):
     """The connecting side: answer HELO, check PONG, send batches, match acks.
 
@@ -301,7 +310,11 @@ class ClientSession(Session):
         #: Set when a HELO came after we began sending: what to log, once; the I/O
         #: layer waits for HELO on its next connections (``ClientHandshake.late_helo``).
         self.late_helo: str | None = None
-        self.in_flight: set[str | bytes] = set()
+        #: This connection's chunks not yet acked: the window it may send within, and
+        #: what the server may ack. The same window type as the batch source's, which
+        #: outlives connections and keeps the batches to resend.
+        self.in_flight: InFlight[_Sent] = InFlight()
+        self._sends = 0
         self._events: list[Acked] = []
         self._sent = now  # wall clock of our last write, for keepalives
         wait = handshake_timeout if require_handshake else handshake_wait
@@ -314,14 +327,15 @@ class ClientSession(Session):
     @property
     def can_send(self) -> bool:
         """Whether ``send_batch`` may be called: open, and the window not full."""
-        return self.state is State.OPEN and len(self.in_flight) < self.window
+        return self.state is State.OPEN and self.in_flight.has_room(self.window)
 
     def send_batch(self, chunk: str, frame: bytes, now: float) -> None:
         """Queue a batch's frame; it stays in flight until the server acks ``chunk``."""
         if not self.can_send:
             raise UsageError(f"send_batch in state {self.state.name} with "
                              f"{len(self.in_flight)} of {self.window} in flight")
-        self.in_flight.add(chunk)
+        self._sends += 1
+        self.in_flight.add(_Sent(chunk, self._sends))
         self._out.append(frame)
         self._sent = now
 
@@ -370,13 +384,12 @@ class ClientSession(Session):
                 raise self._fail(exc) from None
         elif not isinstance(frame, Ack):
             raise self._fail(MalformedFrame(f"unexpected {type(frame).__name__} after handshake"))
-        elif frame.chunk not in self.in_flight:
+        elif self.in_flight.ack(frame.chunk) is None:
             # A peer that acks what we never sent is broken or lying; one that does so
             # instead of acking what we did send would stall us forever.
             raise self._fail(MalformedFrame(f"{self.name} acked a chunk we did not send on "
                                             "this connection"))
         else:
-            self.in_flight.discard(frame.chunk)
             self._events.append(Acked(frame.chunk))
 
     def timeout(self, now: float) -> float | None:

@@ -2,7 +2,9 @@
 
 Keyed by chunk id; at most ``size`` in flight; after a lost connection every batch in
 it goes back to be resent first, oldest first (by sequence number). The agent's
-buffer and the relay's upstream queue both keep theirs in one of these.
+buffer and the relay's upstream queue both keep theirs in one of these, across
+connections; each connection's ``ClientSession`` keeps the chunks it sent in one too,
+to bound what it sends and to refuse an ack for a chunk it never sent.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ __all__ = [
     "add_options",
     "apply_env_defaults",
     "config_path",
+    "env_values",
     "option_values",
     "read_secret",
 ]
@@ -176,42 +177,39 @@ def config_path(args: Sequence[str], environ: Mapping[str, str], prefix: str,
     return known.config or environ.get(prefix + "CONFIG") or None, False
 
 
-def apply_env_defaults(parser: argparse.ArgumentParser, prefix: str,
-                       environ: Mapping[str, str], *, skip: frozenset[str] = frozenset()
-                       ) -> None:
-    """Let ``PREFIX_OPTION`` environment variables set option defaults (flags still win).
+def env_values(options: Sequence[Option], prefix: str, environ: Mapping[str, str]
+               ) -> dict[str, Any]:
+    """The values ``PREFIX_OPTION`` environment variables give the declared ``options``,
+    by option key (argparse's dest).
 
-    Options in ``skip`` (requests such as ``--check-config``, not settings) have no
-    variable. A bad value is reported as a usage error that names the variable.
+    Options declared ``env=False`` (requests such as ``--check-config``, not settings)
+    have no variable. A flag is set by 1, true, yes or on; a repeatable option takes a
+    comma list. ``ConfigError`` names the variable of a value its kind refuses.
     """
-    for action in parser._actions:  # argparse has no public iterator over options
-        if (not action.option_strings or action.dest in ("help", "version")
-                or action.dest in skip):
-            continue
-        name = prefix + action.dest.upper()
-        if name not in environ:
+    values: dict[str, Any] = {}
+    for o in options:
+        name = prefix + o.key.upper()
+        if not o.env or name not in environ:
             continue
         raw = environ[name]
-        truthy = raw.strip().lower() in ("1", "true", "yes", "on")
         try:
-            value: object
-            if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
-                value = truthy
-            elif isinstance(action, argparse._StoreFalseAction):
-                value = not truthy
-            elif isinstance(action, argparse._StoreConstAction):
-                value = action.const if truthy else action.default
-            elif isinstance(action, argparse._CountAction):
-                value = int(raw)
+            if o.kind.flag:
+                values[o.key] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif o.kind.many is not None:
+                values[o.key] = [v for v in raw.split(",") if v]
             else:
-                convert = action.type if callable(action.type) else str
-                if isinstance(action, argparse._AppendAction):
-                    value = [convert(v) for v in raw.split(",") if v]
-                else:
-                    value = convert(raw)
-            if action.choices is not None and value not in action.choices:
-                raise argparse.ArgumentTypeError(
-                    f"{raw!r} is not one of {', '.join(map(str, action.choices))}")
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            parser.error(f"environment variable {name}: {exc}")
-        parser.set_defaults(**{action.dest: value})
+                values[o.key] = o.kind.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {name}: {exc}") from None
+    return values
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, options: Sequence[Option],
+                       prefix: str, environ: Mapping[str, str]) -> None:
+    """Let ``PREFIX_OPTION`` environment variables set the defaults of ``options``
+    (added to ``parser`` by ``add_options``; flags still win). A bad value is a usage
+    error that names the variable."""
+    try:
+        parser.set_defaults(**env_values(options, prefix, environ))
+    except ConfigError as exc:
+        parser.error(str(exc))

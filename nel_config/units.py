@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from decimal import Decimal
 
 __all__ = [
-    "duration_arg",
     "format_duration",
     "format_size",
     "parse_duration",
     "parse_size",
-    "size_arg",
 ]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -39,22 +36,6 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ValueError(f"{text!r} is not a duration; write e.g. 50ms, 2s, 1.5 or 5m")
     return float(m.group(1)) * _SECONDS[(m.group(2) or "").lower()]
-
-
-def size_arg(text: str) -> int:
-    """``argparse`` type for sizes."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def duration_arg(text: str) -> float:
-    """``argparse`` type for durations."""
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def format_size(size: int) -> str:

@@ -124,8 +124,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     if args[0] not in COMMAND_OPTIONS:
         parser.parse_args(args)  # -h, --help or --version: argparse answers and exits
     sub, options = parser.commands[args[0]], COMMAND_OPTIONS[args[0]]
-    apply_env_defaults(sub, ENV_PREFIX, env, skip=frozenset(o.key for o in options
-                                                            if not o.env))
+    apply_env_defaults(sub, options, ENV_PREFIX, env)
     ns = parser.parse_args(args)
     values = option_values(ns, options, sub)
     if args[0] == "status":
@@ -152,7 +151,7 @@ def serve_config(args: list[str], env: Mapping[str, str], *, raising: bool = Fal
             serve.set_defaults(**file_values(doc, SERVE_OPTIONS))
         except ConfigError as exc:
             serve.error(f"--config {path}: {exc}")
-    apply_env_defaults(serve, ENV_PREFIX, env)
+    apply_env_defaults(serve, (CONFIG, *SERVE_OPTIONS), ENV_PREFIX, env)
     ns = parser.parse_args(args)
     return RelayConfig(**option_values(ns, SERVE_OPTIONS, serve), config_file=path)
 

@@ -1,9 +1,10 @@
 """The relay's per-frame work, pure: a frame and who sent it -> what to submit.
 
 Counters and the clock skew, the tag and record stamping, the agent's drop reports,
-chunk ids and the run's sequence (a jump is a gap: batches the agent dropped), and
-splitting below Fluent Bit's frame limit. No I/O and no waiting: the listener
-submits what comes out and acks the frame once all of it is safe.
+chunk ids and the run's sequence (told to the relay's one ``runs.Runs``, which finds
+gaps: batches the agent dropped), and splitting below Fluent Bit's frame limit.
+No I/O and no waiting: the listener submits what comes out and acks the frame once
+all of it is safe.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from fluent_forward.tags import escape_tag
 
 from .identity import Identity, stamp_entries
 from .outputs import RelayBatch
+from .runs import Gap, Runs
 
 __all__ = ["UPSTREAM_SPLIT_BYTES", "EnclaveStats", "Gap", "Intake", "Submission", "take_frame"]
 
 #: Fluent Bit closes connections on frames over 6,144,000 bytes: split below that.
 UPSTREAM_SPLIT_BYTES = DEFAULT_MAX_FRAME_BYTES
-#: Agent runs whose sequence is followed per enclave.
-MAX_RUNS = 16
 
 
 @dataclass(slots=True)
@@ -56,8 +56,10 @@ class EnclaveStats:
     debug: bool = False
     records_out: int = 0  # delivered downstream (acked by the output)
     drops: int = 0  # records the agent reported dropping (overflow drop_oldest)
-    gaps: int = 0  # batches missing from an agent run's sequence
-    boots: dict[bytes, int] = field(default_factory=dict)  # agent run -> highest seq seen
+    gaps: int = 0  # batches missing from this enclave's agent runs' sequences
+    #: Where its agent runs' sequences are followed: the relay's one ``Runs``, shared by
+    #: every enclave (the listener passes it); a lone ``EnclaveStats`` has its own.
+    boots: Runs = field(default_factory=Runs)
     skew: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=64))
 
     @property
@@ -93,15 +95,6 @@ class Submission:
     batch: RelayBatch
     boot: bytes | None = None
     seq: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Batches ``first..last`` of agent run ``boot`` never came: the agent dropped them."""
-
-    boot: bytes
-    first: int
-    last: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,23 +136,12 @@ def take_frame(frame: EventFrame, ident: Identity, stats: EnclaveStats, *, now_n
     # Our agents' chunk ids name their run and batch; other clients' ids mean nothing
     # of the kind.
     ids = parse_chunk_id(frame.chunk) if stats.agent_version else None
-    gap = track_sequence(stats, *ids) if ids is not None else None
+    gap = stats.boots.advance(*ids, who=stats.name) if ids is not None else None
+    if gap is not None:
+        stats.gaps += gap.batches
     if len(entries) > split_bytes:
         return Intake([Submission(RelayBatch(tag, part, n))
                        for part, n in split_entries(entries, split_bytes)], gap, escaped)
     if ids is None:
         return Intake([Submission(RelayBatch(tag, entries, frame.count))], None, escaped)
     return Intake([Submission(RelayBatch(tag, entries, frame.count), *ids)], gap, escaped)
-
-
-def track_sequence(stats: EnclaveStats, boot: bytes, seq: int) -> Gap | None:
-    """Follow agent run ``boot``'s batch sequence; the gap ``seq`` reveals, if any."""
-    last = stats.boots.pop(boot, None)
-    gap = None
-    if last is not None and seq > last + 1:
-        stats.gaps += seq - last - 1
-        gap = Gap(boot, last + 1, seq - 1)
-    stats.boots[boot] = max(seq, last or 0)  # re-inserted: most recent last
-    while len(stats.boots) > MAX_RUNS:
-        del stats.boots[next(iter(stats.boots))]
-    return gap

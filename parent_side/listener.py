@@ -47,6 +47,7 @@ from .fairshare import FairShare
 from .forwarder import Sink
 from .identity import CidSet, EnclaveRegistry, Identity, identity_of
 from .intake import EnclaveStats, take_frame
+from .runs import Runs
 
 __all__ = ["Listener", "ListenerConfig"]
 
@@ -140,15 +141,15 @@ class Listener(ForwardServer):
     """The relay's server side."""
 
     def __init__(self, config: ListenerConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None, *, sink_warns_gaps: bool = False,
+                 registry: EnclaveRegistry | None = None, *, runs: Runs | None = None,
                  fair: FairShare | None = None) -> None:
         super().__init__(config.endpoint, unix_mode=config.unix_mode)
         self.config = config
         self.sink = sink
         self.registry = registry
-        #: The spool warns of a gap in an agent run's sequence itself (it follows runs
-        #: across relay restarts); a gap is then only counted here, never warned twice.
-        self.sink_warns_gaps = sink_warns_gaps
+        #: Where agent runs' sequences are followed and gaps found: the spool's, which
+        #: follows runs across relay restarts, or (None) one of the listener's own.
+        self.runs = runs if runs is not None else Runs()
         #: Each enclave's share of what the relay holds; ``delivered`` is told by the
         #: relay as batches leave. None: no sharing (a sink that tells nothing).
         self.fair = fair
@@ -175,7 +176,8 @@ class Listener(ForwardServer):
     def peer_stats(self, ident: Identity) -> EnclaveStats:
         st = self.stats.peers.get(ident.name)
         if st is None:
-            st = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid)
+            st = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid,
+                                                             boots=self.runs)
         return st
 
     async def _admit(self, writer: asyncio.StreamWriter) -> tuple[Identity, PeerAddress] | None:
@@ -352,11 +354,6 @@ class Listener(ForwardServer):
         cfg = self.config
         intake = take_frame(frame, ident, peer, now_ns=time.time_ns(),
                             stamp_records=cfg.stamp_records, restamp_time=cfg.restamp_time)
-        if intake.gap is not None and not self.sink_warns_gaps:
-            gap = intake.gap
-            self._warn.warning(f"gap:{peer.name}", "%s: agent run %s skipped %d batch(es) "
-                               "(%d..%d): it dropped them", peer.name, gap.boot.hex(),
-                               gap.last - gap.first + 1, gap.first, gap.last)
         if intake.escaped_tag is not None:
             self._escaped(frame.tag, intake.escaped_tag, ident)
         futures = [await self.sink.submit(sub.batch, sub.boot, sub.seq)

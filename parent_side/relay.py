@@ -102,7 +102,7 @@ class Relay:
         self.fair = FairShare(capacity=config.spool_bytes if self.spool is not None
                               else config.upstream_buffer_bytes)
         self.listener = Listener(_listener_config(config), self.sink, self.registry,
-                                 sink_warns_gaps=isinstance(self.sink, SpoolSink),
+                                 runs=self.spool.runs if self.spool is not None else None,
                                  fair=self.fair)
         self.listener.on_lifecycle = self._enclave_event
         self.admin = (AdminServer(config.admin_socket, self.snapshot, self.reload)

@@ -9,8 +9,9 @@ Layout of the spool directory::
     dead-letter.jsonl         frames Fluent Bit kept refusing, set aside
 
 The parts, each in its module: a segment's format and file IO (``spool_format``), the
-commit thread (``spool_commit``), recovery at start (``spool_recovery``), entries out
-for ack and the read cache (``spool_cursor``), resent batches (``spool_dedup``), room
+commit thread (``spool_commit``), recovery at start (``spool_recovery``), reading in
+order with the entries out for ack and the read cache (``spool_cursor.Cursor``), the
+agent runs followed (``runs``) and resent batches (``spool_dedup``), room
 and disk errors (``spool_disk``), the replay window (``replay``). A segment holds each
 batch's entries exactly as they will be forwarded, stamped with the enclave's identity.
 
@@ -51,8 +52,9 @@ from typing import Any
 from fluent_forward.conventions import Overflow
 
 from .replay import ReplayWindow
+from .runs import DEFAULT_RUNS, Gap, Runs
 from .spool_commit import CommitQueue
-from .spool_cursor import InFlight, ReadCache
+from .spool_cursor import Cursor
 from .spool_dedup import Resent
 from .spool_disk import AckedMark, DiskRoom, Gate, is_disk_full, lock_directory, read_mark
 from .spool_format import (
@@ -67,7 +69,6 @@ from .spool_format import (
     Write,
     _writev_all,
     payload_parts,
-    read_entry,
     segment_path,
 )
 from .spool_recovery import Recovery, append_dead_letters
@@ -98,9 +99,10 @@ class Spool:
         commit_bytes: commit at once when this much is waiting.
         cache_bytes: keep up to this much of the newest entries in memory, so the
             forwarder reads them without touching the disk.
-        dedup_boots, dedup_window: remember the last ``dedup_window`` sequence
-            numbers of up to ``dedup_boots`` agent runs, to ack a resent batch without
-            spooling it twice.
+        dedup_boots, dedup_window: follow up to ``dedup_boots`` agent runs (``runs``,
+            where gaps in their sequences are found) and remember their last
+            ``dedup_window`` sequence numbers, to ack a resent batch without spooling
+            it twice.
         fsync: the sync function (a test seam).
         writev: writes a list of buffers to a file descriptor, all of them (a test seam).
         reserve_bytes: disk space left to others; the spool blocks before it takes it
@@ -114,7 +116,7 @@ class Spool:
     def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Overflow = Overflow.BLOCK,
                  segment_bytes: int = 32 << 20, commit_delay: float = 0.002,
                  commit_bytes: int = 256 << 10, cache_bytes: int = 16 << 20,
-                 dedup_boots: int = 1024, dedup_window: int = 4096,
+                 dedup_boots: int = DEFAULT_RUNS, dedup_window: int = 4096,
                  fsync: Callable[[int], None] = os.fdatasync,
                  writev: Callable[[int, list[bytes]], None] = _writev_all,
                  reserve_bytes: int | None = None, retry_interval: float = 1.0,
@@ -138,16 +140,18 @@ class Spool:
         self._lock_fd = -1
         self._dir_fd = -1
         self._changed = asyncio.Event()
-        # Forwarding: the read cursor, newest entries cached, entries out for ack.
-        self._cursor: tuple[int, int] = (0, 0)
-        self._cache = ReadCache(cache_bytes)
-        self._outstanding = InFlight()
+        #: Forwarding: where reading got, newest entries cached, entries out for ack.
+        self.cursor = Cursor(self._segments, cache_bytes)
+        #: The agent runs followed, seeded from disk at open: the relay's one sequence
+        #: tracker (the listener shares it), so a gap is counted here across restarts.
+        self.runs = Runs(dedup_boots)
+        self.runs.on_gap = self._gap
         # Duplicates: recent (boot, seq) -> the future of the append that stored it
         # (None: recovered from disk, so durable).
-        self._resent = Resent(dedup_boots, dedup_window)
-        # The same dicts, by their old names (tests look at their sizes).
+        self._resent = Resent(self.runs, dedup_window)
+        # The same tables, by their old names (tests look at their sizes).
         self._recent = self._resent.recent
-        self._boots = self._resent.boots
+        self._boots = self.runs
         self._dropped_batches = 0
         self._closed = False
 
@@ -166,10 +170,10 @@ class Spool:
         found = Recovery(self.path, self.stats)
         found.run(self._read_hint())
         for entry in found.entries:  # to recognise the batches agents resend
-            self._remember(entry.boot_id, entry.seq, None)
+            self._remember(entry.boot_id, entry.seq, None, quiet=True)
         self._segments.update(found.segments)
         if found.segments:
-            self._cursor = found.cursor
+            self.cursor.at = found.cursor
         if found.dir_dirty:
             os.fsync(self._dir_fd)
 
@@ -196,8 +200,8 @@ class Spool:
             self._segments[seg_id] = seg
             self._commits.queue(Write(seg, (HEADER.pack(MAGIC, FORMAT_VERSION, 0),), False))
             self._commits.dir_dirty = True
-            if self._cursor == (0, 0):
-                self._cursor = (seg_id, HEADER.size)
+            if self.cursor.at == (0, 0):
+                self.cursor.at = (seg_id, HEADER.size)
         return seg
 
     async def append(self, tag: str, entries: bytes, count: int, *,
@@ -235,26 +239,31 @@ class Spool:
         self.stats.appended_records += count
         # Most of the time the forwarder is caught up and wants this entry next:
         # it takes it from memory instead of reading it back from the disk.
-        self._cache.add(entry)
+        self.cursor.cache.add(entry)
         self._commits.schedule()
         return fut
 
     @property
     def dedup_boots(self) -> int:
         """Agent runs remembered to recognise resent batches (settable)."""
-        return self._resent.boots_max
+        return self.runs.limit
 
     @dedup_boots.setter
     def dedup_boots(self, value: int) -> None:
-        self._resent.boots_max = value
+        self.runs.limit = value
 
     @property
     def dedup_window(self) -> int:
         return self._resent.window
 
     def _remember(self, boot_id: bytes | None, seq: int | None,
-                  fut: asyncio.Future[None] | None) -> None:
-        self.stats.gap_batches += self._resent.remember(boot_id, seq, fut)
+                  fut: asyncio.Future[None] | None, *, quiet: bool = False) -> None:
+        if boot_id is not None and seq is not None:
+            self.runs.advance(boot_id, seq, quiet=quiet)  # a no-op if the intake did
+            self._resent.remember(boot_id, seq, fut)
+
+    def _gap(self, gap: Gap) -> None:
+        self.stats.gap_batches += gap.batches
 
     @property
     def limit(self) -> int:
@@ -299,8 +308,8 @@ class Spool:
         """Delete the active segment if everything in it was forwarded and acked: at
         the cap it would otherwise hold its room forever (only sealed segments go)."""
         seg = next(reversed(self._segments.values()), None)
-        if (seg is None or seg.committed != seg.size or self._outstanding.in_segment(seg.id)
-                or self._cursor != (seg.id, seg.committed) or self.replay.held(seg.id)):
+        if (seg is None or seg.committed != seg.size or self.cursor.out.in_segment(seg.id)
+                or self.cursor.at != (seg.id, seg.committed) or self.replay.held(seg.id)):
             return False
         seg.sealed = True
         self._delete(seg)
@@ -391,64 +400,27 @@ class Spool:
     async def next_entry(self) -> SpoolEntry:
         """The next committed entry to forward, in order; waits for one."""
         while True:
-            entry = self._read_next()
+            entry = self.cursor.read(self._maybe_delete)
             if entry is not None:
-                self._outstanding.add((entry.segment, entry.offset))
+                self.cursor.out.add((entry.segment, entry.offset))
                 self.stats.forwarded_batches += 1
                 return entry
             self._changed.clear()
             await self._changed.wait()
 
-    def _read_next(self) -> SpoolEntry | None:
-        seg_id, offset = self._cursor
-        seg = self._segments.get(seg_id)
-        if seg is None:  # dropped, or never existed: go to the oldest there is
-            if not self._segments:
-                return None
-            seg = next(iter(self._segments.values()))
-            seg_id, offset = seg.id, HEADER.size
-            self._cursor = (seg_id, offset)
-        if offset >= seg.committed:
-            if seg.sealed and seg.committed == seg.size and seg_id != self._last_id():
-                nxt = self._next_segment(seg_id)
-                if nxt is not None:
-                    self._cursor = (nxt, HEADER.size)
-                    self._maybe_delete(seg)
-                    return self._read_next()
-            return None
-        entry = self._cache.take(seg_id, offset)
-        if entry is None:
-            entry = self._read_disk(seg, offset)[0]
-        self._cursor = (seg_id, entry.end)
-        return entry
-
-    def _read_disk(self, seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
-        """An entry read back from its segment file (one place, so tests can count
-        the reads that missed the cache)."""
-        return read_entry(seg, offset)
-
     @property
     def cache_bytes(self) -> int:
         """How much of the newest entries is kept in memory for the forwarder."""
-        return self._cache.limit
+        return self.cursor.cache.limit
 
     @cache_bytes.setter
     def cache_bytes(self, limit: int) -> None:
-        self._cache.limit = limit
-
-    def _last_id(self) -> int:
-        return next(reversed(self._segments)) if self._segments else 0
-
-    def _next_segment(self, seg_id: int) -> int | None:
-        for sid in self._segments:
-            if sid > seg_id:
-                return sid
-        return None
+        self.cursor.cache.limit = limit
 
     def ack(self, entry: SpoolEntry, *, replay: bool = True) -> None:
         """The output has ``entry`` safe: it may leave the spool (after the replay window,
         unless ``replay`` is false)."""
-        moved = self._outstanding.ack((entry.segment, entry.offset))
+        moved = self.cursor.out.ack((entry.segment, entry.offset))
         if moved is None:
             return  # its segment was dropped meanwhile
         if replay:
@@ -467,8 +439,8 @@ class Spool:
 
     def _maybe_delete(self, seg: Segment) -> None:
         """Delete a segment once it is read to its end and every entry in it is acked."""
-        if (seg.sealed and seg.committed == seg.size and self._cursor[0] > seg.id
-                and not self._outstanding.in_segment(seg.id) and not self.replay.held(seg.id)):
+        if (seg.sealed and seg.committed == seg.size and self.cursor.done_with(seg)
+                and not self.replay.held(seg.id)):
             self._delete(seg)
 
     # -- the replay window (replay.py) -------------------------------------------------
@@ -495,12 +467,12 @@ class Spool:
         for seg_id, offset in self.replay.positions(time.monotonic()):
             seg = self._segments.get(seg_id)
             if seg is not None:
-                entries.append(self._read_disk(seg, offset)[0])
+                entries.append(self.cursor.read_disk(seg, offset)[0])
         return entries
 
     def _delete(self, seg: Segment, *, dropped: bool = False) -> None:
         if dropped:
-            unsent, batches = self._unsent(seg)
+            unsent, batches = self.cursor.unsent(seg)
             self._dropped_batches += batches
             self.stats.dropped_records += unsent
             log.warning("spool full: dropped segment %d (%d records not yet delivered)",
@@ -511,24 +483,10 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(seg.path)
         del self._segments[seg.id]
-        self._outstanding.forget(seg.id)
+        self.cursor.out.forget(seg.id)
         self._commits.dir_dirty = True
         self._schedule_dir_sync()
         self._changed.set()
-
-    def _unsent(self, seg: Segment) -> tuple[int, int]:
-        """(records, batches) of ``seg`` not acked downstream, read from the disk."""
-        records = batches = 0
-        offset = HEADER.size
-        while offset < seg.committed:
-            entry, size = self._read_disk(seg, offset)
-            unread = self._cursor[0] < seg.id or (
-                self._cursor[0] == seg.id and offset >= self._cursor[1])
-            if unread or self._outstanding.unacked((seg.id, offset)):
-                records += entry.count
-                batches += 1
-            offset += size
-        return records, batches
 
     def _schedule_dir_sync(self) -> None:
         with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
@@ -536,11 +494,9 @@ class Spool:
 
     def _write_mark(self) -> None:
         """Record how far downstream acked, so a restart resends only what was in flight."""
-        # Everything before the oldest entry still out for ack (or before the read
-        # cursor, if none is out) has been acked downstream.
-        if self._cursor == (0, 0):
-            return  # nothing was ever spooled
-        self._mark.write(self._outstanding.oldest() or self._cursor)
+        mark = self.cursor.mark()
+        if mark is not None:
+            self._mark.write(mark)
 
     def write_hint(self) -> None:
         """Record how far forwarding got, and make it durable (the forwarder's timer)."""
@@ -574,7 +530,7 @@ class Spool:
                 "state": self.gate.state, "error": self.gate.error,
                 "disk_errors": self.gate.disk_errors, "replay_window_s": self.replay.seconds,
                 "replayable_batches": len(self.replay),
-                "segments": len(self._segments), "unacked_batches": len(self._outstanding),
+                "segments": len(self._segments), "unacked_batches": len(self.cursor.out),
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
                 "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered,
@@ -585,11 +541,6 @@ class Spool:
         while self.backlog > 0:
             self._changed.clear()
             await self._changed.wait()
-
-    @property
-    def idle(self) -> bool:
-        """Nothing waiting to be committed."""
-        return not (self._commits.writes or self._commits.busy)
 
     @property
     def backlog(self) -> int:
@@ -617,7 +568,7 @@ class Spool:
             if seg.fd >= 0:
                 os.close(seg.fd)
                 seg.fd = -1
-        if self.backlog == 0 and not self._outstanding:
+        if self.backlog == 0 and not self.cursor.out:
             # Everything was delivered: leave no segment behind, so that the directory
             # is empty and any relay version (an older one, after a downgrade) takes it.
             for seg in list(self._segments.values()):

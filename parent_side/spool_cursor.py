@@ -1,24 +1,30 @@
-"""The forwarding side's bookkeeping: entries out for ack, and the newest entries cached.
+"""The forwarding side of the spool: where reading got, entries out for ack, a read cache.
 
-Forwarding reads the spool in order, but downstream may ack out of order; the acked
+``Cursor`` reads committed entries in order across the spool's segments, from memory
+when it can and from the segment file when it must, and knows what was read, what is
+out for ack and so what the ``acked`` mark may say. Forwarding reads in order, but
+downstream may ack out of order; the acked
 mark can only move past an entry once everything before it was acked, and a segment
-can only go once none of its entries is out. ``InFlight`` keeps that, keyed by
-(segment, offset). ``ReadCache`` keeps the newest appended entries in memory, so a
-forwarder that is caught up takes them without reading the disk.
+can only go once none of its entries is out. ``Outstanding`` keeps that, keyed by
+(segment, offset): positions in read order, not a window of batches to resend
+(``fluent_forward.window.InFlight``, the Forward client's). ``ReadCache`` keeps the
+newest appended entries in memory, so a forwarder that is caught up takes them
+without reading the disk.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
-from .spool_format import SpoolEntry
+from .spool_format import HEADER, Segment, SpoolEntry, read_entry
 
-__all__ = ["InFlight", "ReadCache"]
+__all__ = ["Cursor", "Outstanding", "ReadCache"]
 
 Key = tuple[int, int]  # (segment id, offset)
 
 
-class InFlight:
+class Outstanding:
     """Entries handed to the output and not yet acked, in read order."""
 
     def __init__(self) -> None:
@@ -89,3 +95,74 @@ class ReadCache:
             self._size -= len(entry.entries)
             return entry
         return None
+
+
+class Cursor:
+    """The next entry to forward, in ``segments`` (the spool's, shared), and what was read.
+
+    Args:
+        segments: the spool's segments by id, oldest first.
+        cache_bytes: the read cache's size.
+    """
+
+    def __init__(self, segments: collections.OrderedDict[int, Segment],
+                 cache_bytes: int) -> None:
+        self.segments = segments
+        self.at: tuple[int, int] = (0, 0)  # (segment id, offset); (0, 0): nothing spooled yet
+        self.cache = ReadCache(cache_bytes)
+        self.out = Outstanding()
+
+    def read_disk(self, seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
+        """An entry read back from its segment file (one place, so tests can count
+        the reads that missed the cache)."""
+        return read_entry(seg, offset)
+
+    def read(self, passed: Callable[[Segment], None]) -> SpoolEntry | None:
+        """The next committed entry, or None until there is one; ``passed`` is told of
+        each segment read to its end (it may go once acked)."""
+        seg_id, offset = self.at
+        seg = self.segments.get(seg_id)
+        if seg is None:  # dropped, or never existed: go to the oldest there is
+            if not self.segments:
+                return None
+            seg = next(iter(self.segments.values()))
+            seg_id, offset = seg.id, HEADER.size
+            self.at = (seg_id, offset)
+        if offset >= seg.committed:
+            if seg.sealed and seg.committed == seg.size and seg_id != next(reversed(
+                    self.segments)):
+                nxt = next((sid for sid in self.segments if sid > seg_id), None)
+                if nxt is not None:
+                    self.at = (nxt, HEADER.size)
+                    passed(seg)
+                    return self.read(passed)
+            return None
+        entry = self.cache.take(seg_id, offset)
+        if entry is None:
+            entry = self.read_disk(seg, offset)[0]
+        self.at = (seg_id, entry.end)
+        return entry
+
+    def done_with(self, seg: Segment) -> bool:
+        """Whether every entry of ``seg`` was read and acked."""
+        return self.at[0] > seg.id and not self.out.in_segment(seg.id)
+
+    def unsent(self, seg: Segment) -> tuple[int, int]:
+        """(records, batches) of ``seg`` not acked downstream, read from the disk."""
+        records = batches = 0
+        offset = HEADER.size
+        while offset < seg.committed:
+            entry, size = self.read_disk(seg, offset)
+            unread = self.at[0] < seg.id or (self.at[0] == seg.id and offset >= self.at[1])
+            if unread or self.out.unacked((seg.id, offset)):
+                records += entry.count
+                batches += 1
+            offset += size
+        return records, batches
+
+    def mark(self) -> tuple[int, int] | None:
+        """How far downstream acked: everything before the oldest entry still out (or
+        before the cursor, if none is out). None if nothing was ever spooled."""
+        if self.at == (0, 0):
+            return None
+        return self.out.oldest() or self.at

@@ -1,41 +1,32 @@
 """The batches an agent resent: recognised by (boot id, sequence number), acked once.
 
 An agent resends every batch it sent but saw no ack for, so after a reconnect the spool
-sees some batches twice. ``Resent`` remembers the last sequence numbers of recent agent
-runs, each with the future of the append that stored it (None: recovered from disk, so
-durable), and notices a run that skipped sequence numbers.
+sees some batches twice. ``Resent`` remembers the last sequence numbers of the agent
+runs ``runs`` follows, each with the future of the append that stored it (None:
+recovered from disk, so durable), and forgets a run's batches when ``runs`` forgets it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
-import time
-from dataclasses import dataclass
+
+from .runs import Runs
 
 __all__ = ["Resent"]
-
-log = logging.getLogger("parent_side.spool")
 
 Key = tuple[bytes, int]
 
 
-@dataclass(slots=True)
-class _Boot:
-    max_seq: int = 0
-    last_seen: float = 0.0
-
-
 class Resent:
-    """Recent (boot id, seq) pairs of up to ``boots`` agent runs, ``window`` per run."""
+    """Recent (boot id, seq) pairs of the runs in ``runs``, ``window`` more than 8 a run."""
 
-    def __init__(self, boots: int, window: int) -> None:
-        self.boots_max = boots
+    def __init__(self, runs: Runs, window: int) -> None:
+        self.runs = runs
         self.window = window
         self.recent: collections.OrderedDict[Key, asyncio.Future[None] | None] = (
             collections.OrderedDict())
-        self.boots: collections.OrderedDict[bytes, _Boot] = collections.OrderedDict()
+        runs.on_forget = self.forget
 
     def first(self, boot_id: bytes | None, seq: int | None) -> asyncio.Future[None] | None:
         """The future of the copy already stored, or None if this batch is new."""
@@ -47,32 +38,13 @@ class Resent:
             fut.set_result(None)
         return fut
 
-    def remember(self, boot_id: bytes | None, seq: int | None,
-                 fut: asyncio.Future[None] | None) -> int:
-        """Remember a stored batch; returns how many batches its run skipped before it."""
-        if boot_id is None or seq is None:
-            return 0
-        boot = self._boot(boot_id)
-        missing = seq - boot.max_seq - 1 if boot.max_seq and seq > boot.max_seq + 1 else 0
-        if missing and fut is not None:  # not while recovering: it was logged when it happened
-            log.warning("agent run %s skipped %d batch(es) (%d..%d): it dropped them "
-                        "(overflow drop_oldest) or lost them", boot_id.hex(), missing,
-                        boot.max_seq + 1, seq - 1)
-        boot.max_seq = max(boot.max_seq, seq)
-        boot.last_seen = time.monotonic()
+    def remember(self, boot_id: bytes, seq: int, fut: asyncio.Future[None] | None) -> None:
+        """Remember a stored batch (its run already advanced in ``runs``)."""
         self.recent[(boot_id, seq)] = fut
-        while len(self.recent) > self.boots_max * 8 + self.window:
+        while len(self.recent) > self.runs.limit * 8 + self.window:
             self.recent.popitem(last=False)
-        return missing
 
-    def _boot(self, boot_id: bytes) -> _Boot:
-        boot = self.boots.get(boot_id)
-        if boot is not None:
-            self.boots.move_to_end(boot_id)
-            return boot
-        boot = self.boots[boot_id] = _Boot()
-        while len(self.boots) > self.boots_max:
-            old, _ = self.boots.popitem(last=False)
-            for key in [k for k in self.recent if k[0] == old]:
-                del self.recent[key]
-        return boot
+    def forget(self, boot_id: bytes) -> None:
+        """Forget the batches of a run ``runs`` no longer follows."""
+        for key in [k for k in self.recent if k[0] == boot_id]:
+            del self.recent[key]

@@ -137,14 +137,14 @@ async def test_fluent_bit_down_longer_than_the_relays_memory_buffer_the_spool_ta
     assert spool is not None
     spool.cache_bytes = memory
     disk_reads = 0
-    read_disk = spool._read_disk
+    read_disk = spool.cursor.read_disk
 
     def counting_read_disk(*args: Any) -> Any:
         nonlocal disk_reads
         disk_reads += 1
         return read_disk(*args)
 
-    spool._read_disk = counting_read_disk  # type: ignore[method-assign]
+    spool.cursor.read_disk = counting_read_disk  # type: ignore[method-assign]
     writer = Writer("down", 12_000, sockdir, ("--rate", str(RATE), "--size", "400"))
     run = await agent(relay_url(relay), writer)
     try:

@@ -44,13 +44,16 @@ class RawAgent:
         self.boot = b"honest!!"
 
     @classmethod
-    async def connect(cls, path: Path, *, handshake: bool = True) -> RawAgent:
+    async def connect(cls, path: Path, *, handshake: bool = True, version: str = ""
+                      ) -> RawAgent:
+        """Connect and shake hands; with ``version``, as our agent (the relay then reads
+        its chunk ids as runs and sequence numbers)."""
         reader, writer = await asyncio.open_unix_connection(str(path))
         agent = cls(reader, writer)
         helo = await agent.next_frame()
         assert isinstance(helo, Helo), "the relay greets with HELO"
         if handshake:
-            hs = ClientHandshake(hostname="honest")
+            hs = ClientHandshake(hostname="honest", version=version)
             writer.write(hs.ping(helo))
             pong = await agent.next_frame()
             assert isinstance(pong, Pong) and pong.auth_result

@@ -49,7 +49,7 @@ def parse(argv: list[str], env: dict[str, str] | None = None,
     parser = Parser(prog="toy", raising=True)
     add_options(parser, OPTIONS)
     parser.set_defaults(**file_values(doc or {}, OPTIONS))
-    apply_env_defaults(parser, "TOY_", env or {})
+    apply_env_defaults(parser, OPTIONS, "TOY_", env or {})
     return Toy(**option_values(parser.parse_args(argv), OPTIONS, parser))
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import pytest
 
-from nel_config.argv import apply_env_defaults
-from nel_config.units import (
-    duration_arg,
-    parse_duration,
-    parse_size,
-    size_arg,
+from nel_config.argv import Parser, add_options, apply_env_defaults
+from nel_config.options import (
+    BOOL,
+    DURATION,
+    INT,
+    SIZE,
+    STR,
+    choice,
+    option,
+    options_of,
+    repeated,
 )
+from nel_config.units import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "size"), [
@@ -56,32 +62,32 @@ def test_parse_duration_invalid(text: str) -> None:
         parse_duration(text)
 
 
-def test_argparse_types_raise_argument_type_error() -> None:
-    assert size_arg("1KiB") == 1024
-    assert duration_arg("50ms") == pytest.approx(0.05)
-    with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
-        size_arg("big")
-    with pytest.raises(argparse.ArgumentTypeError, match="is not a duration"):
-        duration_arg("soon")
+@dataclasses.dataclass(frozen=True)
+class App:
+    max_size: int = option(100, SIZE, help="size")
+    timeout: float = option(1.0, DURATION, help="timeout")
+    port: int = option(1, INT, help="port")
+    name: str = option("n", STR, help="name")
+    verbose: bool = option(False, BOOL, help="verbose")
+    tag: tuple[str, ...] = option((), repeated(list, "TAG"), help="tags")
+    mode: str = option("a", choice("a", "b"), help="mode")
+    secret: str = option("s", STR, env=False, help="not from the environment")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prog")
+OPTIONS = options_of(App)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="prog")
     p.add_argument("target", nargs="?", default="t")
-    p.add_argument("--max-size", type=size_arg, default=100)
-    p.add_argument("--timeout", type=duration_arg, default=1.0)
-    p.add_argument("--port", type=int, default=1)
-    p.add_argument("--name", default="n")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--tag", action="append", default=[])
-    p.add_argument("--mode", choices=["a", "b"], default="a")
     p.add_argument("--version", action="version", version="1")
+    add_options(p, OPTIONS)
     return p
 
 
 def test_env_defaults_apply() -> None:
     parser = build_parser()
-    apply_env_defaults(parser, "APP_", {
+    apply_env_defaults(parser, OPTIONS, "APP_", {
         "APP_MAX_SIZE": "1KiB", "APP_TIMEOUT": "50ms", "APP_PORT": "8", "APP_NAME": "x",
         "APP_VERBOSE": "yes", "APP_TAG": "a,b,", "APP_MODE": "b",
     })
@@ -97,7 +103,7 @@ def test_env_defaults_apply() -> None:
 
 def test_flags_win_over_env() -> None:
     parser = build_parser()
-    apply_env_defaults(parser, "APP_", {"APP_MAX_SIZE": "1KiB", "APP_PORT": "8"})
+    apply_env_defaults(parser, OPTIONS, "APP_", {"APP_MAX_SIZE": "1KiB", "APP_PORT": "8"})
     args = parser.parse_args(["--max-size", "2KiB", "--port", "9"])
     assert (args.max_size, args.port) == (2048, 9)
 
@@ -105,14 +111,14 @@ def test_flags_win_over_env() -> None:
 @pytest.mark.parametrize("raw", ["0", "false", "no", "off", ""])
 def test_env_false_for_store_true(raw: str) -> None:
     parser = build_parser()
-    apply_env_defaults(parser, "APP_", {"APP_VERBOSE": raw})
+    apply_env_defaults(parser, OPTIONS, "APP_", {"APP_VERBOSE": raw})
     assert parser.parse_args([]).verbose is False
 
 
 def test_env_ignores_other_prefixes_positionals_help_and_version() -> None:
     parser = build_parser()
-    apply_env_defaults(parser, "APP_", {"OTHER_PORT": "5", "APP_TARGET": "zz", "PORT": "5",
-                                        "APP_HELP": "1", "APP_VERSION": "2"})
+    apply_env_defaults(parser, OPTIONS, "APP_", {
+        "OTHER_PORT": "5", "APP_TARGET": "zz", "PORT": "5", "APP_HELP": "1", "APP_VERSION": "2"})
     args = parser.parse_args([])
     assert (args.port, args.target) == (1, "t")
 
@@ -121,13 +127,13 @@ def test_env_ignores_other_prefixes_positionals_help_and_version() -> None:
     ({"APP_MAX_SIZE": "huge"}, "'huge' is not a size"),
     ({"APP_TIMEOUT": "soon"}, "'soon' is not a duration"),
     ({"APP_PORT": "eighty"}, "invalid literal"),
-    ({"APP_MODE": "c"}, "'c' is not one of a, b"),
+    ({"APP_MODE": "c"}, "expected one of 'a', 'b', got 'c'"),
 ])
 def test_env_bad_value_exits_naming_the_variable(env: dict[str, str], says: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     with pytest.raises(SystemExit) as info:
-        apply_env_defaults(parser, "APP_", env)
+        apply_env_defaults(parser, OPTIONS, "APP_", env)
     assert info.value.code == 2
     err = capsys.readouterr().err
     [name] = env
@@ -135,8 +141,13 @@ def test_env_bad_value_exits_naming_the_variable(env: dict[str, str], says: str,
     assert says in err
 
 
-def test_env_store_false_gives_a_bool() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--no-color", dest="color", action="store_false")
-    apply_env_defaults(parser, "APP_", {"APP_COLOR": "false"})
-    assert type(parser.parse_args([]).color) is bool
+def test_env_flag_gives_a_bool() -> None:
+    parser = build_parser()
+    apply_env_defaults(parser, OPTIONS, "APP_", {"APP_VERBOSE": "false"})
+    assert type(parser.parse_args([]).verbose) is bool
+
+
+def test_options_declared_without_a_variable_ignore_the_environment() -> None:
+    parser = build_parser()
+    apply_env_defaults(parser, OPTIONS, "APP_", {"APP_SECRET": "from env"})
+    assert parser.parse_args([]).secret == "s"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluent_forward import codec, fastpath
+from fluent_forward import entries, fastpath
 from fluent_forward.codec import validate_entries
 from fluent_forward.errors import MalformedFrame, ProtocolError, TooManyEntries
 
@@ -34,7 +34,7 @@ def both(data: bytes, hint: int | None = None, max_entries: int = 1000) -> objec
         except ProtocolError as exc:
             return ("error", type(exc))
     fast = verdict(lambda: validate_entries(data, max_entries=max_entries, count_hint=hint))
-    slow = verdict(lambda: codec._validate_slow(data, max_entries))
+    slow = verdict(lambda: entries._validate_slow(data, max_entries))
     assert fast == slow
     return fast
 
@@ -54,7 +54,7 @@ def test_the_fast_path_returns_the_very_bytes_given() -> None:
 def test_the_fast_path_is_taken_for_agent_entries(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_slow(data: bytes, max_entries: int) -> None:
         raise AssertionError("slow path taken")
-    monkeypatch.setattr(codec, "_validate_slow", no_slow)
+    monkeypatch.setattr(entries, "_validate_slow", no_slow)
     data = ENTRY_ET * 300  # over 16 and 65535-byte boundaries of the array header
     assert validate_entries(data) == (data, 300)
     assert validate_entries(data, count_hint=300) == (data, 300)
@@ -176,7 +176,7 @@ def agent_entries(lines: list[bytes], fields: dict[str, str] | None = None,
 def no_other_path(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> None:
         raise AssertionError("not the agent-shape path")
-    monkeypatch.setattr(codec, "_validate_slow", refuse)
+    monkeypatch.setattr(entries, "_validate_slow", refuse)
     monkeypatch.setattr(fastpath, "decoded_count", refuse)
 
 
