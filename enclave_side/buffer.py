@@ -52,8 +52,9 @@ class Sealer(Protocol):
     """Rewrites batches as they are sealed (``--sign`` numbers their records)."""
 
     def number(self, tag: str, parts: list[bytes], counts: list[int]
-               ) -> tuple[bytes, int, tuple[int, int, int]] | None:
-        """New entries, their count and what they are called; None to keep them."""
+               ) -> tuple[list[bytes], int, tuple[int, int, int]] | None:
+        """New entries (parts to concatenate), their count and what they are called;
+        None to keep them."""
 
     def after_seal(self) -> None:
         """Called once the batch is queued."""

@@ -274,7 +274,7 @@ def _signed(lines: list[bytes], first: int = 1, stream: int = 1) -> bytes:
     from enclave_side.lines import EntryEncoder
     from enclave_side.proof import number_entries
     part = EntryEncoder({"stream": "stdout"}).encode(lines, 1_795_726_388_123_456_789)
-    return number_entries([part], [len(lines)], "0123456789abcdef", stream, first)[0]
+    return b"".join(number_entries([part], [len(lines)], "0123456789abcdef", stream, first)[0])
 
 
 _SEQ2 = b"0123456789abcdef:1:000000000002"
