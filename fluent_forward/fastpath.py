@@ -160,11 +160,14 @@ def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes, masked: int = 0)
             and all(map(bytes.startswith, pieces, itertools.repeat(prefix),
                         itertools.repeat(_MAP_AT)))):
         return False
+    return _tails_ok(pieces, tail, masked) and bool(max(map(NANOS, pieces)) < BILLION)
+
+
+def _tails_ok(pieces: list[bytes], tail: bytes, masked: int) -> bool:
+    """Does every piece end with ``tail``, but for its last ``masked`` bytes?"""
     fixed = tail[:len(tail) - masked]
-    if fixed and (b"".join(map(itemgetter(slice(-len(tail), -masked or None)), pieces))
-                  != fixed * n):
-        return False
-    return bool(max(map(NANOS, pieces)) < BILLION)
+    return not fixed or (b"".join(map(itemgetter(slice(-len(tail), -masked or None)), pieces))
+                         == fixed * len(pieces))
 
 
 #: The field a signing agent (``--sign``) adds last to every record: a str of the same
@@ -197,7 +200,15 @@ def signed_shape_count(data: bytes, max_entries: int) -> int | None:
                   if tail[at:at + h] == str_header(max(len(tail) - at - h, 0))), 0)
     if not 0 < width < 256:
         return None
-    return len(pieces) if _pieces_ok(pieces, prefix, tail, width) else None
+    try:  # the length of every str8 line (32-255 bytes), if that is what they all are
+        lengths = bytes(map(sub, map(len, pieces), itertools.repeat(_STR_AT + 2 + len(tail))))
+    except ValueError:
+        lengths = b""
+    if lengths and min(lengths) >= 32:  # as agent_shape_count: a column at a time
+        ok = _str8_columns_ok(pieces, prefix, lengths) and _tails_ok(pieces, tail, width)
+    else:
+        ok = _pieces_ok(pieces, prefix, tail, width)
+    return len(pieces) if ok else None
 
 
 #: A piece's nanoseconds, map header, "log" key and str8 header: 11 bytes.

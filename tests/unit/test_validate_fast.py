@@ -287,6 +287,13 @@ def test_signed_entries_take_the_split_path(monkeypatch: pytest.MonkeyPatch) -> 
     for stream in (1, 12):  # a value of 31 bytes (fixstr), of 32 (str8)
         data = _signed([b"x" * (i % 300) for i in range(500)], first=99_990, stream=stream)
         assert validate_entries(data) == (data, 500)
+        # Lines all of 32-255 bytes: the columns are compared a column at a time.
+        data = _signed([b"y" * (32 + i % 224) for i in range(500)], stream=stream)
+        assert validate_entries(data) == (data, 500)
+
+
+_STR8 = _signed([b"y" * 40, b"z" * 200, b"w" * 32])
+_TIME_AT = len(_signed([b"y" * 40]))  # the second entry's EventTime starts 3 bytes on
 
 
 @pytest.mark.parametrize("data", [
@@ -294,6 +301,11 @@ def test_signed_entries_take_the_split_path(monkeypatch: pytest.MonkeyPatch) -> 
     _signed([b"a"]) + ENTRY_ET,  # a signed and an unsigned entry
     _signed([b"a", b"b"]).replace(b"\xbf" + _SEQ2, b"\xbe" + _SEQ2),  # a header off by one
     _signed([b"a", b"b"])[:-1],
+    _STR8,  # str8 lines: the column path
+    _STR8.replace(b"\xd9\xc8", b"\xd9\xc7"),  # a str8 header off by one
+    _STR8.replace(b"\xd9\xc8", b"\xda\x00\xc8"),  # a str16 header where str8 fits
+    _STR8[:_TIME_AT] + _STR8[_TIME_AT:].replace(b"stdout", b"stdouT", 1),  # one fixed field
+    _STR8[:_TIME_AT + 7] + b"\x3b\x9a\xca\x00" + _STR8[_TIME_AT + 11:],  # 1e9 nanoseconds
 ])
 def test_almost_signed_entries_get_the_slow_paths_verdict(data: bytes) -> None:
     both(data)
