@@ -139,11 +139,14 @@ def _ms(t: Any) -> int:
 
 
 def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream: int,
-                   first: int) -> tuple[list[bytes], list[bytes], int]:
+                   first: int, uniform: list[bool] | None = None
+                   ) -> tuple[list[bytes], list[bytes], int]:
     """Number a batch's entries ``first, first+1, ...``; times to whole milliseconds.
 
     ``parts`` are the batch's runs of entries as the sources added them, ``counts``
-    how many each holds. Returns the new entries in groups of ``GROUP`` (each one
+    how many each holds; ``uniform`` says of each whether the caller vouches that all
+    its entries start with the same head (``Buffer.add(uniform=...)``). Returns the new
+    entries in groups of ``GROUP`` (each one
     ``bytes``, the last maybe shorter; concatenated in order they are the batch), each
     group's digest (``group_digest``) and how many entries there are.
     A run of the agent's line shape (one read: every entry starts with the same head)
@@ -152,7 +155,8 @@ def number_entries(parts: list[bytes], counts: list[int], boot_hex: str, stream:
     msgpack in the one form the verifier rebuilds.
     Both give the same bytes for the same records (the tests hold them to it).
     """
-    fast = _number_runs(parts, counts, f"{boot_hex}:{stream}:", first)
+    fast = _number_runs(parts, counts, f"{boot_hex}:{stream}:", first,
+                        uniform or [False] * len(parts))
     return fast if fast is not None else _number_any(b"".join(parts), boot_hex, stream, first)
 
 
@@ -189,21 +193,25 @@ _LOW_DIGITS = 3
 _LOW = [b"%03d" % i for i in range(10 ** _LOW_DIGITS)]
 
 
-def _split_run(part: bytes, count: int) -> tuple[bytes, list[bytes]] | None:
+def _split_run(part: bytes, count: int, uniform: bool) -> tuple[bytes, list[bytes]] | None:
     """The run's head with its time cut to milliseconds and its map one larger, and the
     rest of each entry; None unless the run is ``count`` entries all with that head.
 
     The head holds the read's time to the nanosecond, so it occurs at the start of
     every entry; an entry with another head (flags: a larger map) would be glued to
-    the one before it, and a line holding the head would be cut. Counting both the
-    pieces and the head's time prefix against ``count`` refuses either.
+    the one before it, and a line holding the head would be cut. When every entry is
+    known to start with the head (``uniform``), ``count`` pieces say that no line holds
+    it. Otherwise the head's time prefix is counted too, which refuses an entry with
+    the same time and another map glued to a line holding the head (it does not refuse
+    one with another time: only a Forward client or processing joins such entries).
     """
     head = part[:_HEAD]
     if (len(head) < _HEAD or not head.startswith(_ENTRY_HEAD) or head[12:] != b"\xa3log"
             or not 0x80 <= head[11] < 0x8F):
         return None
     pieces = part.split(head)
-    if pieces[0] or len(pieces) - 1 != count or part.count(head[:11]) != count:
+    if pieces[0] or len(pieces) - 1 != count or \
+            (not uniform and part.count(head[:11]) != count):
         return None
     nanos = int.from_bytes(head[7:11], "big") // 1_000_000 * 1_000_000
     new_head = head[:7] + nanos.to_bytes(4, "big") + bytes((head[11] + 1,)) + head[12:]
@@ -235,8 +243,8 @@ def _grouped(pieces: list[bytes], per_entry: int, n: int) -> tuple[list[bytes], 
     return groups, list(map(_DIGEST, map(_FINISH, map(hashlib.sha256, groups))))
 
 
-def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int
-                 ) -> tuple[list[bytes], list[bytes], int] | None:
+def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int,
+                 uniform: list[bool]) -> tuple[list[bytes], list[bytes], int] | None:
     n = sum(counts)
     if first + n > 10 ** _SEQ_DIGITS:  # a longer number: the general path packs it
         return None
@@ -245,8 +253,8 @@ def _number_runs(parts: list[bytes], counts: list[int], prefix: str, first: int
     field = _SEQ_FIELD + str_header(len(prefix) + _SEQ_DIGITS) + prefix.encode()
     pieces: list[bytes] = []
     seq = first
-    for part, count in zip(parts, counts, strict=True):
-        run = _split_run(part, count)
+    for part, count, same in zip(parts, counts, uniform, strict=True):
+        run = _split_run(part, count, same)
         if run is None:
             return None
         head, bodies = run

@@ -128,7 +128,8 @@ class Signer:
 
     # -- numbering (called by Buffer._seal) -------------------------------------------------
 
-    def number(self, tag: str, parts: list[bytes], counts: list[int]
+    def number(self, tag: str, parts: list[bytes], counts: list[int],
+               uniform: list[bool] | None = None
                ) -> tuple[list[bytes], int, tuple[int, int, int]] | None:
         """Number a sealing batch's entries; None leaves it as it is (checkpoints)."""
         if tag == proof.SIGN_TAG:
@@ -138,7 +139,7 @@ class Signer:
             stream = self._streams[tag] = _Stream(len(self._streams) + 1)
         try:
             entries, digests, count = proof.number_entries(parts, counts, self.boot,
-                                                           stream.number, stream.next)
+                                                           stream.number, stream.next, uniform)
         except (ValueError, TypeError, proof.FormatError) as exc:
             # Never lose records over this: they go unsigned, and the verifier reports
             # them as not provable.

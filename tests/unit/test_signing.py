@@ -74,9 +74,11 @@ def test_the_fast_path_gives_the_bytes_of_the_general_one() -> None:
     enc = EntryEncoder({"stream": "stdout"})
     parts = [enc.encode([b"a", b"b" * 40, "é".encode()], 1795726388_987654321),
              enc.encode([b"c" * 300], 1795726389_000999999)]
-    fast = proof._number_runs(parts, [3, 1], f"{BOOT}:1:", 5)
-    assert fast is not None
-    assert fast == proof._number_any(b"".join(parts), BOOT, 1, 5)
+    assert enc.uniform
+    for uniform in (True, False):  # vouched for by the encoder, or checked
+        fast = proof._number_runs(parts, [3, 1], f"{BOOT}:1:", 5, [uniform] * 2)
+        assert fast is not None
+        assert fast == proof._number_any(b"".join(parts), BOOT, 1, 5)
 
 
 #: A read time whose EventTime bytes, then a fixmap header and "log", are valid UTF-8:
@@ -93,10 +95,13 @@ _CRAFTED_LINE = b"\x00kkkk\x00\x00\x00\xe1\x82\xa3log".ljust(0x92D7, b"y")
 ])
 def test_runs_the_fast_path_cannot_cut_right_take_the_general_path(
         items: list[bytes | tuple[bytes, int]]) -> None:
-    part = EntryEncoder({"stream": "stdout"}).encode(items, _CRAFTED_NS)
+    enc = EntryEncoder({"stream": "stdout"})
+    part = enc.encode(items, _CRAFTED_NS)
     assert part.count(part[:16]) > 1 or len(items) > 1
-    assert proof._number_runs([part], [len(items)], f"{BOOT}:1:", 1) is None
-    out, _, n = proof.number_entries([part], [len(items)], BOOT, 1, 1)
+    # The flagged read is not uniform (its entries start differently): checked, refused.
+    assert enc.uniform == (len(items) == 1)
+    assert proof._number_runs([part], [len(items)], f"{BOOT}:1:", 1, [enc.uniform]) is None
+    out, _, n = proof.number_entries([part], [len(items)], BOOT, 1, 1, [enc.uniform])
     assert n == len(items)
     assert [r["sig_seq"] for _, r in iter_entries(b"".join(out))] == [f"{BOOT}:1:{i + 1:012d}"
                                                              for i in range(n)]
@@ -352,7 +357,7 @@ def test_an_input_with_nothing_signed_is_a_finding(tmp_path: Path) -> None:
 def test_the_fast_path_agrees_with_the_general_one_at_its_edges(ns: int, first: int) -> None:
     part = EntryEncoder({"stream": "stdout"}).encode([b"a%d", b"%s%%", b"c"], ns)
     assert b"%" in part[:16] or first > 1
-    fast = proof._number_runs([part], [3], f"{BOOT}:1:", first)
+    fast = proof._number_runs([part], [3], f"{BOOT}:1:", first, [True])
     general = proof._number_any(part, BOOT, 1, first)
     assert (fast is None) == (first + 3 > 10**12)
     assert fast is None or fast == general
