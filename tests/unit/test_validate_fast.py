@@ -287,12 +287,18 @@ def test_signed_entries_take_the_split_path(monkeypatch: pytest.MonkeyPatch) -> 
     for stream in (1, 12):  # a value of 31 bytes (fixstr), of 32 (str8)
         data = _signed([b"x" * (i % 300) for i in range(500)], first=99_990, stream=stream)
         assert validate_entries(data) == (data, 500)
-        # Lines all of 32-255 bytes: the columns are compared a column at a time.
+    # Lines all of 32-255 bytes: split on the fields before sig_seq's value, then
+    # compared a column at a time; the general signed check is not needed.
+    monkeypatch.setattr(fastpath, "_pieces_ok", refuse)
+    for stream in (1, 12):
         data = _signed([b"y" * (32 + i % 224) for i in range(500)], stream=stream)
         assert validate_entries(data) == (data, 500)
 
 
 _STR8 = _signed([b"y" * 40, b"z" * 200, b"w" * 32])
+#: A line holding the fields before sig_seq's value (the str8 path's separator).
+_SEP = _signed([b"z" * 40])[-54:-31]
+_SEP_IN_A_LINE = _signed([b"y" * 40, b"q" * 10 + _SEP + b"q" * 40, b"w" * 33])
 _TIME_AT = len(_signed([b"y" * 40]))  # the second entry's EventTime starts 3 bytes on
 
 
@@ -306,6 +312,19 @@ _TIME_AT = len(_signed([b"y" * 40]))  # the second entry's EventTime starts 3 by
     _STR8.replace(b"\xd9\xc8", b"\xda\x00\xc8"),  # a str16 header where str8 fits
     _STR8[:_TIME_AT] + _STR8[_TIME_AT:].replace(b"stdout", b"stdouT", 1),  # one fixed field
     _STR8[:_TIME_AT + 7] + b"\x3b\x9a\xca\x00" + _STR8[_TIME_AT + 11:],  # 1e9 nanoseconds
+    _STR8[:_TIME_AT + 7] + b"\x3b\x9a\xc9\xff" + _STR8[_TIME_AT + 11:],  # 1e9 - 1: valid
+    _STR8[:-1],  # the last value one byte short
+    _STR8 + b"\x00",  # one byte after the last entry
+    _STR8[:_TIME_AT + 1] + b"\xd6" + _STR8[_TIME_AT + 2:],  # an entry head of another ext
+    _SEP_IN_A_LINE,
 ])
 def test_almost_signed_entries_get_the_slow_paths_verdict(data: bytes) -> None:
     both(data)
+
+
+def test_a_separator_inside_a_line_is_refused_by_the_str8_split() -> None:
+    prefix, tail = fastpath._first_entry_fields(_SEP_IN_A_LINE) or (b"", b"")
+    assert tail.endswith(_SEP + b"0123456789abcdef:1:000000000001")
+    assert fastpath._signed_str8_count(_SEP_IN_A_LINE, prefix, tail, 31, 100) is None
+    # Another path then takes the batch as it is: it is valid.
+    assert validate_entries(_SEP_IN_A_LINE) == (_SEP_IN_A_LINE, 3)
