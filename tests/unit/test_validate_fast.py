@@ -328,3 +328,22 @@ def test_a_separator_inside_a_line_is_refused_by_the_str8_split() -> None:
     assert fastpath._signed_str8_count(_SEP_IN_A_LINE, prefix, tail, 31, 100) is None
     # Another path then takes the batch as it is: it is valid.
     assert validate_entries(_SEP_IN_A_LINE) == (_SEP_IN_A_LINE, 3)
+
+
+signed_lines = st.lists(
+    st.binary(min_size=32, max_size=255)
+    | st.binary(min_size=32, max_size=255).map(lambda b: b[:10] + _SEP + b[10:]),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(signed_lines, st.integers(0, 2**32 - 1), st.binary(max_size=3),
+       st.sampled_from([1, 12]))
+def test_signed_batches_with_one_edit_get_the_slow_paths_verdict(
+        lines: list[bytes], at: int, junk: bytes, stream: int) -> None:
+    """Signed batches of str8 lines (the split path), some holding its separator, with
+    a few bytes overwritten anywhere: the same verdict as entry by entry."""
+    data = _signed(lines, stream=stream)
+    assert validate_entries(data) == (data, len(lines))
+    i = at % len(data)
+    both(data[:i] + junk + data[i + len(junk):])
