@@ -51,9 +51,10 @@ class _Kind(IntEnum):
 class Sealer(Protocol):
     """Rewrites batches as they are sealed (``--sign`` numbers their records)."""
 
-    def number(self, tag: str, parts: list[bytes], counts: list[int]
-               ) -> tuple[bytes, int, tuple[int, int, int]] | None:
-        """New entries, their count and what they are called; None to keep them."""
+    def number(self, tag: str, parts: list[bytes], counts: list[int], uniform: list[bool]
+               ) -> tuple[list[bytes], int, tuple[int, int, int]] | None:
+        """New entries (parts to concatenate), their count and what they are called;
+        None to keep them. ``uniform``: the parts whose entries all start alike."""
 
     def after_seal(self) -> None:
         """Called once the batch is queued."""
@@ -98,6 +99,7 @@ def _overhead(tag: str) -> int:
 class _Open:
     parts: list[bytes] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)  # entries in each part
+    uniform: list[bool] = field(default_factory=list)  # each part's add(uniform=...)
     size: int = 0  # bytes of entries
     count: int = 0
     since: float = 0.0
@@ -171,8 +173,11 @@ class Buffer:
 
     def add(self, tag: str, entries: bytes, count: int, *,
             policy: Overflow = Overflow.BLOCK, protected: bool = False,
-            owner: AckWatcher | None = None) -> int:
+            owner: AckWatcher | None = None, uniform: bool = False) -> int:
         """Take ``count`` packed entries for ``tag``; return how many were kept.
+
+        ``uniform``: the caller vouches that every entry starts with the same bytes up to
+        its line (``EntryEncoder.uniform``), which spares ``--sign`` a check.
 
         ``protected`` records (lifecycle, drop reports) are never dropped and never
         wait: they are small and rare. A batch never grows past ``batch_bytes``
@@ -204,6 +209,7 @@ class Buffer:
                 self.on_open(batch.since + self.flush_interval)
         batch.parts.append(entries)
         batch.counts.append(count)
+        batch.uniform.append(uniform)
         batch.size += size
         batch.count += count
         self._used += size
@@ -257,7 +263,7 @@ class Buffer:
         chunk = chunk_id(self.boot_id, seq)
         parts: list[bytes] | bytes = opened.parts
         count, signed = opened.count, None
-        numbered = (self.sealer.number(key[0], opened.parts, opened.counts)
+        numbered = (self.sealer.number(key[0], opened.parts, opened.counts, opened.uniform)
                     if self.sealer else None)
         if numbered is not None:
             parts, count, signed = numbered

@@ -153,6 +153,9 @@ class EntryEncoder:
                               + str_header(len(v.encode())) + v.encode()
                               for k, v in fields.items())
         self._map1 = 0x81 + len(fields)  # fixmap header: "log" plus the fields
+        #: Did the last ``encode`` give entries that all start with the same head (the
+        #: read's time, the map header, "log")? False when a line had flags.
+        self.uniform = False
         if self._map1 + 3 > 0x8F:
             raise ValueError("too many fixed fields")
         self.escaped = 0
@@ -162,6 +165,7 @@ class EntryEncoder:
 
         ``clean``: the caller knows the items are all ``bytes`` and ASCII.
         """
+        self.uniform = False
         if not items:
             return b""
         head = b"\x92" + event_time_bytes(ns) + bytes((self._map1,)) + b"\xa3log"
@@ -183,6 +187,7 @@ class EntryEncoder:
         parts[1::4] = _headers(lines)
         parts[2::4] = lines
         parts[3::4] = [tail] * n
+        self.uniform = True
         return b"".join(parts)
 
     def _encode_one(self, head: bytes, item: Item) -> bytes:

@@ -10,11 +10,12 @@ Records are numbered when their batch is sealed (``Buffer.sealer``), per tag (a
 *stream*), so each batch costs one pass over its entries and no work is done per
 line before that. Every ``records`` numbered records, every ``interval`` seconds
 (even when nothing happened, so a reader can tell quiet from withheld) and at exit,
-a checkpoint lists each stream's new range with its records' digests, the numbered
-records the buffer dropped since (a declared drop, not a deletion), and the SHA-256 of
-the checkpoint before it; it is signed as a C2SP signed note. Once an hour, and with
-the last checkpoint, a new attestation document names the latest checkpoint, which
-dates it by AWS's clock rather than the agent's. The format is in ``proof``.
+a checkpoint lists each stream's new ranges (one a sealed batch) with the digests of
+their groups of records, the numbered records the buffer dropped since (a declared
+drop, not a deletion), and the SHA-256 of the checkpoint before it; it is signed as
+a C2SP signed note. Once an hour, and with the last checkpoint, a new attestation
+document names the latest checkpoint, which dates it by AWS's clock rather than the
+agent's. The format is in ``proof``.
 """
 
 from __future__ import annotations
@@ -62,13 +63,15 @@ def require_signing() -> None:
 
 
 class _Stream:
-    __slots__ = ("number", "next", "first", "digests")
+    __slots__ = ("number", "next", "ranges")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.next = 1  # next sequence number
-        self.first = 1  # first sequence number not yet in a checkpoint
-        self.digests: list[bytes] = []
+        # Numbered, not yet in a checkpoint: (first, last, group digests), a batch each.
+        # A batch's groups start at its first number, so a range is cut only between
+        # groups and no group spans two batches (a dropped batch is whole groups).
+        self.ranges: list[tuple[int, int, list[bytes]]] = []
 
 
 class Signer:
@@ -125,8 +128,9 @@ class Signer:
 
     # -- numbering (called by Buffer._seal) -------------------------------------------------
 
-    def number(self, tag: str, parts: list[bytes], counts: list[int]
-               ) -> tuple[bytes, int, tuple[int, int, int]] | None:
+    def number(self, tag: str, parts: list[bytes], counts: list[int],
+               uniform: list[bool] | None = None
+               ) -> tuple[list[bytes], int, tuple[int, int, int]] | None:
         """Number a sealing batch's entries; None leaves it as it is (checkpoints)."""
         if tag == proof.SIGN_TAG:
             return None
@@ -135,7 +139,7 @@ class Signer:
             stream = self._streams[tag] = _Stream(len(self._streams) + 1)
         try:
             entries, digests, count = proof.number_entries(parts, counts, self.boot,
-                                                           stream.number, stream.next)
+                                                           stream.number, stream.next, uniform)
         except (ValueError, TypeError, proof.FormatError) as exc:
             # Never lose records over this: they go unsigned, and the verifier reports
             # them as not provable.
@@ -144,7 +148,8 @@ class Signer:
             return None
         first = stream.next
         stream.next += count
-        stream.digests += digests
+        if count:
+            stream.ranges.append((first, stream.next - 1, digests))
         self._pending += count
         return entries, count, (stream.number, first, stream.next - 1)
 
@@ -169,8 +174,8 @@ class Signer:
 
     def checkpoint(self, *, final: bool = False) -> None:
         """Sign what was numbered since the last checkpoint (maybe nothing), in as many
-        checkpoints of at most ``records`` digests as it takes: one stays a log event
-        CloudWatch takes (256 KiB)."""
+        checkpoints of at most ``records`` records as it takes (at least one group): one
+        stays a log event CloudWatch takes (256 KiB)."""
         while True:
             last = final and self._pending <= self.records
             self._n += 1
@@ -179,16 +184,11 @@ class Signer:
             self._drops = []
             budget = self.records
             for tag, stream in self._streams.items():
-                take = stream.digests[:budget]
-                if take:
+                taken = self._take(stream, budget, cp)
+                if taken:
                     # The tag in every checkpoint that covers the stream: each stands alone.
                     cp.tags[stream.number] = tag
-                    cp.streams.append(proof.StreamRange(stream.number, stream.first,
-                                                        stream.first + len(take) - 1,
-                                                        b"".join(take)))
-                    del stream.digests[:budget]
-                    stream.first += len(take)
-                    budget -= len(take)
+                    budget -= taken
             self._pending -= self.records - budget
             note = self._emit(cp)
             if self._pending < self.records and (last or not final):
@@ -201,6 +201,29 @@ class Signer:
                 self._attest(self._n, note)
             except (NsmError, OSError) as exc:  # the checkpoints still chain to the first
                 log.error("no attestation document for checkpoint %d: %s", self._n, exc)
+
+    def _take(self, stream: _Stream, budget: int, cp: proof.Checkpoint) -> int:
+        """Move the stream's ranges into ``cp``, ``budget`` records at most, cut between
+        groups (one group even over budget if ``cp`` is empty); how many it took."""
+        taken = 0
+        while stream.ranges and taken < budget:
+            first, last, digests = stream.ranges[0]
+            if last - first + 1 > budget - taken:
+                groups = (budget - taken) // proof.GROUP
+                if not groups and (taken or cp.streams):
+                    break
+                end = first + max(groups, 1) * proof.GROUP - 1
+            else:
+                end = last
+            if end < last:
+                groups = (end - first + 1) // proof.GROUP
+                stream.ranges[0] = (end + 1, last, digests[groups:])
+                last, digests = end, digests[:groups]
+            else:
+                del stream.ranges[0]
+            cp.streams.append(proof.StreamRange(stream.number, first, last, b"".join(digests)))
+            taken += last - first + 1
+        return taken
 
     def _emit(self, cp: proof.Checkpoint) -> str:
         body = cp.body()

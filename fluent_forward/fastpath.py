@@ -12,7 +12,8 @@ unchanged, and the tests hold them to that.
    object is built but those of the first entry. About five times cheaper than (2).
    ``signed_shape_count``: the same with the field a signing agent adds last to every
    record (``sig_seq``, a str of one length whose bytes differ from record to record),
-   those bytes left out of the comparison.
+   those bytes left out of the comparison; for lines of 32-255 bytes, one split on
+   the fields before that value, which checks them too, then the same column check.
 2. ``decoded_count``: any entries. One ``unpackb`` decodes all of them as an array of
    exactly ``n`` (the frame's ``size`` option, or as many as ``skip()`` counts), with
    ext types as ``slice(code, data)`` instead of msgpack's ``ExtType`` (whose
@@ -184,10 +185,6 @@ def signed_shape_count(data: bytes, max_entries: int) -> int | None:
     fixed = _first_entry_fields(data)
     if fixed is None:
         return None
-    pieces = data.split(_ENTRY_HEAD)
-    del pieces[0]
-    if len(pieces) > max_entries:
-        return None
     prefix, tail = fixed
     at = tail.rfind(_SIG_FIELD) + len(_SIG_FIELD)
     if at < len(_SIG_FIELD):
@@ -197,7 +194,62 @@ def signed_shape_count(data: bytes, max_entries: int) -> int | None:
                   if tail[at:at + h] == str_header(max(len(tail) - at - h, 0))), 0)
     if not 0 < width < 256:
         return None
+    n = _signed_str8_count(data, prefix, tail, width, max_entries)
+    if n is not None:
+        return n
+    pieces = data.split(_ENTRY_HEAD)
+    del pieces[0]
+    if len(pieces) > max_entries:
+        return None
     return len(pieces) if _pieces_ok(pieces, prefix, tail, width) else None
+
+
+#: In a piece of ``_signed_str8_count`` after the value before it: the entry head, 8
+#: time bytes, the map header and "log" key, the str8 header: 18 bytes.
+_SIGNED_WIDTH = len(_ENTRY_HEAD) + _STR_AT + 2
+
+
+def _signed_str8_count(data: bytes, prefix: bytes, tail: bytes, width: int,
+                       max_entries: int) -> int | None:
+    """Signed entries whose lines are all str8 (32-255 bytes, most log lines): their
+    count, or None (ask the general signed check).
+
+    ``data`` is split on the fields before ``sig_seq``'s value (``sep``, constant and
+    long, so the split is fast and checks those fields at once). The pieces are then
+    ``entry head + line part`` of the first entry, ``value + entry head + line part``
+    of each next one, and the last entry's value alone. Each piece is checked for
+    exactly that: ``width`` bytes of any value (a str whose header is in ``sep``),
+    the entry head, 8 time bytes with nanoseconds below 1e9, the first entry's map
+    header and key, a str8 header and as many bytes as it says. Joined again with
+    ``sep`` such pieces are valid entries, whatever the split met: a ``sep`` inside a
+    line cuts pieces whose lengths disagree with their headers, and is refused.
+    """
+    sep = tail[:len(tail) - width]
+    pieces = data.split(sep)
+    n = len(pieces) - 1
+    if not 0 < n <= max_entries or len(pieces[-1]) != width:
+        return None
+    del pieces[-1]
+    pieces[0] = bytes(width) + pieces[0]  # no value before the first entry
+    try:
+        lengths = bytes(map(sub, map(len, pieces), itertools.repeat(width + _SIGNED_WIDTH)))
+    except ValueError:  # a line under 0 or over 255 bytes long
+        return None
+    if min(lengths) < 32:
+        return None
+    cols = b"".join(map(itemgetter(slice(width, width + _SIGNED_WIDTH)), pieces))
+    at_prefix = len(_ENTRY_HEAD) + _MAP_AT
+    for i, byte in itertools.chain(enumerate(_ENTRY_HEAD),
+                                   enumerate(prefix + b"\xd9", start=at_prefix)):
+        if cols[i::_SIGNED_WIDTH] != bytes((byte,)) * n:
+            return None
+    if cols[_SIGNED_WIDTH - 1::_SIGNED_WIDTH] != lengths:
+        return None
+    nanos_at = len(_ENTRY_HEAD) + 4
+    if max(cols[nanos_at::_SIGNED_WIDTH]) >= 0x3B and max(map(
+            itemgetter(slice(width + nanos_at, width + nanos_at + 4)), pieces)) >= BILLION:
+        return None
+    return n
 
 
 #: A piece's nanoseconds, map header, "log" key and str8 header: 11 bytes.

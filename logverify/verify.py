@@ -8,7 +8,12 @@ For each boot (one run of the agent) found in the input:
 2. Every checkpoint must be signed by that key, for that boot (a valid signature for
    another boot is not good enough: systemd's CVE-2023-31439 was a verifier that did
    not check which epoch a tag belonged to), and chain to the one before it.
-3. Every record must match the digest its checkpoint lists at its stream and number.
+3. Every group of records (``proof.groups_of``: runs of ``proof.GROUP`` numbers of a
+   checkpoint's range) must match the digest its checkpoint lists for it. A group that
+   does not is ``altered`` as a whole ("one or more of records a-b": the digest says
+   that something in it changed, not what); a group with a number absent is
+   ``missing`` that number, and the finding says that the rest of its group cannot be
+   proven (not a finding of its own).
 
 Findings (each makes the exit status 1): ``altered``, ``missing``, ``inserted``,
 ``reordered``, ``unproven`` (after the last checkpoint), ``missing_checkpoints``,
@@ -24,8 +29,10 @@ never reported.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -86,7 +93,7 @@ class Report:
 @dataclass(slots=True)
 class _Rec:
     seq: int
-    digest: bytes
+    entry: bytes  # its canonical form (proof.canonical_entry), as this copy was kept
     item: Item
     index: int
 
@@ -149,8 +156,8 @@ def _collect(items: Iterable[Item], report: Report) -> tuple[dict[str, _Boot], l
         # whether it is the time the enclave signed.
         own = rec.get("enclave_time")
         ms = own // 1_000_000 if type(own) is int else item.ms
-        digest = proof.record_digest(proof.canonical_entry(ms, _signed_part(rec)))
-        boots[boot].records[stream].append(_Rec(seq, digest, item, index))
+        entry = proof.canonical_entry(ms, _signed_part(rec))
+        boots[boot].records[stream].append(_Rec(seq, entry, item, index))
     return boots, unsigned
 
 
@@ -277,7 +284,8 @@ def _later_docs(boot: str, b: _Boot, valid: dict[int, tuple[proof.Checkpoint, st
 @dataclass(slots=True)
 class _Cover:
     tag: str | None = None  # None: no checkpoint in the input names it
-    digests: dict[int, bytes] = field(default_factory=dict)
+    groups: list[tuple[int, int, bytes]] = field(default_factory=list)  # first, last, digest
+    covered: set[int] = field(default_factory=set)  # the numbers the groups hold
     dropped: set[int] = field(default_factory=set)
     last: int = 0
 
@@ -289,8 +297,8 @@ def _coverage(valid: dict[int, tuple[proof.Checkpoint, str]]) -> dict[int, _Cove
             cover[s].tag = tag
         for r in cp.streams:
             c = cover[r.stream]
-            for seq in range(r.first, r.last + 1):
-                c.digests[seq] = r.digest_of(seq)
+            c.groups += r.groups()
+            c.covered.update(range(r.first, r.last + 1))
             c.last = max(c.last, r.last)
         for s, a, b in cp.drops:
             cover[s].dropped.update(range(a, b + 1))
@@ -302,42 +310,107 @@ def _tag_ok(item: Item, tag: str | None) -> bool:
     return item.tag is None or tag is None or item.tag == tag or item.tag.endswith("." + tag)
 
 
+#: Different copies of a group's numbers (an inserted variant beside the real record)
+#: are tried in every combination up to this many; beyond it the group is ``altered``.
+MAX_COMBINATIONS = 256
+
+
+def _match(want: bytes, copies: Sequence[list[_Rec]]) -> list[bytes] | None:
+    """One copy's canonical form for each number, together giving the group's digest."""
+    options = [list(dict.fromkeys(r.entry for r in recs)) for recs in copies]
+    if math.prod(map(len, options)) > MAX_COMBINATIONS:
+        return None
+    for combination in itertools.product(*options):
+        if proof.group_digest(b"".join(combination)) == want:
+            return list(combination)
+    return None
+
+
+@dataclass(slots=True)
+class _Verdicts:
+    altered: list[int] = field(default_factory=list)  # records: the group held, the tag not
+    altered_groups: list[tuple[int, int]] = field(default_factory=list)
+    inserted: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    group_mates: list[int] = field(default_factory=list)  # unprovable beside a missing one
+    unproven: list[int] = field(default_factory=list)
+    firsts: list[_Rec] = field(default_factory=list)
+
+
+def _group(a: int, b: int, want: bytes, by_seq: dict[int, list[_Rec]], c: _Cover,
+           v: _Verdicts, sr: StreamReport) -> None:
+    seqs = range(a, b + 1)
+    if any(q in c.dropped for q in seqs):  # a dropped batch (whole groups): never sent
+        v.inserted += [q for q in seqs if q in by_seq]
+        return
+    absent = [q for q in seqs if q not in by_seq]
+    if absent:
+        v.missing += absent
+        v.group_mates += [q for q in seqs if q in by_seq]
+        return
+    chosen = _match(want, [by_seq[q] for q in seqs])
+    if chosen is None:
+        v.altered_groups.append((a, b))
+        return
+    for q, entry in zip(seqs, chosen, strict=True):
+        copies = by_seq[q]
+        good = [r for r in copies if r.entry == entry and _tag_ok(r.item, c.tag)]
+        if not good:  # as signed, but kept under another tag
+            v.altered.append(q)
+            continue
+        sr.verified += 1
+        sr.duplicates += len(good) - 1
+        v.inserted += [q] * (len(copies) - len(good))
+        v.firsts.append(good[0])
+
+
 def _stream(boot: str, s: int, recs: list[_Rec], c: _Cover, final: bool, report: Report,
             sr: StreamReport) -> None:
     name = c.tag or f"stream {s}"
     by_seq: dict[int, list[_Rec]] = defaultdict(list)
     for r in recs:
         by_seq[r.seq].append(r)
-    altered: list[int] = []
-    inserted: list[int] = []
-    unproven: list[int] = []
-    firsts: list[_Rec] = []
-    for seq, copies in by_seq.items():
-        want = c.digests.get(seq)
-        if want is None:
+    v = _Verdicts()
+    for a, b, want in c.groups:
+        _group(a, b, want, by_seq, c, v, sr)
+    for seq in by_seq:
+        if seq not in c.covered:
             # Dropped by the agent, or after its last word: nobody sent it. Inside a
             # lost checkpoint's interval, or after the latest checkpoint: not provable.
             late = seq > c.last
-            (inserted if seq in c.dropped or (late and final) else unproven).append(seq)
-            continue
-        good = [r for r in copies if r.digest == want and _tag_ok(r.item, c.tag)]
-        if not good:
-            altered.append(seq)
-            continue
-        sr.verified += 1
-        sr.duplicates += len(good) - 1
-        inserted += [seq] * (len(copies) - len(good))
-        firsts.append(good[0])
-    missing = [q for q in c.digests if q not in by_seq and q not in c.dropped]
+            (v.inserted if seq in c.dropped or (late and final) else v.unproven).append(seq)
     # Numbers the checkpoints skip (a checkpoint lost with its records) are missing too.
-    known = set(c.digests) | c.dropped
-    missing += [q for q in range(1, c.last + 1) if q not in known and q not in by_seq]
-    for kind, seqs in (("altered", altered), ("inserted", inserted), ("missing", missing),
-                       ("unproven", unproven)):
-        if seqs:
-            report.add(kind, boot, name, f"{len(seqs)} records: {_fmt(_ranges(seqs))}")
+    v.missing += [q for q in range(1, c.last + 1)
+                  if q not in c.covered and q not in c.dropped and q not in by_seq]
+    _report_stream(boot, name, v, report)
     sr.declared_drops = _ranges(c.dropped)
-    _order(boot, name, firsts, report)
+    _order(boot, name, v.firsts, report)
+
+
+def _report_stream(boot: str, name: str, v: _Verdicts, report: Report) -> None:
+    altered = []
+    if v.altered:
+        altered.append(f"{len(v.altered)} records kept under another tag: "
+                       f"{_fmt(_ranges(v.altered))}")
+    if len(v.altered_groups) == 1:
+        altered.append(f"one or more of records {_fmt(v.altered_groups)} not as signed "
+                       "(the digest of their group fails, and does not say which)")
+    elif v.altered_groups:
+        altered.append(f"one or more records in each of {_fmt(v.altered_groups)} not as "
+                       "signed (the digests of those groups fail, and do not say which)")
+    if altered:
+        report.add("altered", boot, name, "; ".join(altered))
+    if v.inserted:
+        report.add("inserted", boot, name, f"{len(v.inserted)} records: "
+                   f"{_fmt(_ranges(v.inserted))}")
+    if v.missing:
+        mates = (f"; the other {len(v.group_mates)} records of their groups cannot be "
+                 f"proven: {_fmt(_ranges(v.group_mates))}") if v.group_mates else ""
+        report.add("missing", boot, name, f"{len(v.missing)} records: "
+                   f"{_fmt(_ranges(v.missing))}{mates}")
+    if v.unproven:
+        report.add("unproven", boot, name, f"{len(v.unproven)} records: "
+                   f"{_fmt(_ranges(v.unproven))}")
 
 
 def _order(boot: str, name: str, firsts: list[_Rec], report: Report) -> None:

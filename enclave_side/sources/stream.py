@@ -64,13 +64,15 @@ class LineStream:
     def _emit(self, items: list[Item], *, clean: bool = False) -> None:
         self.lines += len(items)
         if self.pipeline is None:
-            self._add(self.encoder.encode(items, time.time_ns(), clean=clean), len(items))
+            entries = self.encoder.encode(items, time.time_ns(), clean=clean)
+            self._add(entries, len(items), uniform=self.encoder.uniform)
         else:
             self._add(*self.pipeline.process_lines(items, time.time_ns()))
 
-    def _add(self, entries: bytes, count: int) -> None:
+    def _add(self, entries: bytes, count: int, *, uniform: bool = False) -> None:
         if count:
-            self.buffer.add(self.tag, entries, count, policy=self.policy, owner=self.owner)
+            self.buffer.add(self.tag, entries, count, policy=self.policy, owner=self.owner,
+                            uniform=uniform)
             if self.owner is not None:
                 self.adds += 1
 

@@ -197,7 +197,12 @@ def test_one_byte_changed_is_altered(log: list[str], root: Path, tmp_path: Path)
     log[i] = log[i].replace("line 150 x", "line 150 y")
     code, report = verify(tmp_path, log, root)
     assert code == 1 and kinds(report) == {"altered"}
-    assert "1 records: 151" in report["findings"][0]["detail"]
+    # Checkpoints commit to groups: the finding names the group that holds record 151.
+    m = re.match(r"one or more of records (\d+)-(\d+) not as signed",
+                 report["findings"][0]["detail"])
+    assert m, report["findings"][0]["detail"]
+    first, last = int(m.group(1)), int(m.group(2))
+    assert first <= 151 <= last and last - first + 1 <= proof.GROUP
 
 
 def test_a_deleted_record_is_missing(log: list[str], root: Path, tmp_path: Path) -> None:
@@ -205,6 +210,10 @@ def test_a_deleted_record_is_missing(log: list[str], root: Path, tmp_path: Path)
     code, report = verify(tmp_path, log, root)
     assert code == 1 and kinds(report) == {"missing"}
     assert "1 records: 11" in report["findings"][0]["detail"]
+    # Its group's other records cannot be proven: said in that finding, not as another.
+    m = re.search(r"the other (\d+) records of their groups cannot be proven",
+                  report["findings"][0]["detail"])
+    assert m and 1 <= int(m.group(1)) < proof.GROUP, report["findings"][0]["detail"]
 
 
 def test_an_inserted_record_is_inserted(log: list[str], root: Path, tmp_path: Path) -> None:

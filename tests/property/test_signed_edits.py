@@ -18,6 +18,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from enclave_side import proof
 from logverify.readers import InputError, read_input
 from logverify.verify import verify
 from tests.signedlog import lines, make_log, pki, render
@@ -29,7 +30,8 @@ _LINE = re.compile(r"^(\S+): \[([0-9]+)\.([0-9]{9}), (\{.*\})\]$")
 @functools.cache
 def clean_log() -> tuple[str, ...]:
     pki()
-    text = render(make_log([lines(12, 12 * i) for i in range(5)], records=20), "fluentbit")
+    # Batches of 20 records: a full group of proof.GROUP and a short one each.
+    text = render(make_log([lines(20, 20 * i) for i in range(4)], records=20), "fluentbit")
     return tuple(text.splitlines())
 
 
@@ -48,7 +50,7 @@ def _signed(log: list[str]) -> list[int]:
 
 
 def _checkpoints(log: list[str]) -> list[int]:
-    return [i for i, line in enumerate(log) if "checkpoint v1" in line]
+    return [i for i, line in enumerate(log) if proof.ORIGIN in line]
 
 
 def _rewrite(line: str, change: str, data: st.DataObject) -> str:
@@ -91,7 +93,7 @@ def edit(log: list[str], data: st.DataObject) -> None:
         if kind == "drop_checkpoint":
             del log[k]
         else:
-            start = log[k].index("checkpoint v1") + len("checkpoint v1")
+            start = log[k].index(proof.ORIGIN) + len(proof.ORIGIN)
             end = log[k].index('","event":')  # the note ends there; "event" is not signed
             pos = data.draw(st.integers(start, end - 1))
             c = data.draw(st.sampled_from("ABCxyz019+/"))

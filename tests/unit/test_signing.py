@@ -50,20 +50,35 @@ def check(text: str, tmp_path: Path, name: str = "log") -> Any:
 
 def test_numbering_puts_the_field_last_and_cuts_time_to_milliseconds() -> None:
     entry = pack_entry(EventTime(1795726388, 123456789), {"sig_seq": "app's", "log": "x"})
-    out, digests, n = proof.number_entries([entry], [1], BOOT, 2, 41)
+    (out,), digests, n = proof.number_entries([entry], [1], BOOT, 2, 41)
     ((t, rec),) = iter_entries(out)
     assert n == 1 and list(rec) == ["log", "sig_seq"] and rec["sig_seq"] == f"{BOOT}:2:000000000041"
     assert EventTime(1795726388, 123000000) == t
     assert digests == [hashlib.sha256(out).digest()[:16]]
 
 
+def test_a_group_digest_covers_its_records_in_order_and_the_last_group_may_be_short(
+        ) -> None:
+    enc = EntryEncoder({"stream": "stdout"})
+    n = proof.GROUP * 2 + 3
+    groups, digests, count = proof.number_entries(
+        [enc.encode([b"line %d" % i for i in range(n)], 1795726388_987654321)], [n], BOOT, 1, 7)
+    entries = [pack_entry(t, r) for t, r in iter_entries(b"".join(groups))]
+    assert count == n and [len(list(iter_entries(g))) for g in groups] == [16, 16, 3]
+    assert digests == [hashlib.sha256(b"".join(entries[i:i + 16])).digest()[:16]
+                       for i in range(0, n, 16)]
+    assert list(proof.groups_of(7, 7 + n - 1)) == [(7, 22), (23, 38), (39, 41)]
+
+
 def test_the_fast_path_gives_the_bytes_of_the_general_one() -> None:
     enc = EntryEncoder({"stream": "stdout"})
     parts = [enc.encode([b"a", b"b" * 40, "é".encode()], 1795726388_987654321),
              enc.encode([b"c" * 300], 1795726389_000999999)]
-    fast = proof._number_runs(parts, [3, 1], f"{BOOT}:1:", 5)
-    assert fast is not None
-    assert fast == proof._number_any(b"".join(parts), BOOT, 1, 5)
+    assert enc.uniform
+    for uniform in (True, False):  # vouched for by the encoder, or checked
+        fast = proof._number_runs(parts, [3, 1], f"{BOOT}:1:", 5, [uniform] * 2)
+        assert fast is not None
+        assert fast == proof._number_any(b"".join(parts), BOOT, 1, 5)
 
 
 #: A read time whose EventTime bytes, then a fixmap header and "log", are valid UTF-8:
@@ -80,26 +95,29 @@ _CRAFTED_LINE = b"\x00kkkk\x00\x00\x00\xe1\x82\xa3log".ljust(0x92D7, b"y")
 ])
 def test_runs_the_fast_path_cannot_cut_right_take_the_general_path(
         items: list[bytes | tuple[bytes, int]]) -> None:
-    part = EntryEncoder({"stream": "stdout"}).encode(items, _CRAFTED_NS)
+    enc = EntryEncoder({"stream": "stdout"})
+    part = enc.encode(items, _CRAFTED_NS)
     assert part.count(part[:16]) > 1 or len(items) > 1
-    assert proof._number_runs([part], [len(items)], f"{BOOT}:1:", 1) is None
-    out, _, n = proof.number_entries([part], [len(items)], BOOT, 1, 1)
+    # The flagged read is not uniform (its entries start differently): checked, refused.
+    assert enc.uniform == (len(items) == 1)
+    assert proof._number_runs([part], [len(items)], f"{BOOT}:1:", 1, [enc.uniform]) is None
+    out, _, n = proof.number_entries([part], [len(items)], BOOT, 1, 1, [enc.uniform])
     assert n == len(items)
-    assert [r["sig_seq"] for _, r in iter_entries(out)] == [f"{BOOT}:1:{i + 1:012d}"
+    assert [r["sig_seq"] for _, r in iter_entries(b"".join(out))] == [f"{BOOT}:1:{i + 1:012d}"
                                                              for i in range(n)]
 
 
 def test_a_record_verifies_after_a_json_round_trip() -> None:
     entry = pack_entry(EventTime(1795726388, 5_000_000),
                        {"log": "ü \"q\"", "n": 3, "ok": True, "nested": {"a": [1, None]}})
-    out, digests, _ = proof.number_entries([entry], [1], BOOT, 1, 1)
+    (out,), digests, _ = proof.number_entries([entry], [1], BOOT, 1, 1)
     rec = json.loads(json.dumps(next(iter_entries(out))[1]))
-    assert proof.record_digest(proof.canonical_entry(1795726388005, rec)) == digests[0]
+    assert proof.group_digest(proof.canonical_entry(1795726388005, rec)) == digests[0]
 
 
 def test_notes_round_trip_and_refuse_other_spellings() -> None:
     cp = proof.Checkpoint(BOOT, 3, b"\x01" * 32, 1795726388000,
-                          streams=[proof.StreamRange(1, 5, 6, b"\x02" * 32)],
+                          streams=[proof.StreamRange(1, 5, 6, b"\x02" * 16)],  # one group
                           tags={1: "app.stdout", 2: "a client's\ntag"}, drops=[(1, 1, 4)],
                           final=True)
     key = ed25519.Ed25519PrivateKey.generate()
@@ -173,6 +191,42 @@ def test_duplicates_are_counted_not_reported(tmp_path: Path) -> None:
     report = check("\n".join(text) + "\n", tmp_path)
     assert report.findings == []
     assert sum(s.duplicates for b in report.boots.values() for s in b.streams.values()) == 1
+
+
+def test_a_different_copy_beside_the_real_one_is_inserted_and_its_group_verifies(
+        tmp_path: Path) -> None:
+    text = render(make_log([lines(20)]), "fluentbit").splitlines()
+    i = next(i for i, line in enumerate(text) if "line 3 " in line)
+    text.insert(i + 2, text[i].replace("line 3 ", "line 3!"))  # same number, other text
+    report = check("\n".join(text) + "\n", tmp_path)
+    assert [(f.kind, f.detail) for f in report.findings] == [("inserted", "1 records: 4")]
+    assert {s.tag: s.verified for b in report.boots.values()
+            for s in b.streams.values()}["app.stdout"] == 20
+
+
+def test_a_record_moved_to_another_tag_is_named_alone(tmp_path: Path) -> None:
+    text = render(make_log([lines(20)]), "fluentbit").splitlines()
+    i = next(i for i, line in enumerate(text) if "line 3 " in line)
+    text[i] = text[i].replace("app.stdout:", "app.stderr:", 1)
+    report = check("\n".join(text) + "\n", tmp_path)
+    assert [(f.kind, f.detail) for f in report.findings] == [
+        ("altered", "1 records kept under another tag: 4")]
+
+
+def test_an_altered_record_names_its_group_and_a_deleted_one_its_group_mates(
+        tmp_path: Path) -> None:
+    text = render(make_log([lines(20)]), "fluentbit").splitlines()
+    changed = next(i for i, line in enumerate(text) if "line 3 " in line)
+    text[changed] = text[changed].replace("line 3 ", "line 4 ")
+    del text[next(i for i, line in enumerate(text) if "line 18 " in line)]
+    report = check("\n".join(text) + "\n", tmp_path)
+    assert [(f.kind, f.detail) for f in report.findings] == [
+        ("altered", "one or more of records 1-16 not as signed (the digest of their group "
+         "fails, and does not say which)"),
+        ("missing", "1 records: 19; the other 3 records of their groups cannot be proven: "
+         "17-18, 20")]
+    assert {s.tag: s.verified for b in report.boots.values()
+            for s in b.streams.values()}["app.stdout"] == 0
 
 
 def test_records_after_the_last_checkpoint_are_unproven(tmp_path: Path) -> None:
@@ -250,7 +304,10 @@ def test_a_batch_larger_than_a_checkpoint_is_split_across_checkpoints(tmp_path: 
     notes = [proof.parse_note(rec["log"])[0] for tag, e in batches if tag.endswith("agent.sign")
              for _, rec in iter_entries(e) if rec["event"] == "checkpoint"]
     sizes = [sum(r.last - r.first + 1 for r in cp.streams) for cp in notes]
-    assert max(sizes) == 20 and sum(sizes) == 90 and [cp.final for cp in notes][-1]
+    assert max(sizes) <= 20 and sum(sizes) == 90 and [cp.final for cp in notes][-1]
+    # A batch's range is cut between its groups only: the group digests stay whole.
+    assert all((r.last - r.first + 1) % proof.GROUP == 0 for cp in notes for r in cp.streams
+               if r.last not in (45, 90))
     assert [cp.n for cp in notes] == list(range(len(notes)))
     assert check(render(batches, "fluentbit"), tmp_path).findings == []
 
@@ -300,7 +357,7 @@ def test_an_input_with_nothing_signed_is_a_finding(tmp_path: Path) -> None:
 def test_the_fast_path_agrees_with_the_general_one_at_its_edges(ns: int, first: int) -> None:
     part = EntryEncoder({"stream": "stdout"}).encode([b"a%d", b"%s%%", b"c"], ns)
     assert b"%" in part[:16] or first > 1
-    fast = proof._number_runs([part], [3], f"{BOOT}:1:", first)
+    fast = proof._number_runs([part], [3], f"{BOOT}:1:", first, [True])
     general = proof._number_any(part, BOOT, 1, first)
     assert (fast is None) == (first + 3 > 10**12)
     assert fast is None or fast == general

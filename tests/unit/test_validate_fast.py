@@ -274,7 +274,7 @@ def _signed(lines: list[bytes], first: int = 1, stream: int = 1) -> bytes:
     from enclave_side.lines import EntryEncoder
     from enclave_side.proof import number_entries
     part = EntryEncoder({"stream": "stdout"}).encode(lines, 1_795_726_388_123_456_789)
-    return number_entries([part], [len(lines)], "0123456789abcdef", stream, first)[0]
+    return b"".join(number_entries([part], [len(lines)], "0123456789abcdef", stream, first)[0])
 
 
 _SEQ2 = b"0123456789abcdef:1:000000000002"
@@ -287,6 +287,19 @@ def test_signed_entries_take_the_split_path(monkeypatch: pytest.MonkeyPatch) -> 
     for stream in (1, 12):  # a value of 31 bytes (fixstr), of 32 (str8)
         data = _signed([b"x" * (i % 300) for i in range(500)], first=99_990, stream=stream)
         assert validate_entries(data) == (data, 500)
+    # Lines all of 32-255 bytes: split on the fields before sig_seq's value, then
+    # compared a column at a time; the general signed check is not needed.
+    monkeypatch.setattr(fastpath, "_pieces_ok", refuse)
+    for stream in (1, 12):
+        data = _signed([b"y" * (32 + i % 224) for i in range(500)], stream=stream)
+        assert validate_entries(data) == (data, 500)
+
+
+_STR8 = _signed([b"y" * 40, b"z" * 200, b"w" * 32])
+#: A line holding the fields before sig_seq's value (the str8 path's separator).
+_SEP = _signed([b"z" * 40])[-54:-31]
+_SEP_IN_A_LINE = _signed([b"y" * 40, b"q" * 10 + _SEP + b"q" * 40, b"w" * 33])
+_TIME_AT = len(_signed([b"y" * 40]))  # the second entry's EventTime starts 3 bytes on
 
 
 @pytest.mark.parametrize("data", [
@@ -294,6 +307,43 @@ def test_signed_entries_take_the_split_path(monkeypatch: pytest.MonkeyPatch) -> 
     _signed([b"a"]) + ENTRY_ET,  # a signed and an unsigned entry
     _signed([b"a", b"b"]).replace(b"\xbf" + _SEQ2, b"\xbe" + _SEQ2),  # a header off by one
     _signed([b"a", b"b"])[:-1],
+    _STR8,  # str8 lines: the column path
+    _STR8.replace(b"\xd9\xc8", b"\xd9\xc7"),  # a str8 header off by one
+    _STR8.replace(b"\xd9\xc8", b"\xda\x00\xc8"),  # a str16 header where str8 fits
+    _STR8[:_TIME_AT] + _STR8[_TIME_AT:].replace(b"stdout", b"stdouT", 1),  # one fixed field
+    _STR8[:_TIME_AT + 7] + b"\x3b\x9a\xca\x00" + _STR8[_TIME_AT + 11:],  # 1e9 nanoseconds
+    _STR8[:_TIME_AT + 7] + b"\x3b\x9a\xc9\xff" + _STR8[_TIME_AT + 11:],  # 1e9 - 1: valid
+    _STR8[:-1],  # the last value one byte short
+    _STR8 + b"\x00",  # one byte after the last entry
+    _STR8[:_TIME_AT + 1] + b"\xd6" + _STR8[_TIME_AT + 2:],  # an entry head of another ext
+    _SEP_IN_A_LINE,
 ])
 def test_almost_signed_entries_get_the_slow_paths_verdict(data: bytes) -> None:
     both(data)
+
+
+def test_a_separator_inside_a_line_is_refused_by_the_str8_split() -> None:
+    prefix, tail = fastpath._first_entry_fields(_SEP_IN_A_LINE) or (b"", b"")
+    assert tail.endswith(_SEP + b"0123456789abcdef:1:000000000001")
+    assert fastpath._signed_str8_count(_SEP_IN_A_LINE, prefix, tail, 31, 100) is None
+    # Another path then takes the batch as it is: it is valid.
+    assert validate_entries(_SEP_IN_A_LINE) == (_SEP_IN_A_LINE, 3)
+
+
+signed_lines = st.lists(
+    st.binary(min_size=32, max_size=255)
+    | st.binary(min_size=32, max_size=255).map(lambda b: b[:10] + _SEP + b[10:]),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(signed_lines, st.integers(0, 2**32 - 1), st.binary(max_size=3),
+       st.sampled_from([1, 12]))
+def test_signed_batches_with_one_edit_get_the_slow_paths_verdict(
+        lines: list[bytes], at: int, junk: bytes, stream: int) -> None:
+    """Signed batches of str8 lines (the split path), some holding its separator, with
+    a few bytes overwritten anywhere: the same verdict as entry by entry."""
+    data = _signed(lines, stream=stream)
+    assert validate_entries(data) == (data, len(lines))
+    i = at % len(data)
+    both(data[:i] + junk + data[i + len(junk):])
