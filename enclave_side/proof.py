@@ -198,20 +198,19 @@ def _split_run(part: bytes, count: int, uniform: bool) -> tuple[bytes, list[byte
     rest of each entry; None unless the run is ``count`` entries all with that head.
 
     The head holds the read's time to the nanosecond, so it occurs at the start of
-    every entry; an entry with another head (flags: a larger map) would be glued to
-    the one before it, and a line holding the head would be cut. When every entry is
-    known to start with the head (``uniform``), ``count`` pieces say that no line holds
-    it. Otherwise the head's time prefix is counted too, which refuses an entry with
-    the same time and another map glued to a line holding the head (it does not refuse
-    one with another time: only a Forward client or processing joins such entries).
+    every entry; an entry with another head would be glued to the one before it, and a
+    line holding the head would be cut. Only a run whose every entry is known to start
+    with the head (``uniform``: the line encoder's own reads) is split here: then
+    ``count`` pieces say that no line holds it. Counting is not enough for other runs
+    (a Forward client's entries of another time beside a line that holds the head give
+    the same count), so they take the general path.
     """
     head = part[:_HEAD]
-    if (len(head) < _HEAD or not head.startswith(_ENTRY_HEAD) or head[12:] != b"\xa3log"
-            or not 0x80 <= head[11] < 0x8F):
+    if (not uniform or len(head) < _HEAD or not head.startswith(_ENTRY_HEAD)
+            or head[12:] != b"\xa3log" or not 0x80 <= head[11] < 0x8F):
         return None
     pieces = part.split(head)
-    if pieces[0] or len(pieces) - 1 != count or \
-            (not uniform and part.count(head[:11]) != count):
+    if pieces[0] or len(pieces) - 1 != count:
         return None
     nanos = int.from_bytes(head[7:11], "big") // 1_000_000 * 1_000_000
     new_head = head[:7] + nanos.to_bytes(4, "big") + bytes((head[11] + 1,)) + head[12:]
