@@ -31,7 +31,6 @@ from .agent import Agent
 from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
 from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
 from .signing import SigningError, require_signing
-from .sources.forward_input import check_listen
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -133,7 +132,7 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]
     forward = list(settings.forward)
-    forward += [ForwardInput(listen_endpoint(url, "--forward-listen", check_listen))
+    forward += [ForwardInput(listen_endpoint(url, "--forward-listen"))
                 for url in ns.forward_listen or ()]
     kmsg = settings.kmsg
     if ns.kmsg is not None:
