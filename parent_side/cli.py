@@ -51,7 +51,7 @@ log = logging.getLogger("parent_side")
 
 #: Read before the other options, which it may set.
 CONFIG = Option("--config", STR, "a TOML file of options (keys as the options without "
-                "dashes); re-read on SIGHUP", metavar="FILE", toml=False)
+                "dashes); re-read on SIGHUP", metavar="FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:

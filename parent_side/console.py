@@ -75,7 +75,7 @@ class ConsoleOptions:
 
 #: ``enclave-log-relay console``'s options: those above, and --stdout.
 CONSOLE_OPTIONS = (Option("--stdout", BOOL, "print JSON lines instead of sending to --output",
-                          env=False, toml=False), *options_of(ConsoleOptions))
+                          env=False), *options_of(ConsoleOptions))
 
 
 @dataclass(eq=False)
