@@ -154,9 +154,9 @@ def _processing(table: Mapping[str, Any], where: str,
     return Processing(**values)
 
 
-_NOT_FOR_RECORDS = {k: "does not apply here: these records are structured already; "
-                    "remove it" for k in ("multiline", "multiline_start", "multiline_flush",
-                                          "json", "time_key", "time_format", "level_regex")}
+#: The line keys, which a source of structured records refuses, saying why.
+_NOT_FOR_RECORDS = {k: "does not apply here: these records are structured already; remove it"
+                    for k in _PROCESSING.keys() - _RECORD_PROCESSING.keys()}
 
 
 def _source(cls: Callable[..., T], t: Any, where: str,
