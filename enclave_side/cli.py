@@ -31,7 +31,6 @@ from .agent import Agent
 from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
 from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
 from .signing import SigningError, require_signing
-from .sources.forward_input import check_listen
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -42,21 +41,19 @@ log = logging.getLogger("enclave_side")
 #: Options that are no field of AgentConfig: requests, and sources added to the file's.
 REQUESTS = (
     Option("--config", STR, "read options and sources from this TOML file (flags override "
-           "it)", metavar="FILE", toml=False),
+           "it)", metavar="FILE"),
     Option("--check-config", STR, "print the effective configuration from FILE and these "
-           "flags as JSON and exit (2 if it has errors)", metavar="FILE", env=False,
-           toml=False),
+           "flags as JSON and exit (2 if it has errors)", metavar="FILE", env=False),
 )
 SOURCES = (
     Option("--file", repeated(list, "GLOB"), "tail files matching GLOB (repeatable; new "
-           "matches are picked up at every poll); records are tagged TAG.file", toml=False),
+           "matches are picked up at every poll); records are tagged TAG.file"),
     Option("--forward-listen", repeated(list, "URL"), "accept Forward clients "
-           "(fluent-logger ...) on tcp://127.0.0.1:PORT or unix:///PATH (repeatable)",
-           toml=False),
+           "(fluent-logger ...) on tcp://127.0.0.1:PORT or unix:///PATH (repeatable)"),
     Option("--kmsg", STR, "ship the kernel log (default path /dev/kmsg), tagged TAG.kmsg",
-           const="/dev/kmsg", metavar="PATH", toml=False),
+           const="/dev/kmsg", metavar="PATH"),
     Option("--redact", STR, "redact with built-in rules: all, or a comma list of email, "
-           "card, ssn, aws_access_key_id, bearer, jwt", metavar="RULES", toml=False),
+           "card, ssn, aws_access_key_id, bearer, jwt", metavar="RULES"),
 )
 ALL_OPTIONS = (*REQUESTS, *AGENT_OPTIONS, *SOURCES)
 
@@ -133,7 +130,7 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]
     forward = list(settings.forward)
-    forward += [ForwardInput(listen_endpoint(url, "--forward-listen", check_listen))
+    forward += [ForwardInput(listen_endpoint(url, "--forward-listen"))
                 for url in ns.forward_listen or ()]
     kmsg = settings.kmsg
     if ns.kmsg is not None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from fluent_forward.endpoints import parse_endpoint
+from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.errors import EndpointError
 from nel_config.options import (
     BOOL,
@@ -44,6 +44,8 @@ from .sources.forward_input import check_listen
 
 __all__ = ["ConfigError", "FileSettings", "check_tag", "load_config_file", "parse_config",
            "redact_names"]
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -152,69 +154,62 @@ def _processing(table: Mapping[str, Any], where: str,
     return Processing(**values)
 
 
-_NOT_FOR_RECORDS = {k: "does not apply here: these records are structured already; "
-                    "remove it" for k in ("multiline", "multiline_start", "multiline_flush",
-                                          "json", "time_key", "time_format", "level_regex")}
+#: The line keys, which a source of structured records refuses, saying why.
+_NOT_FOR_RECORDS = {k: "does not apply here: these records are structured already; remove it"
+                    for k in _PROCESSING.keys() - _RECORD_PROCESSING.keys()}
+
+
+def _source(cls: Callable[..., T], t: Any, where: str,
+            own: Mapping[str, Callable[[Any, str], Any]],
+            processing: Mapping[str, Callable[[Any, str], Any]],
+            need: tuple[str, str] | None = None) -> T:
+    """A source table: its own keys (``need``: one it must have, and how to write it),
+    then what is done to its records; its tag, if set, is one an app may use."""
+    t = _table(t, where)
+    # A source of structured records: a line key there is told why it does not apply.
+    _check_keys(t, {**own, **processing}, where,
+                _NOT_FOR_RECORDS if processing is _RECORD_PROCESSING else None)
+    if need is not None and need[0] not in t:
+        raise ConfigError(f"{where}: needs {need[1]}")
+    values = {k: own[k](t[k], f"{where}.{k}") for k in own if k in t}
+    if "tag" in values:
+        check_tag(values["tag"], f"{where}.tag")
+    return cls(**values, processing=_processing(t, where, processing))
 
 
 def _files(v: Any) -> list[FileSource]:
     if not isinstance(v, list):
         raise ConfigError("file: write each file as its own [[file]] table with a path")
-    out = []
-    own: dict[str, Callable[[Any, str], Any]] = {
-        "path": _str, "tag": _str, "delete_rotated": _bool, "copytruncate": _bool}
-    for i, t in enumerate(v):
-        where = f"file[{i}]"
-        t = _table(t, where)
-        _check_keys(t, {**own, **_PROCESSING}, where)
-        if "path" not in t:
-            raise ConfigError(f"{where}: needs a path, e.g. path = \"/var/log/app/*.log\"")
-        values = {k: own[k](t[k], f"{where}.{k}") for k in own if k in t}
-        if "tag" in values:
-            check_tag(values["tag"], f"{where}.tag")
-        out.append(FileSource(**values, processing=_processing(t, where, _PROCESSING)))
-    return out
+    own = {"path": _str, "tag": _str, "delete_rotated": _bool, "copytruncate": _bool}
+    return [_source(FileSource, t, f"file[{i}]", own, _PROCESSING,
+                    ("path", 'a path, e.g. path = "/var/log/app/*.log"'))
+            for i, t in enumerate(v)]
 
 
 def _forward(v: Any) -> list[ForwardInput]:
     if not isinstance(v, list):
         raise ConfigError("forward: write each listener as its own [[forward]] table")
-    out = []
-    own = {"listen": _str, "shared_key": _str}
-    for i, t in enumerate(v):
-        where = f"forward[{i}]"
-        t = _table(t, where)
-        _check_keys(t, {**own, **_RECORD_PROCESSING}, where, _NOT_FOR_RECORDS)
-        if "listen" not in t:
-            raise ConfigError(f"{where}: needs listen = \"unix:///run/app/forward.sock\" or "
-                              "\"tcp://127.0.0.1:24224\"")
-        out.append(ForwardInput(listen_endpoint(_str(t["listen"], f"{where}.listen"),
-                                                f"{where}.listen", check_listen),
-                                shared_key=_str(t["shared_key"], f"{where}.shared_key")
-                                if "shared_key" in t else None,
-                                processing=_processing(t, where, _RECORD_PROCESSING)))
-    return out
+    own = {"listen": lambda u, key: listen_endpoint(_str(u, key), key), "shared_key": _str}
+    return [_source(ForwardInput, t, f"forward[{i}]", own, _RECORD_PROCESSING,
+                    ("listen", 'listen = "unix:///run/app/forward.sock" or '
+                               '"tcp://127.0.0.1:24224"'))
+            for i, t in enumerate(v)]
 
 
-def listen_endpoint(url: str, key: str, check: Callable[[Any], str | None]) -> Any:
+def listen_endpoint(url: str, key: str) -> Endpoint:
+    """The address a Forward input listens on; ``ConfigError`` names ``key``."""
     try:
         endpoint = parse_endpoint(url, listen=True)
     except EndpointError as exc:
         raise ConfigError(f"{key}: {exc}") from None
-    reason = check(endpoint)
+    reason = check_listen(endpoint)
     if reason is not None:
         raise ConfigError(f"{key} {url!r}: {reason}")
     return endpoint
 
 
 def _kmsg(v: Any) -> KmsgSource:
-    t = _table(v, "kmsg")
-    own: dict[str, Callable[[Any, str], Any]] = {"path": _str, "tag": _str}
-    _check_keys(t, {**own, **_RECORD_PROCESSING}, "kmsg", _NOT_FOR_RECORDS)
-    values = {k: own[k](t[k], f"kmsg.{k}") for k in own if k in t}
-    if "tag" in values:
-        check_tag(values["tag"], "kmsg.tag")
-    return KmsgSource(**values, processing=_processing(t, "kmsg", _RECORD_PROCESSING))
+    return _source(KmsgSource, v, "kmsg", {"path": _str, "tag": _str}, _RECORD_PROCESSING)
 
 
 def _redaction(v: Any) -> Redaction:
@@ -255,8 +250,7 @@ def parse_config(doc: Mapping[str, Any]) -> FileSettings:
     settings = FileSettings(options=file_values(doc, AGENT_OPTIONS, others=tables))
     for key, value in doc.items():
         if key in tables:
-            setattr(settings, "forward" if key == "forward" else
-                    "files" if key == "file" else "redaction" if key == "redact" else key,
+            setattr(settings, {"file": "files", "redact": "redaction"}.get(key, key),
                     tables[key](value))
     return settings
 

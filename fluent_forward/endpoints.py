@@ -70,12 +70,14 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()  # isdigit() alone takes "²" and "١٢"
 
 
-def _port(text: str, url: str, maximum: int) -> int:
+def _port(text: str, url: str, maximum: int, listen: bool) -> int:
     if not _digits(text):
         raise EndpointError(f"{url!r}: the port must be a number, got {text!r}")
     port = int(text)
     if port > maximum:
         raise EndpointError(f"{url!r}: port {port} is out of range (0-{maximum})")
+    if port == 0 and not listen:
+        raise EndpointError(f"{url!r}: port 0 is only for listening")
     return port
 
 
@@ -128,14 +130,8 @@ def parse_endpoint(url: str, *, listen: bool = False) -> Endpoint:
             cid = int(cid_text)
         else:
             raise EndpointError(f"{url!r}: the CID must be a number (0-{_U32}) or 'any'")
-        port = _port(port_text, url, _U32)
-        if port == 0 and not listen:
-            raise EndpointError(f"{url!r}: port 0 is only for listening")
-        return Endpoint(Scheme.VSOCK, cid=cid, port=port)
+        return Endpoint(Scheme.VSOCK, cid=cid, port=_port(port_text, url, _U32, listen))
     if scheme == "tcp":
         host, port_text = _split_host_port(rest, url)
-        port = _port(port_text, url, 0xFFFF)
-        if port == 0 and not listen:
-            raise EndpointError(f"{url!r}: port 0 is only for listening")
-        return Endpoint(Scheme.TCP, host=host, port=port)
+        return Endpoint(Scheme.TCP, host=host, port=_port(port_text, url, 0xFFFF, listen))
     raise EndpointError(f"{url!r}: unknown scheme {scheme!r}; use one of {_EXAMPLES}")

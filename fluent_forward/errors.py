@@ -63,11 +63,11 @@ class MalformedFrame(ProtocolError):
     """A frame with the wrong msgpack shape or element types."""
 
 
-class FrameTooLarge(ProtocolError):
-    """A frame larger than the decoder's ``max_frame_bytes``.
+class _OverLimit(ProtocolError):
+    """A frame over one of the decoder's limits.
 
     Attributes:
-        limit: the limit that was exceeded, in bytes.
+        limit: the limit that was exceeded (bytes, or entries).
     """
 
     def __init__(self, message: str, limit: int) -> None:
@@ -75,20 +75,16 @@ class FrameTooLarge(ProtocolError):
         self.limit = limit
 
 
-class DecompressedTooLarge(ProtocolError):
+class FrameTooLarge(_OverLimit):
+    """A frame larger than the decoder's ``max_frame_bytes``."""
+
+
+class DecompressedTooLarge(_OverLimit):
     """A compressed payload that inflates past ``max_decompressed_bytes``."""
 
-    def __init__(self, message: str, limit: int) -> None:
-        super().__init__(message)
-        self.limit = limit
 
-
-class TooManyEntries(ProtocolError):
+class TooManyEntries(_OverLimit):
     """A frame carrying more than ``max_entries`` events."""
-
-    def __init__(self, message: str, limit: int) -> None:
-        super().__init__(message)
-        self.limit = limit
 
 
 class HandshakeError(ProtocolError):

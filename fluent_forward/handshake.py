@@ -94,18 +94,12 @@ def _b(value: str | bytes) -> bytes:
 
 def shared_key_digest(salt: bytes, hostname: str, nonce: bytes, shared_key: str) -> str:
     """The spec's shared-key digest, lowercase hex."""
-    h = hashlib.sha512()
-    for part in (salt, _b(hostname), nonce, _b(shared_key)):
-        h.update(part)
-    return h.hexdigest()
+    return hashlib.sha512(b"".join((salt, _b(hostname), nonce, _b(shared_key)))).hexdigest()
 
 
 def password_digest(auth_salt: bytes, username: str, password: str) -> str:
     """The spec's user-auth digest, lowercase hex."""
-    h = hashlib.sha512()
-    for part in (auth_salt, _b(username), _b(password)):
-        h.update(part)
-    return h.hexdigest()
+    return hashlib.sha512(b"".join((auth_salt, _b(username), _b(password)))).hexdigest()
 
 
 # -- encoding: every field of a handshake message is a msgpack str --------------

@@ -14,14 +14,13 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from .options import ConfigError, Option
+from .options import ConfigError, Option, hint
 
 __all__ = [
     "Parser",
     "add_options",
     "apply_env_defaults",
     "config_path",
-    "env_values",
     "option_values",
     "read_secret",
 ]
@@ -81,10 +80,8 @@ class Parser(argparse.ArgumentParser):
                                                        if self.extra_hint else ""))
 
     def unknown_command(self, word: str) -> NoReturn:
-        close = difflib.get_close_matches(word, list(self.commands), n=1)
-        self.error(f"unknown command {word!r}" + (f" (did you mean {close[0]!r}?)" if close
-                                                  else f"; the commands are "
-                                                  f"{', '.join(self.commands)}"))
+        self.error(f"unknown command {word!r}" + (
+            hint(word, self.commands) or f"; the commands are {', '.join(self.commands)}"))
 
 
 def _type(option: Option) -> Any:
@@ -177,14 +174,14 @@ def config_path(args: Sequence[str], environ: Mapping[str, str], prefix: str,
     return known.config or environ.get(prefix + "CONFIG") or None, False
 
 
-def env_values(options: Sequence[Option], prefix: str, environ: Mapping[str, str]
-               ) -> dict[str, Any]:
-    """The values ``PREFIX_OPTION`` environment variables give the declared ``options``,
-    by option key (argparse's dest).
+def apply_env_defaults(parser: argparse.ArgumentParser, options: Sequence[Option],
+                       prefix: str, environ: Mapping[str, str]) -> None:
+    """Let ``PREFIX_OPTION`` environment variables set the defaults of ``options``
+    (added to ``parser`` by ``add_options``; flags still win).
 
     Options declared ``env=False`` (requests such as ``--check-config``, not settings)
     have no variable. A flag is set by 1, true, yes or on; a repeatable option takes a
-    comma list. ``ConfigError`` names the variable of a value its kind refuses.
+    comma list. A value its kind refuses is a usage error that names the variable.
     """
     values: dict[str, Any] = {}
     for o in options:
@@ -200,16 +197,5 @@ def env_values(options: Sequence[Option], prefix: str, environ: Mapping[str, str
             else:
                 values[o.key] = o.kind.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"environment variable {name}: {exc}") from None
-    return values
-
-
-def apply_env_defaults(parser: argparse.ArgumentParser, options: Sequence[Option],
-                       prefix: str, environ: Mapping[str, str]) -> None:
-    """Let ``PREFIX_OPTION`` environment variables set the defaults of ``options``
-    (added to ``parser`` by ``add_options``; flags still win). A bad value is a usage
-    error that names the variable."""
-    try:
-        parser.set_defaults(**env_values(options, prefix, environ))
-    except ConfigError as exc:
-        parser.error(str(exc))
+            parser.error(f"environment variable {name}: {exc}")
+    parser.set_defaults(**values)

@@ -166,7 +166,6 @@ class Option:
         restart: a reload keeps the running value: it changes only on restart.
         secret: also ``FLAG-file PATH``; never shown in dumps.
         env: an environment variable may set it (not for requests like --check-config).
-        toml: a configuration file key may set it.
         minimum: the smallest value allowed.
         validate: a further check: ``validate(value, flag)`` raises ``ValueError``.
         default_text: how to show a default that is computed when parsing.
@@ -183,7 +182,6 @@ class Option:
     restart: bool = False
     secret: bool = False
     env: bool = True
-    toml: bool = True
     minimum: Any = None
     validate: Callable[[Any, str], Any] | None = None
     default_text: str | None = None
@@ -210,19 +208,14 @@ class Option:
                       env=self.env)
 
 
-def option(default: T, kind: Kind = STR, flag: str | None = None, *, help: str,
-           restart: bool = False, secret: bool = False, env: bool = True,
-           minimum: Any = None, validate: Callable[[Any, str], Any] | None = None,
-           default_text: str | None = None, dynamic: Callable[[], Any] | None = None,
-           metavar: str | None = None) -> T:
+def option(default: T, kind: Kind = STR, flag: str | None = None, **spec: Any) -> T:
     """Declare a configuration field an option (see the module's docstring).
 
-    ``flag`` defaults to the field's name with dashes (``--max-connections``).
+    ``flag`` defaults to the field's name with dashes (``--max-connections``); ``spec``
+    is the rest of its ``Option`` by keyword (``help`` is required).
     """
-    spec = Option(flag or "", kind, help, restart=restart, secret=secret, env=env,
-                  minimum=minimum, validate=validate, default_text=default_text,
-                  dynamic=dynamic, metavar=metavar)
-    return dataclasses.field(default=default, metadata={_METADATA: spec})
+    return dataclasses.field(default=default,
+                             metadata={_METADATA: Option(flag or "", kind, **spec)})
 
 
 def options_of(config: type) -> tuple[Option, ...]:
@@ -257,9 +250,11 @@ def file_values(doc: Mapping[str, Any], options: Sequence[Option],
     """The option values a TOML document's top-level keys set, by option key.
 
     Keys are the long options without dashes (``spool_size``; ``spool-size`` too).
-    ``others``: further keys the caller reads itself (the agent's source tables).
+    ``options``: those a file may set (the declared fields, not requests such as
+    ``--config``); ``others``: further keys the caller reads itself (the agent's
+    source tables).
     """
-    by_key = {o.key: o for o in options if o.toml}
+    by_key = {o.key: o for o in options}
     known = [*by_key, *others]
     out: dict[str, Any] = {}
     for raw, value in doc.items():

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ __all__ = ["ConfigError", "StatusOptions", "build_parser", "main", "nitro_warnin
            "parse_args", "serve_config"]
 
 ENV_PREFIX = "ENCLAVE_LOG_RELAY_"
-SUBCOMMANDS = ("serve", "status", "console")
 #: Present on an EC2 instance that can run Nitro Enclaves (the Nitro Enclaves driver).
 NITRO_DEVICE = "/dev/nitro_enclaves"
 
@@ -51,7 +49,7 @@ log = logging.getLogger("parent_side")
 
 #: Read before the other options, which it may set.
 CONFIG = Option("--config", STR, "a TOML file of options (keys as the options without "
-                "dashes); re-read on SIGHUP", metavar="FILE", toml=False)
+                "dashes); re-read on SIGHUP", metavar="FILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +87,7 @@ def _build(raising: bool = False) -> tuple[Parser, Parser]:
 
 
 def _with_default_command(argv: list[str]) -> list[str]:
-    if argv and (argv[0] in SUBCOMMANDS or argv[0] in ("-h", "--help", "--version")):
+    if argv and (argv[0] in COMMAND_OPTIONS or argv[0] in ("-h", "--help", "--version")):
         return argv
     if argv and not argv[0].startswith("-"):
         # Options come after the command: a first word that is not one is a typo.
@@ -131,7 +129,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         return "status", StatusOptions(**values)
     if ns.stdout:
         values["output"] = None
-    return "console", ConsoleOptions(**values, hostname=socket.gethostname() or "relay")
+    return "console", ConsoleOptions(**values)
 
 
 def serve_config(args: list[str], env: Mapping[str, str], *, raising: bool = False

@@ -41,7 +41,7 @@ from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
 
 __all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
-           "SERVE_OPTIONS", "RelayConfig"]
+           "SERVE_OPTIONS", "RelayConfig", "local_hostname"]
 
 DEFAULT_LISTEN = "vsock://any:24224"
 #: A Unix socket keeps other local users from injecting records into Fluent Bit.
@@ -67,7 +67,8 @@ def _spool_dir(path: str | None, flag: str) -> None:
                          f"the spool (created if missing), or {flag} none for memory-only mode")
 
 
-def _hostname() -> str:
+def local_hostname() -> str:
+    """This host's name, the relay's name in handshakes unless --hostname says otherwise."""
     return socket.gethostname() or "relay"
 
 
@@ -89,7 +90,7 @@ class RelayConfig:
         parse_output(DEFAULT_OUTPUT), url(parse_output),
         help="where records go: unix:///PATH or tcp://HOST:PORT (a Fluent Bit forward "
              "input), stdout, or file:///PATH (JSON lines)")
-    hostname: str = option("relay", STR, restart=True, dynamic=_hostname,
+    hostname: str = option("relay", STR, restart=True, dynamic=local_hostname,
                            default_text="this host's name", help="our name in the handshake")
     shared_key: str | None = option(None, STR, secret=True, metavar="KEY",
                                     help="shared key agents must prove (Forward handshake)")

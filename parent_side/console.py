@@ -41,7 +41,7 @@ from nel_config.options import (
     url,
 )
 
-from .config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT
+from .config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, local_hostname
 from .identity import EnclaveInfo, EnclaveRegistry, sanitize_name
 from .outputs import Output, OutputSpec, RelayBatch, make_output, parse_output
 from .status import query
@@ -66,7 +66,7 @@ class ConsoleOptions:
     admin_socket: str | None = option(
         DEFAULT_ADMIN_SOCKET, PATH_OR_NONE, env=False,
         help="the relay to ask which enclaves have an agent connected")
-    hostname: str = "relay"
+    hostname: str = field(default_factory=local_hostname)
     upstream_shared_key: str | None = option(
         None, STR, env=False, secret=True, metavar="KEY",
         help="shared key of Fluent Bit's forward input, if it has one")
@@ -75,7 +75,7 @@ class ConsoleOptions:
 
 #: ``enclave-log-relay console``'s options: those above, and --stdout.
 CONSOLE_OPTIONS = (Option("--stdout", BOOL, "print JSON lines instead of sending to --output",
-                          env=False, toml=False), *options_of(ConsoleOptions))
+                          env=False), *options_of(ConsoleOptions))
 
 
 @dataclass(eq=False)

@@ -60,6 +60,11 @@ def _output_args(config: RelayConfig) -> dict[str, Any]:
             "ack_timeout": config.ack_timeout}
 
 
+def _own_batch(tag: str, record: dict[str, Any]) -> RelayBatch:
+    """One record of the relay's own, stamped now."""
+    return RelayBatch(tag, pack_entry(EventTime.from_ns(time.time_ns()), record), 1)
+
+
 def _make_output(config: RelayConfig) -> Output:
     args = _output_args(config)
     return make_output(args.pop("spec"), **args)
@@ -92,12 +97,7 @@ class Relay:
             self.spool.gate.on_state = self._spool_state
         else:
             self.sink = DirectSink(self.output, on_delivered=self._delivered)
-        vsock = config.listen.scheme.value == "vsock"
-        # Identity from describe-enclaves matters only for vsock peers.
-        self.registry = (EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
-                                         interval=config.describe_interval,
-                                         on_terminated=self._terminated)
-                         if vsock and config.nitro_cli else None)
+        self.registry = self._new_registry(config)
         # Outages are what the spool is for: then the enclaves share its size.
         self.fair = FairShare(capacity=config.spool_bytes if self.spool is not None
                               else config.upstream_buffer_bytes)
@@ -213,8 +213,7 @@ class Relay:
 
     def emit(self, tag: str, record: dict[str, Any]) -> None:
         """Send one record of the relay's own through the spool, without waiting."""
-        entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
-        self._spawn(self.sink.submit(RelayBatch(tag, entry, 1), None, None))
+        self._spawn(self.sink.submit(_own_batch(tag, record), None, None))
 
     def _spool_state(self, state: str, details: dict[str, Any]) -> None:
         """The spool stopped or resumed taking batches: a ``relay.lifecycle`` record."""
@@ -224,8 +223,7 @@ class Relay:
             return
         # The spool takes nothing now: this notice goes to the output directly (it is
         # not durable, but it is seen as soon as the output is).
-        entry = pack_entry(EventTime.from_ns(time.time_ns()), record)
-        self._spawn(self._notice(RelayBatch(LIFECYCLE_TAG, entry, 1)))
+        self._spawn(self._notice(_own_batch(LIFECYCLE_TAG, record)))
 
     async def _notice(self, batch: RelayBatch) -> None:
         fut = await self.output.submit(batch)
@@ -272,10 +270,7 @@ class Relay:
             await asyncio.sleep(interval if interval > 0 else 1.0)
             if self.config.status_interval <= 0:
                 continue
-            snap = self.snapshot()
-            self.emit(STATUS_TAG, {"relay": snap["relay"], "spool": snap["spool"],
-                                   "upstream": snap["upstream"],
-                                   "enclaves": snap["enclaves"]})
+            self.emit(STATUS_TAG, self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
         """The relay's state: what ``status`` shows."""
@@ -322,9 +317,7 @@ class Relay:
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
         if _output_args(new) != _output_args(old):
-            task = asyncio.get_running_loop().create_task(self._swap_output(_make_output(new)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._swap_output(_make_output(new)))
         self.reloads += 1
         answer = "changed: " + (", ".join(changed) or "nothing")
         if kept:
@@ -332,19 +325,24 @@ class Relay:
         log.info("reloaded the configuration; %s", answer)
         return answer
 
+    def _new_registry(self, config: RelayConfig) -> EnclaveRegistry | None:
+        """Who the vsock peers are, from describe-enclaves (None: not vsock, or no
+        nitro-cli); identity from it matters only for vsock peers."""
+        if config.listen.scheme.value != "vsock" or not config.nitro_cli:
+            return None
+        return EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
+                               interval=config.describe_interval, on_terminated=self._terminated)
+
     def _reload_registry(self, new: RelayConfig) -> None:
         """Start, change or stop asking describe-enclaves, as the new configuration says."""
-        vsock = new.listen.scheme.value == "vsock"
         if self.registry is not None and new.nitro_cli:
             self.registry.reconfigure((new.nitro_cli, "describe-enclaves"),
                                       new.describe_interval)
-        elif self.registry is None and new.nitro_cli and vsock:
-            self.registry = EnclaveRegistry((new.nitro_cli, "describe-enclaves"),
-                                            interval=new.describe_interval,
-                                            on_terminated=self._terminated)
-            self.listener.use_registry(self.registry)
-            self._polling = asyncio.get_running_loop().create_task(self.registry.poll())
-        elif self.registry is not None and not new.nitro_cli:
+        elif self.registry is None and (registry := self._new_registry(new)) is not None:
+            self.registry = registry
+            self.listener.use_registry(registry)
+            self._polling = asyncio.get_running_loop().create_task(registry.poll())
+        elif self.registry is not None:  # and no nitro-cli now
             self.registry = None
             self.listener.use_registry(None)
             if self._polling is not None:
