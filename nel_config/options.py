@@ -208,14 +208,19 @@ class Option:
                       env=self.env)
 
 
-def option(default: T, kind: Kind = STR, flag: str | None = None, **spec: Any) -> T:
+def option(default: T, kind: Kind = STR, flag: str | None = None, *, help: str,
+           restart: bool = False, secret: bool = False, env: bool = True,
+           minimum: Any = None, validate: Callable[[Any, str], Any] | None = None,
+           default_text: str | None = None, dynamic: Callable[[], Any] | None = None,
+           metavar: str | None = None) -> T:
     """Declare a configuration field an option (see the module's docstring).
 
-    ``flag`` defaults to the field's name with dashes (``--max-connections``); ``spec``
-    is the rest of its ``Option`` by keyword (``help`` is required).
+    ``flag`` defaults to the field's name with dashes (``--max-connections``).
     """
-    return dataclasses.field(default=default,
-                             metadata={_METADATA: Option(flag or "", kind, **spec)})
+    spec = Option(flag or "", kind, help, restart=restart, secret=secret, env=env,
+                  minimum=minimum, validate=validate, default_text=default_text,
+                  dynamic=dynamic, metavar=metavar)
+    return dataclasses.field(default=default, metadata={_METADATA: spec})
 
 
 def options_of(config: type) -> tuple[Option, ...]:
