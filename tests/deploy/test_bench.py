@@ -103,3 +103,12 @@ def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Pa
         assert theirs[name]["median"] >= 0, name
     assert "| 6 into a Fluent Bit sink: ours | lines/s |" in proc.stdout
     assert "|   ours / Fluent Bit | lines/s (x, run by run) |" in proc.stdout
+    # The window opens at the first lines, not at the records the relay and the agent
+    # send of their own (the relay's relay_start was there before the agent started,
+    # and opened it at 19,999 lines, charging the agent's start-up to its lines): the
+    # first read, some 1,700 lines, is before it, and the start-up is reported apart.
+    assert ours["cpu_window_lines"]["median"] <= 20_000 - 1_000
+    assert ours["agent_cpu_to_first_s"]["median"] > 0
+    assert result["results"]["vs.ratio"]["lines_per_s"]["median"] > 0
+    assert result["results"]["vs.agent"]["lines_per_s"]["median"] > 0
+    assert "| agent CPU us/line, no relay running |" in proc.stdout
