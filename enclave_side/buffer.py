@@ -163,9 +163,10 @@ class Buffer:
     def has_room(self) -> bool:
         return self._used < self.max_bytes
 
-    async def wait_for_room(self) -> None:
-        """Return once the buffer is below its cap."""
-        while self._used >= self.max_bytes:
+    async def wait_for_room(self, below: int | None = None) -> None:
+        """Return once the buffer holds less than ``below`` bytes (default: its cap)."""
+        limit = self.max_bytes if below is None else min(below, self.max_bytes)
+        while self._used >= limit:
             self._changed.clear()
             await self._changed.wait()
 
