@@ -565,6 +565,8 @@ async def test_a_file_paused_on_a_full_buffer_resumes_below_three_quarters_not_a
     task = asyncio.create_task(tail.run())
     try:
         await wait_until(lambda: not buf.has_room(), "the buffer to fill")
+        for _ in range(10):  # let the tail's task reach its wait (no time passes)
+            await asyncio.sleep(0)
         sent, paused_at = [], tail.bytes_read
         while True:
             sent.append(await buf.next_batch(8))
