@@ -280,6 +280,12 @@ class Buffer:
         for key in [k for k, b in self._open.items() if b.since <= deadline]:
             self._seal(key)
 
+    def next_due(self) -> float | None:
+        """When the oldest batch still filling falls due (clock time); None if none is."""
+        if not self._open:
+            return None
+        return min(b.since for b in self._open.values()) + self.flush_interval
+
     def seal_all(self) -> None:
         """Seal everything still filling (before a drain)."""
         for key in list(self._open):
