@@ -10,15 +10,18 @@ once a second, which rounded every run to whole seconds.
 - ours: ``tail`` in our agent -> TCP -> our relay (default options: spool on, every
   entry validated) -> TCP -> the sink;
 - Fluent Bit's: a Fluent Bit ``tail`` -> ``forward`` with ``Require_ack_response`` ->
-  TCP -> the sink.
+  TCP -> the sink;
+- and, not to compare but to tell the agent's own CPU from the cost of sharing the
+  cores: our agent alone straight into a sink (``agent_into_fluent_bit``).
 
 lines/s is over the time from starting the shipper (our agent, Fluent Bit's sender)
 to the sink having taken every line: the time it takes to ship the file, start
-included. Throughput over a window opening at the first record at the sink would not
-do: Fluent Bit's sender flushes what it has read every ``Flush`` seconds, so a file
-read within one flush reaches the sink in one burst and such a window is empty (the
+included. The rate once lines flow, over a window from the first lines at the sink to
+the last, is reported too, but only when that window holds at least half the lines:
+Fluent Bit's sender flushes what it has read every ``Flush`` seconds, so a file read
+within one flush reaches the sink in one burst and such a window is empty (the
 ZeroDivisionError an earlier version of this module died of). CPU per line: see
-``ship_and_count``.
+``ship_and_count``. The sender's ``tail`` keeps its default buffers (32k).
 
 The sender's ``Flush`` is ``SENDER_FLUSH`` (Fluent Bit's default is 1 s, which would
 add up to a second of waiting to a run of a few seconds: that measures the flush

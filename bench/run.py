@@ -14,7 +14,8 @@ Scenarios (150-byte lines, ``--lines`` per run, each run ``--runs`` times, inter
   idle        resident memory of agent and relay at rest
   fluentbit   side by side, into a real Fluent Bit sink (forward input, null output):
               our agent -> relay with default options, and Fluent Bit's own tail ->
-              forward with acks, on the same file (bench/fluentbit.py); needs a
+              forward with acks, on the same file, which first alternating; then our
+              agent alone into a sink (bench/fluentbit.py); needs a
               ``fluent-bit`` on PATH or named by ``$FLUENT_BIT``, and says so without
   fairshare   the p99 latency of three quiet enclaves' lines (a file each, as in e2e's
               latency), alone and while a fourth floods the relay as fast as it can;
