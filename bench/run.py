@@ -158,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       flush=True)
 
         first = transports[0]
+        tail_rate = args.tail_sink_rate * 1e6 or None
         for r in range(args.runs):
             print(f"run {r + 1} of {args.runs}", flush=True)
             if "child" in only:
@@ -166,8 +167,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results.add("child.baseline", base)
                 await one("child", lambda e: sc.agent_child(e, n), first)
             if "tail" in only:
-                await one("tail", lambda e: sc.agent_tail(e, n, data_file, False), first)
-                await one("tail.redact", lambda e: sc.agent_tail(e, n, data_file, True), first)
+                await one("tail", lambda e: sc.agent_tail(e, n, data_file, False, tail_rate),
+                          first)
+                await one("tail.redact", lambda e: sc.agent_tail(
+                    e, n, data_file, True, tail_rate), first)
             for t in transports:
                 if "relay" in only:
                     await one(f"relay.{t}", lambda e: sc.relay_alone(e, n), t)
@@ -222,7 +225,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.time() - started, 1), "lines_per_run": n,
             "line_bytes": sc.LINE_BYTES, "runs": args.runs,
             "load_before": load_before, "load_after": os.getloadavg(),
-            "relay_options": list(RELAY_OPTS), "results": results.as_json(),
+            "relay_options": list(RELAY_OPTS), "tail_sink_rate_mb_s": args.tail_sink_rate,
+            "results": results.as_json(),
             "fluent_bit": fluent_bit, "errors": errors}
 
 
@@ -428,7 +432,9 @@ def table(report: dict[str, Any]) -> str:
              + " / ".join(f"{a:.2f}" for a in (report['load_before'][0],
                                                report['load_after'][0])),
              f"{report['lines_per_run']:,} lines of {report['line_bytes']} bytes per run, "
-             f"{report['runs']} runs: min / median / max", "",
+             f"{report['runs']} runs: min / median / max"
+             + (f"; scenario 2's sink reading at most {report['tail_sink_rate_mb_s']:g} MB/s"
+                if report.get("tail_sink_rate_mb_s") else ""), "",
              "| scenario | metric | min | median | max | target | met (median) |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for what, metric, v, target in rows(report):
@@ -455,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of the latency runs left out of p50/p99 (default: 2)")
     p.add_argument("--latency-rate", type=float, default=0.0,
                    help="lines/s for the latency runs (default: half the e2e median)")
+    p.add_argument("--tail-sink-rate", type=float, default=0.0, metavar="MB_PER_S",
+                   help="scenario 2's sink reads at most this many MB a second (default: "
+                        "as fast as it can), to see what a slower consumer costs the agent")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="profile the agent and the relay with py-spy into DIR (folded "
                         "stacks; python -m bench.folded DIR/FILE summarises one)")
