@@ -10,15 +10,18 @@ once a second, which rounded every run to whole seconds.
 - ours: ``tail`` in our agent -> TCP -> our relay (default options: spool on, every
   entry validated) -> TCP -> the sink;
 - Fluent Bit's: a Fluent Bit ``tail`` -> ``forward`` with ``Require_ack_response`` ->
-  TCP -> the sink.
+  TCP -> the sink;
+- and, not to compare but to tell the agent's own CPU from the cost of sharing the
+  cores: our agent alone straight into a sink (``agent_into_fluent_bit``).
 
 lines/s is over the time from starting the shipper (our agent, Fluent Bit's sender)
 to the sink having taken every line: the time it takes to ship the file, start
-included. Throughput over a window opening at the first record at the sink would not
-do: Fluent Bit's sender flushes what it has read every ``Flush`` seconds, so a file
-read within one flush reaches the sink in one burst and such a window is empty (the
+included. The rate once lines flow, over a window from the first lines at the sink to
+the last, is reported too, but only when that window holds at least half the lines:
+Fluent Bit's sender flushes what it has read every ``Flush`` seconds, so a file read
+within one flush reaches the sink in one burst and such a window is empty (the
 ZeroDivisionError an earlier version of this module died of). CPU per line: see
-``ship_and_count``.
+``ship_and_count``. The sender's ``tail`` keeps its default buffers (32k).
 
 The sender's ``Flush`` is ``SENDER_FLUSH`` (Fluent Bit's default is 1 s, which would
 add up to a second of waiting to a run of a few seconds: that measures the flush
@@ -40,13 +43,19 @@ from pathlib import Path
 from bench import scenarios as sc
 from bench.procs import Proc, cpu_seconds
 
-__all__ = ["SENDER_FLUSH", "FluentBitSink", "find_fluent_bit", "fluent_bit_two_hops",
+__all__ = ["AGENT_OWN_RECORDS", "OWN_RECORDS", "SENDER_FLUSH", "FluentBitSink",
+           "agent_into_fluent_bit", "find_fluent_bit", "fluent_bit_two_hops",
            "ours_into_fluent_bit", "ship_and_count"]
 
 #: The sender's flush interval, in seconds (see the module docstring).
 SENDER_FLUSH = 0.1
 #: The sink's: the resolution of the end of a run.
 SINK_FLUSH = 0.01
+#: Records our pipeline sends the (fresh) sink besides the file's lines: the relay's
+#: ``relay_start`` and ``connected`` (``relay.lifecycle``), the agent's ``agent_start``.
+OWN_RECORDS = 3
+#: The agent's own records when it sends straight to the sink: its ``agent_start``.
+AGENT_OWN_RECORDS = 1
 #: How often the sink's log is read while a run goes on.
 POLL_INTERVAL = 0.005
 
@@ -136,10 +145,11 @@ class FluentBitSink:
 
 @dataclass
 class _Run:
-    """What the measuring thread saw: at the first records at the sink, and the last."""
+    """What the measuring thread saw: at the first lines at the sink, and the last."""
 
     seconds: float = 0.0  # from the shipper's start to the last line
-    first: int = 0  # records at the sink when it was first seen to have some
+    first_seconds: float = 0.0  # from the shipper's start to the first lines
+    first: int = 0  # lines at the sink when it was first seen to have some
     cpu_first: tuple[float, ...] = ()
     cpu_last: tuple[float, ...] = ()
     got: int = 0
@@ -147,19 +157,23 @@ class _Run:
 
 
 def _measure(sink: FluentBitSink, n: int, procs: Sequence[Proc], started: float,
-             timeout: float) -> _Run:
-    """Poll the sink until it has ``n`` records (in a thread: it blocks).
+             timeout: float, before: int) -> _Run:
+    """Poll the sink until it has ``n`` lines (in a thread: it blocks).
 
-    The relay adds a record of its own (the agent's "connected"), which arrives before
-    the lines: the count reaches ``n`` only with the last batch of lines.
+    ``before`` is what the (fresh) sink counts besides the lines: the records the
+    pipeline adds of its own (``OWN_RECORDS``). The window opens at the first count
+    above it, so at the first lines, in whatever order they came; ``_Run.first`` is the
+    lines then (up to ``before`` too few if some of those records came later).
     """
     run = _Run()
     deadline = started + timeout
     while True:
-        run.got = got = sink.records()
+        got = sink.records()
+        run.got = got = max(got - before, 0)
         now = time.monotonic()
         if got and not run.cpu_first:
             run.first, run.cpu_first = got, tuple(cpu_seconds(p.pid) for p in procs)
+            run.first_seconds = now - started
         if got >= n:
             run.seconds, run.cpu_last = now - started, tuple(cpu_seconds(p.pid) for p in procs)
             return run
@@ -171,16 +185,25 @@ def _measure(sink: FluentBitSink, n: int, procs: Sequence[Proc], started: float,
 
 
 async def ship_and_count(sink: FluentBitSink, n: int, start: Callable[[], Proc],
-                         others: Sequence[Proc], names: Sequence[str],
-                         timeout: float = 300.0) -> dict[str, float]:
-    """Start the shipper, wait for ``n`` records at the sink; lines/s and µs/line.
+                         others: Sequence[Proc], names: Sequence[str], *,
+                         own_records: int = 0, timeout: float = 300.0) -> dict[str, float]:
+    """Start the shipper, wait for ``n`` lines at the sink; lines/s and µs/line.
 
-    ``others`` are already running (the relay). lines/s is over the whole run, from the
-    shipper's start. CPU per line is each process's CPU from the first records at the
-    sink to the last, over the lines in between: start-up (our agent's imports, some
-    0.1 s of CPU) is left out of both pipelines alike. If fewer than half the lines came
-    after the first records (a small file, sent in one flush), it is taken from the
-    start instead. Reported under ``names``: the shipper, ``others``, the sink.
+    ``others`` are already running (the relay). The window runs from the first lines at
+    the sink to the last; the pipeline's records of its own (``own_records``, see
+    ``OWN_RECORDS``) neither open it nor count as lines (counting them opened it as our
+    agent started, and charged its start-up to its lines).
+
+    - ``lines_per_s``: the file's lines over the whole run, from the shipper's start.
+    - ``lines_per_s_steady``: the lines in the window over its length, the rate once
+      lines flow (start-up apart: our agent spends some 0.3 s before its first read).
+    - ``{name}_us_per_line``: each process's CPU over the window, per line in it.
+    - ``{shipper}_cpu_to_first_s``: the shipper's CPU before the window opened, its
+      start-up and first reads (our agent's imports alone are 0.1 to 0.25 s).
+
+    If fewer than half the lines came after the first ones (a small file, sent in one
+    flush), CPU is taken from the start instead and there is no steady rate. Reported
+    under ``names``: the shipper, ``others``, the sink.
     """
     assert sink.proc is not None
     base = [sink.proc, *others]
@@ -189,16 +212,19 @@ async def ship_and_count(sink: FluentBitSink, n: int, start: Callable[[], Proc],
     shipper = start()
     procs = [shipper, *others, sink.proc]
     run = await asyncio.get_running_loop().run_in_executor(
-        None, _measure, sink, n, procs, started, timeout)
+        None, _measure, sink, n, procs, started, timeout, own_records)
     if run.failed:
-        raise RuntimeError(f"the sink took {run.got} of {n} records ({run.failed}):\n"
+        raise RuntimeError(f"the sink took {run.got} of {n} lines ({run.failed}):\n"
                            + "\n".join(p.tail_log() for p in procs))
     lines = n - run.first
     cpu0: Sequence[float] = run.cpu_first
+    out = {"lines_per_s": n / run.seconds, "seconds": run.seconds}
     if lines < n / 2:
         lines, cpu0 = n, [0.0, *cpu_base[1:], cpu_base[0]]  # the shipper started at zero
-    out = {"lines_per_s": n / run.seconds, "seconds": run.seconds,
-           "cpu_window_lines": float(lines)}
+    else:
+        out["lines_per_s_steady"] = lines / (run.seconds - run.first_seconds)
+        out[f"{names[0]}_cpu_to_first_s"] = run.cpu_first[0]
+    out["cpu_window_lines"] = float(lines)
     for name, c0, c1 in zip(names, cpu0, run.cpu_last, strict=True):
         out[f"{name}_us_per_line"] = (c1 - c0) / lines * 1e6
     return out
@@ -239,8 +265,34 @@ async def ours_into_fluent_bit(tmp: Path, data_file: Path, n: int, sink: FluentB
 
     try:
         await sc.wait_listening(listen, relay)
-        return await ship_and_count(sink, n, start, (relay,), ("agent", "relay", "sink"))
+        return await ship_and_count(sink, n, start, (relay,), ("agent", "relay", "sink"),
+                                    own_records=OWN_RECORDS)
     finally:
         for p in reversed(started):
+            with contextlib.suppress(Exception):
+                await p.stop()
+
+
+async def agent_into_fluent_bit(tmp: Path, data_file: Path, n: int, sink: FluentBitSink
+                                ) -> dict[str, float]:
+    """One run of our agent alone, straight into ``sink`` (started): no relay.
+
+    Not a pipeline to compare: the agent's CPU per line in the same minutes as the
+    side-by-side runs, with one process fewer sharing the cores, so that the agent's
+    figure there can be told apart from what the relay's presence costs it.
+    """
+    started: list[Proc] = []
+
+    def start() -> Proc:
+        started.append(Proc.python("agent", sc.agent_args(
+            sink.url, "--handshake-wait", "0", "--file", str(data_file)),
+            log=tmp / "agent.log"))
+        return started[0]
+
+    try:
+        return await ship_and_count(sink, n, start, (), ("agent", "sink"),
+                                    own_records=AGENT_OWN_RECORDS)
+    finally:
+        for p in started:
             with contextlib.suppress(Exception):
                 await p.stop()

@@ -14,7 +14,8 @@ Scenarios (150-byte lines, ``--lines`` per run, each run ``--runs`` times, inter
   idle        resident memory of agent and relay at rest
   fluentbit   side by side, into a real Fluent Bit sink (forward input, null output):
               our agent -> relay with default options, and Fluent Bit's own tail ->
-              forward with acks, on the same file (bench/fluentbit.py); needs a
+              forward with acks, on the same file, which first alternating; then our
+              agent alone into a sink (bench/fluentbit.py); needs a
               ``fluent-bit`` on PATH or named by ``$FLUENT_BIT``, and says so without
   fairshare   the p99 latency of three quiet enclaves' lines (a file each, as in e2e's
               latency), alone and while a fourth floods the relay as fast as it can;
@@ -50,6 +51,7 @@ from bench import scenarios as sc
 from bench.fairshare import QUIET_CIDS, SLOW_UPSTREAM, fair_share
 from bench.fluentbit import (
     FluentBitSink,
+    agent_into_fluent_bit,
     find_fluent_bit,
     fluent_bit_two_hops,
     ours_into_fluent_bit,
@@ -156,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       flush=True)
 
         first = transports[0]
+        tail_rate = args.tail_sink_rate * 1e6 or None
         for r in range(args.runs):
             print(f"run {r + 1} of {args.runs}", flush=True)
             if "child" in only:
@@ -164,8 +167,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results.add("child.baseline", base)
                 await one("child", lambda e: sc.agent_child(e, n), first)
             if "tail" in only:
-                await one("tail", lambda e: sc.agent_tail(e, n, data_file, False), first)
-                await one("tail.redact", lambda e: sc.agent_tail(e, n, data_file, True), first)
+                await one("tail", lambda e: sc.agent_tail(e, n, data_file, False, tail_rate),
+                          first)
+                await one("tail.redact", lambda e: sc.agent_tail(
+                    e, n, data_file, True, tail_rate), first)
             for t in transports:
                 if "relay" in only:
                     await one(f"relay.{t}", lambda e: sc.relay_alone(e, n), t)
@@ -210,7 +215,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.runs):
                 print(f"side by side into a Fluent Bit sink, run {r + 1} of {args.runs}",
                       flush=True)
-                await _side_by_side(binary, tmp_root, data_file, n, results, errors)
+                await _side_by_side(binary, tmp_root, data_file, n, results, errors, r)
     finally:
         for sink, _ in sinks.values():
             await sink.close()
@@ -220,7 +225,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.time() - started, 1), "lines_per_run": n,
             "line_bytes": sc.LINE_BYTES, "runs": args.runs,
             "load_before": load_before, "load_after": os.getloadavg(),
-            "relay_options": list(RELAY_OPTS), "results": results.as_json(),
+            "relay_options": list(RELAY_OPTS), "tail_sink_rate_mb_s": args.tail_sink_rate,
+            "results": results.as_json(),
             "fluent_bit": fluent_bit, "errors": errors}
 
 
@@ -231,17 +237,35 @@ async def _unix_sink(tmp_root: Path) -> tuple[BenchSink, str]:
     return sink, url
 
 
+#: The side-by-side pipelines: results key, what the error says failed.
+_PIPELINES = (("vs.fluentbit", "Fluent Bit's two hops"),
+              ("vs.ours", "our agent and relay, default options"))
+
+
 async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
-                        results: Results, errors: list[str]) -> None:
-    """One run of each pipeline into a fresh real Fluent Bit sink, one after the other."""
-    for key, what in (("vs.fluentbit", "Fluent Bit's two hops"),
-                      ("vs.ours", "our agent and relay, default options")):
+                        results: Results, errors: list[str], run: int) -> None:
+    """One run of each pipeline into a fresh real Fluent Bit sink, one after the other
+    (which goes first alternates run by run); their ratios, when both ran."""
+    figures: dict[str, dict[str, float]] = {}
+    for key, what in _PIPELINES[::-1] if run % 2 else _PIPELINES:
         d = Path(tempfile.mkdtemp(prefix=key, dir=tmp_root))
-        figures = await _guarded(what, errors, _into_fluent_bit(key, binary, d, data_file, n))
-        if figures is not None:
-            results.add(key, figures)
-            print(f"  {key}: " + ", ".join(f"{k} {v:,.2f}" for k, v in figures.items()),
+        got = await _guarded(what, errors, _into_fluent_bit(key, binary, d, data_file, n))
+        if got is not None:
+            figures[key] = got
+            results.add(key, got)
+            print(f"  {key}: " + ", ".join(f"{k} {v:,.2f}" for k, v in got.items()),
                   flush=True)
+    if len(figures) == len(_PIPELINES):  # a ratio only of two runs of the same minutes
+        ours, theirs = figures["vs.ours"], figures["vs.fluentbit"]
+        results.add("vs.ratio", {name: ours[name] / theirs[name]
+                                 for name in ("lines_per_s", "lines_per_s_steady")
+                                 if name in ours and name in theirs})
+    d = Path(tempfile.mkdtemp(prefix="vs.agent", dir=tmp_root))
+    got = await _guarded("our agent alone", errors,
+                         _into_fluent_bit("vs.agent", binary, d, data_file, n))
+    if got is not None:
+        results.add("vs.agent", got)
+        print("  vs.agent: " + ", ".join(f"{k} {v:,.2f}" for k, v in got.items()), flush=True)
 
 
 async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: int
@@ -251,6 +275,8 @@ async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: i
         await sink.start()
         if key == "vs.fluentbit":
             return await fluent_bit_two_hops(binary, d, data_file, n, sink)
+        if key == "vs.agent":
+            return await agent_into_fluent_bit(d, data_file, n, sink)
         return await ours_into_fluent_bit(d, data_file, n, sink)
     finally:
         await sink.stop()
@@ -355,14 +381,24 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                     ("", "sink CPU us/line", m(key, "sink_us_per_line"), "")]
     if "vs.ours" in res or "vs.fluentbit" in res:
         out += [("6 into a Fluent Bit sink: ours", "lines/s", m("vs.ours", "lines_per_s"), ""),
+                ("", "lines/s once lines flow", m("vs.ours", "lines_per_s_steady"), ""),
                 ("", "agent CPU us/line", m("vs.ours", "agent_us_per_line"), "<= 0.4"),
+                ("", "agent CPU before its first lines (s)",
+                 m("vs.ours", "agent_cpu_to_first_s"), ""),
+                ("", "agent CPU us/line, no relay running",
+                 m("vs.agent", "agent_us_per_line"), ""),
                 ("", "relay CPU us/line", m("vs.ours", "relay_us_per_line"), "<= 0.5"),
                 ("", "sink CPU us/line", m("vs.ours", "sink_us_per_line"), ""),
                 ("  Fluent Bit's two hops", "lines/s", m("vs.fluentbit", "lines_per_s"), ""),
+                ("", "lines/s once lines flow", m("vs.fluentbit", "lines_per_s_steady"), ""),
                 ("", "sender CPU us/line", m("vs.fluentbit", "sender_us_per_line"), ""),
+                ("", "sender CPU before its first lines (s)",
+                 m("vs.fluentbit", "sender_cpu_to_first_s"), ""),
                 ("", "sink CPU us/line", m("vs.fluentbit", "sink_us_per_line"), ""),
                 ("  ours / Fluent Bit", "lines/s (x, run by run)",
-                 _paired(res, "vs.ours", "vs.fluentbit", "lines_per_s"), ">= 1.5")]
+                 m("vs.ratio", "lines_per_s"), ">= 1.5"),
+                ("", "lines/s once lines flow (x, run by run)",
+                 m("vs.ratio", "lines_per_s_steady"), "")]
     return out
 
 
@@ -396,7 +432,9 @@ def table(report: dict[str, Any]) -> str:
              + " / ".join(f"{a:.2f}" for a in (report['load_before'][0],
                                                report['load_after'][0])),
              f"{report['lines_per_run']:,} lines of {report['line_bytes']} bytes per run, "
-             f"{report['runs']} runs: min / median / max", "",
+             f"{report['runs']} runs: min / median / max"
+             + (f"; scenario 2's sink reading at most {report['tail_sink_rate_mb_s']:g} MB/s"
+                if report.get("tail_sink_rate_mb_s") else ""), "",
              "| scenario | metric | min | median | max | target | met (median) |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for what, metric, v, target in rows(report):
@@ -423,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of the latency runs left out of p50/p99 (default: 2)")
     p.add_argument("--latency-rate", type=float, default=0.0,
                    help="lines/s for the latency runs (default: half the e2e median)")
+    p.add_argument("--tail-sink-rate", type=float, default=0.0, metavar="MB_PER_S",
+                   help="scenario 2's sink reads at most this many MB a second (default: "
+                        "as fast as it can), to see what a slower consumer costs the agent")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="profile the agent and the relay with py-spy into DIR (folded "
                         "stacks; python -m bench.folded DIR/FILE summarises one)")

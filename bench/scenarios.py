@@ -260,8 +260,12 @@ async def agent_child(env: Env, n: int) -> dict[str, float]:
 # -- 2. the agent tailing a file ----------------------------------------------------------
 
 
-async def agent_tail(env: Env, n: int, data_file: Path, redact: bool) -> dict[str, float]:
+async def agent_tail(env: Env, n: int, data_file: Path, redact: bool,
+                     sink_rate: float | None = None) -> dict[str, float]:
+    """The agent tailing ``data_file`` into the sink, reading at most ``sink_rate``
+    bytes a second if given."""
     tag = f"{TAG}.file"
+    env.sink.read_rate = sink_rate
     extra = ["--redact", "all"] if redact else []
     agent = env.start("agent", agent_args(env.sink_url, "--handshake-wait", "0",
                                            "--file", str(data_file), *extra))

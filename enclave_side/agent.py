@@ -135,6 +135,7 @@ class Agent:
             shared_key=fi.shared_key, hostname=config.hostname, batch_bytes=config.batch_bytes)
             for i, fi in enumerate(config.forward_inputs)]
         self.metrics_skipped = 0
+        self._seal_timer: asyncio.TimerHandle | None = None
         self.signer: Signer | None = None
 
     def pipeline(self, processing: Processing, fields: dict[str, str], what: str
@@ -160,13 +161,29 @@ class Agent:
 
     def _seal_when_due(self, due: float) -> None:
         """A batch was opened: seal it as soon as it is due (``flush_interval`` after its
-        first record), not up to a tick later. The ticker stays as a backstop."""
+        first record), not up to a tick later. The ticker stays as a backstop.
+
+        One timer at a time: a batch opened while one is pending falls due after it,
+        and the timer, once it has fired, sets itself for the oldest batch still open.
+        (A timer per batch woke the agent once per batch for nothing whenever batches
+        fill before they fall due, as they do under load.)
+        """
+        if self._seal_timer is not None:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the loop's thread: the ticker will seal it
             return
         # A millisecond late: call_later may fire a hair early, and then nothing is due.
-        loop.call_later(max(due - time.monotonic(), 0.0) + 0.001, self.buffer.seal_due)
+        self._seal_timer = loop.call_later(max(due - time.monotonic(), 0.0) + 0.001,
+                                           self._seal_timer_fired)
+
+    def _seal_timer_fired(self) -> None:
+        self._seal_timer = None
+        self.buffer.seal_due()
+        due = self.buffer.next_due()
+        if due is not None:
+            self._seal_when_due(due)
 
     def _start_signing(self) -> bool:
         """``--sign``: the key, the genesis checkpoint and its attestation document."""

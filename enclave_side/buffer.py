@@ -165,9 +165,10 @@ class Buffer:
     def has_room(self) -> bool:
         return self._used < self.max_bytes
 
-    async def wait_for_room(self) -> None:
-        """Return once the buffer is below its cap."""
-        while self._used >= self.max_bytes:
+    async def wait_for_room(self, below: int | None = None) -> None:
+        """Return once the buffer holds less than ``below`` bytes (default: its cap)."""
+        limit = self.max_bytes if below is None else min(below, self.max_bytes)
+        while self._used >= limit:
             self._changed.clear()
             await self._changed.wait()
 
@@ -284,6 +285,12 @@ class Buffer:
         deadline = self._clock() - self.flush_interval
         for key in [k for k, b in self._open.items() if b.since <= deadline]:
             self._seal(key)
+
+    def next_due(self) -> float | None:
+        """When the oldest batch still filling falls due (clock time); None if none is."""
+        if not self._open:
+            return None
+        return min(b.since for b in self._open.values()) + self.flush_interval
 
     def seal_all(self) -> None:
         """Seal everything still filling (before a drain)."""

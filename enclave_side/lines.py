@@ -2,8 +2,9 @@
 
 A read of up to 256 KiB becomes one ``bytes`` of concatenated msgpack entries
 ``[EventTime, {"log": line, ...}]`` with a handful of C-level calls: split on
-newlines, look up each line's str header, interleave with two constant byte
-strings, join. No object per line beyond the line itself.
+newlines, look up each line's str header (which is also the check that no line is
+over the limit), interleave with one constant byte string (an entry's tail and the
+next one's head), join. No object per line beyond the line itself.
 
 Non-UTF-8 bytes: a record's ``log`` is always valid UTF-8. A line that is not valid
 UTF-8 is sent with every backslash doubled and every byte that is not part of valid
@@ -38,13 +39,21 @@ ESCAPED = 4  # the line was not valid UTF-8 and is escaped
 Item: TypeAlias = "bytes | tuple[bytes, int]"
 
 _HEADER_OF = STR_HEADERS.__getitem__
+#: Lines shorter than this have their str header in ``STR_HEADERS``.
+_SHORT = len(STR_HEADERS)
+
+
+def _short_headers(lines: list[bytes]) -> list[bytes] | None:
+    """Each line's str header; None if a line is ``_SHORT`` bytes or longer."""
+    try:
+        return list(map(_HEADER_OF, map(len, lines)))  # C-level, no Python step per line
+    except IndexError:
+        return None
 
 
 def _headers(lines: list[bytes]) -> list[bytes]:
-    try:
-        return list(map(_HEADER_OF, map(len, lines)))  # C-level, no Python step per line
-    except IndexError:  # a line of 4 KiB or more
-        return [str_header(n) for n in map(len, lines)]
+    headers = _short_headers(lines)
+    return headers if headers is not None else [str_header(n) for n in map(len, lines)]
 
 
 def escape_line(line: bytes) -> bytes:
@@ -89,6 +98,9 @@ class LineSplitter:
         #: The lines the last ``feed`` returned are all plain ``bytes`` (none cut) and
         #: ASCII: the encoder may skip looking (``EntryEncoder.encode(clean=True)``).
         self.clean = False
+        #: With ``clean``, each of those lines' str header if the length check made
+        #: them (``EntryEncoder.encode(headers=...)``), else None.
+        self.headers: list[bytes] | None = None
 
     @property
     def pending(self) -> int:
@@ -106,7 +118,10 @@ class LineSplitter:
             self._discarding = False
         limit = self.max_line_bytes
         parts: list[Item]
-        if lines and max(map(len, lines)) > limit:
+        # The headers are the length check: their table stops at _SHORT bytes, and no
+        # line below that is over a limit of at least that (the usual case, one pass).
+        headers = _short_headers(lines) if limit >= _SHORT - 1 else None
+        if headers is None and lines and max(map(len, lines)) > limit:
             parts = [self._truncate(p) if len(p) > limit else p for p in lines]
             self.clean = False
         else:
@@ -122,6 +137,7 @@ class LineSplitter:
             self.clean = False
             tail = b""
         self._carry = tail
+        self.headers = headers if self.clean else None
         return parts
 
     def _truncate(self, line: bytes) -> tuple[bytes, int]:
@@ -134,6 +150,7 @@ class LineSplitter:
         """Hand out the unfinished line, flagged ``PARTIAL`` (at EOF or on a timeout)."""
         self._discarding = False
         self.clean = False
+        self.headers = None
         if not self._carry:
             return []
         line, self._carry = self._carry, b""
@@ -160,10 +177,13 @@ class EntryEncoder:
             raise ValueError("too many fixed fields")
         self.escaped = 0
 
-    def encode(self, items: list[Item], ns: int, *, clean: bool = False) -> bytes:
+    def encode(self, items: list[Item], ns: int, *, clean: bool = False,
+               headers: list[bytes] | None = None) -> bytes:
         """Entries for ``items``, all stamped ``ns``; one ``bytes``.
 
         ``clean``: the caller knows the items are all ``bytes`` and ASCII.
+        ``headers``: with ``clean``, each item's str header, if the caller has them
+        (``LineSplitter.headers``).
         """
         self.uniform = False
         if not items:
@@ -182,11 +202,14 @@ class EntryEncoder:
         if not plain:
             return b"".join(self._encode_one(head, i) for i in items)
         n = len(lines)
-        parts: list[bytes] = [b""] * (4 * n)
-        parts[0::4] = [head] * n
-        parts[1::4] = _headers(lines)
-        parts[2::4] = lines
-        parts[3::4] = [tail] * n
+        # head, header, line, tail for each; one entry's tail and the next one's head
+        # are constant, so they go in as one part: 3 parts a line to join, not 4.
+        parts: list[bytes] = [b""] * (3 * n)
+        parts[0::3] = [tail + head] * n
+        parts[1::3] = headers if clean and headers is not None else _headers(lines)
+        parts[2::3] = lines
+        parts[0] = head
+        parts.append(tail)
         self.uniform = True
         return b"".join(parts)
 

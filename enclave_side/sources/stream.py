@@ -59,12 +59,13 @@ class LineStream:
         self.bytes += len(data)
         items = self.splitter.feed(data)
         if items:
-            self._emit(items, clean=self.splitter.clean)
+            self._emit(items, clean=self.splitter.clean, headers=self.splitter.headers)
 
-    def _emit(self, items: list[Item], *, clean: bool = False) -> None:
+    def _emit(self, items: list[Item], *, clean: bool = False,
+              headers: list[bytes] | None = None) -> None:
         self.lines += len(items)
         if self.pipeline is None:
-            entries = self.encoder.encode(items, time.time_ns(), clean=clean)
+            entries = self.encoder.encode(items, time.time_ns(), clean=clean, headers=headers)
             self._add(entries, len(items), uniform=self.encoder.uniform)
         else:
             self._add(*self.pipeline.process_lines(items, time.time_ns()))

@@ -547,3 +547,38 @@ async def test_polling_follows_a_growing_file_closely_and_backs_off_when_idle(
         await tail.run()
     assert waits == pytest.approx([0.25, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0,
                                    0.01, 0.02])
+
+
+async def test_a_file_paused_on_a_full_buffer_resumes_below_three_quarters_not_at_the_first_ack(
+        tmp_path: Path) -> None:
+    # Resuming at the first ack would read one chunk per ack, each after a wakeup; the
+    # low-water mark makes a backpressured tail read in runs. The file is the buffer:
+    # nothing is lost while it waits, and the cap is unchanged.
+    from enclave_side.buffer import Buffer
+    from enclave_side.sources.tail import READ_SIZE, RESUME_BELOW
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(b"%098d\n" % i for i in range(16 * READ_SIZE // 99)))
+    # A cap of several reads' entries (a read is one batch here), as the defaults have.
+    buf = Buffer(boot_id=b"12345678", max_bytes=16 * READ_SIZE, batch_bytes=64 * 1024,
+                 flush_interval=60.0)
+    tail = polled_tail(path, buf)  # type: ignore[arg-type]
+    task = asyncio.create_task(tail.run())
+    try:
+        await wait_until(lambda: not buf.has_room(), "the buffer to fill")
+        for _ in range(10):  # let the tail's task reach its wait (no time passes)
+            await asyncio.sleep(0)
+        sent, paused_at = [], tail.bytes_read
+        while True:
+            sent.append(await buf.next_batch(8))
+            buf.ack(sent[-1].chunk)
+            if buf.used < buf.max_bytes * RESUME_BELOW:
+                break
+            for _ in range(10):  # let the tail's task see the ack (no time passes)
+                await asyncio.sleep(0)
+            assert tail.bytes_read == paused_at, f"read again at {buf.used} bytes held"
+        assert len(sent) >= 2, "one ack made room below the cap, still above the mark"
+        await wait_until(lambda: tail.bytes_read > paused_at, "the tail to read on")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        tail.close()

@@ -12,7 +12,7 @@ from enclave_side.lines import EntryEncoder
 from fluent_forward.codec import FrameDecoder, Role
 from fluent_forward.conventions import DIAG_TAG, parse_chunk_id
 from fluent_forward.conventions import Overflow as Policy
-from tests.helpers import MS, within
+from tests.helpers import MS, wait_until, within
 
 BOOT = b"\x01" * 8
 ENC = EntryEncoder({"stream": "stdout"})
@@ -230,3 +230,30 @@ async def test_the_agent_seals_a_batch_when_it_falls_due_not_at_a_tick() -> None
     await asyncio.sleep(0.1)
     assert agent.buffer.stats().queued_batches == 0, "sealed before it was due"
     await within(agent.buffer.next_batch(8), "the batch sealed by its timer", timeout=2.0)
+
+
+@pytest.mark.asyncio
+async def test_batches_filled_before_their_time_wake_the_agent_once_not_once_each() -> None:
+    from enclave_side.agent import Agent
+    from enclave_side.config import AgentConfig
+    from fluent_forward.endpoints import parse_endpoint
+
+    agent = Agent(AgentConfig(relay=parse_endpoint("unix:///nonexistent/relay.sock"),
+                              flush_interval=0.05, batch_bytes=1024))
+    fired = 0
+    seal_due = agent.buffer.seal_due
+
+    def counted() -> None:
+        nonlocal fired
+        fired += 1
+        seal_due()
+
+    agent.buffer.seal_due = counted  # type: ignore[method-assign]
+    agent.buffer.on_open = agent._seal_when_due  # as run() does; no ticker runs here
+    for _ in range(20):  # 20 batches opened and sealed by size, then one left open
+        agent.buffer.add("t", entries(40), 40)
+    agent.buffer.add("t", entries(1), 1)
+    opened = agent.buffer.stats().sealed_batches + 1
+    await wait_until(lambda: agent.buffer.stats().sealed_batches == opened,
+                     "the last batch sealed by its timer")
+    assert fired <= 2, f"{fired} timer wakeups for {opened} batches"

@@ -180,3 +180,29 @@ def test_a_read_with_a_cut_line_or_non_ascii_is_not_clean() -> None:
     assert not splitter.clean
     splitter.feed(b"ok\nand an unfinished tail past the limit")
     assert not splitter.clean
+
+
+@pytest.mark.parametrize("limit", [4094, 4095, 4096, 5000])
+def test_lines_at_the_edge_of_the_header_table_are_cut_only_past_the_limit(limit: int) -> None:
+    # With a limit of 4095 bytes or more the str headers double as the length check
+    # (their table stops at 4095): a line of 4096 bytes must still be measured.
+    short, long = [0, 31, 4094, 4095], [4096, 4097, 5000, 5001]
+    new, ref = LineSplitter(limit), _ReferenceSplitter(limit)
+    for lengths in (short, long):
+        data = b"".join(b"x" * n + b"\n" for n in lengths)
+        assert new.feed(data) == ref.feed(data)
+    assert new.truncated == ref.truncated == sum(n > limit for n in short + long)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=12) | st.sampled_from(
+    [b"\n", b"\xc3\xa9\n", b"x" * 4094, b"x" * 4095 + b"\n", b"x" * 4200]), max_size=12))
+def test_the_headers_of_a_clean_read_are_its_lines_headers(reads: list[bytes]) -> None:
+    splitter, enc = LineSplitter(max_line_bytes=8192), EntryEncoder({"file": "a.log"})
+    for data in reads:
+        items = splitter.feed(data)
+        if splitter.headers is not None:
+            assert splitter.clean
+            assert splitter.headers == [str_header(len(i)) for i in items]  # type: ignore[arg-type]
+            assert enc.encode(items, 5, clean=True, headers=splitter.headers) == enc.encode(
+                items, 5)
