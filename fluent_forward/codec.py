@@ -66,6 +66,7 @@ __all__ = [
     "iter_entries",
     "make_options",
     "pack_entry",
+    "packed_forward_parts",
     "parse_event",
     "split_entries",
     "time_to_ns",
@@ -179,14 +180,23 @@ def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
     ``entries`` may also be a sequence of parts (packed entries to concatenate): they
     are then copied once too, straight into the frame.
     """
-    head = b"\x93" if options is not None else b"\x92"
     if isinstance(entries, bytes):
-        parts = [head, _packb(tag), bin_header(len(entries)), entries]
-    else:
-        parts = [head, _packb(tag), bin_header(sum(map(len, entries))), *entries]
-    if options is not None:
-        parts.append(_packb(options))
-    return b"".join(parts)
+        return b"".join(packed_forward_parts(tag, entries, options))
+    head, _, tail = packed_forward_parts(tag, b"", options, size=sum(map(len, entries)))
+    return b"".join([head, *entries, tail])
+
+
+def packed_forward_parts(tag: str, entries: bytes, options: Mapping[str, Any] | None = None,
+                         *, size: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """PackedForward in three parts whose concatenation is the frame: the header up to
+    the entries, the entries themselves (not copied), and the options (b"" if None).
+
+    A sender that writes the parts one after the other spares a copy of the entries.
+    ``size``: the length the bin header declares, when ``entries`` is a placeholder.
+    """
+    head = b"\x93" if options is not None else b"\x92"
+    head += _packb(tag) + bin_header(len(entries) if size is None else size)
+    return head, entries, _packb(options) if options is not None else b""
 
 
 def encode_compressed_packed_forward(tag: str, entries: bytes,
