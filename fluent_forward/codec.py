@@ -270,11 +270,20 @@ Frame: TypeAlias = "EventFrame | Ack | Heartbeat | Helo | Ping | Pong"
 _HEARTBEAT = Heartbeat()
 
 
-def _unpacker(max_bytes: int) -> msgpack.Unpacker:
+def _unpacker(max_bytes: int, read_size: int = 0) -> msgpack.Unpacker:
     # surrogateescape: invalid UTF-8 in a str is content, not an attack; it survives
     # decoding and packs back to the same bytes. strict_map_key rejects int keys.
+    # read_size: the buffer it starts with (0: msgpack's, up to 1 MiB).
+    max_bytes = max(max_bytes, 1)
     return msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", use_list=False,
-                            strict_map_key=True, max_buffer_size=max(max_bytes, 1))
+                            strict_map_key=True, max_buffer_size=max_bytes,
+                            read_size=min(read_size, max_bytes))
+
+
+def _options_unpacker(max_bytes: int) -> msgpack.Unpacker:
+    """For the few bytes of a gathered frame's options: a small buffer to start with
+    (a megabyte allocated per frame would cost more than the frame)."""
+    return _unpacker(max_bytes, 4096)
 
 
 def _wrap(exc: Exception, what: str, limit: int) -> MalformedFrame | FrameTooLarge:
@@ -406,7 +415,8 @@ class FrameDecoder:
         assert bulk is not None
         before = pos
         try:
-            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need, _unpacker)
+            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need,
+                                 _options_unpacker)
         except OverflowError:
             raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
                                 self.max_frame_bytes) from None
