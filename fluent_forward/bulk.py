@@ -29,6 +29,9 @@ BULK_MIN_BYTES = 64 * 1024
 #: Bytes of what follows the payload given to the options' Unpacker at a time (an
 #: options map is tens of bytes; the next frame need not be copied to find its end).
 _OPTIONS_STEP = 4096
+#: Reads smaller than this are copied into one buffer rather than kept apart: a peer
+#: that sends a frame a byte at a time must not make the relay hold an object per byte.
+_SMALL_READ = 16 * 1024
 _BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 #: The most bytes the headers take: array, str8 tag of 255 bytes, bin32 header.
 _HEAD_MAX = 1 + 2 + 255 + 5
@@ -50,7 +53,7 @@ class BulkFrame:
     payload_at: int
     need: int
     have: int = 0
-    parts: list[memoryview] = field(default_factory=list)
+    parts: list[memoryview | bytearray] = field(default_factory=list)
     options: Any = None  # the Unpacker of the options map, once the payload is in
     options_fed: int = 0
 
@@ -68,7 +71,12 @@ class BulkFrame:
         end = len(view)
         if self.have < self.need:
             n = min(end - pos, self.need - self.have)
-            self.parts.append(view[pos:pos + n])
+            if n >= _SMALL_READ:
+                self.parts.append(view[pos:pos + n])
+            elif self.parts and type(self.parts[-1]) is bytearray:
+                self.parts[-1] += view[pos:pos + n]
+            else:  # small reads are copied together: no object per read to keep
+                self.parts.append(bytearray(view[pos:pos + n]))
             self.have += n
             pos += n
             if self.have < self.need:
@@ -97,7 +105,7 @@ class BulkFrame:
 
     def _payload(self) -> bytes:
         first = self.parts[0]
-        self.parts[0] = first[self.payload_at:]
+        self.parts[0] = memoryview(first)[self.payload_at:]
         payload = b"".join(self.parts)
         self.parts.clear()
         return payload

@@ -112,3 +112,16 @@ def test_invalid_options_after_a_large_payload_are_malformed() -> None:
 ])
 def test_only_the_plain_large_shape_is_gathered(frame: bytes, gathered: bool) -> None:
     assert (bulk_start(memoryview(frame)) is not None) is gathered
+
+
+def test_a_large_frame_sent_a_byte_at_a_time_is_held_in_one_buffer() -> None:
+    # An object per read would let a peer sending bytes one by one make the relay
+    # hold a few hundred bytes for each byte of a frame.
+    frame = encode_packed_forward("t", BIG, {})
+    decoder = FrameDecoder(Role.SERVER)
+    assert decoder.feed(frame[:64]) == []  # the head in one read: the frame is gathered
+    for i in range(64, len(frame) // 2):
+        assert decoder.feed(frame[i:i + 1]) == []
+    assert decoder._bulk is not None and len(decoder._bulk.parts) == 1
+    (got,) = decoder.feed(frame[len(frame) // 2:])
+    assert isinstance(got, EventFrame) and got.entries == BIG
