@@ -380,13 +380,14 @@ async def _run_until_one_ends(coros: tuple[Coroutine[Any, Any, Any], ...]
 
 
 class OutboundBatch(Protocol):
-    """What a ``ForwardClient`` sends: a complete frame and the chunk id it carries."""
+    """What a ``ForwardClient`` sends: a complete frame (or its parts, in order,
+    written one after the other) and the chunk id it carries."""
 
     @property
     def chunk(self) -> str: ...
 
     @property
-    def frame(self) -> bytes: ...
+    def frame(self) -> bytes | tuple[bytes, ...]: ...
 
 
 class BatchSource(Protocol):
@@ -552,7 +553,8 @@ class ForwardClient:
         while True:
             batch = await self.source.next_batch(session.window)
             session.send_batch(batch.chunk, batch.frame, loop.time())
-            conn.write(session.data_to_send())
+            for part in session.parts_to_send():  # written apart: a batch is not copied
+                conn.write(part)
             self.stats.batches_sent += 1
             await conn.drain()
 

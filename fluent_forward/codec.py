@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
 
+import msgpack
+
+from .bulk import BulkFrame, bulk_start
 from .entries import (
     DEFAULT_MAX_ENTRIES,
     EventTime,
@@ -83,6 +86,7 @@ __all__ = [
     "iter_entries",
     "make_options",
     "pack_entry",
+    "packed_forward_parts",
     "parse_event",
     "split_entries",
     "time_to_ns",
@@ -143,14 +147,23 @@ def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
     ``entries`` may also be a sequence of parts (packed entries to concatenate): they
     are then copied once too, straight into the frame.
     """
-    head = b"\x93" if options is not None else b"\x92"
     if isinstance(entries, bytes):
-        parts = [head, packb(tag), bin_header(len(entries)), entries]
-    else:
-        parts = [head, packb(tag), bin_header(sum(map(len, entries))), *entries]
-    if options is not None:
-        parts.append(packb(options))
-    return b"".join(parts)
+        return b"".join(packed_forward_parts(tag, entries, options))
+    head, _, tail = packed_forward_parts(tag, b"", options, size=sum(map(len, entries)))
+    return b"".join([head, *entries, tail])
+
+
+def packed_forward_parts(tag: str, entries: bytes, options: Mapping[str, Any] | None = None,
+                         *, size: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """PackedForward in three parts whose concatenation is the frame: the header up to
+    the entries, the entries themselves (not copied), and the options (b"" if None).
+
+    A sender that writes the parts one after the other spares a copy of the entries.
+    ``size``: the length the bin header declares, when ``entries`` is a placeholder.
+    """
+    head = b"\x93" if options is not None else b"\x92"
+    head += packb(tag) + bin_header(len(entries) if size is None else size)
+    return head, entries, packb(options) if options is not None else b""
 
 
 def encode_compressed_packed_forward(tag: str, entries: bytes,
@@ -223,6 +236,12 @@ Frame: TypeAlias = "EventFrame | Ack | Heartbeat | Helo | Ping | Pong"
 _HEARTBEAT = Heartbeat()
 
 
+def _options_unpacker(max_bytes: int) -> msgpack.Unpacker:
+    """For the few bytes of a gathered frame's options: a small buffer to start with
+    (a megabyte allocated per frame would cost more than the frame)."""
+    return unpacker(max_bytes, 4096)
+
+
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes) -> list[Frame]``, bytes split anywhere.
 
@@ -253,7 +272,9 @@ class FrameDecoder:
         self._unpacker = unpacker(max_frame_bytes)
         self._fed = 0
         self._frame_start = 0  # stream offset where the incomplete frame began
+        self._base = 0  # stream offset of the Unpacker's tell() == 0
         self._head = b""  # the first bytes of the incomplete frame, for claimed_size()
+        self._bulk: BulkFrame | None = None  # a large PackedForward frame being gathered
         self._broken = False
 
     @property
@@ -280,33 +301,83 @@ class FrameDecoder:
         frames: list[Frame] = []
         view = memoryview(data)
         pos, end = 0, len(data)
-        piece = view[0:0]
         while True:
-            # Never hand msgpack more than one frame's limit: a frame over the limit
-            # then fails here instead of growing the buffer.
-            room = self.max_frame_bytes - self.buffered
-            if pos < end:
-                if room <= 0:
-                    raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
-                                        self.max_frame_bytes)
-                # Feed at most an object frame's limit at once, so a Message or Forward
-                # frame is caught by _check_claim before it is all turned into objects.
-                piece = view[pos:pos + min(room, self.max_object_frame_bytes)]
-                self._unpacker.feed(piece)
-                self._fed += len(piece)
-                pos += len(piece)
-            up = self._unpacker
-            try:
-                for obj in up:
-                    frames.append(self._classify(obj))
-                    self._frame_start = up.tell()  # right after a complete object: its end
-            except ProtocolError:
-                raise
-            except Exception as exc:
-                raise msgpack_error(exc, "frame", self.max_frame_bytes) from exc
-            self._check_claim(piece)
+            if self._bulk is None and not self.buffered and self.role is Role.SERVER:
+                self._start_bulk(view[pos:])  # at a frame's first byte
+            if self._bulk is not None:
+                pos = self._take_bulk(view, pos, frames)
+            else:
+                pos = self._feed_piece(view, pos, end, frames)
             if pos >= end:
                 return frames
+
+    def _feed_piece(self, view: memoryview, pos: int, end: int, frames: list[Frame]) -> int:
+        """Feed msgpack the next piece of ``view``; where the rest begins."""
+        # Never hand msgpack more than one frame's limit: a frame over the limit
+        # then fails here instead of growing the buffer.
+        room = self.max_frame_bytes - self.buffered
+        piece = view[0:0]
+        if pos < end:
+            if room <= 0:
+                raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
+                                    self.max_frame_bytes)
+            # Feed at most an object frame's limit at once, so a Message or Forward
+            # frame is caught by _check_claim before it is all turned into objects.
+            piece = view[pos:pos + min(room, self.max_object_frame_bytes)]
+            self._unpacker.feed(piece)
+            self._fed += len(piece)
+            pos += len(piece)
+        up = self._unpacker
+        try:
+            for obj in up:
+                frames.append(self._classify(obj))
+                # right after a complete object: its end
+                self._frame_start = self._base + up.tell()
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise msgpack_error(exc, "frame", self.max_frame_bytes) from exc
+        self._check_claim(piece)
+        incomplete = self.buffered
+        if 0 < incomplete <= len(piece) and self.role is Role.SERVER:
+            # A large frame began in this piece: take it from msgpack, gather it here.
+            self._start_bulk(piece[len(piece) - incomplete:])
+            if self._bulk is not None:
+                self._unpacker = unpacker(self.max_frame_bytes)
+                self._fed -= incomplete
+                self._base = self._fed
+                pos -= incomplete
+        return pos
+
+    def _start_bulk(self, head: memoryview) -> None:
+        bulk = bulk_start(head)
+        if bulk is not None and bulk.need > self.max_frame_bytes:
+            raise FrameTooLarge(f"frame claims {bulk.need} bytes, over max_frame_bytes "
+                                f"({self.max_frame_bytes})", self.max_frame_bytes)
+        if bulk is not None:
+            self._bulk = bulk
+            self._head = b""
+
+    def _take_bulk(self, view: memoryview, pos: int, frames: list[Frame]) -> int:
+        """Gather the large frame from ``view[pos:]``; where its bytes end in it."""
+        bulk = self._bulk
+        assert bulk is not None
+        before = pos
+        try:
+            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need,
+                                 _options_unpacker)
+        except OverflowError:
+            raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
+                                self.max_frame_bytes) from None
+        except Exception as exc:
+            raise msgpack_error(exc, "frame", self.max_frame_bytes) from exc
+        self._fed += pos - before
+        if obj is not None:
+            self._bulk = None
+            self._frame_start = self._fed
+            self._base = self._fed - self._unpacker.tell()
+            frames.append(self._classify(obj))
+        return pos
 
     def _check_claim(self, piece: memoryview) -> None:
         """Refuse at once a frame whose headers claim more than the limit.

@@ -94,11 +94,14 @@ packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True,
                                                unicode_errors="surrogateescape").pack
 
 
-def unpacker(max_bytes: int) -> msgpack.Unpacker:
+def unpacker(max_bytes: int, read_size: int = 0) -> msgpack.Unpacker:
     # surrogateescape: invalid UTF-8 in a str is content, not an attack; it survives
     # decoding and packs back to the same bytes. strict_map_key rejects int keys.
+    # read_size: the buffer it starts with (0: msgpack's, up to 1 MiB).
+    max_bytes = max(max_bytes, 1)
     return msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", use_list=False,
-                            strict_map_key=True, max_buffer_size=max(max_bytes, 1))
+                            strict_map_key=True, max_buffer_size=max_bytes,
+                            read_size=min(read_size, max_bytes))
 
 
 def msgpack_error(exc: Exception, what: str, limit: int) -> MalformedFrame | FrameTooLarge:

@@ -110,6 +110,12 @@ class Session:
         self._out.clear()
         return out
 
+    def parts_to_send(self) -> list[bytes]:
+        """``data_to_send`` as the parts queued, not joined: a batch's entries are
+        written as they are, without a copy."""
+        out, self._out = self._out, []
+        return out
+
     def start_reading(self, now: float) -> None:
         """The I/O layer starts waiting for the peer: from now on, time is the peer's."""
         if self._waiting_since is None:
@@ -329,14 +335,18 @@ class ClientSession(Session):
         """Whether ``send_batch`` may be called: open, and the window not full."""
         return self.state is State.OPEN and self.in_flight.has_room(self.window)
 
-    def send_batch(self, chunk: str, frame: bytes, now: float) -> None:
-        """Queue a batch's frame; it stays in flight until the server acks ``chunk``."""
+    def send_batch(self, chunk: str, frame: bytes | tuple[bytes, ...], now: float) -> None:
+        """Queue a batch's frame (or its parts, in order); it stays in flight until
+        the server acks ``chunk``."""
         if not self.can_send:
             raise UsageError(f"send_batch in state {self.state.name} with "
                              f"{len(self.in_flight)} of {self.window} in flight")
         self._sends += 1
         self.in_flight.add(_Sent(chunk, self._sends))
-        self._out.append(frame)
+        if isinstance(frame, tuple):
+            self._out.extend(frame)
+        else:
+            self._out.append(frame)
         self._sent = now
 
     def events(self) -> list[Acked]:

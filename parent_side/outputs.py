@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import encode_packed_forward, iter_entries, time_to_ns
+from fluent_forward.codec import iter_entries, packed_forward_parts, time_to_ns
 from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import Endpoint, parse_endpoint
 from fluent_forward.errors import EndpointError
@@ -293,10 +293,14 @@ class FileOutput(JsonLinesOutput):
 class _Pending:
     seq: int
     chunk: str
-    frame: bytes
+    frame: tuple[bytes, ...]  # the frame's parts: the entries are sent without a copy
     count: int
     done: asyncio.Future[None] = field(repr=False)
     failures: int = 0  # connections lost while it was the oldest unacked frame
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.frame))
 
 
 class UpstreamQueue:
@@ -334,10 +338,10 @@ class UpstreamQueue:
             await self._changed.wait()
         self._seq += 1
         chunk = chunk_id(self.boot_id, self._seq)
-        frame = encode_packed_forward(tag, entries, {"chunk": chunk, "size": count})
+        frame = packed_forward_parts(tag, entries, {"chunk": chunk, "size": count})
         item = _Pending(self._seq, chunk, frame, count, asyncio.get_running_loop().create_future())
         self._queue.append(item)
-        self.used += len(frame)
+        self.used += item.size
         self._changed.set()
         return item.done
 
@@ -373,7 +377,7 @@ class UpstreamQueue:
         item = self._unacked.ack(chunk)
         if item is None:
             return None
-        self.used -= len(item.frame)
+        self.used -= item.size
         self.acked_records += item.count
         if not item.done.done():
             item.done.set_result(None)
@@ -389,7 +393,7 @@ class UpstreamQueue:
             items[0].failures += 1
         if len(items) == 1 and items[0].failures >= self.poison_after:
             item = items.pop()
-            self.used -= len(item.frame)
+            self.used -= item.size
             self.poisoned += 1
             if not item.done.done():
                 item.done.set_exception(PoisonFrame(

@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
+
+try:  # ISA-L's CRC-32: the same checksum as zlib's, ten times faster (the [fast] extra)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - without the extra
+    from zlib import crc32
 
 from fluent_forward.wire import bin_header
 
@@ -32,6 +36,7 @@ __all__ = [
     "Write",
     "check_header",
     "commit_group",
+    "crc32",
     "payload_parts",
     "read_entry",
     "segment_ids",
@@ -155,7 +160,7 @@ def read_entry(seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
         f.seek(offset)
         length, crc = FRAME.unpack(f.read(FRAME.size))
         payload = f.read(length)
-    if len(payload) != length or zlib.crc32(payload) != crc:
+    if len(payload) != length or crc32(payload) != crc:
         # Checked at recovery and written by us since: the disk changed under us.
         raise SpoolError(f"spool {seg.path}: entry at {offset} is corrupt")
     return unpack_payload(seg.id, offset, payload), FRAME.size + length
@@ -219,7 +224,7 @@ def _write_group(writes: list[Write], dir_fd: int, writev: Callable[[int, list[b
         if w.framed:
             crc = 0
             for part in w.parts:
-                crc = zlib.crc32(part, crc)
+                crc = crc32(part, crc)
             parts.append(FRAME.pack(w.size - FRAME.size, crc))
         parts.extend(w.parts)
     for fd, parts in by_fd.items():

@@ -21,7 +21,6 @@ import logging
 import os
 import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -34,6 +33,7 @@ from .spool_format import (
     SpoolEntry,
     SpoolStats,
     check_header,
+    crc32,
     segment_ids,
     segment_path,
     unpack_payload,
@@ -106,7 +106,7 @@ def _entry_at(data: bytes, pos: int, frame: struct.Struct, max_entry: int,
     if length > max_entry or end > len(data):
         return None
     payload = data[pos + frame.size:end]
-    if zlib.crc32(payload) != crc:
+    if crc32(payload) != crc:
         return None
     try:
         return ScannedEntry(pos, end, decode(pos, payload))

@@ -37,6 +37,7 @@ from fluent_forward.codec import (
     iter_entries,
     make_options,
     pack_entry,
+    packed_forward_parts,
     parse_event,
     split_entries,
     time_to_ns,
@@ -138,6 +139,15 @@ def test_packed_forward_golden_bytes_with_options() -> None:
     frame = encode_packed_forward("tag", ENTRY_A + ENTRY_B, make_options(chunk="abc", size=2))
     assert frame == (b"\x93\xa3tag\xc4\x0a" + ENTRY_A + ENTRY_B
                      + b"\x82\xa5chunk\xa3abc\xa4size\x02")
+
+
+@pytest.mark.parametrize("options", [None, {}, {"chunk": "abc", "size": 2}])
+def test_packed_forward_parts_are_the_frame_with_the_entries_not_copied(
+        options: dict[str, Any] | None) -> None:
+    entries = ENTRY_A + ENTRY_B
+    parts = packed_forward_parts("tag", entries, options)
+    assert b"".join(parts) == encode_packed_forward("tag", entries, options)
+    assert parts[1] is entries  # the sender writes the batch's own bytes
 
 
 def test_packed_forward_empty_options_map_is_still_sent() -> None:

@@ -222,6 +222,15 @@ def test_acks_out_of_order_free_each_batch_once() -> None:
     assert not c.in_flight
 
 
+def test_a_batch_sent_in_parts_is_handed_back_in_parts_uncopied() -> None:
+    c = open_client()
+    entries = b"entries" * 100
+    c.send_batch("a", (b"head", entries, b"tail"), 0.0)
+    parts = c.parts_to_send()
+    assert parts == [b"head", entries, b"tail"] and parts[1] is entries
+    assert c.in_flight == {"a"} and c.data_to_send() == b""
+
+
 @pytest.mark.parametrize("acks", [["nope"], ["a", "a"]], ids=["bogus", "duplicate"])
 def test_an_ack_for_a_chunk_not_in_flight_closes_the_connection(acks: list[str]) -> None:
     c = open_client()

@@ -83,3 +83,12 @@ def test_the_spool_writes_what_it_wrote_before() -> None:
 
     with short_tmpdir() as d:
         asyncio.run(run(d / "spool"))
+
+
+def test_the_spool_checksum_is_zlibs_crc32_by_isa_l_when_installed() -> None:
+    # The [fast] extra (installed with [test]) must not change a byte on disk: the
+    # same CRC-32, also chained over a payload's parts as the commit thread does.
+    data = os.urandom(100_000)
+    assert spool_mod.crc32(data) == zlib.crc32(data)
+    assert spool_mod.crc32(data[7:], spool_mod.crc32(data[:7])) == zlib.crc32(data)
+    assert spool_mod.crc32.__module__.startswith("isal")

@@ -74,3 +74,13 @@ async def test_a_frame_blamed_poison_after_times_alone_is_given_up() -> None:
     q.connection_up()
     (nxt,) = await send(q, 1)
     assert q.ack(nxt) is not None and futures[1].done()
+
+
+async def test_a_queued_frame_holds_the_batch_entries_themselves() -> None:
+    # The entries go out as they came from the spool: no copy of a batch per send.
+    q = UpstreamQueue(boot_id=b"upstream", max_bytes=1 << 20)
+    entries = b"\x92\x00\x80" * 1000
+    await q.put("t", entries, 1000)
+    item = await q.next_batch(1)
+    assert item.frame[1] is entries
+    assert q.used == item.size == sum(map(len, item.frame)) > len(entries)
