@@ -11,17 +11,20 @@ last were taken, so every enclave makes progress whatever its share.
 The budget depends on the upstream:
 
 - delivering (something was delivered within ``stall`` seconds, or nothing is held):
-  the *window*, sized in time rather than bytes: what the upstream delivers in
-  ``delay`` seconds at the rate it was measured to deliver (``rate``), between
-  ``min_window`` and ``max_window``. The spool forwards in the order it took
-  batches in, so a quiet enclave's batch waits behind everything the others hold;
-  a window of ``delay`` seconds of upstream keeps that wait near ``delay`` however
-  slow the upstream is (a window fixed in bytes made it ``bytes / rate``: 300 ms at
-  20 MB/s). A flooding enclave's backlog then stays in its own agent's buffer, not
-  ahead of the others in the spool. It is still no cap on one enclave alone: while
-  the window is the limit, batches spend less than ``delay`` in the relay, so the
-  rate measured is at least ``window / delay`` and the window grows with it, up to
-  what the upstream takes.
+  each may hold the *window*, and all of them together at most ``max_window``. The
+  window is a time rather than a size: what the upstream delivers in ``delay`` seconds
+  at the rate it was measured to deliver (``rate``), between ``min_window`` and
+  ``max_window``. The spool forwards in the order it took batches in, so a quiet
+  enclave's batch waits behind everything the others hold; a window of ``delay``
+  seconds of upstream keeps that wait near ``delay`` per flooding enclave however slow
+  the upstream is (a window fixed in bytes made it ``bytes / rate``: 300 ms at 20 MB/s),
+  and a flood's backlog stays in its own agent's buffer, not ahead of the others in the
+  spool. Each enclave holding something gets a whole window, not a part of one: the
+  quiet ones use little of theirs, and a flooding one kept to a fraction of ``delay``
+  would leave the upstream idle between its reads. It is still no cap on one enclave
+  alone: while the window is the limit, batches spend less than ``delay`` in the
+  relay, so the rate measured is at least ``window / delay`` and the window grows with
+  it, up to what the upstream takes.
 - stalled (things are held and nothing was delivered for ``stall`` seconds: Fluent
   Bit is down or not acking): ``capacity``, the spool's size. Absorbing an outage is
   what the spool is for; no single enclave may fill it while others have logs to keep.
@@ -45,9 +48,10 @@ from typing import Any
 
 __all__ = ["FAIR_DELAY", "FAIR_MIN_WINDOW", "FAIR_WINDOW", "SAMPLE", "FairShare"]
 
-#: The most the enclaves share while the upstream delivers (see the module docstring).
+#: The most the enclaves hold together while the upstream delivers (see the module
+#: docstring), and the most one window may grow to.
 FAIR_WINDOW = 16 << 20
-#: The least: a few of an agent's batches, whatever the upstream's rate.
+#: The least window: a few of an agent's batches, whatever the upstream's rate.
 FAIR_MIN_WINDOW = 512 << 10
 #: The time's worth of upstream delivery the window holds: the wait a quiet enclave's
 #: batch may have behind the others' in the spool (a CoDel-style sojourn target).
@@ -60,11 +64,12 @@ class FairShare:
     """Per-enclave bytes held in the relay, and the wait for a share of the budget.
 
     Args:
-        window: the most the enclaves share while the upstream delivers.
+        window: the most the enclaves hold together while the upstream delivers (and
+            the most one window may be).
         capacity: the budget while it is stalled (the spool's size).
         stall: seconds without a delivery, while something is held, that make a stall.
         delay: seconds of upstream delivery the window holds.
-        min_window: the least the window is, whatever the rate.
+        min_window: the least one window is, whatever the rate.
         clock: the monotonic clock (a test seam).
     """
 
@@ -86,10 +91,14 @@ class FairShare:
         self._sample_bytes = 0
         self._changed = asyncio.Event()
 
+    def _delivering(self) -> int:
+        """What the enclaves holding something share while the upstream delivers."""
+        return min(self.max_window, self.window * max(1, len(self.held)))
+
     def budget(self) -> int:
         """What the enclaves holding something share now."""
         stalled = self.held and self.clock() - self._last_delivery > self.stall
-        return self.capacity if stalled else self.window
+        return self.capacity if stalled else self._delivering()
 
     def share(self) -> int:
         """What one enclave may hold now."""
@@ -98,7 +107,7 @@ class FairShare:
     def over(self, name: str) -> bool:
         """True if ``name`` holds more than its share."""
         held = self.held.get(name, 0)
-        if held <= self.window // max(1, len(self.held)):
+        if held <= self._delivering() // max(1, len(self.held)):
             return False  # the common case, without reading the clock
         return held > self.share()
 

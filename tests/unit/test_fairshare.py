@@ -151,3 +151,22 @@ def test_an_enclave_alone_held_back_by_the_window_sees_it_grow_to_what_the_upstr
         clock.now += latency
         fair.delivered("alone", min(fair.held["alone"], int(upstream * latency)))
     assert fair.window == pytest.approx(upstream * 0.04, rel=0.05)
+
+
+def test_each_enclave_holding_something_may_hold_a_window_of_its_own_up_to_the_most() -> None:
+    """A flood kept to a part of the window while quiet enclaves hold a few lines each
+    would leave the upstream idle between its reads: each gets the whole window."""
+    clock = Clock()
+    fair = FairShare(window=4 * MIB, min_window=KIB, delay=0.04, clock=clock)
+    fair.add("flood", 10 * MIB)
+    clock.now += STEP
+    fair.delivered("flood", 5 * MIB // 2)  # 20 MiB/s: an 800 KiB window
+    window = fair.window
+    for quiet in ("a", "b", "c"):
+        fair.add(quiet, KIB)
+    assert fair.share() == window  # four windows are 3.2 MiB: under the most
+    assert fair.over("flood") and fair.held["flood"] > window
+    fair.delivered("flood", fair.held["flood"] - window)
+    assert not fair.over("flood")
+    fair.max_window = 2 * MIB  # four windows together would be more than the most
+    assert fair.share() == 2 * MIB // 4
