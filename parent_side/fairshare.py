@@ -55,7 +55,7 @@ FAIR_WINDOW = 16 << 20
 FAIR_MIN_WINDOW = 512 << 10
 #: The time's worth of upstream delivery the window holds: the wait a quiet enclave's
 #: batch may have behind the others' in the spool (a CoDel-style sojourn target).
-FAIR_DELAY = 0.04
+FAIR_DELAY = 0.025
 #: Seconds of delivering over which the upstream's rate is measured.
 SAMPLE = 0.1
 
