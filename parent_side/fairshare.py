@@ -31,7 +31,8 @@ The budget depends on the upstream:
 
 The rate is measured over ``SAMPLE`` seconds of delivering, counting only time
 something was held (an idle relay says nothing about its upstream): it follows a
-rise at once and a fall by halves, so one slow sample does not shut the window.
+rise at once and a fall by halves, so one slow sample does not shut the window. Until
+the first sample, the window is ``max_window``.
 
 The accounting is reset whenever the relay holds nothing at all (``settle``): a batch
 taken but never delivered (a resend the spool recognised, a segment dropped when the
@@ -86,7 +87,9 @@ class FairShare:
         self.held: dict[str, int] = {}
         self.waits = 0  # times a reader waited for its share, for status
         self.rate = 0.0  # bytes per second the upstream was measured to deliver
-        self.window = min(min_window, window)
+        # Until a rate is measured, the most: at start with Fluent Bit down, the spool
+        # takes what agents send at once, as a stall would let it.
+        self.window = window
         self._last_delivery = self._sample_start = clock()
         self._sample_bytes = 0
         self._changed = asyncio.Event()

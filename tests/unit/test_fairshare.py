@@ -91,7 +91,7 @@ async def test_a_reader_over_its_share_waits_for_deliveries_then_goes_on() -> No
 def test_the_window_is_the_time_the_upstream_takes_to_deliver_delay_seconds_of_it() -> None:
     clock = Clock()
     fair = FairShare(window=16 * MIB, min_window=64 * KIB, delay=0.04, clock=clock)
-    assert fair.window == 64 * KIB  # no rate measured yet: the least
+    assert fair.window == 16 * MIB  # no rate measured yet: the most
     fair.add("flood", 10 * MIB)
     clock.now += STEP
     fair.delivered("flood", 5 * MIB // 2)  # 20 MiB/s
