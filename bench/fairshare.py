@@ -116,7 +116,7 @@ async def fair_share(env: Env, seconds: float, warmup: float,
     if flood.exited():
         raise RuntimeError(f"the flood ended before the quiet lines were in:\n"
                            f"{flood.tail_log()}")
-    waits = _fair_waits(await asyncio.to_thread(query, str(admin)))
+    fair = _fair_state(await asyncio.to_thread(query, str(admin)))
     await env.stop_all()
     a50, a99 = percentiles(alone, (0.5, 0.99))
     f50, f99 = percentiles(loaded, (0.5, 0.99))
@@ -126,15 +126,17 @@ async def fair_share(env: Env, seconds: float, warmup: float,
             "flood_p50_ms": f50 / 1e6, "flood_p99_ms": f99 / 1e6,
             "flood_max_ms": max(loaded) / 1e6, "flood_sampled": sum(loaded.values()),
             "p99_ratio": f99 / a99, "flood_lines_per_s": flood_rate,
-            "relay_cpu_pct": relay_cpu * 100, "fair_share_waits": waits,
+            "relay_cpu_pct": relay_cpu * 100, "fair_share_waits": fair["waits"],
+            "fair_window_kib": fair["window"] / 1024,
             "writer_seconds": t1 - t0}
 
 
-def _fair_waits(snapshot: dict[str, Any]) -> int:
-    """How often the relay held a reader back for its share; and a check that it saw
-    every agent as an enclave of its own (else there was no share to measure)."""
+def _fair_state(snapshot: dict[str, Any]) -> dict[str, int]:
+    """The relay's fair share at the end (how often it held a reader back for its
+    share, the window it had come to); and a check that it saw every agent as an
+    enclave of its own (else there was no share to measure)."""
     names = {e["name"] for e in snapshot["enclaves"]}
     want = {f"cid-{cid}" for cid in (*QUIET_CIDS, FLOOD_CID)}
     if not want <= names:
         raise RuntimeError(f"the relay saw the agents as {sorted(names)}, not {sorted(want)}")
-    return int(snapshot["relay"]["fair_share"]["waits"])
+    return {k: int(v) for k, v in snapshot["relay"]["fair_share"].items()}

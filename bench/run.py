@@ -362,6 +362,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                  m(key, "flood_lines_per_s"), ""),
                 ("", "relay CPU (% of a core)", m(key, "relay_cpu_pct"), ""),
                 ("", "waits for a fair share", m(key, "fair_share_waits"), ""),
+                ("", "fair window at the end (KiB)", m(key, "fair_window_kib"), ""),
                 ("", "latency p50 (ms)", m(key, "flood_p50_ms"), ""),
                 ("", "latency p99 (ms)", m(key, "flood_p99_ms"), ""),
                 ("", "latency max (ms)", m(key, "flood_max_ms"), ""),

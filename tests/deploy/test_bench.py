@@ -73,6 +73,7 @@ def test_the_fair_share_bench_measures_quiet_enclaves_alone_and_flooded(tmp_path
             assert 0 < fair[f"{phase}_p50_ms"]["median"] <= fair[f"{phase}_p99_ms"]["median"]
         assert fair["flood_lines_per_s"]["median"] > 0, key
         assert fair["p99_ratio"]["median"] > 0, key
+        assert fair["fair_window_kib"]["median"] >= 512, key  # at least the least window
     assert proc.stdout.count("|   flooded / alone | latency p99 (x, run by run) |") == 2
 
 

@@ -19,6 +19,7 @@ import pytest_asyncio
 from fakes.fluentbit import FakeFluentBit
 from fluent_forward.codec import Ack, EventTime, encode_packed_forward, pack_entry
 from fluent_forward.conventions import chunk_id
+from parent_side.fairshare import FAIR_DELAY, FAIR_MIN_WINDOW
 from parent_side.identity import EnclaveRegistry
 from tests.conftest import StartRelay, delivered
 from tests.fakes.nitro_cli import FakeNitroCli
@@ -32,6 +33,9 @@ KIB = 1024
 FRAME_LINES = 64  # 64 lines of 1,000 bytes: a 64 KiB frame
 FLOOD_FRAMES = 80  # 5 MiB: twenty fair windows of the test's relay
 WINDOW = 256 * KIB  # the relay's fair window here (its default is 16 MiB)
+READ = 256 * KIB  # what one read of a connection may bring past a share
+ACK_DELAY = 20 * MS  # the slow upstream's: one chunk in flight, acked after this
+WARMUP_FRAMES = 16  # 320 ms of this upstream: three of the relay's rate samples
 
 
 def frame(agent: RawAgent, text: str, lines: int) -> tuple[str, bytes]:
@@ -63,7 +67,7 @@ async def slow_fluentbit(sockdir: Path) -> AsyncIterator[FakeFluentBit]:
 
     Requested before ``start_relay``, so it outlives the relays (which deliver their
     own last records on the way out)."""
-    async with FakeFluentBit(f"unix://{sockdir}/fb.sock", ack_delay=20 * MS) as fb:
+    async with FakeFluentBit(f"unix://{sockdir}/fb.sock", ack_delay=ACK_DELAY) as fb:
         yield fb
 
 
@@ -75,7 +79,7 @@ async def test_a_flooding_enclave_keeps_to_its_share_and_others_are_not_queued_b
     relay = await start_relay(f"unix://{sock}", fb.url, upstream_window=1)
     relay.listener.registry = EnclaveRegistry((str(nitro_cli.path), "describe-enclaves"),
                                               min_refresh=0)
-    relay.fair.window = WINDOW
+    relay.fair.max_window = relay.fair.window = WINDOW  # a fixed window, smaller
     as_cid = AsCid(relay)
     flooder = await as_cid.connect(sock, 16)  # "payments"
     flooding = asyncio.ensure_future(flood(flooder, FLOOD_FRAMES))
@@ -97,3 +101,48 @@ async def test_a_flooding_enclave_keeps_to_its_share_and_others_are_not_queued_b
         FLOOD_FRAMES * FRAME_LINES), "every line of the flood upstream, none dropped"
     await flooder.close()
     await quiet.close()
+
+
+def flood_lines(fb: FakeFluentBit, upto: int | None = None) -> int:
+    return sum(1 for r in fb.records[:upto] if r.record.get("log") == "f" * 1000)
+
+
+async def test_against_a_slow_upstream_what_is_ahead_of_the_others_is_a_time_not_a_size(
+        slow_fluentbit: FakeFluentBit, start_relay: StartRelay, sockdir: Path,
+        nitro_cli: FakeNitroCli) -> None:
+    """The relay's defaults: its window follows the upstream's measured rate, so what
+    a flood may hold ahead of the other enclaves is ``FAIR_DELAY`` seconds of this
+    upstream (or the least window), not a size that is seconds of a slow one."""
+    fb = slow_fluentbit
+    sock = sockdir / "relay.sock"
+    relay = await start_relay(f"unix://{sock}", fb.url, upstream_window=1)
+    relay.listener.registry = EnclaveRegistry((str(nitro_cli.path), "describe-enclaves"),
+                                              min_refresh=0)
+    as_cid = AsCid(relay)
+    flooder = await as_cid.connect(sock, 16)  # "payments"
+    # Until it has measured the upstream, the relay takes what comes (as at a start with
+    # Fluent Bit down): first some traffic, some rate samples long.
+    await flood(flooder, WARMUP_FRAMES)
+    await wait_until(lambda: relay.fair.rate > 0, "the relay to measure its upstream")
+    flooding = asyncio.ensure_future(flood(flooder, FLOOD_FRAMES))
+    await wait_until(lambda: relay.listener.stats.peers["payments"].frames
+                     == WARMUP_FRAMES + FLOOD_FRAMES or relay.fair.waits > 0,
+                     "the relay to read the flood or hold it back")
+    # The most this upstream delivers: a frame per ack delay (one in flight).
+    fastest = FRAME_LINES * KIB / ACK_DELAY
+    allowed = max(FAIR_MIN_WINDOW, fastest * FAIR_DELAY) + READ
+    for cid, name in ((17, "debug_box"), (18, "cid-18"), (17, "debug_box again")):
+        quiet = await as_cid.connect(sock, cid)
+        before = flood_lines(fb)
+        await quiet.send_batch([name])  # acked once in the spool: not held back
+        await wait_until(lambda n=name: any(r.record.get("log") == n for r in fb.records),
+                         f"{name}'s line upstream")
+        at = next(i for i, r in enumerate(fb.records) if r.record.get("log") == name)
+        ahead = (flood_lines(fb, at) - before) * KIB  # the flood's bytes sent before it
+        assert ahead <= allowed, (name, ahead, allowed, relay.fair.status())
+        await quiet.close()
+    assert relay.listener.stats.peers.keys() >= {"payments", "debug_box", "cid-18"}
+    await within(flooding, "the whole flood to be taken")
+    await delivered(relay)
+    assert flood_lines(fb) == (WARMUP_FRAMES + FLOOD_FRAMES) * FRAME_LINES, "none dropped"
+    await flooder.close()
