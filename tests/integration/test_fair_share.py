@@ -130,19 +130,27 @@ async def test_against_a_slow_upstream_what_is_ahead_of_the_others_is_a_time_not
                      "the relay to read the flood or hold it back")
     # The most this upstream delivers: a frame per ack delay (one in flight).
     fastest = FRAME_LINES * KIB / ACK_DELAY
-    allowed = max(FAIR_MIN_WINDOW, fastest * FAIR_DELAY) + READ
-    for cid, name in ((17, "debug_box"), (18, "cid-18"), (17, "debug_box again")):
-        quiet = await as_cid.connect(sock, cid)
-        before = flood_lines(fb)
-        await quiet.send_batch([name])  # acked once in the spool: not held back
-        await wait_until(lambda n=name: any(r.record.get("log") == n for r in fb.records),
-                         f"{name}'s line upstream")
-        at = next(i for i, r in enumerate(fb.records) if r.record.get("log") == name)
-        ahead = (flood_lines(fb, at) - before) * KIB  # the flood's bytes sent before it
-        assert ahead <= allowed, (name, ahead, allowed, relay.fair.status())
-        await quiet.close()
-    assert relay.listener.stats.peers.keys() >= {"payments", "debug_box", "cid-18"}
-    await within(flooding, "the whole flood to be taken")
-    await delivered(relay)
-    assert flood_lines(fb) == (WARMUP_FRAMES + FLOOD_FRAMES) * FRAME_LINES, "none dropped"
-    await flooder.close()
+    # A window, what one read brings past it, and the frame in flight upstream when the
+    # quiet line is sent: its ack frees room the flooder's next frame may take first.
+    allowed = max(FAIR_MIN_WINDOW, fastest * FAIR_DELAY) + READ + FRAME_LINES * KIB
+    try:
+        for cid, name in ((17, "debug_box"), (18, "cid-18"), (17, "debug_box again")):
+            quiet = await as_cid.connect(sock, cid)
+            before = flood_lines(fb)
+            await quiet.send_batch([name])  # acked once in the spool: not held back
+            await wait_until(lambda n=name: any(r.record.get("log") == n for r in fb.records),
+                             f"{name}'s line upstream")
+            at = next(i for i, r in enumerate(fb.records) if r.record.get("log") == name)
+            ahead = (flood_lines(fb, at) - before) * KIB  # the flood's bytes before it
+            assert ahead <= allowed, (name, ahead, allowed, relay.fair.status())
+            await quiet.close()
+        assert relay.listener.stats.peers.keys() >= {"payments", "debug_box", "cid-18"}
+        await within(flooding, "the whole flood to be taken")
+        await delivered(relay)
+        assert flood_lines(fb) == (WARMUP_FRAMES + FLOOD_FRAMES) * FRAME_LINES, "none dropped"
+    finally:
+        # On a failure, stop the flood before its connection goes: nothing is left to
+        # fail unretrieved (or leak a socket) into the next test.
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
+        await flooder.close()
