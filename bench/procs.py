@@ -73,7 +73,7 @@ class Proc:
     """A measured subprocess. ``peak_rss_kib`` is the highest VmHWM seen."""
 
     def __init__(self, name: str, argv: Sequence[str], *, log: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cpus: set[int] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log = log
@@ -82,6 +82,10 @@ class Proc:
                                       stdout=self._log_file, stderr=subprocess.STDOUT,
                                       env=env or bench_env())
         self.pid = self.popen.pid
+        if cpus is not None:
+            # Right after exec, long before the interpreter has imported anything or
+            # started a thread: every thread it makes inherits the set.
+            os.sched_setaffinity(self.pid, cpus)
         self.started = time.monotonic()
         self.peak_rss_kib = 0
         self.last_rss_kib = 0
@@ -91,8 +95,8 @@ class Proc:
 
     @staticmethod
     def python(name: str, module_args: Sequence[str], *, log: Path,
-               env: dict[str, str] | None = None) -> Proc:
-        return Proc(name, [sys.executable, *module_args], log=log, env=env)
+               env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Proc:
+        return Proc(name, [sys.executable, *module_args], log=log, env=env, cpus=cpus)
 
     def profile(self, out: Path) -> None:
         """Sample this process with py-spy (if installed) into ``out``, folded stacks."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.handshake import ClientHandshake
 
-__all__ = ["LINE_BYTES", "Env", "app_source", "line", "write_lines"]
+__all__ = ["LINE_BYTES", "Env", "app_source", "line", "split_cores", "write_lines"]
 
 LINE_BYTES = 150  # with its newline
 TAG = "bench"
@@ -83,6 +85,7 @@ class Env:
     sink_url: str
     procs: list[Proc] = field(default_factory=list)
     profile: Path | None = None  # py-spy profiles of the agent and the relay go here
+    cpus: dict[str, set[int]] = field(default_factory=dict)  # process name -> its CPUs
     _n: int = 0
 
     def url(self, name: str) -> str:
@@ -93,7 +96,8 @@ class Env:
         return f"tcp://127.0.0.1:{_free_port()}"
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc.python(name, args, log=self.tmp / f"{name}{self._n}.log", env=env)
+        proc = Proc.python(name, args, log=self.tmp / f"{name}{self._n}.log", env=env,
+                           cpus=self.cpus.get(name))
         self.procs.append(proc)
         if self.profile is not None and name in ("agent", "relay"):
             proc.profile(self.profile / f"{self.tmp.name}-{name}.txt")
@@ -421,15 +425,50 @@ async def _pipeline(env: Env, data_file: Path, *relay_extra: str, sign: bool = F
     return agent, relay
 
 
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """The split topology's two sides: the agent's CPU and the parent's (relay and sink);
+    None on a machine (or under an affinity mask) with fewer than two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 else None
+
+
+@contextlib.contextmanager
+def _pinned(env: Env, split: bool) -> Iterator[None]:
+    """With ``split``, the agent on one CPU and the relay and the sink on the other, as
+    on Nitro, where the agent runs on the enclave's own vCPUs and the relay and Fluent
+    Bit on the parent's. The sink is this process, so it is pinned for the run."""
+    if not split:
+        yield
+        return
+    sides = split_cores()
+    if sides is None:
+        raise RuntimeError("the split topology needs two CPUs; this process may use "
+                           f"{sorted(os.sched_getaffinity(0))}")
+    mine = os.sched_getaffinity(0)
+    env.cpus = {"agent": sides[0], "relay": sides[1]}
+    os.sched_setaffinity(0, sides[1])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+        env.cpus = {}
+
+
 async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, ...],
-                     sign: bool = False) -> dict[str, float]:
+                     sign: bool = False, split: bool = False) -> dict[str, float]:
+    """A file through the agent and the relay into the sink. ``split``: the agent on a
+    CPU of its own, the relay and the sink on the other (``_pinned``); else all three
+    share whatever CPUs this process may use."""
     tag = f"{TAG}.file"
-    agent, relay = await _pipeline(env, data_file, *relay_extra, sign=sign)
-    window = Window(env.sink, tag, n, [agent, relay])
-    await _until(env.sink, tag, n, [agent, relay])
-    agent.sample()
-    relay.sample()
-    await env.stop_all()
+    with _pinned(env, split):
+        agent, relay = await _pipeline(env, data_file, *relay_extra, sign=sign)
+        window = Window(env.sink, tag, n, [agent, relay])
+        try:
+            await _until(env.sink, tag, n, [agent, relay])
+            agent.sample()
+            relay.sample()
+        finally:
+            await env.stop_all()
     return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
             "relay_us_per_line": window.us_per_line(1),
             "agent_sys_us_per_line": window.sys_us_per_line(0),
