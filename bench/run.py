@@ -376,20 +376,33 @@ def _signed_rows(res: dict[str, Any], t: str, m: Callable[[str, str], dict[str, 
     if signed in res:
         out += [(f"4 end to end ({t}), agent --sign", "lines/s", m(signed, "lines_per_s"), ""),
                 ("", "agent CPU us/line", m(signed, "agent_us_per_line"), ""),
-                ("", "relay CPU us/line", m(signed, "relay_us_per_line"), "")]
+                ("", "relay CPU us/line", m(signed, "relay_us_per_line"), ""),
+                *_waits(signed, m)]
     split, split_signed = f"e2e_split.{t}", f"e2e_split_sign.{t}"
-    for key, what in ((split, "split: agent | relay + sink"),
+    for key, what in ((split, "split: agent; relay and sink"),
                       (split_signed, "split, agent --sign")):
         if key in res:
             out += [(f"4 end to end ({t}), {what}", "lines/s", m(key, "lines_per_s"), ""),
                     ("", "agent CPU us/line", m(key, "agent_us_per_line"), ""),
-                    ("", "relay CPU us/line", m(key, "relay_us_per_line"), "")]
+                    ("", "relay CPU us/line", m(key, "relay_us_per_line"), ""),
+                    ("", "sink CPU us/line", m(key, "sink_us_per_line"), ""),
+                    *_waits(key, m)]
     for a, b, where in ((signed, f"e2e.{t}", "shared cores"),
                         (split_signed, split, "split, as on Nitro")):
         if a in res:
-            out.append((f"  with/without --sign, {where}", "lines/s (x, run by run)",
-                        _paired(res, a, b, "lines_per_s"), ">= 0.85"))
+            out += [(f"  with/without --sign, {where}", "lines/s (x, run by run)",
+                     _paired(res, a, b, "lines_per_s"), ">= 0.85"),
+                    ("", "CPU ceiling (x, run by run; scenarios.cpu_ceiling)",
+                     _paired(res, a, b, "cpu_ceiling_lines_per_s"), ">= 0.85")]
     return out
+
+
+def _waits(key: str, m: Callable[[str, str], dict[str, float] | None]
+           ) -> list[tuple[str, str, dict[str, float] | None, str]]:
+    """How long the agent and the relay were runnable but waited for a CPU: other work
+    on the machine, which wall-clock figures include and CPU per line does not."""
+    return [("", f"{who} waiting for a CPU (% of the run)", m(key, f"{who}_wait_pct"), "")
+            for who in ("agent", "relay")]
 
 
 def met(target: str, median: float) -> str:

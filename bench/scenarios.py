@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Proc, bench_env, io_calls
+from bench.procs import Proc, bench_env, cpu_mask, io_calls, run_queue_wait
 from bench.sink import BenchSink
 from enclave_side.lines import EntryEncoder
 from fluent_forward.aio import ForwardClient
@@ -157,6 +157,8 @@ class Window:
         self.lines0 = 0
         self.cpu0: list[tuple[float, float]] = []
         self.cpu1: list[tuple[float, float]] = []
+        self.wait0: list[float] = []
+        self.wait1: list[float] = []
         self.self0 = self.self1 = 0.0
         self.io0: list[tuple[int, int]] = []
         self.io1: list[tuple[int, int]] = []
@@ -169,11 +171,13 @@ class Window:
             self.t0 = time.monotonic()
             self.lines0 = sink.count(self.tag)
             self.cpu0 = [p.cpu_split() for p in self.procs]
+            self.wait0 = [run_queue_wait(p.pid) for p in self.procs]
             self.io0 = [io_calls(p.pid) for p in self.procs]
             self.self0 = time.process_time()
         if not self.t1 and sink.count(self.tag) >= self.total:
             self.t1 = time.monotonic()
             self.cpu1 = [p.cpu_split() for p in self.procs]
+            self.wait1 = [run_queue_wait(p.pid) for p in self.procs]
             self.io1 = [io_calls(p.pid) for p in self.procs]
             self.self1 = time.process_time()
 
@@ -187,6 +191,10 @@ class Window:
     def us_per_line(self, i: int) -> float:
         """User + system CPU microseconds per line of process ``i``."""
         return (sum(self.cpu1[i]) - sum(self.cpu0[i])) / self.lines * 1e6
+
+    def wait_pct(self, i: int) -> float:
+        """The share of the window process ``i`` spent waiting for a CPU (%)."""
+        return (self.wait1[i] - self.wait0[i]) / (self.t1 - self.t0) * 100
 
     def sys_us_per_line(self, i: int) -> float:
         """The system (kernel) part of it."""
@@ -444,14 +452,31 @@ def _pinned(env: Env, split: bool) -> Iterator[None]:
     if sides is None:
         raise RuntimeError("the split topology needs two CPUs; this process may use "
                            f"{sorted(os.sched_getaffinity(0))}")
-    mine = os.sched_getaffinity(0)
+    # Every thread of this process, not only the one running the event loop.
+    mine = {tid: os.sched_getaffinity(tid) for tid in map(int, os.listdir("/proc/self/task"))}
     env.cpus = {"agent": sides[0], "relay": sides[1]}
-    os.sched_setaffinity(0, sides[1])
+    for tid in mine:
+        os.sched_setaffinity(tid, sides[1])
     try:
         yield
     finally:
-        os.sched_setaffinity(0, mine)
+        for tid, cpus in mine.items():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, cpus)
         env.cpus = {}
+
+
+def cpu_ceiling(agent_us: float, relay_us: float, sink_us: float, split: bool) -> float:
+    """The lines/s the processes' CPU per line allows at most, other work aside: split,
+    the slower side (the agent's CPU, or the relay's and the sink's); on two shared
+    cores, all three within the cores' worth and none faster than one core. Wall clock
+    figures on a loaded machine follow the neighbours' load too (``*_wait_pct``); this
+    one follows only what the pipeline itself costs, and no overlap is lost."""
+    if split:
+        return 1e6 / max(agent_us, relay_us + sink_us)
+    cores = len(os.sched_getaffinity(0))
+    return 1e6 * min(cores / (agent_us + relay_us + sink_us),
+                     1 / max(agent_us, relay_us, sink_us))
 
 
 async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, ...],
@@ -467,9 +492,17 @@ async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, 
             await _until(env.sink, tag, n, [agent, relay])
             agent.sample()
             relay.sample()
+            # Where every thread was allowed to run at the end (the JSON shows the split
+            # held): bit i is CPU i; the sink's is this process's.
+            masks = {"agent_cpu_mask": cpu_mask(agent.pid), "relay_cpu_mask": cpu_mask(relay.pid),
+                     "sink_cpu_mask": cpu_mask(os.getpid())}
         finally:
             await env.stop_all()
-    return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+    agent_us, relay_us, sink_us = (window.us_per_line(0), window.us_per_line(1),
+                                   window.sink_us_per_line())
+    return {**masks, "lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+            "cpu_ceiling_lines_per_s": cpu_ceiling(agent_us, relay_us, sink_us, split),
+            "agent_wait_pct": window.wait_pct(0), "relay_wait_pct": window.wait_pct(1),
             "relay_us_per_line": window.us_per_line(1),
             "agent_sys_us_per_line": window.sys_us_per_line(0),
             "relay_sys_us_per_line": window.sys_us_per_line(1),
