@@ -367,12 +367,13 @@ def agent_payloads(batch_bytes: int = 512 * 1024, batches: int = 4) -> list[tupl
     return out
 
 
-async def relay_alone(env: Env, n: int) -> dict[str, float]:
+async def relay_alone(env: Env, n: int, payloads: list[tuple[bytes, int]] | None = None
+                      ) -> dict[str, float]:
     listen = env.url("relay")
     tag = f"{TAG}.stdout"
     relay = env.start("relay", relay_args(listen, env.sink_url, env.tmp / "spool"))
     await wait_listening(listen, relay)
-    source = FeedSource(agent_payloads(), n)
+    source = FeedSource(payloads or agent_payloads(), n)
     client = ForwardClient(parse_endpoint(listen), source, ClientHandshake(hostname="bench"),
                            handshake_wait=2.0, window=8, name="relay")
     window = Window(env.sink, tag, n, [relay])

@@ -134,3 +134,15 @@ def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Pa
         assert theirs[name]["median"] >= 0, name
     assert "| 6 into a Fluent Bit sink: ours | lines/s |" in proc.stdout
     assert "|   ours / Fluent Bit | lines/s (x, run by run) |" in proc.stdout
+
+
+def test_the_signed_bytes_bench_compares_like_sized_plain_and_signed_batches() -> None:
+    proc = run(["-m", "bench.sigbytes", "--lines", "20000", "--runs", "1"])
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in proc.stdout.splitlines() if line.startswith("| ")}
+    plain, signed, padded = (int(rows[k][1]) for k in ("plain", "signed", "padded"))
+    # sig_seq adds its ~40 bytes; the padded batches carry exactly as many on the plain path.
+    assert 30 <= signed - plain <= 50 and padded == signed
+    for kind in ("plain", "signed", "padded"):
+        assert float(rows[kind][2].split(" / ")[1]) > 0
