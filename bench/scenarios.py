@@ -470,9 +470,10 @@ def _pinned(env: Env, split: bool) -> Iterator[None]:
 def cpu_ceiling(agent_us: float, relay_us: float, sink_us: float, split: bool) -> float:
     """The lines/s the processes' CPU per line allows at most, other work aside: split,
     the slower side (the agent's CPU, or the relay's and the sink's); on two shared
-    cores, all three within the cores' worth and none faster than one core. Wall clock
-    figures on a loaded machine follow the neighbours' load too (``*_wait_pct``); this
-    one follows only what the pipeline itself costs, and no overlap is lost."""
+    cores, all three within the cores' worth and none faster than one core. It assumes
+    the processes overlap perfectly, so it bounds the rate rather than predicts it; but
+    where wall-clock figures on a loaded machine follow the neighbours' load too
+    (``*_wait_pct``), this one follows only what the pipeline itself costs."""
     if split:
         return 1e6 / max(agent_us, relay_us + sink_us)
     cores = len(os.sched_getaffinity(0))
