@@ -137,7 +137,8 @@ def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Pa
 
 
 def test_the_signed_bytes_bench_compares_like_sized_plain_and_signed_batches() -> None:
-    proc = run(["-m", "bench.sigbytes", "--lines", "20000", "--runs", "1"])
+    # Enough lines for the relay's CPU to read above /proc's 10 ms tick.
+    proc = run(["-m", "bench.sigbytes", "--lines", "100000", "--runs", "1"])
     assert proc.returncode == 0, proc.stderr
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
             for line in proc.stdout.splitlines() if line.startswith("| ")}
