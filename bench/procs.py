@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CLK_TCK", "Proc", "bench_env", "cpu_seconds", "cpu_times", "io_calls",
-           "status_kib"]
+__all__ = ["CLK_TCK", "Proc", "bench_env", "cpu_mask", "cpu_seconds", "cpu_times",
+           "io_calls", "run_queue_wait", "status_kib"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_INTERVAL = 0.05
@@ -43,6 +43,26 @@ def io_calls(pid: int) -> tuple[int, int]:
                 name, _, value = line.partition(b":")
                 counts[name] = int(value)
     return counts.get(b"syscr", 0), counts.get(b"syscw", 0)
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (the kernel's
+    schedstat): how much other work on the machine held it back; 0 once it is gone."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+    return total / 1e9
+
+
+def cpu_mask(pid: int) -> int:
+    """The CPUs any thread of ``pid`` may run on, as a bit mask (bit i: CPU i)."""
+    mask = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            mask |= sum(1 << cpu for cpu in os.sched_getaffinity(int(tid)))
+    return mask
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,7 +93,7 @@ class Proc:
     """A measured subprocess. ``peak_rss_kib`` is the highest VmHWM seen."""
 
     def __init__(self, name: str, argv: Sequence[str], *, log: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cpus: set[int] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log = log
@@ -82,6 +102,10 @@ class Proc:
                                       stdout=self._log_file, stderr=subprocess.STDOUT,
                                       env=env or bench_env())
         self.pid = self.popen.pid
+        if cpus is not None:
+            # Right after exec, long before the interpreter has imported anything or
+            # started a thread: every thread it makes inherits the set.
+            os.sched_setaffinity(self.pid, cpus)
         self.started = time.monotonic()
         self.peak_rss_kib = 0
         self.last_rss_kib = 0
@@ -91,8 +115,8 @@ class Proc:
 
     @staticmethod
     def python(name: str, module_args: Sequence[str], *, log: Path,
-               env: dict[str, str] | None = None) -> Proc:
-        return Proc(name, [sys.executable, *module_args], log=log, env=env)
+               env: dict[str, str] | None = None, cpus: set[int] | None = None) -> Proc:
+        return Proc(name, [sys.executable, *module_args], log=log, env=env, cpus=cpus)
 
     def profile(self, out: Path) -> None:
         """Sample this process with py-spy (if installed) into ``out``, folded stacks."""

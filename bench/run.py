@@ -10,7 +10,9 @@ Scenarios (150-byte lines, ``--lines`` per run, each run ``--runs`` times, inter
   relay       agent-shaped frames into the relay (spool on, every entry validated) and
               Forward frames out
   e2e         a file -> agent -> relay -> sink, then latency at half that rate (a 2 s
-              warm-up, then --latency-seconds; p50/p99 leave the warm-up out)
+              warm-up, then --latency-seconds; p50/p99 leave the warm-up out); on the
+              first transport also the agent with --sign, and both again split as on
+              Nitro: the agent on one CPU, the relay and the sink on the other
   idle        resident memory of agent and relay at rest
   fluentbit   side by side, into a real Fluent Bit sink (forward input, null output):
               our agent -> relay with default options, and Fluent Bit's own tail ->
@@ -180,6 +182,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if "e2e" in only:  # the agent with --sign, on the first transport
                 await one(f"e2e_sign.{first}", lambda e: sc.end_to_end(
                     e, n, data_file, RELAY_OPTS, sign=True), first)
+                if sc.split_cores() is not None:  # and both again, split as on Nitro
+                    for key, sign in ((f"e2e_split.{first}", False),
+                                      (f"e2e_split_sign.{first}", True)):
+                        await one(key, lambda e, sign=sign: sc.end_to_end(
+                            e, n, data_file, RELAY_OPTS, sign=sign, split=True), first)
             if "idle" in only:
                 await one("idle", sc.idle, first)
             if "fairshare" in only:  # Unix sockets whatever --transports says: see cid_relay
@@ -330,13 +337,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
         out += [(f"4 end to end ({t})", "lines/s", m(key, "lines_per_s"), ">= 300k"),
                 ("", "agent CPU us/line", m(key, "agent_us_per_line"), ""),
                 ("", "relay CPU us/line", m(key, "relay_us_per_line"), "")]
-        signed = f"e2e_sign.{t}"
-        if signed in res:
-            out += [(f"4 end to end ({t}), agent --sign", "lines/s",
-                     m(signed, "lines_per_s"), ""),
-                    ("", "agent CPU us/line", m(signed, "agent_us_per_line"), ""),
-                    ("", "throughput with/without --sign (x, run by run)",
-                     _paired(res, signed, key, "lines_per_s"), ">= 0.85")]
+        out += _signed_rows(res, t, m)
         lat = f"latency.{t}"
         if lat in res:
             out += [("", "latency rate (lines/s)", m(lat, "rate"), "max/2"),
@@ -401,6 +402,44 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, float] | None
                 ("", "lines/s once lines flow (x, run by run)",
                  m("vs.ratio", "lines_per_s_steady"), "")]
     return out
+
+
+def _signed_rows(res: dict[str, Any], t: str, m: Callable[[str, str], dict[str, float] | None]
+                 ) -> list[tuple[str, str, dict[str, float] | None, str]]:
+    """--sign against none, in both topologies side by side: all on shared cores (this
+    machine as it is), and split (the agent on a CPU of its own, as on Nitro)."""
+    out: list[tuple[str, str, dict[str, float] | None, str]] = []
+    signed = f"e2e_sign.{t}"
+    if signed in res:
+        out += [(f"4 end to end ({t}), agent --sign", "lines/s", m(signed, "lines_per_s"), ""),
+                ("", "agent CPU us/line", m(signed, "agent_us_per_line"), ""),
+                ("", "relay CPU us/line", m(signed, "relay_us_per_line"), ""),
+                *_waits(signed, m)]
+    split, split_signed = f"e2e_split.{t}", f"e2e_split_sign.{t}"
+    for key, what in ((split, "split: agent; relay and sink"),
+                      (split_signed, "split, agent --sign")):
+        if key in res:
+            out += [(f"4 end to end ({t}), {what}", "lines/s", m(key, "lines_per_s"), ""),
+                    ("", "agent CPU us/line", m(key, "agent_us_per_line"), ""),
+                    ("", "relay CPU us/line", m(key, "relay_us_per_line"), ""),
+                    ("", "sink CPU us/line", m(key, "sink_us_per_line"), ""),
+                    *_waits(key, m)]
+    for a, b, where in ((signed, f"e2e.{t}", "shared cores"),
+                        (split_signed, split, "split, as on Nitro")):
+        if a in res:
+            out += [(f"  with/without --sign, {where}", "lines/s (x, run by run)",
+                     _paired(res, a, b, "lines_per_s"), ">= 0.85"),
+                    ("", "CPU ceiling (x, run by run; scenarios.cpu_ceiling)",
+                     _paired(res, a, b, "cpu_ceiling_lines_per_s"), ">= 0.85")]
+    return out
+
+
+def _waits(key: str, m: Callable[[str, str], dict[str, float] | None]
+           ) -> list[tuple[str, str, dict[str, float] | None, str]]:
+    """How long the agent and the relay were runnable but waited for a CPU: other work
+    on the machine, which wall-clock figures include and CPU per line does not."""
+    return [("", f"{who} waiting for a CPU (% of the run)", m(key, f"{who}_wait_pct"), "")
+            for who in ("agent", "relay")]
 
 
 def met(target: str, median: float) -> str:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Proc, bench_env, io_calls
+from bench.procs import Proc, bench_env, cpu_mask, io_calls, run_queue_wait
 from bench.sink import BenchSink
 from enclave_side.lines import EntryEncoder
 from fluent_forward.aio import ForwardClient
@@ -28,7 +30,7 @@ from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.handshake import ClientHandshake
 
-__all__ = ["LINE_BYTES", "Env", "app_source", "line", "write_lines"]
+__all__ = ["LINE_BYTES", "Env", "app_source", "line", "split_cores", "write_lines"]
 
 LINE_BYTES = 150  # with its newline
 TAG = "bench"
@@ -83,6 +85,7 @@ class Env:
     sink_url: str
     procs: list[Proc] = field(default_factory=list)
     profile: Path | None = None  # py-spy profiles of the agent and the relay go here
+    cpus: dict[str, set[int]] = field(default_factory=dict)  # process name -> its CPUs
     _n: int = 0
 
     def url(self, name: str) -> str:
@@ -93,7 +96,8 @@ class Env:
         return f"tcp://127.0.0.1:{_free_port()}"
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc.python(name, args, log=self.tmp / f"{name}{self._n}.log", env=env)
+        proc = Proc.python(name, args, log=self.tmp / f"{name}{self._n}.log", env=env,
+                           cpus=self.cpus.get(name))
         self.procs.append(proc)
         if self.profile is not None and name in ("agent", "relay"):
             proc.profile(self.profile / f"{self.tmp.name}-{name}.txt")
@@ -153,6 +157,8 @@ class Window:
         self.lines0 = 0
         self.cpu0: list[tuple[float, float]] = []
         self.cpu1: list[tuple[float, float]] = []
+        self.wait0: list[float] = []
+        self.wait1: list[float] = []
         self.self0 = self.self1 = 0.0
         self.io0: list[tuple[int, int]] = []
         self.io1: list[tuple[int, int]] = []
@@ -165,11 +171,13 @@ class Window:
             self.t0 = time.monotonic()
             self.lines0 = sink.count(self.tag)
             self.cpu0 = [p.cpu_split() for p in self.procs]
+            self.wait0 = [run_queue_wait(p.pid) for p in self.procs]
             self.io0 = [io_calls(p.pid) for p in self.procs]
             self.self0 = time.process_time()
         if not self.t1 and sink.count(self.tag) >= self.total:
             self.t1 = time.monotonic()
             self.cpu1 = [p.cpu_split() for p in self.procs]
+            self.wait1 = [run_queue_wait(p.pid) for p in self.procs]
             self.io1 = [io_calls(p.pid) for p in self.procs]
             self.self1 = time.process_time()
 
@@ -183,6 +191,10 @@ class Window:
     def us_per_line(self, i: int) -> float:
         """User + system CPU microseconds per line of process ``i``."""
         return (sum(self.cpu1[i]) - sum(self.cpu0[i])) / self.lines * 1e6
+
+    def wait_pct(self, i: int) -> float:
+        """The share of the window process ``i`` spent waiting for a CPU (%)."""
+        return (self.wait1[i] - self.wait0[i]) / (self.t1 - self.t0) * 100
 
     def sys_us_per_line(self, i: int) -> float:
         """The system (kernel) part of it."""
@@ -359,12 +371,13 @@ def agent_payloads(batch_bytes: int = 512 * 1024, batches: int = 4) -> list[tupl
     return out
 
 
-async def relay_alone(env: Env, n: int) -> dict[str, float]:
+async def relay_alone(env: Env, n: int, payloads: list[tuple[bytes, int]] | None = None
+                      ) -> dict[str, float]:
     listen = env.url("relay")
     tag = f"{TAG}.stdout"
     relay = env.start("relay", relay_args(listen, env.sink_url, env.tmp / "spool"))
     await wait_listening(listen, relay)
-    source = FeedSource(agent_payloads(), n)
+    source = FeedSource(payloads or agent_payloads(), n)
     client = ForwardClient(parse_endpoint(listen), source, ClientHandshake(hostname="bench"),
                            handshake_wait=2.0, window=8, name="relay")
     window = Window(env.sink, tag, n, [relay])
@@ -425,16 +438,77 @@ async def _pipeline(env: Env, data_file: Path, *relay_extra: str, sign: bool = F
     return agent, relay
 
 
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """The split topology's two sides: the agent's CPU and the parent's (relay and sink);
+    None on a machine (or under an affinity mask) with fewer than two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 else None
+
+
+@contextlib.contextmanager
+def _pinned(env: Env, split: bool) -> Iterator[None]:
+    """With ``split``, the agent on one CPU and the relay and the sink on the other, as
+    on Nitro, where the agent runs on the enclave's own vCPUs and the relay and Fluent
+    Bit on the parent's. The sink is this process, so it is pinned for the run."""
+    if not split:
+        yield
+        return
+    sides = split_cores()
+    if sides is None:
+        raise RuntimeError("the split topology needs two CPUs; this process may use "
+                           f"{sorted(os.sched_getaffinity(0))}")
+    # Every thread of this process, not only the one running the event loop.
+    mine = {tid: os.sched_getaffinity(tid) for tid in map(int, os.listdir("/proc/self/task"))}
+    env.cpus = {"agent": sides[0], "relay": sides[1]}
+    for tid in mine:
+        os.sched_setaffinity(tid, sides[1])
+    try:
+        yield
+    finally:
+        for tid, cpus in mine.items():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, cpus)
+        env.cpus = {}
+
+
+def cpu_ceiling(agent_us: float, relay_us: float, sink_us: float, split: bool) -> float:
+    """The lines/s the processes' CPU per line allows at most, other work aside: split,
+    the slower side (the agent's CPU, or the relay's and the sink's); on two shared
+    cores, all three within the cores' worth and none faster than one core. It assumes
+    the processes overlap perfectly, so it bounds the rate rather than predicts it; but
+    where wall-clock figures on a loaded machine follow the neighbours' load too
+    (``*_wait_pct``), this one follows only what the pipeline itself costs."""
+    if split:
+        return 1e6 / max(agent_us, relay_us + sink_us)
+    cores = len(os.sched_getaffinity(0))
+    return 1e6 * min(cores / (agent_us + relay_us + sink_us),
+                     1 / max(agent_us, relay_us, sink_us))
+
+
 async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, ...],
-                     sign: bool = False) -> dict[str, float]:
+                     sign: bool = False, split: bool = False) -> dict[str, float]:
+    """A file through the agent and the relay into the sink. ``split``: the agent on a
+    CPU of its own, the relay and the sink on the other (``_pinned``); else all three
+    share whatever CPUs this process may use."""
     tag = f"{TAG}.file"
-    agent, relay = await _pipeline(env, data_file, *relay_extra, sign=sign)
-    window = Window(env.sink, tag, n, [agent, relay])
-    await _until(env.sink, tag, n, [agent, relay])
-    agent.sample()
-    relay.sample()
-    await env.stop_all()
-    return {"lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+    with _pinned(env, split):
+        agent, relay = await _pipeline(env, data_file, *relay_extra, sign=sign)
+        window = Window(env.sink, tag, n, [agent, relay])
+        try:
+            await _until(env.sink, tag, n, [agent, relay])
+            agent.sample()
+            relay.sample()
+            # Where every thread was allowed to run at the end (the JSON shows the split
+            # held): bit i is CPU i; the sink's is this process's.
+            masks = {"agent_cpu_mask": cpu_mask(agent.pid), "relay_cpu_mask": cpu_mask(relay.pid),
+                     "sink_cpu_mask": cpu_mask(os.getpid())}
+        finally:
+            await env.stop_all()
+    agent_us, relay_us, sink_us = (window.us_per_line(0), window.us_per_line(1),
+                                   window.sink_us_per_line())
+    return {**masks, "lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+            "cpu_ceiling_lines_per_s": cpu_ceiling(agent_us, relay_us, sink_us, split),
+            "agent_wait_pct": window.wait_pct(0), "relay_wait_pct": window.wait_pct(1),
             "relay_us_per_line": window.us_per_line(1),
             "agent_sys_us_per_line": window.sys_us_per_line(0),
             "relay_sys_us_per_line": window.sys_us_per_line(1),

@@ -7,9 +7,11 @@ renamed option, a scenario that no longer reaches its sink), not when it is slow
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,7 @@ def test_make_bench_measures_each_hop_and_writes_its_json(tmp_path: Path) -> Non
     assert latency["sampled_lines"]["median"] > 0
     assert 0 < latency["p50_ms"]["median"] <= latency["p99_ms"]["median"]
     assert "| 4 end to end (unix) | lines/s |" in proc.stdout
+    _assert_both_topologies(result["results"], proc.stdout)
     if find_fluent_bit() is None:
         # Without Fluent Bit the comparison is not silently left out: it says so.
         assert "Fluent Bit's own two hops were not measured" in proc.stdout
@@ -56,6 +59,34 @@ def test_the_tail_bench_can_hold_its_sink_to_a_rate(tmp_path: Path) -> None:
     # the agent (unheld, it passes a million here).
     assert 0 < result["results"]["tail"]["lines_per_s"]["median"] < 50_000
     assert "scenario 2's sink reading at most 5 MB/s" in proc.stdout
+
+
+def _assert_both_topologies(results: dict[str, Any], table: str) -> None:
+    """e2e with and without --sign, on shared cores and split as on Nitro (the agent's
+    threads on one CPU, the relay's and the sink's on the other), side by side."""
+    def mask(key: str, who: str) -> int:
+        figure = results[key][f"{who}_cpu_mask"]
+        assert figure["min"] == figure["max"], (key, who)
+        return int(figure["max"])
+
+    everything = sum(1 << cpu for cpu in os.sched_getaffinity(0))
+    for key in ("e2e.unix", "e2e_sign.unix"):
+        assert mask(key, "agent") == mask(key, "relay") == mask(key, "sink") == everything
+    if len(os.sched_getaffinity(0)) < 2:
+        assert "e2e_split.unix" not in results
+        return
+    for key in ("e2e_split.unix", "e2e_split_sign.unix"):
+        assert results[key]["lines_per_s"]["median"] > 0, key
+        agent, relay, sink = (mask(key, who) for who in ("agent", "relay", "sink"))
+        assert agent and relay and agent & relay == 0 and sink == relay, key
+    assert "with/without --sign, shared cores | lines/s (x, run by run) |" in table
+    assert "with/without --sign, split, as on Nitro | lines/s (x, run by run) |" in table
+    # Beside each wall-clock ratio, the ratio of what CPU per line allows (the steadier
+    # figure on a loaded machine), and how long the processes waited for a CPU.
+    assert table.count("| CPU ceiling (x, run by run; scenarios.cpu_ceiling) |") == 2
+    for key in ("e2e_sign.unix", "e2e_split.unix", "e2e_split_sign.unix"):
+        assert results[key]["cpu_ceiling_lines_per_s"]["median"] > 0
+        assert results[key]["agent_wait_pct"]["median"] >= 0
 
 
 def test_the_fair_share_bench_measures_quiet_enclaves_alone_and_flooded(tmp_path: Path) -> None:
@@ -140,3 +171,16 @@ def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Pa
     assert result["results"]["vs.ratio"]["lines_per_s"]["median"] > 0
     assert result["results"]["vs.agent"]["lines_per_s"]["median"] > 0
     assert "| agent CPU us/line, no relay running |" in proc.stdout
+
+
+def test_the_signed_bytes_bench_compares_like_sized_plain_and_signed_batches() -> None:
+    # Enough lines for the relay's CPU to read above /proc's 10 ms tick.
+    proc = run(["-m", "bench.sigbytes", "--lines", "100000", "--runs", "1"])
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in proc.stdout.splitlines() if line.startswith("| ")}
+    plain, signed, padded = (int(rows[k][1]) for k in ("plain", "signed", "padded"))
+    # sig_seq adds its ~40 bytes; the padded batches carry exactly as many on the plain path.
+    assert 30 <= signed - plain <= 50 and padded == signed
+    for kind in ("plain", "signed", "padded"):
+        assert float(rows[kind][2].split(" / ")[1]) > 0
