@@ -43,12 +43,14 @@ class SigningError(RuntimeError):
     """Signing cannot start: a missing dependency or no NSM."""
 
 
+_MISSING = "--sign needs cryptography and cbor2: pip install 'nitro-enclave-logs[sign]'"
+
+
 def _ed25519() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise SigningError("--sign needs cryptography and cbor2: "
-                           "pip install 'nitro-enclave-logs[sign]'") from None
+        raise SigningError(_MISSING) from None
     return ed25519
 
 
@@ -58,8 +60,7 @@ def require_signing() -> None:
     try:
         import cbor2  # noqa: F401
     except ImportError:
-        raise SigningError("--sign needs cryptography and cbor2: "
-                           "pip install 'nitro-enclave-logs[sign]'") from None
+        raise SigningError(_MISSING) from None
 
 
 class _Stream:
