@@ -128,6 +128,18 @@ def test_the_processing_bench_refuses_a_configuration_that_did_nothing(
         processing.measure(case, processing.reads(case.lines(100)), 100)
 
 
+def side_by_side(tmp_path: Path, lines: int) -> tuple[subprocess.CompletedProcess[str],
+                                                     dict[str, Any]]:
+    """One run of scenario 6 (ours and Fluent Bit's two hops) on ``lines`` lines."""
+    if find_fluent_bit() is None:
+        pytest.skip("no fluent-bit on PATH and FLUENT_BIT not set")
+    out = tmp_path / "bench.json"
+    proc = run(["-m", "bench", "--lines", str(lines), "--runs", "1", "--only", "fluentbit",
+                "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(out.read_text())
+
+
 @pytest.mark.fluentbit
 def test_the_side_by_side_cpu_window_opens_at_the_first_lines(tmp_path: Path) -> None:
     """The window opens at the first lines, not at the records the relay and the agent
@@ -136,28 +148,17 @@ def test_the_side_by_side_cpu_window_opens_at_the_first_lines(tmp_path: Path) ->
     lines at the sink are before it, and the start-up is reported apart. 200,000
     lines: on a quiet machine 20,000 can all arrive within the sink's first flush,
     when the window is the whole run by design."""
-    if find_fluent_bit() is None:
-        pytest.skip("no fluent-bit on PATH and FLUENT_BIT not set")
-    out = tmp_path / "bench.json"
-    proc = run(["-m", "bench", "--lines", "200000", "--runs", "1", "--only", "fluentbit",
-                "--out", str(out)])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    ours = json.loads(out.read_text())["results"]["vs.ours"]
+    _, result = side_by_side(tmp_path, 200_000)
+    ours = result["results"]["vs.ours"]
     assert ours["cpu_window_lines"]["median"] < 200_000
     assert ours["agent_cpu_to_first_s"]["median"] > 0
 
 
 @pytest.mark.fluentbit
 def test_make_bench_runs_ours_and_fluent_bits_two_hops_side_by_side(tmp_path: Path) -> None:
-    if find_fluent_bit() is None:
-        pytest.skip("no fluent-bit on PATH and FLUENT_BIT not set")
-    out = tmp_path / "bench.json"
     # 20,000 lines: Fluent Bit's sender reads them all within one flush, the case an
     # earlier window (first record to last) divided by zero on.
-    proc = run(["-m", "bench", "--lines", "20000", "--runs", "1", "--only", "fluentbit",
-                "--out", str(out)])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(out.read_text())
+    proc, result = side_by_side(tmp_path, 20_000)
     assert result["errors"] == []
     ours, theirs = result["results"]["vs.ours"], result["results"]["vs.fluentbit"]
     assert ours["lines_per_s"]["median"] > 0 and theirs["lines_per_s"]["median"] > 0
