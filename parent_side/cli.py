@@ -35,7 +35,7 @@ from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
 from .console import CONSOLE_OPTIONS, ConsoleOptions, console_command
 from .outputs import OutputError
 from .relay import Relay
-from .spool import SpoolError
+from .spool_format import SpoolError
 from .status import status_command
 
 __all__ = ["ConfigError", "StatusOptions", "build_parser", "main", "nitro_warning",

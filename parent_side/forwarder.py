@@ -26,7 +26,8 @@ from typing import Protocol
 from fluent_forward.retry import backoff
 
 from .outputs import Output, PoisonFrame, RelayBatch
-from .spool import Spool, SpoolEntry
+from .spool import Spool
+from .spool_format import SpoolEntry
 
 __all__ = ["DirectSink", "Forwarder", "Sink", "SpoolSink"]
 

@@ -73,17 +73,7 @@ from .spool_format import (
 )
 from .spool_recovery import Recovery, append_dead_letters
 
-__all__ = [
-    "FORMAT_VERSION",
-    "FRAME",
-    "HEADER",
-    "MAGIC",
-    "Spool",
-    "SpoolEntry",
-    "SpoolError",
-    "SpoolStats",
-    "payload_parts",
-]
+__all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +136,9 @@ class Spool:
         #: tracker (the listener shares it), so a gap is counted here across restarts.
         self.runs = Runs(dedup_boots)
         self.runs.on_gap = self._gap
-        # Duplicates: recent (boot, seq) -> the future of the append that stored it
-        # (None: recovered from disk, so durable).
-        self._resent = Resent(self.runs, dedup_window)
-        # The same tables, by their old names (tests look at their sizes).
-        self._recent = self._resent.recent
-        self._boots = self.runs
+        #: Duplicates: recent (boot, seq) -> the future of the append that stored it
+        #: (None: recovered from disk, so durable).
+        self.resent = Resent(self.runs, dedup_window)
         self._dropped_batches = 0
         self._closed = False
 
@@ -163,12 +150,12 @@ class Spool:
         self._commits.dir_fd = self._dir_fd
         self._recover()
         # A new segment's id must follow every id the acked mark may name.
-        mark = self._read_hint()
+        mark = read_mark(self._mark.path)
         self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
     def _recover(self) -> None:
         found = Recovery(self.path, self.stats)
-        found.run(self._read_hint())
+        found.run(read_mark(self._mark.path))
         for entry in found.entries:  # to recognise the batches agents resend
             self._remember(entry.boot_id, entry.seq, None, quiet=True)
         self._segments.update(found.segments)
@@ -176,9 +163,6 @@ class Spool:
             self.cursor.at = found.cursor
         if found.dir_dirty:
             os.fsync(self._dir_fd)
-
-    def _read_hint(self) -> tuple[int, int] | None:
-        return read_mark(self._mark.path)
 
     # -- appending -------------------------------------------------------------------
 
@@ -213,7 +197,7 @@ class Spool:
         (same boot id and sequence number as one already spooled) is not stored
         again: the future of the first copy is returned.
         """
-        first = self._resent.first(boot_id, seq)
+        first = self.resent.first(boot_id, seq)
         if first is not None:
             self.stats.duplicate_batches += 1
             return first
@@ -243,24 +227,11 @@ class Spool:
         self._commits.schedule()
         return fut
 
-    @property
-    def dedup_boots(self) -> int:
-        """Agent runs remembered to recognise resent batches (settable)."""
-        return self.runs.limit
-
-    @dedup_boots.setter
-    def dedup_boots(self, value: int) -> None:
-        self.runs.limit = value
-
-    @property
-    def dedup_window(self) -> int:
-        return self._resent.window
-
     def _remember(self, boot_id: bytes | None, seq: int | None,
                   fut: asyncio.Future[None] | None, *, quiet: bool = False) -> None:
         if boot_id is not None and seq is not None:
             self.runs.advance(boot_id, seq, quiet=quiet)  # a no-op if the intake did
-            self._resent.remember(boot_id, seq, fut)
+            self.resent.remember(boot_id, seq, fut)
 
     def _gap(self, gap: Gap) -> None:
         self.stats.gap_batches += gap.batches
@@ -319,14 +290,6 @@ class Spool:
         return {"path": self.path, "bytes": self.size, "effective_max_bytes": self.limit,
                 "disk_free_bytes": self.room.free, "error": self.gate.error}
 
-    def _stall(self, exc: OSError, writes: list[Write],
-               futures: list[asyncio.Future[None]]) -> None:
-        """The disk refused a commit (full, over quota, failing): keep the group, first
-        in line, stop taking appends, and write it again on a timer. The agents are not
-        acked meanwhile, and their connections stay open."""
-        self._commits.requeue(writes, futures)
-        self._disk_error(exc)
-
     def _disk_error(self, exc: OSError) -> None:
         self.gate.disk_error(exc)
         self.room.expire()
@@ -367,8 +330,12 @@ class Spool:
                    futures: list[asyncio.Future[None]]) -> None:
         exc = job.exception()
         if is_disk_full(exc):
+            # The disk refused a commit (full, over quota, failing): keep the group,
+            # first in line, stop taking appends, and write it again on a timer. The
+            # agents are not acked meanwhile, and their connections stay open.
             assert isinstance(exc, OSError)
-            self._stall(exc, writes, futures)
+            self._commits.requeue(writes, futures)
+            self._disk_error(exc)
             return
         if exc is not None:
             # The disk failed under us: nothing in this group is acked; the agents
@@ -407,15 +374,6 @@ class Spool:
                 return entry
             self._changed.clear()
             await self._changed.wait()
-
-    @property
-    def cache_bytes(self) -> int:
-        """How much of the newest entries is kept in memory for the forwarder."""
-        return self.cursor.cache.limit
-
-    @cache_bytes.setter
-    def cache_bytes(self, limit: int) -> None:
-        self.cursor.cache.limit = limit
 
     def ack(self, entry: SpoolEntry, *, replay: bool = True) -> None:
         """The output has ``entry`` safe: it may leave the spool (after the replay window,
@@ -485,12 +443,9 @@ class Spool:
         del self._segments[seg.id]
         self.cursor.out.forget(seg.id)
         self._commits.dir_dirty = True
-        self._schedule_dir_sync()
-        self._changed.set()
-
-    def _schedule_dir_sync(self) -> None:
         with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
             self._commits.schedule()
+        self._changed.set()
 
     def _write_mark(self) -> None:
         """Record how far downstream acked, so a restart resends only what was in flight."""

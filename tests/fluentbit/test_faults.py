@@ -135,7 +135,7 @@ async def test_fluent_bit_down_longer_than_the_relays_memory_buffer_the_spool_ta
                               upstream_buffer_bytes=memory)
     spool = relay.spool
     assert spool is not None
-    spool.cache_bytes = memory
+    spool.cursor.cache.limit = memory
     disk_reads = 0
     read_disk = spool.cursor.read_disk
 

@@ -877,7 +877,7 @@ async def test_a_thousand_agent_boots_leave_the_relays_memory_bounded(
                               max_connections_per_enclave=wave)
     spool = relay.spool
     assert spool is not None
-    spool.dedup_boots = dedup_boots
+    spool.runs.limit = dedup_boots
     path = sockdir / "relay.sock"
     before: collections.Counter[str] = collections.Counter()
     for first in range(0, boots, wave):
@@ -904,13 +904,13 @@ async def test_a_thousand_agent_boots_leave_the_relays_memory_bounded(
     await fluentbit.wait_for(lambda: len(boot_records()) >= boots, timeout=DEADLINE,
                              what="every boot's record")
     print(f"\n[oracle] {boots} agent boots: delivered {len(fluentbit.records)} records; "
-          f"runs remembered {len(spool._boots)}, batches remembered {len(spool._recent)}; "
+          f"runs remembered {len(spool.runs)}, batches remembered {len(spool.resent.recent)}; "
           f"live relay and asyncio objects after {3 * dedup_boots} boots "
           f"{sum(before.values())}, more after {boots}: {sum(grew.values())}")
     assert sorted(boot_records()) == sorted(f"boot {n}" for n in range(boots))
-    assert len(spool._boots) == dedup_boots
-    assert len(spool._recent) <= dedup_boots * 8 + spool.dedup_window
-    assert len(spool._recent) == dedup_boots  # one batch per run, evicted with the run
+    assert len(spool.runs) == dedup_boots
+    assert len(spool.resent.recent) <= dedup_boots * 8 + spool.resent.window
+    assert len(spool.resent.recent) == dedup_boots  # one batch per run, evicted with the run
     assert relay.listener.stats.open_connections == 0
     assert len(relay.listener.stats.peers) == 1  # per enclave identity, not per run
     # 400 more runs after the table was full left nothing behind (checked above, with

@@ -25,7 +25,7 @@ from fakes.fluentbit import FakeFluentBit
 from fluent_forward.codec import EventTime, iter_entries, pack_entry
 from fluent_forward.conventions import chunk_id
 from fluent_forward.tags import escape_tag
-from parent_side.spool import FRAME, HEADER
+from parent_side.spool_format import FRAME, HEADER
 from tests.conftest import StartRelay, delivered
 from tests.fakes.nitro_cli import FakeNitroCli
 from tests.helpers import read_json_lines, stop_process, wait_until

@@ -46,7 +46,8 @@ from fluent_forward.tags import TAG_MAX_LENGTH, escape_tag, tag_problem
 from parent_side.admission import Slots, refusal
 from parent_side.listener import Listener, ListenerConfig
 from parent_side.outputs import RelayBatch
-from parent_side.spool import FRAME, HEADER, Spool
+from parent_side.spool import Spool
+from parent_side.spool_format import FRAME, HEADER
 from tests.helpers import wait_until
 from tests.integration.test_relay_bad_input import RawAgent
 from tests.property.test_hostile_input import Recorder

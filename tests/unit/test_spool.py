@@ -14,7 +14,8 @@ import pytest
 
 from fluent_forward.codec import EventTime, pack_entry
 from fluent_forward.conventions import Overflow as Full
-from parent_side.spool import FORMAT_VERSION, HEADER, MAGIC, Spool, SpoolError
+from parent_side.spool import Spool
+from parent_side.spool_format import FORMAT_VERSION, HEADER, MAGIC, SpoolError
 from tests.helpers import MS, short_tmpdir, wait_until, within
 
 pytestmark = pytest.mark.asyncio
@@ -163,7 +164,7 @@ async def test_a_torn_segment_keeps_every_whole_entry_and_no_corrupt_one(
 
 
 def entry_ends(data: bytes) -> list[int]:
-    from parent_side.spool import FRAME
+    from parent_side.spool_format import FRAME
 
     ends, pos = [], HEADER.size
     while pos < len(data):
@@ -233,8 +234,8 @@ async def test_what_the_spool_remembers_of_agent_runs_is_bounded(spool_dir: Path
         boot = os.urandom(8)
         for seq in (1, 2, 3):
             await spool.append("t", batch(seq), 1, boot_id=boot, seq=seq)
-    assert len(spool._boots) <= 100
-    assert len(spool._recent) <= 100 * 8 + spool.dedup_window
+    assert len(spool.runs) <= 100
+    assert len(spool.resent.recent) <= 100 * 8 + spool.resent.window
     await spool.close()
 
 

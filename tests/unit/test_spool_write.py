@@ -12,7 +12,8 @@ import msgpack
 import pytest
 
 from parent_side import spool_format as spool_mod
-from parent_side.spool import FRAME, HEADER, Spool, SpoolEntry, payload_parts
+from parent_side.spool import Spool
+from parent_side.spool_format import FRAME, HEADER, SpoolEntry, payload_parts
 from tests.helpers import short_tmpdir, within
 
 
