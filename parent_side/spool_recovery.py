@@ -19,11 +19,9 @@ import base64
 import json
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from .spool_format import (
     FRAME,
@@ -39,12 +37,10 @@ from .spool_format import (
     unpack_payload,
 )
 
-__all__ = ["Recovery", "Scan", "ScannedEntry", "append_dead_letters", "compact", "rewrite",
-           "scan_entries", "set_aside"]
+__all__ = ["Recovery", "Scan", "append_dead_letters", "compact", "rewrite", "scan_entries",
+           "set_aside"]
 
 log = logging.getLogger("parent_side.spool")
-
-E = TypeVar("E")
 
 #: An entry's payload is a msgpack array of six: resynchronising only tries offsets
 #: whose payload would start with that byte, which skips almost every other offset
@@ -52,40 +48,25 @@ E = TypeVar("E")
 _ARRAY6 = 0x96
 
 
-@dataclass(frozen=True, slots=True)
-class ScannedEntry(Generic[E]):
-    """An intact entry at ``[offset, end)`` of the segment."""
-
-    offset: int
-    end: int
-    value: E
-
-
 @dataclass(slots=True)
-class Scan(Generic[E]):
+class Scan:
     """What a segment holds: intact entries in order, holes between them (``[start,
     end)`` ranges of corrupt bytes), and ``end``, where a torn tail (if any) begins."""
 
-    entries: list[ScannedEntry[E]] = field(default_factory=list)
+    entries: list[SpoolEntry] = field(default_factory=list)
     holes: list[tuple[int, int]] = field(default_factory=list)
     end: int = 0
 
 
-def scan_entries(data: bytes, start: int, *, frame: struct.Struct, max_entry: int,
-                 decode: Callable[[int, bytes], E]) -> Scan[E]:
-    """Every intact entry of ``data`` from ``start``, resynchronising past corruption.
-
-    Args:
-        frame: the entry framing, ``(length, crc32)``.
-        max_entry: a length over this is corrupt.
-        decode: turns ``(offset, payload)`` into a value; raises if it cannot.
-    """
-    scan: Scan[E] = Scan()
+def scan_entries(data: bytes, start: int, seg_id: int) -> Scan:
+    """Every intact entry of segment ``seg_id``'s ``data`` from ``start``,
+    resynchronising past corruption."""
+    scan = Scan()
     pos = start
     while pos < len(data):
-        entry = _entry_at(data, pos, frame, max_entry, decode)
+        entry = _entry_at(data, pos, seg_id)
         if entry is None:
-            nxt = _resync(data, pos, frame, max_entry, decode)
+            nxt = _resync(data, pos, seg_id)
             if nxt is None:
                 break  # nothing intact follows: a torn tail
             scan.holes.append((pos, nxt))
@@ -97,36 +78,34 @@ def scan_entries(data: bytes, start: int, *, frame: struct.Struct, max_entry: in
     return scan
 
 
-def _entry_at(data: bytes, pos: int, frame: struct.Struct, max_entry: int,
-              decode: Callable[[int, bytes], E]) -> ScannedEntry[E] | None:
-    if pos + frame.size > len(data):
+def _entry_at(data: bytes, pos: int, seg_id: int) -> SpoolEntry | None:
+    if pos + FRAME.size > len(data):
         return None
-    length, crc = frame.unpack_from(data, pos)
-    end = pos + frame.size + length
-    if length > max_entry or end > len(data):
+    length, crc = FRAME.unpack_from(data, pos)
+    end = pos + FRAME.size + length
+    if length > MAX_ENTRY or end > len(data):
         return None
-    payload = data[pos + frame.size:end]
+    payload = data[pos + FRAME.size:end]
     if crc32(payload) != crc:
         return None
     try:
-        return ScannedEntry(pos, end, decode(pos, payload))
+        return unpack_payload(seg_id, pos, payload)
     except Exception:  # noqa: BLE001 - any decode failure means corrupt
         return None
 
 
-def _resync(data: bytes, pos: int, frame: struct.Struct, max_entry: int,
-            decode: Callable[[int, bytes], E]) -> int | None:
+def _resync(data: bytes, pos: int, seg_id: int) -> int | None:
     """The first offset after ``pos`` where an intact entry starts, if any."""
-    marker = data.find(_ARRAY6, pos + 1 + frame.size)
+    marker = data.find(_ARRAY6, pos + 1 + FRAME.size)
     while marker >= 0:
-        candidate = marker - frame.size
-        if _entry_at(data, candidate, frame, max_entry, decode) is not None:
+        candidate = marker - FRAME.size
+        if _entry_at(data, candidate, seg_id) is not None:
             return candidate
         marker = data.find(_ARRAY6, marker + 1)
     return None
 
 
-def compact(data: bytes, header_size: int, scan: Scan[E]) -> tuple[bytes, Callable[[int], int]]:
+def compact(data: bytes, header_size: int, scan: Scan) -> tuple[bytes, Callable[[int], int]]:
     """The segment without its holes (nor its torn tail), and a map from an old offset
     to the new offset of the first entry at or after it."""
     kept = [data[:header_size]] + [data[e.offset:e.end] for e in scan.entries]
@@ -233,11 +212,8 @@ class Recovery:
             self.dir_dirty = True
             return None
         check_header(self.path, seg, data)
-        scan = scan_entries(data, HEADER.size, frame=FRAME, max_entry=MAX_ENTRY,
-                            decode=lambda offset, payload: unpack_payload(seg.id, offset,
-                                                                           payload))
-        for scanned in scan.entries:
-            entry = scanned.value
+        scan = scan_entries(data, HEADER.size, seg.id)
+        for entry in scan.entries:
             self.entries.append(entry)
             if entry.offset >= skip_to:
                 self.stats.recovered_batches += 1
@@ -259,7 +235,7 @@ class Recovery:
         seg.size = seg.committed = scan.end
         return skip_to
 
-    def _set_aside_holes(self, seg: Segment, data: bytes, scan: Scan[SpoolEntry],
+    def _set_aside_holes(self, seg: Segment, data: bytes, scan: Scan,
                          skip_to: int) -> int:
         """Corrupt bytes between intact entries: into the dead-letter file, counted and
         reported as the spool's loss (not the agents'), and out of the segment."""
