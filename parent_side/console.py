@@ -93,7 +93,6 @@ class Console:
     write: Callable[[EnclaveInfo, bytes, int], None] | None = None
     registry: EnclaveRegistry = field(init=False)
     following: dict[str, _Follow] = field(default_factory=dict)  # by EnclaveID
-    attaches: int = 0
 
     def __post_init__(self) -> None:
         self.registry = EnclaveRegistry((self.options.nitro_cli, "describe-enclaves"),
@@ -140,7 +139,6 @@ class Console:
         delays = backoff(initial=0.5, maximum=10.0)
         name = enclave.name or f"cid-{enclave.cid}"
         while True:
-            self.attaches += 1
             log.info("following the console of %s (%s)", name, enclave.enclave_id)
             try:
                 proc = await asyncio.create_subprocess_exec(

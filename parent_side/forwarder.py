@@ -65,11 +65,6 @@ class DirectSink:
         self.on_delivered = on_delivered
         self.dropped_poison = 0
 
-    def reconfigure(self, output: Output) -> None:
-        """Send through ``output`` from now on (a reload made a new one); batches the
-        old one had not delivered come back cancelled and go out through this one."""
-        self.output = output
-
     async def submit(self, batch: RelayBatch, boot_id: bytes | None,
                      seq: int | None) -> asyncio.Future[None]:
         outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -129,16 +124,10 @@ class Forwarder:
         self.output = output
         self.hint_interval = hint_interval
         self.on_delivered = on_delivered
-        self.retries = 0
         self.replays = 0
-        self.replayed_batches = 0
         self.replayed_records = 0
         self._stopping = False
         self._replaying: set[asyncio.Task[None]] = set()
-
-    def reconfigure(self, output: Output) -> None:
-        """Forward to ``output`` from now on (a reload made a new one)."""
-        self.output = output
 
     async def run(self) -> None:
         hints = asyncio.create_task(self._hints())
@@ -161,7 +150,6 @@ class Forwarder:
             return
         records = sum(e.count for e in entries)
         self.replays += 1
-        self.replayed_batches += len(entries)
         self.replayed_records += records
         log.warning("Fluent Bit restarted: sending again the %d batches (%d records) it "
                     "acked in the last %gs (--replay-window), in case it lost them: "
@@ -193,7 +181,6 @@ class Forwarder:
         elif isinstance(exc, PoisonFrame):
             self.spool.dead_letter(entry, str(exc))
         else:
-            self.retries += 1
             log.warning("output failed a batch of %d records (%s); retrying", entry.count,
                         str(exc))
             asyncio.get_running_loop().create_task(self._retry(entry))

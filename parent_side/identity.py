@@ -192,7 +192,6 @@ class EnclaveRegistry:
     min_refresh: float = 2.0
     enclaves: dict[int, EnclaveInfo] = field(default_factory=dict)
     available: bool = True
-    refreshes: int = 0
     _last: float = -1e9
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _warned: bool = False
@@ -211,7 +210,6 @@ class EnclaveRegistry:
     async def refresh(self) -> None:
         async with self._lock:
             self._last = time.monotonic()
-            self.refreshes += 1
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *self.command, stdout=asyncio.subprocess.PIPE,

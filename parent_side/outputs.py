@@ -228,7 +228,6 @@ class FileOutput(JsonLinesOutput):
         self._idle = asyncio.Event()
         self._idle.set()
         self._sync_needed = True
-        self.fsyncs = 0
 
     async def start(self) -> None:
         try:
@@ -264,7 +263,6 @@ class FileOutput(JsonLinesOutput):
 
         def finished(f: asyncio.Future[None]) -> None:
             self._syncing = False
-            self.fsyncs += 1
             for w in waiting:
                 if w.done():
                     continue

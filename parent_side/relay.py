@@ -65,11 +65,6 @@ def _own_batch(tag: str, record: dict[str, Any]) -> RelayBatch:
     return RelayBatch(tag, pack_entry(EventTime.from_ns(time.time_ns()), record), 1)
 
 
-def _make_output(config: RelayConfig) -> Output:
-    args = _output_args(config)
-    return make_output(args.pop("spec"), **args)
-
-
 class Relay:
     """One relay run: ``await Relay(config).run()``; ``stop()`` ends it.
 
@@ -83,7 +78,7 @@ class Relay:
                  reload: Callable[[], RelayConfig] | None = None) -> None:
         self.config = config
         self._reloader = reload
-        self.output: Output = _make_output(config)
+        self.output: Output = make_output(**_output_args(config))
         self.spool: Spool | None = None
         self.forwarder: Forwarder | None = None
         self.sink: Sink
@@ -317,7 +312,7 @@ class Relay:
         logging.getLogger().setLevel(new.log_level.upper())
         self._reload_registry(new)
         if _output_args(new) != _output_args(old):
-            self._spawn(self._swap_output(_make_output(new)))
+            self._spawn(self._swap_output(make_output(**_output_args(new))))
         self.reloads += 1
         answer = "changed: " + (", ".join(changed) or "nothing")
         if kept:
@@ -356,10 +351,12 @@ class Relay:
         """
         await new.start()
         old, self.output = self.output, new
+        # Batches the old output had not delivered come back cancelled, and the sink
+        # or the forwarder sends them again through the new one.
         if self.forwarder is not None:
-            self.forwarder.reconfigure(new)
+            self.forwarder.output = new
             new.on_restart = self.forwarder.replay
         if isinstance(self.sink, DirectSink):
-            self.sink.reconfigure(new)
+            self.sink.output = new
         await old.close(self.config.shutdown_timeout)
         log.info("output now %s", self.config.output)
