@@ -220,7 +220,6 @@ class Spool:
         self._commits.futures.append(fut)
         self._remember(boot_id, seq, fut)
         self.stats.appended_batches += 1
-        self.stats.appended_records += count
         # Most of the time the forwarder is caught up and wants this entry next:
         # it takes it from memory instead of reading it back from the disk.
         self.cursor.cache.add(entry)
@@ -348,16 +347,14 @@ class Spool:
         else:
             if self.gate.error:
                 self._unstall()
-            self.stats.commits += 1
             for w in writes:
                 w.seg.committed += w.size
             for fut in futures:
                 if not fut.done():
                     fut.set_result(None)
             for seg in self._segments.values():
-                if seg.sealed and seg.fd >= 0 and seg.committed == seg.size:
-                    os.close(seg.fd)
-                    seg.fd = -1
+                if seg.sealed and seg.committed == seg.size:
+                    seg.close()
         self._changed.set()
         if self._commits.waiting:
             self._commits.schedule()
@@ -435,9 +432,7 @@ class Spool:
             self.stats.dropped_records += unsent
             log.warning("spool full: dropped segment %d (%d records not yet delivered)",
                         seg.id, unsent)
-        if seg.fd >= 0:
-            os.close(seg.fd)
-            seg.fd = -1
+        seg.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(seg.path)
         del self._segments[seg.id]
@@ -520,9 +515,7 @@ class Spool:
         with contextlib.suppress(OSError):
             self.write_hint()
         for seg in self._segments.values():
-            if seg.fd >= 0:
-                os.close(seg.fd)
-                seg.fd = -1
+            seg.close()
         if self.backlog == 0 and not self.cursor.out:
             # Everything was delivered: leave no segment behind, so that the directory
             # is empty and any relay version (an older one, after a downgrade) takes it.

@@ -87,24 +87,27 @@ class Segment:
     sealed: bool = False  # no more appends
     fd: int = -1
 
+    def close(self) -> None:
+        """Close the file if it is open (the segment stays on disk)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
 
 @dataclass(slots=True)
 class SpoolStats:
     """Counters for status and metrics."""
 
     appended_batches: int = 0
-    appended_records: int = 0
     forwarded_batches: int = 0
     acked_batches: int = 0
     duplicate_batches: int = 0
     gap_batches: int = 0
     dropped_records: int = 0
     dead_lettered: int = 0
-    commits: int = 0
     recovered_batches: int = 0
     recovered_records: int = 0
     torn_bytes_cut: int = 0
-    corrupt_segments: int = 0
     corrupt_bytes_set_aside: int = 0
 
 

@@ -221,7 +221,6 @@ class Recovery:
             seg.records += entry.count
         if scan.end < len(data):
             self.stats.torn_bytes_cut += len(data) - scan.end
-            self.stats.corrupt_segments += 1
             log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
                         seg.path, len(data) - scan.end, scan.end)
             if not scan.holes:
@@ -243,7 +242,6 @@ class Recovery:
         set_aside(self.path, name, data, scan.holes)
         lost = sum(end - start for start, end in scan.holes)
         self.stats.corrupt_bytes_set_aside += lost
-        self.stats.corrupt_segments += 1
         log.error("spool %s: %d bytes in %d place(s) of %s changed on disk and were set aside "
                   "in dead-letter.jsonl: the batches they held are lost by the spool, not by "
                   "the agents; the %d intact batches around them are kept", self.path, lost,
