@@ -82,7 +82,6 @@ CONSOLE_OPTIONS = (Option("--stdout", BOOL, "print JSON lines instead of sending
 class _Follow:
     enclave: EnclaveInfo
     task: asyncio.Task[None]
-    lines: int = 0
 
 
 @dataclass
@@ -90,7 +89,7 @@ class Console:
     """Follow the consoles of debug-mode enclaves."""
 
     options: ConsoleOptions
-    write: Callable[[EnclaveInfo, bytes, int], None] | None = None
+    write: Callable[[EnclaveInfo, bytes, int], None]  # one console line and its time
     registry: EnclaveRegistry = field(init=False)
     following: dict[str, _Follow] = field(default_factory=dict)  # by EnclaveID
 
@@ -152,11 +151,7 @@ class Console:
             try:
                 assert proc.stdout is not None
                 while line := await proc.stdout.readline():
-                    if self.write is not None:
-                        self.write(enclave, line.rstrip(b"\r\n"), time.time_ns())
-                    follow = self.following.get(enclave.enclave_id)
-                    if follow is not None:
-                        follow.lines += 1
+                    self.write(enclave, line.rstrip(b"\r\n"), time.time_ns())
             finally:
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
