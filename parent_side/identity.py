@@ -215,7 +215,11 @@ class EnclaveRegistry:
                     *self.command, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
             except OSError as exc:
-                self._unavailable(f"cannot run {self.command[0]}: {exc.strerror}")
+                self.available = False
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot run %s: %s; enclaves are named by their CID (cid-N) "
+                                "instead of their EnclaveName", self.command[0], exc.strerror)
                 return
             try:
                 async with asyncio.timeout(self.timeout):
@@ -242,13 +246,6 @@ class EnclaveRegistry:
             for gone in before.values():
                 if gone.enclave_id not in present and self.on_terminated is not None:
                     self.on_terminated(gone)
-
-    def _unavailable(self, why: str) -> None:
-        self.available = False
-        if not self._warned:
-            self._warned = True
-            log.warning("%s; enclaves are named by their CID (cid-N) instead of their "
-                        "EnclaveName", why)
 
     async def poll(self) -> None:
         """Refresh every ``interval`` seconds; run as a task."""

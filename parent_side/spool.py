@@ -475,9 +475,7 @@ class Spool:
 
     def status(self) -> dict[str, Any]:
         st = self.stats
-        return {"path": self.path, "bytes": self.size, "max_bytes": self.max_bytes,
-                "effective_max_bytes": self.limit, "disk_free_bytes": self.room.free,
-                "state": self.gate.state, "error": self.gate.error,
+        return {**self._room_details(), "max_bytes": self.max_bytes, "state": self.gate.state,
                 "disk_errors": self.gate.disk_errors, "replay_window_s": self.replay.seconds,
                 "replayable_batches": len(self.replay),
                 "segments": len(self._segments), "unacked_batches": len(self.cursor.out),

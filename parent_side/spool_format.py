@@ -117,11 +117,8 @@ def segment_path(directory: str, seg_id: int) -> str:
 
 def segment_ids(directory: str) -> list[int]:
     """The ids of the segment files in ``directory``, oldest first."""
-    ids = []
-    for name in os.listdir(directory):
-        if name.endswith(".seg") and name[:-4].isdigit():
-            ids.append(int(name[:-4]))
-    return sorted(ids)
+    names = [name[:-4] for name in os.listdir(directory) if name.endswith(".seg")]
+    return sorted(int(name) for name in names if name.isdigit())
 
 
 def check_header(directory: str, seg: Segment, data: bytes) -> None:
