@@ -18,6 +18,7 @@ forever: to the spool's dead-letter file, or, memory-only, to the log.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -171,7 +172,7 @@ class Forwarder:
     def _done(self, entry: SpoolEntry, fut: asyncio.Future[None]) -> None:
         if fut.cancelled():
             if not self._stopping:  # the output was replaced (reload): send it again
-                asyncio.get_running_loop().create_task(self._retry(entry, first_delay=0.0))
+                asyncio.get_running_loop().create_task(self._retry(entry, at_once=True))
             return  # shutting down: the entry stays in the spool for next time
         exc = fut.exception()
         if exc is None:
@@ -185,11 +186,9 @@ class Forwarder:
                         str(exc))
             asyncio.get_running_loop().create_task(self._retry(entry))
 
-    async def _retry(self, entry: SpoolEntry, first_delay: float | None = None) -> None:
+    async def _retry(self, entry: SpoolEntry, *, at_once: bool = False) -> None:
         delays = backoff(initial=0.5, maximum=30.0)
-        for delay in delays:
-            if first_delay is not None:
-                delay, first_delay = first_delay, None
+        for delay in itertools.chain([0.0], delays) if at_once else delays:
             await asyncio.sleep(delay)
             try:
                 await self._submit(entry)

@@ -41,18 +41,16 @@ class AdminServer:
         self.reload = reload
         self.server: asyncio.Server | None = None
 
-    async def start(self) -> bool:
+    async def start(self) -> None:
         """Listen; on failure log why and go on without (status is not worth dying for)."""
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
             self.server = await start_server(self._handle, parse_endpoint(f"unix://{self.path}"),
                                              unix_mode=0o660)
-            return True
         except (OSError, ConnectError) as exc:
             log.warning("no admin socket at %s (%s): 'enclave-log-relay status' will not "
                         "reach this relay; set --admin-socket to a writable path", self.path,
                         getattr(exc, "strerror", None) or exc)
-            return False
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
