@@ -81,33 +81,19 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
     return argv, ()
 
 
-def _config_path(options: list[str], environ: Mapping[str, str] | None = None
-                 ) -> tuple[str | None, bool]:
-    """The configuration file (``--config``, else ``ENCLAVE_LOG_AGENT_CONFIG``), and
-    whether only to check it (``--check-config``, a command-line request only)."""
-    return config_path(options, os.environ if environ is None else environ, ENV_PREFIX,
-                       check=True)
-
-
 def parse_args(argv: Sequence[str] | None = None,
-               environ: dict[str, str] | None = None) -> AgentConfig:
+               environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Parse the command line into an ``AgentConfig``; exit 2 with a message on error."""
     parser = build_parser()
+    env = os.environ if environ is None else environ
     options, command = _split_command(sys.argv[1:] if argv is None else argv)
-    path, _ = _config_path(options, environ)
-    settings = FileSettings()
+    path, _ = config_path(options, env, ENV_PREFIX, check=True)
     try:
-        if path:
-            settings = load_config_file(path)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    parser.set_defaults(**settings.options)
-    apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX,
-                       os.environ if environ is None else environ)
-    ns = parser.parse_args(options)
-    values = option_values(ns, AGENT_OPTIONS, parser)
-    try:
-        return _build(values, ns, command, settings)
+        settings = load_config_file(path) if path else FileSettings()
+        parser.set_defaults(**settings.options)
+        apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX, env)
+        ns = parser.parse_args(options)
+        return _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, settings)
     except ConfigError as exc:
         parser.error(str(exc))
 
@@ -146,12 +132,15 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
 
 
 def effective(config: AgentConfig) -> dict[str, Any]:
-    """The configuration as JSON-able data, secrets elided."""
+    """The configuration as JSON-able data, secrets elided (a Forward input's key too)."""
+    secrets = {o.field for o in AGENT_OPTIONS if o.secret}
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             if type(value).__name__ == "Endpoint":
                 return str(value)
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {f.name: "(set)" if f.name in secrets and getattr(value, f.name)
+                    else plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, enum.Enum):
             return value.value
         if isinstance(value, tuple | list):
@@ -159,12 +148,6 @@ def effective(config: AgentConfig) -> dict[str, Any]:
         return value
 
     data: dict[str, Any] = plain(config)
-    for o in AGENT_OPTIONS:
-        if o.secret and o.field and data.get(o.field):
-            data[o.field] = "(set)"
-    for forward in data["forward_inputs"]:
-        if forward.get("shared_key"):
-            forward["shared_key"] = "(set)"
     return data
 
 
@@ -172,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent; return the app's exit status."""
     config = parse_args(argv)
     options, _ = _split_command(sys.argv[1:] if argv is None else argv)
-    if _config_path(options)[1]:
+    if config_path(options, os.environ, ENV_PREFIX, check=True)[1]:
         sys.stdout.write(json.dumps(effective(config), indent=2) + "\n")
         return 0
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,

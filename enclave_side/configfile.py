@@ -24,7 +24,7 @@ from nel_config.options import (
     choice,
     file_values,
     hint,
-    load_toml,
+    read_config,
 )
 
 from .config import (
@@ -79,17 +79,9 @@ def redact_names(value: Any, key: str) -> tuple[str, ...]:
 
 # -- value checkers for the source tables: each returns the value or raises ConfigError --
 
-def _str(v: Any, key: str) -> str:
-    text: str = STR.from_toml(v, key)
-    return text
-
-
+_str = STR.from_toml
 _bool = BOOL.from_toml
 _duration = DURATION.from_toml
-
-
-def _choice(*choices: str) -> Callable[[Any, str], Any]:
-    return choice(*choices).from_toml
 
 
 def _strings(v: Any, key: str) -> tuple[str, ...]:
@@ -101,7 +93,7 @@ def _strings(v: Any, key: str) -> tuple[str, ...]:
 
 
 def _pattern(v: Any, key: str) -> str:
-    text = _str(v, key)
+    text: str = _str(v, key)
     try:
         UserPattern(text, what=key)
     except PatternError as exc:
@@ -117,9 +109,9 @@ def _patterns(v: Any, key: str) -> tuple[str, ...]:
 
 
 _PROCESSING: dict[str, Callable[[Any, str], Any]] = {
-    "multiline": _choice("indent"), "multiline_start": _pattern,
+    "multiline": choice("indent").from_toml, "multiline_start": _pattern,
     "multiline_flush": _duration, "json": _bool, "time_key": _str, "time_format": _str,
-    "level_regex": _pattern, "level_keys": _strings, "min_level": _choice(*LEVELS),
+    "level_regex": _pattern, "level_keys": _strings, "min_level": choice(*LEVELS).from_toml,
     "include": _patterns, "exclude": _patterns,
 }
 _RECORD_PROCESSING = {k: _PROCESSING[k]
@@ -263,8 +255,4 @@ def _keys_ok(v: Any, where: str) -> dict[str, Any]:
 
 def load_config_file(path: str) -> FileSettings:
     """Read and check ``path``; ``ConfigError`` says what is wrong and where."""
-    doc = load_toml(path)
-    try:
-        return parse_config(doc)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return read_config(path, parse_config)

@@ -46,6 +46,7 @@ __all__ = [
     "load_toml",
     "option",
     "options_of",
+    "read_config",
     "repeated",
     "url",
 ]
@@ -248,6 +249,15 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def read_config(path: str, read: Callable[[dict[str, Any]], T]) -> T:
+    """``read`` of the TOML file ``path``; its ``ConfigError`` is prefixed with ``path``."""
+    doc = load_toml(path)
+    try:
+        return read(doc)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def file_values(doc: Mapping[str, Any], options: Sequence[Option],

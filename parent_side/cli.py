@@ -26,9 +26,9 @@ from nel_config.options import (
     ConfigError,
     Option,
     file_values,
-    load_toml,
     option,
     options_of,
+    read_config,
 )
 
 from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
@@ -140,15 +140,11 @@ def serve_config(args: list[str], env: Mapping[str, str], *, raising: bool = Fal
     """
     parser, serve = _build(raising)
     path, _ = config_path(args[1:], env, ENV_PREFIX)
-    if path:
-        try:
-            doc = load_toml(path)
-        except ConfigError as exc:
-            serve.error(f"--config: {exc}")
-        try:
-            serve.set_defaults(**file_values(doc, SERVE_OPTIONS))
-        except ConfigError as exc:
-            serve.error(f"--config {path}: {exc}")
+    try:
+        if path:
+            serve.set_defaults(**read_config(path, lambda doc: file_values(doc, SERVE_OPTIONS)))
+    except ConfigError as exc:
+        serve.error(f"--config: {exc}")
     apply_env_defaults(serve, (CONFIG, *SERVE_OPTIONS), ENV_PREFIX, env)
     ns = parser.parse_args(args)
     return RelayConfig(**option_values(ns, SERVE_OPTIONS, serve), config_file=path)
