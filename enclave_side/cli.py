@@ -28,7 +28,7 @@ from nel_config.options import STR, ConfigError, Option, repeated
 from nel_config.units import format_size
 
 from .agent import Agent
-from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
+from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource
 from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
 from .signing import SigningError, require_signing
 
@@ -119,13 +119,11 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
     forward += [ForwardInput(listen_endpoint(url, "--forward-listen"))
                 for url in ns.forward_listen or ()]
     kmsg = settings.kmsg
-    if ns.kmsg is not None:
-        kmsg = KmsgSource(path=ns.kmsg) if kmsg is None else dataclasses.replace(
-            kmsg, path=ns.kmsg)
+    if ns.kmsg is not None:  # the flag names the device; the file's table the rest
+        kmsg = dataclasses.replace(kmsg or KmsgSource(), path=ns.kmsg)
     redaction = settings.redaction
     if ns.redact is not None:
-        redaction = Redaction(redact_names(ns.redact, "--redact"), redaction.rules,
-                              redaction.pattern_timeout)
+        redaction = dataclasses.replace(redaction, builtin=redact_names(ns.redact, "--redact"))
     return AgentConfig(**values, command=command, stdout=settings.stdout,
                        stderr=settings.stderr, files=tuple(files),
                        forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction)

@@ -168,7 +168,8 @@ class Option:
         secret: also ``FLAG-file PATH``; never shown in dumps.
         env: an environment variable may set it (not for requests like --check-config).
         minimum: the smallest value allowed.
-        validate: a further check: ``validate(value, flag)`` raises ``ValueError``.
+        validate: a further check: ``validate(value, flag)`` raises ``ConfigError``
+            naming the flag.
         default_text: how to show a default that is computed when parsing.
         dynamic: computes the default when parsing (the host's name ...).
         const: the value of the flag given without one (``--kmsg [PATH]``).
