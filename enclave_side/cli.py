@@ -94,7 +94,7 @@ def parse_args(argv: Sequence[str] | None = None,
         apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX, env)
         ns = parser.parse_args(options)
         return _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, settings)
-    except ConfigError as exc:
+    except (ConfigError, SigningError) as exc:
         parser.error(str(exc))
 
 
@@ -108,10 +108,7 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
     if values["buffer_bytes"] < 2 * values["batch_bytes"]:
         raise ConfigError("--buffer-size must be at least twice --batch-size")
     if values["sign"]:  # what it needs is installed: said now, in one line
-        try:
-            require_signing()
-        except SigningError as exc:
-            raise ConfigError(str(exc)) from None
+        require_signing()
     files = list(settings.files)
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]

@@ -43,7 +43,6 @@ __all__ = [
     "choice",
     "file_values",
     "hint",
-    "load_toml",
     "option",
     "options_of",
     "read_config",
@@ -241,20 +240,16 @@ def options_of(config: type) -> tuple[Option, ...]:
     return tuple(out)
 
 
-def load_toml(path: str) -> dict[str, Any]:
-    """Read a TOML file; ``ConfigError`` says why it cannot be read."""
+def read_config(path: str, read: Callable[[dict[str, Any]], T]) -> T:
+    """``read`` of the TOML file ``path``; ``ConfigError`` says why it cannot be read,
+    and ``read``'s own is prefixed with ``path``."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-
-
-def read_config(path: str, read: Callable[[dict[str, Any]], T]) -> T:
-    """``read`` of the TOML file ``path``; its ``ConfigError`` is prefixed with ``path``."""
-    doc = load_toml(path)
     try:
         return read(doc)
     except ConfigError as exc:
