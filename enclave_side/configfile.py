@@ -158,8 +158,8 @@ _NOT_FOR_RECORDS = {k: "does not apply here: these records are structured alread
 
 def _source(cls: Callable[..., T], t: Any, where: str, own: Mapping[str, Checker],
             processing: Mapping[str, Checker], need: tuple[str, ...] = (), how: str = "") -> T:
-    """A source table: its own keys (``need``: one it must have, and ``how`` to write
-    it), then what is done to its records; its tag, if set, is one an app may use."""
+    """A source table: its own keys (``need``: those it must have, and ``how`` to write
+    them), then what is done to its records; its tag, if set, is one an app may use."""
     # A source of structured records: a line key there is told why it does not apply.
     values = _values(t, where, {**own, **processing}, need, how,
                      _NOT_FOR_RECORDS if processing is _RECORD_PROCESSING else None)
