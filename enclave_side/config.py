@@ -81,10 +81,6 @@ def _more_than_zero(seconds: float, key: str) -> None:
         raise ConfigError(f"{key} must be more than 0")
 
 
-def _hostname() -> str:
-    return socket.gethostname() or "enclave"
-
-
 @dataclass(frozen=True, slots=True)
 class Processing:
     """What is done to one source's records, in this order, before they are buffered.
@@ -227,8 +223,8 @@ class AgentConfig:
     command: tuple[str, ...] = ()
     tag: str = option("app", STR, validate=lambda tag, key: check_tag(tag, key, derived=True),
                       help="tag of the app's records: TAG.stdout and TAG.stderr")
-    hostname: str = option("enclave", STR, dynamic=_hostname, default_text="this host's name",
-                           help="name sent in the handshake")
+    hostname: str = option("enclave", STR, dynamic=lambda: socket.gethostname() or "enclave",
+                           default_text="this host's name", help="name sent in the handshake")
     shared_key: str | None = option(None, STR, secret=True, metavar="KEY",
                                     help="Forward shared key, if the relay requires one")
     buffer_bytes: int = option(32 * 1024 * 1024, SIZE, "--buffer-size",
