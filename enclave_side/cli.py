@@ -28,7 +28,7 @@ from nel_config.options import STR, ConfigError, Option, repeated
 from nel_config.units import format_size
 
 from .agent import Agent
-from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
+from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource
 from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
 from .signing import SigningError, require_signing
 
@@ -81,34 +81,20 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
     return argv, ()
 
 
-def _config_path(options: list[str], environ: Mapping[str, str] | None = None
-                 ) -> tuple[str | None, bool]:
-    """The configuration file (``--config``, else ``ENCLAVE_LOG_AGENT_CONFIG``), and
-    whether only to check it (``--check-config``, a command-line request only)."""
-    return config_path(options, os.environ if environ is None else environ, ENV_PREFIX,
-                       check=True)
-
-
 def parse_args(argv: Sequence[str] | None = None,
-               environ: dict[str, str] | None = None) -> AgentConfig:
+               environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Parse the command line into an ``AgentConfig``; exit 2 with a message on error."""
     parser = build_parser()
+    env = os.environ if environ is None else environ
     options, command = _split_command(sys.argv[1:] if argv is None else argv)
-    path, _ = _config_path(options, environ)
-    settings = FileSettings()
+    path, _ = config_path(options, env, ENV_PREFIX, check=True)
     try:
-        if path:
-            settings = load_config_file(path)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    parser.set_defaults(**settings.options)
-    apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX,
-                       os.environ if environ is None else environ)
-    ns = parser.parse_args(options)
-    values = option_values(ns, AGENT_OPTIONS, parser)
-    try:
-        return _build(values, ns, command, settings)
-    except ConfigError as exc:
+        settings = load_config_file(path) if path else FileSettings()
+        parser.set_defaults(**settings.options)
+        apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX, env)
+        ns = parser.parse_args(options)
+        return _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, settings)
+    except (ConfigError, SigningError) as exc:
         parser.error(str(exc))
 
 
@@ -122,10 +108,7 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
     if values["buffer_bytes"] < 2 * values["batch_bytes"]:
         raise ConfigError("--buffer-size must be at least twice --batch-size")
     if values["sign"]:  # what it needs is installed: said now, in one line
-        try:
-            require_signing()
-        except SigningError as exc:
-            raise ConfigError(str(exc)) from None
+        require_signing()
     files = list(settings.files)
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]
@@ -133,25 +116,26 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
     forward += [ForwardInput(listen_endpoint(url, "--forward-listen"))
                 for url in ns.forward_listen or ()]
     kmsg = settings.kmsg
-    if ns.kmsg is not None:
-        kmsg = KmsgSource(path=ns.kmsg) if kmsg is None else dataclasses.replace(
-            kmsg, path=ns.kmsg)
+    if ns.kmsg is not None:  # the flag names the device; the file's table the rest
+        kmsg = dataclasses.replace(kmsg or KmsgSource(), path=ns.kmsg)
     redaction = settings.redaction
     if ns.redact is not None:
-        redaction = Redaction(redact_names(ns.redact, "--redact"), redaction.rules,
-                              redaction.pattern_timeout)
+        redaction = dataclasses.replace(redaction, builtin=redact_names(ns.redact, "--redact"))
     return AgentConfig(**values, command=command, stdout=settings.stdout,
                        stderr=settings.stderr, files=tuple(files),
                        forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction)
 
 
 def effective(config: AgentConfig) -> dict[str, Any]:
-    """The configuration as JSON-able data, secrets elided."""
+    """The configuration as JSON-able data, secrets elided (a Forward input's key too)."""
+    secrets = {o.field for o in AGENT_OPTIONS if o.secret}
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             if type(value).__name__ == "Endpoint":
                 return str(value)
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {f.name: "(set)" if f.name in secrets and getattr(value, f.name)
+                    else plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, enum.Enum):
             return value.value
         if isinstance(value, tuple | list):
@@ -159,12 +143,6 @@ def effective(config: AgentConfig) -> dict[str, Any]:
         return value
 
     data: dict[str, Any] = plain(config)
-    for o in AGENT_OPTIONS:
-        if o.secret and o.field and data.get(o.field):
-            data[o.field] = "(set)"
-    for forward in data["forward_inputs"]:
-        if forward.get("shared_key"):
-            forward["shared_key"] = "(set)"
     return data
 
 
@@ -172,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent; return the app's exit status."""
     config = parse_args(argv)
     options, _ = _split_command(sys.argv[1:] if argv is None else argv)
-    if _config_path(options)[1]:
+    if config_path(options, os.environ, ENV_PREFIX, check=True)[1]:
         sys.stdout.write(json.dumps(effective(config), indent=2) + "\n")
         return 0
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,

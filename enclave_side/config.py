@@ -71,11 +71,6 @@ def check_tag(tag: str, key: str, *, derived: bool = False) -> None:
                           "reserved for the agent's own records; pick another")
 
 
-def check_app_tag(tag: str, key: str) -> None:
-    """``check_tag`` for ``--tag``, with the tags derived from it."""
-    check_tag(tag, key, derived=True)
-
-
 def _at_most_10000(n: int, key: str) -> None:
     if n > 10000:  # a checkpoint's digests stay under CloudWatch's 256 KiB event limit
         raise ConfigError(f"{key} must be at most 10000")
@@ -84,10 +79,6 @@ def _at_most_10000(n: int, key: str) -> None:
 def _more_than_zero(seconds: float, key: str) -> None:
     if seconds <= 0:
         raise ConfigError(f"{key} must be more than 0")
-
-
-def _hostname() -> str:
-    return socket.gethostname() or "enclave"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,10 +221,10 @@ class AgentConfig:
         default_text=f"{DEFAULT_RELAY}, the parent instance",
         help="the relay: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH")
     command: tuple[str, ...] = ()
-    tag: str = option("app", STR, validate=check_app_tag,
+    tag: str = option("app", STR, validate=lambda tag, key: check_tag(tag, key, derived=True),
                       help="tag of the app's records: TAG.stdout and TAG.stderr")
-    hostname: str = option("enclave", STR, dynamic=_hostname, default_text="this host's name",
-                           help="name sent in the handshake")
+    hostname: str = option("enclave", STR, dynamic=lambda: socket.gethostname() or "enclave",
+                           default_text="this host's name", help="name sent in the handshake")
     shared_key: str | None = option(None, STR, secret=True, metavar="KEY",
                                     help="Forward shared key, if the relay requires one")
     buffer_bytes: int = option(32 * 1024 * 1024, SIZE, "--buffer-size",

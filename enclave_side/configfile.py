@@ -24,7 +24,7 @@ from nel_config.options import (
     choice,
     file_values,
     hint,
-    load_toml,
+    read_config,
 )
 
 from .config import (
@@ -46,6 +46,8 @@ __all__ = ["ConfigError", "FileSettings", "check_tag", "load_config_file", "pars
            "redact_names"]
 
 T = TypeVar("T")
+#: Reads one TOML value (the key given for errors), or raises ``ConfigError``.
+Checker = Callable[[Any, str], Any]
 
 
 @dataclass(slots=True)
@@ -79,17 +81,9 @@ def redact_names(value: Any, key: str) -> tuple[str, ...]:
 
 # -- value checkers for the source tables: each returns the value or raises ConfigError --
 
-def _str(v: Any, key: str) -> str:
-    text: str = STR.from_toml(v, key)
-    return text
-
-
+_str = STR.from_toml
 _bool = BOOL.from_toml
 _duration = DURATION.from_toml
-
-
-def _choice(*choices: str) -> Callable[[Any, str], Any]:
-    return choice(*choices).from_toml
 
 
 def _strings(v: Any, key: str) -> tuple[str, ...]:
@@ -101,7 +95,7 @@ def _strings(v: Any, key: str) -> tuple[str, ...]:
 
 
 def _pattern(v: Any, key: str) -> str:
-    text = _str(v, key)
+    text: str = _str(v, key)
     try:
         UserPattern(text, what=key)
     except PatternError as exc:
@@ -116,37 +110,40 @@ def _patterns(v: Any, key: str) -> tuple[str, ...]:
     return texts
 
 
-_PROCESSING: dict[str, Callable[[Any, str], Any]] = {
-    "multiline": _choice("indent"), "multiline_start": _pattern,
+_PROCESSING: dict[str, Checker] = {
+    "multiline": choice("indent").from_toml, "multiline_start": _pattern,
     "multiline_flush": _duration, "json": _bool, "time_key": _str, "time_format": _str,
-    "level_regex": _pattern, "level_keys": _strings, "min_level": _choice(*LEVELS),
+    "level_regex": _pattern, "level_keys": _strings, "min_level": choice(*LEVELS).from_toml,
     "include": _patterns, "exclude": _patterns,
 }
 _RECORD_PROCESSING = {k: _PROCESSING[k]
                       for k in ("level_keys", "min_level", "include", "exclude")}
 
 
-def _table(v: Any, key: str) -> dict[str, Any]:
+def _values(v: Any, where: str, checks: Mapping[str, Checker], need: tuple[str, ...] = (),
+            how: str = "", not_here: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A table's values by key, each read by its checker; ``need``: keys it must have,
+    and ``how`` to write them; ``not_here``: keys refused with the reason given."""
     if not isinstance(v, dict):
-        raise ConfigError(f"{key}: expected a table ([{key}])")
+        raise ConfigError(f"{where}: expected a table ([{where}])")
+    for k in [k for k in v if k not in checks]:  # the first in the file is named
+        if not_here and k in not_here:
+            raise ConfigError(f"{where}.{k}: {not_here[k]}")
+        raise ConfigError(f"{where}.{k}: unknown key{hint(k, checks)}; the keys here are "
+                          f"{', '.join(sorted(checks))}")
+    if any(k not in v for k in need):
+        raise ConfigError(f"{where}: needs {how}")
+    return {k: check(v[k], f"{where}.{k}") for k, check in checks.items() if k in v}
+
+
+def _tables(v: Any, key: str, what: str) -> list[Any]:
+    """The tables of an array of tables (``[[key]]``)."""
+    if not isinstance(v, list):
+        raise ConfigError(f"{key}: write each {what} as its own [[{key}]] table")
     return v
 
 
-def _check_keys(table: Mapping[str, Any], allowed: Mapping[str, Any], where: str,
-                not_here: Mapping[str, str] | None = None) -> None:
-    for k in table:
-        if k in allowed:
-            continue
-        prefix = f"{where}.{k}" if where else k
-        if not_here and k in not_here:
-            raise ConfigError(f"{prefix}: {not_here[k]}")
-        raise ConfigError(f"{prefix}: unknown key{hint(k, allowed)}; the keys here are "
-                          f"{', '.join(sorted(allowed))}")
-
-
-def _processing(table: Mapping[str, Any], where: str,
-                allowed: Mapping[str, Callable[[Any, str], Any]]) -> Processing:
-    values = {k: allowed[k](v, f"{where}.{k}") for k, v in table.items() if k in allowed}
+def _processing(values: dict[str, Any], where: str) -> Processing:
     if "multiline" in values and "multiline_start" in values:
         raise ConfigError(f"{where}: set multiline = \"indent\" or multiline_start, not both")
     if "time_key" in values and not values.get("json"):
@@ -159,41 +156,31 @@ _NOT_FOR_RECORDS = {k: "does not apply here: these records are structured alread
                     for k in _PROCESSING.keys() - _RECORD_PROCESSING.keys()}
 
 
-def _source(cls: Callable[..., T], t: Any, where: str,
-            own: Mapping[str, Callable[[Any, str], Any]],
-            processing: Mapping[str, Callable[[Any, str], Any]],
-            need: tuple[str, str] | None = None) -> T:
-    """A source table: its own keys (``need``: one it must have, and how to write it),
-    then what is done to its records; its tag, if set, is one an app may use."""
-    t = _table(t, where)
+def _source(cls: Callable[..., T], t: Any, where: str, own: Mapping[str, Checker],
+            processing: Mapping[str, Checker], need: tuple[str, ...] = (), how: str = "") -> T:
+    """A source table: its own keys (``need``: those it must have, and ``how`` to write
+    them), then what is done to its records; its tag, if set, is one an app may use."""
     # A source of structured records: a line key there is told why it does not apply.
-    _check_keys(t, {**own, **processing}, where,
-                _NOT_FOR_RECORDS if processing is _RECORD_PROCESSING else None)
-    if need is not None and need[0] not in t:
-        raise ConfigError(f"{where}: needs {need[1]}")
-    values = {k: own[k](t[k], f"{where}.{k}") for k in own if k in t}
+    values = _values(t, where, {**own, **processing}, need, how,
+                     _NOT_FOR_RECORDS if processing is _RECORD_PROCESSING else None)
     if "tag" in values:
         check_tag(values["tag"], f"{where}.tag")
-    return cls(**values, processing=_processing(t, where, processing))
+    lines = _processing({k: values.pop(k) for k in processing if k in values}, where)
+    return cls(**values, processing=lines)
 
 
 def _files(v: Any) -> list[FileSource]:
-    if not isinstance(v, list):
-        raise ConfigError("file: write each file as its own [[file]] table with a path")
     own = {"path": _str, "tag": _str, "delete_rotated": _bool, "copytruncate": _bool}
-    return [_source(FileSource, t, f"file[{i}]", own, _PROCESSING,
-                    ("path", 'a path, e.g. path = "/var/log/app/*.log"'))
-            for i, t in enumerate(v)]
+    return [_source(FileSource, t, f"file[{i}]", own, _PROCESSING, ("path",),
+                    'a path, e.g. path = "/var/log/app/*.log"')
+            for i, t in enumerate(_tables(v, "file", "file"))]
 
 
 def _forward(v: Any) -> list[ForwardInput]:
-    if not isinstance(v, list):
-        raise ConfigError("forward: write each listener as its own [[forward]] table")
     own = {"listen": lambda u, key: listen_endpoint(_str(u, key), key), "shared_key": _str}
-    return [_source(ForwardInput, t, f"forward[{i}]", own, _RECORD_PROCESSING,
-                    ("listen", 'listen = "unix:///run/app/forward.sock" or '
-                               '"tcp://127.0.0.1:24224"'))
-            for i, t in enumerate(v)]
+    return [_source(ForwardInput, t, f"forward[{i}]", own, _RECORD_PROCESSING, ("listen",),
+                    'listen = "unix:///run/app/forward.sock" or "tcp://127.0.0.1:24224"')
+            for i, t in enumerate(_tables(v, "forward", "listener"))]
 
 
 def listen_endpoint(url: str, key: str) -> Endpoint:
@@ -212,40 +199,33 @@ def _kmsg(v: Any) -> KmsgSource:
     return _source(KmsgSource, v, "kmsg", {"path": _str, "tag": _str}, _RECORD_PROCESSING)
 
 
+_RULE: dict[str, Checker] = {"name": _str, "pattern": _pattern, "replacement": _str}
+
+
 def _redaction(v: Any) -> Redaction:
-    t = _table(v, "redact")
-    _check_keys(t, {"builtin": None, "rule": None, "pattern_timeout": None}, "redact")
-    builtin = redact_names(t.get("builtin", []), "redact.builtin")
-    timeout = _duration(t.get("pattern_timeout", 0.1), "redact.pattern_timeout")
+    t = _values(v, "redact", {"builtin": redact_names, "pattern_timeout": _duration,
+                              "rule": lambda r, key: _tables(r, key, "rule")})
+    names = set(t.get("builtin", ()))
     rules = []
-    raw = t.get("rule", [])
-    if not isinstance(raw, list):
-        raise ConfigError("redact.rule: write each rule as its own [[redact.rule]] table")
-    names = set(builtin)
-    for i, r in enumerate(raw):
+    for i, r in enumerate(t.pop("rule", [])):
         where = f"redact.rule[{i}]"
-        r = _table(r, where)
-        _check_keys(r, {"name": None, "pattern": None, "replacement": None}, where)
-        for need in ("name", "pattern"):
-            if need not in r:
-                raise ConfigError(f"{where}: needs {need} (name = \"internal_id\", "
-                                  "pattern = 'CUST-\\d{8}')")
-        name = _str(r["name"], f"{where}.name")
+        rule = _values(r, where, _RULE, ("name", "pattern"),
+                       "a name and a pattern (name = \"internal_id\", pattern = 'CUST-\\d{8}')")
+        name = rule["name"]
         if name in names or name in BUILTIN_RULES:
             raise ConfigError(f"{where}.name {name!r}: already used; rule names count "
                               "redactions in metrics, so each must be unique")
         names.add(name)
-        pattern = _pattern(r["pattern"], f"{where}.pattern")
-        replacement = _str(r.get("replacement", f"[REDACTED:{name}]"), f"{where}.replacement")
-        rules.append(RedactRuleConfig(name, pattern, replacement))
-    return Redaction(builtin, tuple(rules), timeout)
+        rules.append(RedactRuleConfig(name, rule["pattern"],
+                                      rule.get("replacement", f"[REDACTED:{name}]")))
+    return Redaction(**t, rules=tuple(rules))
 
 
 def parse_config(doc: Mapping[str, Any]) -> FileSettings:
     """Check a parsed TOML document; return what it sets."""
     tables: dict[str, Callable[[Any], Any]] = {
-        "stdout": lambda v: _processing(_keys_ok(v, "stdout"), "stdout", _PROCESSING),
-        "stderr": lambda v: _processing(_keys_ok(v, "stderr"), "stderr", _PROCESSING),
+        "stdout": lambda v: _processing(_values(v, "stdout", _PROCESSING), "stdout"),
+        "stderr": lambda v: _processing(_values(v, "stderr", _PROCESSING), "stderr"),
         "file": _files, "forward": _forward, "kmsg": _kmsg, "redact": _redaction}
     settings = FileSettings(options=file_values(doc, AGENT_OPTIONS, others=tables))
     for key, value in doc.items():
@@ -255,16 +235,6 @@ def parse_config(doc: Mapping[str, Any]) -> FileSettings:
     return settings
 
 
-def _keys_ok(v: Any, where: str) -> dict[str, Any]:
-    t = _table(v, where)
-    _check_keys(t, _PROCESSING, where)
-    return t
-
-
 def load_config_file(path: str) -> FileSettings:
     """Read and check ``path``; ``ConfigError`` says what is wrong and where."""
-    doc = load_toml(path)
-    try:
-        return parse_config(doc)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return read_config(path, parse_config)

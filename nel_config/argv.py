@@ -143,19 +143,18 @@ def option_values(ns: argparse.Namespace, options: Sequence[Option],
         try:
             if o.kind.many is not None:
                 value = o.default if value is None else o.kind.many(value)
-        except ValueError as exc:
-            parser.error(f"{o.flag}: {exc}")
-        if value is None and o.dynamic is not None:
-            value = o.dynamic()
-        try:
+            if value is None and o.dynamic is not None:
+                value = o.dynamic()
             if o.secret and getattr(ns, o.key + "_file", None):
                 value = read_secret(getattr(ns, o.key + "_file"), o.flag)
             if o.minimum is not None and value < o.minimum:
                 raise ConfigError(f"{o.flag} must be at least {o.kind.show(o.minimum)}")
             if o.validate is not None:
-                o.validate(value, o.flag)  # its message names the flag
-        except ValueError as exc:
+                o.validate(value, o.flag)
+        except ConfigError as exc:  # its message names the flag
             parser.error(str(exc))
+        except ValueError as exc:  # a repeatable option's parser's
+            parser.error(f"{o.flag}: {exc}")
         values[o.field] = value
     return values
 

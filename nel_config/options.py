@@ -43,9 +43,9 @@ __all__ = [
     "choice",
     "file_values",
     "hint",
-    "load_toml",
     "option",
     "options_of",
+    "read_config",
     "repeated",
     "url",
 ]
@@ -167,7 +167,8 @@ class Option:
         secret: also ``FLAG-file PATH``; never shown in dumps.
         env: an environment variable may set it (not for requests like --check-config).
         minimum: the smallest value allowed.
-        validate: a further check: ``validate(value, flag)`` raises ``ValueError``.
+        validate: a further check: ``validate(value, flag)`` raises ``ConfigError``
+            naming the flag.
         default_text: how to show a default that is computed when parsing.
         dynamic: computes the default when parsing (the host's name ...).
         const: the value of the flag given without one (``--kmsg [PATH]``).
@@ -239,15 +240,20 @@ def options_of(config: type) -> tuple[Option, ...]:
     return tuple(out)
 
 
-def load_toml(path: str) -> dict[str, Any]:
-    """Read a TOML file; ``ConfigError`` says why it cannot be read."""
+def read_config(path: str, read: Callable[[dict[str, Any]], T]) -> T:
+    """``read`` of the TOML file ``path``; ``ConfigError`` says why it cannot be read,
+    and ``read``'s own is prefixed with ``path``."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return read(doc)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def file_values(doc: Mapping[str, Any], options: Sequence[Option],

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fluent_forward import __version__
 from fluent_forward.errors import ConnectError
@@ -26,9 +27,9 @@ from nel_config.options import (
     ConfigError,
     Option,
     file_values,
-    load_toml,
     option,
     options_of,
+    read_config,
 )
 
 from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
@@ -118,13 +119,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
     if args[0] == "serve":
         return "serve", serve_config(args, env)
-    parser, _ = _build()
-    if args[0] not in COMMAND_OPTIONS:
-        parser.parse_args(args)  # -h, --help or --version: argparse answers and exits
-    sub, options = parser.commands[args[0]], COMMAND_OPTIONS[args[0]]
-    apply_env_defaults(sub, options, ENV_PREFIX, env)
-    ns = parser.parse_args(args)
-    values = option_values(ns, options, sub)
+    values, ns = _values(args, env)
     if args[0] == "status":
         return "status", StatusOptions(**values)
     if ns.stdout:
@@ -138,20 +133,26 @@ def serve_config(args: list[str], env: Mapping[str, str], *, raising: bool = Fal
 
     With ``raising``, mistakes raise ``ConfigError`` instead of exiting (reload).
     """
-    parser, serve = _build(raising)
     path, _ = config_path(args[1:], env, ENV_PREFIX)
-    if path:
-        try:
-            doc = load_toml(path)
-        except ConfigError as exc:
-            serve.error(f"--config: {exc}")
-        try:
-            serve.set_defaults(**file_values(doc, SERVE_OPTIONS))
-        except ConfigError as exc:
-            serve.error(f"--config {path}: {exc}")
-    apply_env_defaults(serve, (CONFIG, *SERVE_OPTIONS), ENV_PREFIX, env)
+    return RelayConfig(**_values(args, env, path, raising)[0], config_file=path)
+
+
+def _values(args: list[str], env: Mapping[str, str], path: str | None = None,
+            raising: bool = False) -> tuple[dict[str, Any], argparse.Namespace]:
+    """A subcommand's option values, from its flags, the environment and, for serve, the
+    ``--config`` file at ``path``; and the parsed flags."""
+    parser, _ = _build(raising)
+    if args[0] not in COMMAND_OPTIONS:
+        parser.parse_args(args)  # -h, --help or --version: argparse answers and exits
+    sub, options = parser.commands[args[0]], COMMAND_OPTIONS[args[0]]
+    try:
+        if path:
+            sub.set_defaults(**read_config(path, lambda doc: file_values(doc, options)))
+    except ConfigError as exc:
+        sub.error(f"--config: {exc}")
+    apply_env_defaults(sub, options, ENV_PREFIX, env)
     ns = parser.parse_args(args)
-    return RelayConfig(**option_values(ns, SERVE_OPTIONS, serve), config_file=path)
+    return option_values(ns, options, sub), ns
 
 
 def nitro_warning(config: RelayConfig, device: str = NITRO_DEVICE) -> str | None:

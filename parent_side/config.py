@@ -29,6 +29,7 @@ from nel_config.options import (
     PATH_OR_NONE,
     SIZE,
     STR,
+    ConfigError,
     choice,
     option,
     options_of,
@@ -60,10 +61,10 @@ def _spool_dir(path: str | None, flag: str) -> None:
     if path is None:
         return
     if not path.startswith("/"):
-        raise ValueError(f"{flag} {path}: give an absolute path, or 'none' for memory-only "
+        raise ConfigError(f"{flag} {path}: give an absolute path, or 'none' for memory-only "
                          "mode")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a file, not a directory: name a directory for "
+        raise ConfigError(f"{flag} {path} is a file, not a directory: name a directory for "
                          f"the spool (created if missing), or {flag} none for memory-only mode")
 
 

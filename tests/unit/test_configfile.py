@@ -172,14 +172,16 @@ def test_kmsg_lines() -> None:
 
 def test_the_config_file_may_come_from_the_environment_but_check_config_may_not(
         tmp_path: Path) -> None:
-    from enclave_side.cli import _config_path, parse_args
+    from enclave_side.cli import ENV_PREFIX, parse_args
+    from nel_config.argv import config_path
 
     path = tmp_path / "agent.toml"
     path.write_text('tag = "fromfile"\n')
     config = parse_args([], environ={"ENCLAVE_LOG_AGENT_CONFIG": str(path)})
     assert config.tag == "fromfile"
     # --check-config is a request, not a setting: no variable turns it on.
-    assert _config_path([], {"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}) == (None, False)
+    assert config_path([], {"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}, ENV_PREFIX,
+                       check=True) == (None, False)
     assert parse_args([], environ={"ENCLAVE_LOG_AGENT_CHECK_CONFIG": str(path)}).tag == "app"
 
 
