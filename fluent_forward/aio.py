@@ -35,7 +35,7 @@ from .errors import (
     WriteError,
 )
 from .handshake import ClientHandshake
-from .retry import Verdict, backoff, classify_error
+from .retry import backoff
 from .session import ClientSession, Session, State
 
 __all__ = [
@@ -413,8 +413,6 @@ class ClientStats:
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
-    batches_sent: int = 0
-    batches_acked: int = 0
     batches_resent: int = 0
     handshakes: int = 0  # connections opened with a HELO / PING / PONG exchange
     last_error: str = ""
@@ -469,23 +467,13 @@ class ForwardClient:
         self.peer = ""
 
     async def run(self) -> None:
-        """Run until cancelled. Never raises: a bug here is logged and the loop restarts."""
-        while True:
-            try:
-                await self._run()
-            except Exception:
-                self.log.exception("%s client failed unexpectedly; restarting in 1s", self.name)
-                self.source.requeue_unacked()
-                await asyncio.sleep(1.0)
-
-    async def _run(self) -> None:
+        """Run until cancelled. Never raises: every failure is logged (a bug with its
+        traceback) and the client connects again after a backoff."""
         delays = backoff(initial=0.05, maximum=self.max_backoff)
         while True:
             try:
                 conn, session = await self._connect()
             except Exception as exc:
-                if classify_error(exc) is Verdict.RAISE:
-                    raise
                 self.stats.connect_failures += 1
                 self._failed(exc, first=self.stats.connect_failures == 1)
                 await asyncio.sleep(next(delays))
@@ -497,8 +485,6 @@ class ForwardClient:
                 await first_error(self._send_loop(conn, session),
                                   self._receive_loop(conn, session))
             except Exception as exc:
-                if classify_error(exc) is Verdict.RAISE:
-                    raise
                 self._failed(exc, first=True)
             finally:
                 await self._lost(conn)
@@ -519,7 +505,9 @@ class ForwardClient:
         # The message, not the exception, goes to the log: a handler that keeps records
         # would otherwise pin its traceback and the connection's buffers with it.
         error = self.stats.last_error = str(exc)
-        if isinstance(exc, AuthenticationError):
+        if not isinstance(exc, (TransportError, ProtocolError)):  # a bug, not the network
+            self.log.error("%s client failed unexpectedly", self.name, exc_info=exc)
+        elif isinstance(exc, AuthenticationError):
             self.log.error("%s %s refused the handshake: %s (check the shared keys)",
                            self.name, self.endpoint, error)
         elif first or self.log.isEnabledFor(logging.DEBUG):
@@ -555,7 +543,6 @@ class ForwardClient:
             session.send_batch(batch.chunk, batch.frame, loop.time())
             for part in session.parts_to_send():  # written apart: a batch is not copied
                 conn.write(part)
-            self.stats.batches_sent += 1
             await conn.drain()
 
     def _late_helo(self, note: str) -> None:
@@ -573,4 +560,3 @@ class ForwardClient:
                 session.late_helo = None
             for acked in session.events():
                 self.source.ack(acked.chunk)
-                self.stats.batches_acked += 1
