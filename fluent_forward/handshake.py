@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conventions import VERSION_KEY
+from .entries import packb
 from .errors import AuthenticationError, HandshakeError, UsageError
-from .wire import array_header, str_header
 
 __all__ = [
     "ClientHandshake",
@@ -105,35 +105,32 @@ def password_digest(auth_salt: bytes, username: str, password: str) -> str:
 # -- encoding: every field of a handshake message is a msgpack str --------------
 
 
-def _str(data: bytes) -> bytes:
-    """A msgpack str header and its bytes, whatever the bytes are."""
-    return str_header(len(data)) + data
+def _text(value: str | bytes) -> str:
+    """The str that ``packb`` (surrogateescape) writes back as exactly these bytes."""
+    return _b(value).decode("utf-8", "surrogateescape")
 
 
 def encode_helo(helo: Helo) -> bytes:
     """Encode HELO with str nonce and auth, as Fluent Bit does."""
-    body = [b"\x92", _str(b"HELO"), b"\x84" if helo.version else b"\x83",
-            _str(b"nonce"), _str(helo.nonce), _str(b"auth"), _str(helo.auth),
-            _str(b"keepalive"), b"\xc3" if helo.keepalive else b"\xc2"]
+    options: dict[str, str | bool] = {"nonce": _text(helo.nonce), "auth": _text(helo.auth),
+                                      "keepalive": helo.keepalive}
     if helo.version:
-        body += [_str(VERSION_KEY.encode()), _str(_b(helo.version))]
-    return b"".join(body)
+        options[VERSION_KEY] = helo.version
+    return packb(("HELO", options))
 
 
 def encode_ping(ping: Ping) -> bytes:
     """Encode PING with every field a str (Fluent Bit rejects bin fields)."""
-    fields = [b"PING", _b(ping.hostname), ping.shared_key_salt, _b(ping.shared_key_digest),
-              _b(ping.username), _b(ping.password_digest)]
+    fields = ["PING", ping.hostname, _text(ping.shared_key_salt), ping.shared_key_digest,
+              ping.username, ping.password_digest]
     if ping.version:
-        fields.append(_b(ping.version))
-    return array_header(len(fields)) + b"".join(_str(f) for f in fields)
+        fields.append(ping.version)
+    return packb(fields)
 
 
 def encode_pong(pong: Pong) -> bytes:
     """Encode PONG."""
-    return b"".join((b"\x95", _str(b"PONG"), b"\xc3" if pong.auth_result else b"\xc2",
-                     _str(_b(pong.reason)), _str(_b(pong.hostname)),
-                     _str(_b(pong.shared_key_digest))))
+    return packb(("PONG", pong.auth_result, pong.reason, pong.hostname, pong.shared_key_digest))
 
 
 # -- parsing: from objects a surrogateescape msgpack decoder produced -----------
@@ -169,10 +166,6 @@ def parse_ping(obj: Any) -> Ping:
     # surrogateescape keeps every byte: the digest covers the hostname as it was sent.
     return Ping(_text(obj[1]), _b(obj[2]), _text(obj[3]), _text(obj[4]), _text(obj[5]),
                 _text(version))
-
-
-def _text(value: str | bytes) -> str:
-    return _b(value).decode("utf-8", "surrogateescape")
 
 
 def parse_pong(obj: Any) -> Pong:
