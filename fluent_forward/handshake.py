@@ -6,7 +6,11 @@ concatenations (the spec's ``+``)::
 
     PING digest = sha512(shared_key_salt + client_hostname + nonce + shared_key)
     PONG digest = sha512(shared_key_salt + server_hostname + nonce + shared_key)
-    password    = sha512(auth_salt + username + password)
+
+The spec's user auth (a HELO auth salt, a PING username and password digest) is
+not used: no option of either side names users. Our HELO carries an empty auth
+salt and our PING empty user fields, as the spec allows; a PING's user fields are
+read and ignored.
 
 Fluent Bit sends its nonce and auth salt as 16 random bytes inside a msgpack *str*,
 which is not valid UTF-8. Decoders here run with ``unicode_errors="surrogateescape"``
@@ -39,7 +43,6 @@ __all__ = [
     "parse_helo",
     "parse_ping",
     "parse_pong",
-    "password_digest",
     "shared_key_digest",
 ]
 
@@ -95,11 +98,6 @@ def _b(value: str | bytes) -> bytes:
 def shared_key_digest(salt: bytes, hostname: str, nonce: bytes, shared_key: str) -> str:
     """The spec's shared-key digest, lowercase hex."""
     return hashlib.sha512(b"".join((salt, _b(hostname), nonce, _b(shared_key)))).hexdigest()
-
-
-def password_digest(auth_salt: bytes, username: str, password: str) -> str:
-    """The spec's user-auth digest, lowercase hex."""
-    return hashlib.sha512(b"".join((auth_salt, _b(username), _b(password)))).hexdigest()
 
 
 # -- encoding: every field of a handshake message is a msgpack str --------------
@@ -186,27 +184,21 @@ class ServerHandshake:
     Args:
         hostname: our name, sent in PONG and covered by its digest.
         shared_key: the key clients must prove; ``None`` accepts any PING.
-        users: optional ``{username: password}``; when given, PING must carry
-            a valid user digest.
         nonce: the HELO nonce; random 16 bytes (as hex) by default.
         version: announced in HELO as ``relay_version`` so our agents send theirs.
     """
 
     def __init__(self, *, hostname: str, shared_key: str | None = None,
-                 users: dict[str, str] | None = None, nonce: bytes | None = None,
-                 auth_salt: bytes | None = None, version: str = "") -> None:
+                 nonce: bytes | None = None, version: str = "") -> None:
         self.hostname = hostname
         self.version = version
         self.shared_key = shared_key
-        self.users = users or {}
         # Hex keeps our nonce valid UTF-8, so strict peers decode it too.
         self.nonce = nonce if nonce is not None else os.urandom(16).hex().encode()
-        self.auth_salt = (auth_salt if auth_salt is not None
-                          else (os.urandom(16).hex().encode() if self.users else b""))
 
     def helo(self) -> bytes:
         """Bytes of the HELO to send right after accept."""
-        return encode_helo(Helo(self.nonce, self.auth_salt, True, self.version))
+        return encode_helo(Helo(self.nonce, b"", True, self.version))  # no user auth
 
     def check(self, ping: Ping) -> Pong:
         """Judge a PING. A PONG with ``auth_result`` false means: send it, then close."""
@@ -215,12 +207,6 @@ class ServerHandshake:
             expected = shared_key_digest(ping.shared_key_salt, ping.hostname, self.nonce, key)
             if not hmac.compare_digest(expected, ping.shared_key_digest):
                 return Pong(False, "shared key mismatch", "", "")
-        if self.users:
-            password = self.users.get(ping.username)
-            good = password is not None and hmac.compare_digest(
-                password_digest(self.auth_salt, ping.username, password), ping.password_digest)
-            if not good:
-                return Pong(False, "username/password mismatch", "", "")
         digest = shared_key_digest(ping.shared_key_salt, self.hostname, self.nonce, key)
         return Pong(True, "", self.hostname, digest)
 
@@ -232,18 +218,15 @@ class ClientHandshake:
         hostname: our name, sent in PING (a claim the server cannot verify).
         shared_key: the key to prove; ``None`` sends an empty-key digest and does
             not check the server's.
-        username, password: user auth, sent only when the HELO asks for it.
         version: our version, appended to PING for relays that read it.
     """
 
-    def __init__(self, *, hostname: str, shared_key: str | None = None, username: str = "",
-                 password: str = "", version: str = "", salt: bytes | None = None) -> None:
+    def __init__(self, *, hostname: str, shared_key: str | None = None, version: str = "",
+                 salt: bytes | None = None) -> None:
         if not hostname:
             raise UsageError("the handshake needs a non-empty hostname")
         self.hostname = hostname
         self.shared_key = shared_key
-        self.username = username
-        self.password = password
         self.version = version
         self.salt = salt if salt is not None else os.urandom(16).hex().encode()
         self._nonce: bytes | None = None
@@ -252,11 +235,8 @@ class ClientHandshake:
         """Bytes of the PING that answers ``helo``."""
         self._nonce = helo.nonce
         digest = shared_key_digest(self.salt, self.hostname, helo.nonce, self.shared_key or "")
-        user, pw = "", ""
-        if helo.auth and self.username:
-            user, pw = self.username, password_digest(helo.auth, self.username, self.password)
         version = self.version if helo.version else ""
-        return encode_ping(Ping(self.hostname, self.salt, digest, user, pw, version))
+        return encode_ping(Ping(self.hostname, self.salt, digest, "", "", version))
 
     def late_helo(self, helo: Helo) -> str:
         """The rule for a HELO that came after we began sending, which happens only when
@@ -280,8 +260,7 @@ class ClientHandshake:
         if self.shared_key is not None:
             raise HandshakeError("a HELO in the middle of the stream")
         users = (" It asks for a username and password too (its HELO carries an auth "
-                 "salt; Fluent Bit always sends one)." if helo.auth and not self.username
-                 else "")
+                 "salt; Fluent Bit always sends one)." if helo.auth else "")
         return ("asks for a handshake although no shared key is configured here: "
                 "answering it with an empty key from the next connection on (a keyless "
                 "server accepts that; if it refuses, it has a shared key: configure the "
