@@ -432,9 +432,7 @@ class ForwardClient:
         handshake: our side of the handshake.
         handshake_wait, require_handshake, window, ack_timeout, keepalive,
             max_inbound_frame: each connection's ``ClientSession`` options;
-            ``connect_timeout`` is also its handshake timeout. A HELO that comes after
-            we began sending raises ``handshake_wait`` to it for later connections
-            (``ClientHandshake.late_helo``).
+            ``connect_timeout`` is also its handshake timeout.
         name: used in log lines.
         on_connect, on_disconnect: called when a connection is up (after the
             handshake, before the first batch is taken) and when it is gone.
@@ -545,18 +543,11 @@ class ForwardClient:
                 conn.write(part)
             await conn.drain()
 
-    def _late_helo(self, note: str) -> None:
-        """A HELO after we began sending (``ClientSession.late_helo``): wait for it, and
-        answer it, on every connection from now on; say so once."""
-        if self.session_options["handshake_wait"] < self.connect_timeout:
-            self.session_options["handshake_wait"] = self.connect_timeout
-            self.log.warning("%s %s %s", self.name, self.endpoint, note)
-
     async def _receive_loop(self, conn: Connection, session: ClientSession) -> None:
         while True:
             await conn.receive(session)
-            if session.late_helo is not None:
-                self._late_helo(session.late_helo)
+            if session.late_helo is not None:  # the next sessions wait for its HELO
+                self.log.warning("%s %s %s", self.name, self.endpoint, session.late_helo)
                 session.late_helo = None
             for acked in session.events():
                 self.source.ack(acked.chunk)

@@ -229,6 +229,9 @@ class ClientHandshake:
         self.shared_key = shared_key
         self.version = version
         self.salt = salt if salt is not None else os.urandom(16).hex().encode()
+        #: A server answered a late HELO (``late_helo``): every session from now on
+        #: waits for its HELO, as long as with a key, and answers it.
+        self.expects_helo = False
         self._nonce: bytes | None = None
 
     def ping(self, helo: Helo) -> bytes:
@@ -251,7 +254,7 @@ class ClientHandshake:
         on it.)
 
         Returns:
-            What to log, once.
+            What to log.
 
         Raises:
             HandshakeError: we hold a key (so we waited for a HELO; a second one now is
@@ -259,6 +262,7 @@ class ClientHandshake:
         """
         if self.shared_key is not None:
             raise HandshakeError("a HELO in the middle of the stream")
+        self.expects_helo = True
         users = (" It asks for a username and password too (its HELO carries an auth "
                  "salt; Fluent Bit always sends one)." if helo.auth else "")
         return ("asks for a handshake although no shared key is configured here: "
