@@ -355,19 +355,6 @@ async def first_error(*coros: Coroutine[Any, Any, Any]) -> None:
     A TaskGroup would wrap the error in an ExceptionGroup; connection loops want the
     one error that ended the connection, as itself.
     """
-    error = await _run_until_one_ends(coros)
-    # Raised here, the error's traceback holds this frame: had it the tasks (one of
-    # which holds the error), that would be a cycle only the cyclic collector frees,
-    # late, and with it every buffer of the connection. So this frame holds none.
-    if error is not None:
-        try:
-            raise error
-        finally:
-            del error
-
-
-async def _run_until_one_ends(coros: tuple[Coroutine[Any, Any, Any], ...]
-                              ) -> BaseException | None:
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -375,8 +362,17 @@ async def _run_until_one_ends(coros: tuple[Coroutine[Any, Any, Any], ...]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return next((t.exception() for t in tasks
-                 if t in done and not t.cancelled() and t.exception() is not None), None)
+    error = next((t.exception() for t in tasks
+                  if t in done and not t.cancelled() and t.exception() is not None), None)
+    # Raised here, the error's traceback holds this frame: were the tasks still in it
+    # (one of which holds the error), that would be a cycle only the cyclic collector
+    # frees, late, and with it every buffer of the connection. So they go first.
+    del tasks, done, _
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error
 
 
 class OutboundBatch(Protocol):
