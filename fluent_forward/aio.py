@@ -525,7 +525,7 @@ class ForwardClient:
         self.stats.connects += 1
         if session.helo is not None:
             self.stats.handshakes += 1
-        self.peer = peer_of(writer).address  # a Unix server's pid: a restart shows
+        self.peer = conn.peer.address  # a Unix server's pid: a restart shows
         self.connected.set()
         self.log.info("connected to %s %s", self.name, self.endpoint)
         return conn, session
