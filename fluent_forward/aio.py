@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -444,11 +445,12 @@ class ForwardClient:
                  on_disconnect: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.source = source
-        self.handshake = handshake
-        self.session_options: dict[str, Any] = {
-            "handshake_wait": handshake_wait, "require_handshake": require_handshake,
-            "window": window, "ack_timeout": ack_timeout, "keepalive": keepalive,
-            "max_inbound_frame": max_inbound_frame}
+        #: Each connection's session, given that connection's clock.
+        self.new_session = functools.partial(
+            ClientSession, handshake, handshake_wait=handshake_wait,
+            require_handshake=require_handshake, handshake_timeout=connect_timeout,
+            window=window, ack_timeout=ack_timeout, keepalive=keepalive,
+            max_inbound_frame=max_inbound_frame, name=name)
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.name = name
@@ -512,9 +514,7 @@ class ForwardClient:
     async def _connect(self) -> tuple[Connection, ClientSession]:
         reader, writer = await open_connection(self.endpoint, timeout=self.connect_timeout)
         conn = Connection(reader, writer, name=self.name)
-        session = ClientSession(self.handshake, now=asyncio.get_running_loop().time(),
-                                handshake_timeout=self.connect_timeout, name=self.name,
-                                **self.session_options)
+        session = self.new_session(now=asyncio.get_running_loop().time())
         try:
             while session.state is not State.OPEN:
                 await conn.receive(session)
