@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -35,7 +36,7 @@ from .errors import (
     WriteError,
 )
 from .handshake import ClientHandshake
-from .retry import Verdict, backoff, classify_error
+from .retry import backoff
 from .session import ClientSession, Session, State
 
 __all__ = [
@@ -355,19 +356,6 @@ async def first_error(*coros: Coroutine[Any, Any, Any]) -> None:
     A TaskGroup would wrap the error in an ExceptionGroup; connection loops want the
     one error that ended the connection, as itself.
     """
-    error = await _run_until_one_ends(coros)
-    # Raised here, the error's traceback holds this frame: had it the tasks (one of
-    # which holds the error), that would be a cycle only the cyclic collector frees,
-    # late, and with it every buffer of the connection. So this frame holds none.
-    if error is not None:
-        try:
-            raise error
-        finally:
-            del error
-
-
-async def _run_until_one_ends(coros: tuple[Coroutine[Any, Any, Any], ...]
-                              ) -> BaseException | None:
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -375,8 +363,17 @@ async def _run_until_one_ends(coros: tuple[Coroutine[Any, Any, Any], ...]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return next((t.exception() for t in tasks
-                 if t in done and not t.cancelled() and t.exception() is not None), None)
+    error = next((t.exception() for t in tasks
+                  if t in done and not t.cancelled() and t.exception() is not None), None)
+    # Raised here, the error's traceback holds this frame: were the tasks still in it
+    # (one of which holds the error), that would be a cycle only the cyclic collector
+    # frees, late, and with it every buffer of the connection. So they go first.
+    del tasks, done, _
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error
 
 
 class OutboundBatch(Protocol):
@@ -413,8 +410,6 @@ class ClientStats:
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
-    batches_sent: int = 0
-    batches_acked: int = 0
     batches_resent: int = 0
     handshakes: int = 0  # connections opened with a HELO / PING / PONG exchange
     last_error: str = ""
@@ -434,9 +429,7 @@ class ForwardClient:
         handshake: our side of the handshake.
         handshake_wait, require_handshake, window, ack_timeout, keepalive,
             max_inbound_frame: each connection's ``ClientSession`` options;
-            ``connect_timeout`` is also its handshake timeout. A HELO that comes after
-            we began sending raises ``handshake_wait`` to it for later connections
-            (``ClientHandshake.late_helo``).
+            ``connect_timeout`` is also its handshake timeout.
         name: used in log lines.
         on_connect, on_disconnect: called when a connection is up (after the
             handshake, before the first batch is taken) and when it is gone.
@@ -452,11 +445,12 @@ class ForwardClient:
                  on_disconnect: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
         self.source = source
-        self.handshake = handshake
-        self.session_options: dict[str, Any] = {
-            "handshake_wait": handshake_wait, "require_handshake": require_handshake,
-            "window": window, "ack_timeout": ack_timeout, "keepalive": keepalive,
-            "max_inbound_frame": max_inbound_frame}
+        #: Each connection's session, given that connection's clock.
+        self.new_session = functools.partial(
+            ClientSession, handshake, handshake_wait=handshake_wait,
+            require_handshake=require_handshake, handshake_timeout=connect_timeout,
+            window=window, ack_timeout=ack_timeout, keepalive=keepalive,
+            max_inbound_frame=max_inbound_frame, name=name)
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.name = name
@@ -469,23 +463,13 @@ class ForwardClient:
         self.peer = ""
 
     async def run(self) -> None:
-        """Run until cancelled. Never raises: a bug here is logged and the loop restarts."""
-        while True:
-            try:
-                await self._run()
-            except Exception:
-                self.log.exception("%s client failed unexpectedly; restarting in 1s", self.name)
-                self.source.requeue_unacked()
-                await asyncio.sleep(1.0)
-
-    async def _run(self) -> None:
+        """Run until cancelled. Never raises: every failure is logged (a bug with its
+        traceback) and the client connects again after a backoff."""
         delays = backoff(initial=0.05, maximum=self.max_backoff)
         while True:
             try:
                 conn, session = await self._connect()
             except Exception as exc:
-                if classify_error(exc) is Verdict.RAISE:
-                    raise
                 self.stats.connect_failures += 1
                 self._failed(exc, first=self.stats.connect_failures == 1)
                 await asyncio.sleep(next(delays))
@@ -497,8 +481,6 @@ class ForwardClient:
                 await first_error(self._send_loop(conn, session),
                                   self._receive_loop(conn, session))
             except Exception as exc:
-                if classify_error(exc) is Verdict.RAISE:
-                    raise
                 self._failed(exc, first=True)
             finally:
                 await self._lost(conn)
@@ -519,7 +501,9 @@ class ForwardClient:
         # The message, not the exception, goes to the log: a handler that keeps records
         # would otherwise pin its traceback and the connection's buffers with it.
         error = self.stats.last_error = str(exc)
-        if isinstance(exc, AuthenticationError):
+        if not isinstance(exc, (TransportError, ProtocolError)):  # a bug, not the network
+            self.log.error("%s client failed unexpectedly", self.name, exc_info=exc)
+        elif isinstance(exc, AuthenticationError):
             self.log.error("%s %s refused the handshake: %s (check the shared keys)",
                            self.name, self.endpoint, error)
         elif first or self.log.isEnabledFor(logging.DEBUG):
@@ -530,9 +514,7 @@ class ForwardClient:
     async def _connect(self) -> tuple[Connection, ClientSession]:
         reader, writer = await open_connection(self.endpoint, timeout=self.connect_timeout)
         conn = Connection(reader, writer, name=self.name)
-        session = ClientSession(self.handshake, now=asyncio.get_running_loop().time(),
-                                handshake_timeout=self.connect_timeout, name=self.name,
-                                **self.session_options)
+        session = self.new_session(now=asyncio.get_running_loop().time())
         try:
             while session.state is not State.OPEN:
                 await conn.receive(session)
@@ -543,7 +525,7 @@ class ForwardClient:
         self.stats.connects += 1
         if session.helo is not None:
             self.stats.handshakes += 1
-        self.peer = peer_of(writer).address  # a Unix server's pid: a restart shows
+        self.peer = conn.peer.address  # a Unix server's pid: a restart shows
         self.connected.set()
         self.log.info("connected to %s %s", self.name, self.endpoint)
         return conn, session
@@ -555,22 +537,13 @@ class ForwardClient:
             session.send_batch(batch.chunk, batch.frame, loop.time())
             for part in session.parts_to_send():  # written apart: a batch is not copied
                 conn.write(part)
-            self.stats.batches_sent += 1
             await conn.drain()
-
-    def _late_helo(self, note: str) -> None:
-        """A HELO after we began sending (``ClientSession.late_helo``): wait for it, and
-        answer it, on every connection from now on; say so once."""
-        if self.session_options["handshake_wait"] < self.connect_timeout:
-            self.session_options["handshake_wait"] = self.connect_timeout
-            self.log.warning("%s %s %s", self.name, self.endpoint, note)
 
     async def _receive_loop(self, conn: Connection, session: ClientSession) -> None:
         while True:
             await conn.receive(session)
-            if session.late_helo is not None:
-                self._late_helo(session.late_helo)
+            if session.late_helo is not None:  # the next sessions wait for its HELO
+                self.log.warning("%s %s %s", self.name, self.endpoint, session.late_helo)
                 session.late_helo = None
             for acked in session.events():
                 self.source.ack(acked.chunk)
-                self.stats.batches_acked += 1

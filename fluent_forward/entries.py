@@ -65,12 +65,6 @@ class EventTime(msgpack.ExtType):  # type: ignore[misc]  # msgpack has no type h
         """The EventTime for a Unix time in nanoseconds."""
         return cls(*divmod(ns, 1_000_000_000))
 
-    @property
-    def ns(self) -> int:
-        """This time as Unix nanoseconds."""
-        seconds, nanos = EVENT_TIME.unpack(self.data)
-        return int(seconds * 1_000_000_000 + nanos)
-
 
 Time: TypeAlias = "int | EventTime | msgpack.ExtType"
 
@@ -82,7 +76,7 @@ def event_time_bytes(ns: int) -> bytes:
 
 
 def time_to_ns(t: Any) -> int:
-    """Unix nanoseconds of an integer time or an ext-0 EventTime."""
+    """Unix nanoseconds of an integer time or an ext-0 EventTime (ours or one decoded)."""
     if isinstance(t, msgpack.ExtType):
         seconds, nanos = EVENT_TIME.unpack(t.data)
         return int(seconds * 1_000_000_000 + nanos)

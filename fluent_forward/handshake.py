@@ -6,7 +6,11 @@ concatenations (the spec's ``+``)::
 
     PING digest = sha512(shared_key_salt + client_hostname + nonce + shared_key)
     PONG digest = sha512(shared_key_salt + server_hostname + nonce + shared_key)
-    password    = sha512(auth_salt + username + password)
+
+The spec's user auth (a HELO auth salt, a PING username and password digest) is
+not used: no option of either side names users. Our HELO carries an empty auth
+salt and our PING empty user fields, as the spec allows; a PING's user fields are
+read and ignored.
 
 Fluent Bit sends its nonce and auth salt as 16 random bytes inside a msgpack *str*,
 which is not valid UTF-8. Decoders here run with ``unicode_errors="surrogateescape"``
@@ -24,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conventions import VERSION_KEY
+from .entries import packb
 from .errors import AuthenticationError, HandshakeError, UsageError
-from .wire import array_header, str_header
 
 __all__ = [
     "ClientHandshake",
@@ -39,7 +43,6 @@ __all__ = [
     "parse_helo",
     "parse_ping",
     "parse_pong",
-    "password_digest",
     "shared_key_digest",
 ]
 
@@ -97,43 +100,35 @@ def shared_key_digest(salt: bytes, hostname: str, nonce: bytes, shared_key: str)
     return hashlib.sha512(b"".join((salt, _b(hostname), nonce, _b(shared_key)))).hexdigest()
 
 
-def password_digest(auth_salt: bytes, username: str, password: str) -> str:
-    """The spec's user-auth digest, lowercase hex."""
-    return hashlib.sha512(b"".join((auth_salt, _b(username), _b(password)))).hexdigest()
-
-
 # -- encoding: every field of a handshake message is a msgpack str --------------
 
 
-def _str(data: bytes) -> bytes:
-    """A msgpack str header and its bytes, whatever the bytes are."""
-    return str_header(len(data)) + data
+def _text(value: str | bytes) -> str:
+    """The str that ``packb`` (surrogateescape) writes back as exactly these bytes."""
+    return _b(value).decode("utf-8", "surrogateescape")
 
 
 def encode_helo(helo: Helo) -> bytes:
     """Encode HELO with str nonce and auth, as Fluent Bit does."""
-    body = [b"\x92", _str(b"HELO"), b"\x84" if helo.version else b"\x83",
-            _str(b"nonce"), _str(helo.nonce), _str(b"auth"), _str(helo.auth),
-            _str(b"keepalive"), b"\xc3" if helo.keepalive else b"\xc2"]
+    options: dict[str, str | bool] = {"nonce": _text(helo.nonce), "auth": _text(helo.auth),
+                                      "keepalive": helo.keepalive}
     if helo.version:
-        body += [_str(VERSION_KEY.encode()), _str(_b(helo.version))]
-    return b"".join(body)
+        options[VERSION_KEY] = helo.version
+    return packb(("HELO", options))
 
 
 def encode_ping(ping: Ping) -> bytes:
     """Encode PING with every field a str (Fluent Bit rejects bin fields)."""
-    fields = [b"PING", _b(ping.hostname), ping.shared_key_salt, _b(ping.shared_key_digest),
-              _b(ping.username), _b(ping.password_digest)]
+    fields = ["PING", ping.hostname, _text(ping.shared_key_salt), ping.shared_key_digest,
+              ping.username, ping.password_digest]
     if ping.version:
-        fields.append(_b(ping.version))
-    return array_header(len(fields)) + b"".join(_str(f) for f in fields)
+        fields.append(ping.version)
+    return packb(fields)
 
 
 def encode_pong(pong: Pong) -> bytes:
     """Encode PONG."""
-    return b"".join((b"\x95", _str(b"PONG"), b"\xc3" if pong.auth_result else b"\xc2",
-                     _str(_b(pong.reason)), _str(_b(pong.hostname)),
-                     _str(_b(pong.shared_key_digest))))
+    return packb(("PONG", pong.auth_result, pong.reason, pong.hostname, pong.shared_key_digest))
 
 
 # -- parsing: from objects a surrogateescape msgpack decoder produced -----------
@@ -171,10 +166,6 @@ def parse_ping(obj: Any) -> Ping:
                 _text(version))
 
 
-def _text(value: str | bytes) -> str:
-    return _b(value).decode("utf-8", "surrogateescape")
-
-
 def parse_pong(obj: Any) -> Pong:
     """Parse a decoded PONG, or raise ``HandshakeError``."""
     if not (isinstance(obj, (list, tuple)) and len(obj) == 5 and obj[0] == "PONG"
@@ -193,27 +184,21 @@ class ServerHandshake:
     Args:
         hostname: our name, sent in PONG and covered by its digest.
         shared_key: the key clients must prove; ``None`` accepts any PING.
-        users: optional ``{username: password}``; when given, PING must carry
-            a valid user digest.
         nonce: the HELO nonce; random 16 bytes (as hex) by default.
         version: announced in HELO as ``relay_version`` so our agents send theirs.
     """
 
     def __init__(self, *, hostname: str, shared_key: str | None = None,
-                 users: dict[str, str] | None = None, nonce: bytes | None = None,
-                 auth_salt: bytes | None = None, version: str = "") -> None:
+                 nonce: bytes | None = None, version: str = "") -> None:
         self.hostname = hostname
         self.version = version
         self.shared_key = shared_key
-        self.users = users or {}
         # Hex keeps our nonce valid UTF-8, so strict peers decode it too.
         self.nonce = nonce if nonce is not None else os.urandom(16).hex().encode()
-        self.auth_salt = (auth_salt if auth_salt is not None
-                          else (os.urandom(16).hex().encode() if self.users else b""))
 
     def helo(self) -> bytes:
         """Bytes of the HELO to send right after accept."""
-        return encode_helo(Helo(self.nonce, self.auth_salt, True, self.version))
+        return encode_helo(Helo(self.nonce, b"", True, self.version))  # no user auth
 
     def check(self, ping: Ping) -> Pong:
         """Judge a PING. A PONG with ``auth_result`` false means: send it, then close."""
@@ -222,12 +207,6 @@ class ServerHandshake:
             expected = shared_key_digest(ping.shared_key_salt, ping.hostname, self.nonce, key)
             if not hmac.compare_digest(expected, ping.shared_key_digest):
                 return Pong(False, "shared key mismatch", "", "")
-        if self.users:
-            password = self.users.get(ping.username)
-            good = password is not None and hmac.compare_digest(
-                password_digest(self.auth_salt, ping.username, password), ping.password_digest)
-            if not good:
-                return Pong(False, "username/password mismatch", "", "")
         digest = shared_key_digest(ping.shared_key_salt, self.hostname, self.nonce, key)
         return Pong(True, "", self.hostname, digest)
 
@@ -239,31 +218,28 @@ class ClientHandshake:
         hostname: our name, sent in PING (a claim the server cannot verify).
         shared_key: the key to prove; ``None`` sends an empty-key digest and does
             not check the server's.
-        username, password: user auth, sent only when the HELO asks for it.
         version: our version, appended to PING for relays that read it.
     """
 
-    def __init__(self, *, hostname: str, shared_key: str | None = None, username: str = "",
-                 password: str = "", version: str = "", salt: bytes | None = None) -> None:
+    def __init__(self, *, hostname: str, shared_key: str | None = None, version: str = "",
+                 salt: bytes | None = None) -> None:
         if not hostname:
             raise UsageError("the handshake needs a non-empty hostname")
         self.hostname = hostname
         self.shared_key = shared_key
-        self.username = username
-        self.password = password
         self.version = version
         self.salt = salt if salt is not None else os.urandom(16).hex().encode()
+        #: A server answered a late HELO (``late_helo``): every session from now on
+        #: waits for its HELO, as long as with a key, and answers it.
+        self.expects_helo = False
         self._nonce: bytes | None = None
 
     def ping(self, helo: Helo) -> bytes:
         """Bytes of the PING that answers ``helo``."""
         self._nonce = helo.nonce
         digest = shared_key_digest(self.salt, self.hostname, helo.nonce, self.shared_key or "")
-        user, pw = "", ""
-        if helo.auth and self.username:
-            user, pw = self.username, password_digest(helo.auth, self.username, self.password)
         version = self.version if helo.version else ""
-        return encode_ping(Ping(self.hostname, self.salt, digest, user, pw, version))
+        return encode_ping(Ping(self.hostname, self.salt, digest, "", "", version))
 
     def late_helo(self, helo: Helo) -> str:
         """The rule for a HELO that came after we began sending, which happens only when
@@ -278,7 +254,7 @@ class ClientHandshake:
         on it.)
 
         Returns:
-            What to log, once.
+            What to log.
 
         Raises:
             HandshakeError: we hold a key (so we waited for a HELO; a second one now is
@@ -286,9 +262,9 @@ class ClientHandshake:
         """
         if self.shared_key is not None:
             raise HandshakeError("a HELO in the middle of the stream")
+        self.expects_helo = True
         users = (" It asks for a username and password too (its HELO carries an auth "
-                 "salt; Fluent Bit always sends one)." if helo.auth and not self.username
-                 else "")
+                 "salt; Fluent Bit always sends one)." if helo.auth else "")
         return ("asks for a handshake although no shared key is configured here: "
                 "answering it with an empty key from the next connection on (a keyless "
                 "server accepts that; if it refuses, it has a shared key: configure the "

@@ -1,14 +1,16 @@
-"""Reconnect policy as data: a capped, jittered backoff and an error classifier (pure)."""
+"""Reconnect policy as data: a capped, jittered backoff (pure).
+
+Which errors a connection loop retries is said where it catches them: transport
+failures and a peer that broke the protocol (``TransportError``, ``ProtocolError``)
+are the network's doing; anything else is a bug, logged with its traceback.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from enum import Enum
 
-from .errors import ProtocolError, TransportError
-
-__all__ = ["Verdict", "backoff", "classify_error"]
+__all__ = ["backoff"]
 
 
 def backoff(*, initial: float = 0.1, maximum: float = 30.0, factor: float = 2.0,
@@ -25,21 +27,3 @@ def backoff(*, initial: float = 0.1, maximum: float = 30.0, factor: float = 2.0,
         yield step * (1.0 - jitter * rand())
         step = min(step * factor, maximum)
 
-
-class Verdict(Enum):
-    """What to do after an error."""
-
-    RETRY = "retry"  # the peer may come back: back off and reconnect
-    RAISE = "raise"  # a bug or bad configuration: retrying will not help
-
-
-def classify_error(exc: BaseException) -> Verdict:
-    """Whether a connection loop should retry after ``exc``.
-
-    Transport failures and a peer that broke the protocol are retried (a restarted
-    peer is usually fine); a failed authentication is retried too, since a key may be
-    rotated on the other side, but callers log it loudly. Our own misuse is raised.
-    """
-    if isinstance(exc, (TransportError, ProtocolError)):  # AuthenticationError included
-        return Verdict.RETRY
-    return Verdict.RAISE

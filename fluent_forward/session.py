@@ -313,8 +313,8 @@ class ClientSession(Session):
         self.keepalive = keepalive
         self.require_handshake = require_handshake
         self.helo: Helo | None = None
-        #: Set when a HELO came after we began sending: what to log, once; the I/O
-        #: layer waits for HELO on its next connections (``ClientHandshake.late_helo``).
+        #: Set when a HELO came after we began sending: what to log; the next sessions
+        #: wait for HELO (``ClientHandshake.expects_helo``).
         self.late_helo: str | None = None
         #: This connection's chunks not yet acked: the window it may send within, and
         #: what the server may ack. The same window type as the batch source's, which
@@ -323,7 +323,8 @@ class ClientSession(Session):
         self._sends = 0
         self._events: list[Acked] = []
         self._sent = now  # wall clock of our last write, for keepalives
-        wait = handshake_timeout if require_handshake else handshake_wait
+        wait = (handshake_timeout if require_handshake or handshake.expects_helo
+                else handshake_wait)
         self._helo_wait = wait
         self._handshake_timeout = handshake_timeout
         self._phase_began = 0.0  # peer clock when the current handshake wait began

@@ -25,7 +25,6 @@ from fluent_forward.handshake import (
     parse_helo,
     parse_ping,
     parse_pong,
-    password_digest,
     shared_key_digest,
 )
 
@@ -96,12 +95,6 @@ def test_shared_key_digest_of_a_surrogateescaped_str_uses_the_raw_bytes() -> Non
     assert shared_key_digest(b"s", host, b"n", "") == sha512_hex(b"s", b"\xffhost", b"n")
 
 
-def test_password_digest_is_sha512_of_the_concatenation() -> None:
-    got = password_digest(RAW_AUTH, "alice", "s3cret")
-    assert got == sha512_hex(RAW_AUTH, b"alice", b"s3cret")
-    assert got != sha512_hex(b"alice", RAW_AUTH, b"s3cret")
-
-
 # -- golden bytes ----------------------------------------------------------------------
 
 
@@ -141,8 +134,7 @@ def test_every_ping_field_is_a_str_at_every_width(size: int, header: bytes) -> N
 
 
 def test_client_ping_has_no_bin_fields() -> None:
-    client = ClientHandshake(hostname="cli", shared_key="k", username="alice",
-                             password="pw", salt=RAW_AUTH)
+    client = ClientHandshake(hostname="cli", shared_key="k", salt=RAW_AUTH)
     fields = str_fields(client.ping(Helo(RAW_NONCE, RAW_AUTH)))
     assert fields[0] == b"PING"
     assert fields[2] == RAW_AUTH  # the raw salt, as str
@@ -269,41 +261,22 @@ def test_server_default_nonce_is_random_utf8() -> None:
     assert a.nonce != b.nonce
     assert len(a.nonce) == 32
     a.nonce.decode("ascii")
-    assert a.auth_salt == b""  # no users, no user auth asked for
-    assert len(ServerHandshake(hostname="s", users={"u": "p"}).auth_salt) == 32
+    assert decode_one(Role.CLIENT, a.helo()).auth == b""  # no user auth asked for
 
 
-# -- user / password -------------------------------------------------------------------
+# -- user / password: not used; the user fields are sent empty and read ------------
 
 
-def test_user_password_exchange() -> None:
-    server = ServerHandshake(hostname="srv", shared_key="k", users={"alice": "s3cret"},
-                             auth_salt=b"A" * 16)
-    client = ClientHandshake(hostname="cli", shared_key="k", username="alice",
-                             password="s3cret")
-    ping, pong = exchange(server, client)
-    assert ping.username == "alice"
-    assert ping.password_digest == sha512_hex(b"A" * 16, b"alice", b"s3cret")
-    assert pong.auth_result
-    client.check(pong)
-
-
-@pytest.mark.parametrize(("username", "password"), [
-    ("alice", "wrong"), ("mallory", "s3cret"), ("", "")])
-def test_user_password_failures(username: str, password: str) -> None:
-    server = ServerHandshake(hostname="srv", shared_key="k", users={"alice": "s3cret"})
-    client = ClientHandshake(hostname="cli", shared_key="k", username=username,
-                             password=password)
-    _, pong = exchange(server, client)
-    assert pong == Pong(False, "username/password mismatch", "", "")
-    with pytest.raises(AuthenticationError, match="username/password"):
-        client.check(pong)
-
-
-def test_no_user_auth_sent_when_the_helo_asks_none() -> None:
-    client = ClientHandshake(hostname="cli", username="alice", password="pw")
-    fields = str_fields(client.ping(Helo(b"n", b"")))
+def test_no_user_auth_is_sent_even_when_the_helo_asks() -> None:
+    client = ClientHandshake(hostname="cli")
+    fields = str_fields(client.ping(Helo(b"n", RAW_AUTH)))
     assert fields[4:6] == [b"", b""]
+
+
+def test_a_pings_user_fields_are_read_and_ignored() -> None:
+    server = ServerHandshake(hostname="srv", shared_key="k", nonce=RAW_NONCE)
+    digest = shared_key_digest(b"S" * 16, "cli", RAW_NONCE, "k")
+    assert server.check(Ping("cli", b"S" * 16, digest, "alice", "not checked")).auth_result
 
 
 # -- Fluent Bit's HELO: non-UTF-8 bytes in a msgpack str -------------------------------
@@ -314,12 +287,10 @@ def test_fluent_bit_helo_digest_uses_the_raw_bytes() -> None:
     helo = decode_one(Role.CLIENT, wire)
     assert helo == Helo(RAW_NONCE, RAW_AUTH, True, "")
     assert isinstance(helo, Helo)
-    client = ClientHandshake(hostname="cli", shared_key="k", username="alice",
-                             password="pw", salt=b"S" * 16)
+    client = ClientHandshake(hostname="cli", shared_key="k", salt=b"S" * 16)
     fields = str_fields(client.ping(helo))
     assert fields == [b"PING", b"cli", b"S" * 16,
-                      sha512_hex(b"S" * 16, b"cli", RAW_NONCE, b"k").encode(),
-                      b"alice", sha512_hex(RAW_AUTH, b"alice", b"pw").encode()]
+                      sha512_hex(b"S" * 16, b"cli", RAW_NONCE, b"k").encode(), b"", b""]
     pong_digest = sha512_hex(b"S" * 16, b"fluent-bit", RAW_NONCE, b"k")
     client.check(Pong(True, "", "fluent-bit", pong_digest))
 
@@ -337,9 +308,9 @@ def test_server_reads_a_raw_salt_ping() -> None:
 
 
 def test_server_helo_round_trips_raw_bytes() -> None:
-    server = ServerHandshake(hostname="srv", nonce=RAW_NONCE, auth_salt=RAW_AUTH,
-                             users={"u": "p"})
-    helo = decode_one(Role.CLIENT, server.helo())
+    server = ServerHandshake(hostname="srv", nonce=RAW_NONCE)
+    assert decode_one(Role.CLIENT, server.helo()) == Helo(RAW_NONCE, b"", True, "")
+    helo = decode_one(Role.CLIENT, encode_helo(Helo(RAW_NONCE, RAW_AUTH)))
     assert helo == Helo(RAW_NONCE, RAW_AUTH, True, "")
 
 

@@ -1,4 +1,7 @@
-"""fluent_forward.retry: backoff delays and error verdicts, without sleeping."""
+"""fluent_forward.retry: backoff delays, without sleeping.
+
+Which errors are retried is the client's catch: tests/integration/test_forward_client.py.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,7 @@ from itertools import islice
 
 import pytest
 
-from fluent_forward.errors import (
-    AuthenticationError,
-    ConnectError,
-    ConnectionClosed,
-    DecompressedTooLarge,
-    EndpointError,
-    FrameTooLarge,
-    HandshakeError,
-    MalformedFrame,
-    ReadError,
-    TooManyEntries,
-    TransportTimeout,
-    UsageError,
-    WriteError,
-)
-from fluent_forward.retry import Verdict, backoff, classify_error
+from fluent_forward.retry import backoff
 
 
 def steps(initial: float, maximum: float, factor: float, n: int) -> list[float]:
@@ -80,22 +68,3 @@ def test_backoff_caps_even_the_first_delay() -> None:
     first = next(backoff(initial=60.0, maximum=30.0, rand=lambda: 0.0))
     assert first <= 30.0
 
-
-@pytest.mark.parametrize("exc", [
-    ConnectError("refused"), ReadError("reset"), ConnectionClosed("eof", partial=3),
-    WriteError("broken pipe"), TransportTimeout("slow"),
-    MalformedFrame("bad"), FrameTooLarge("big", 10), DecompressedTooLarge("bomb", 10),
-    TooManyEntries("many", 10), HandshakeError("order"), AuthenticationError("key"),
-], ids=type)
-def test_transport_and_protocol_errors_are_retried(exc: BaseException) -> None:
-    assert classify_error(exc) is Verdict.RETRY
-
-
-@pytest.mark.parametrize("exc", [
-    UsageError("misuse"), EndpointError("bad url"), ValueError("x"), KeyError("k"),
-    TypeError("t"), RuntimeError("r"), OSError("raw OS error, unmapped"),
-    ConnectionResetError("unmapped"), TimeoutError("unmapped"),
-    KeyboardInterrupt(), SystemExit(1),
-], ids=type)
-def test_misuse_and_unmapped_errors_are_raised(exc: BaseException) -> None:
-    assert classify_error(exc) is Verdict.RAISE

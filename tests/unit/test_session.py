@@ -201,6 +201,19 @@ def test_a_helo_after_going_on_without_one_is_answered_from_the_next_connection(
     assert c.state is State.OPEN
 
 
+def test_after_a_late_helo_the_next_session_waits_for_helo_as_with_a_key() -> None:
+    hs = ClientHandshake(hostname="agent")
+    first = ClientSession(hs, now=0.0, handshake_wait=0)
+    assert first.state is State.OPEN
+    first.receive_data(server().data_to_send(), 0.0)
+    assert first.late_helo is not None
+    second = ClientSession(hs, now=0.0, handshake_wait=0, handshake_timeout=5.0)
+    assert second.state is State.AWAIT_HELO and second.timeout(0.0) == 5.0
+    s = server()
+    shake(second, s)
+    assert second.state is State.OPEN and s.ping is not None
+
+
 def test_a_helo_in_the_middle_of_a_keyed_stream_is_a_protocol_error() -> None:
     c = client(key="k", handshake_wait=0)
     assert c.state is State.OPEN
