@@ -278,7 +278,7 @@ class PipeSource(asyncio.Protocol):
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
-            self.stream.finish()
+            self.stream.flush_all(eof=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A pseudo-terminal's master reports the end as EIO, not EOF.
