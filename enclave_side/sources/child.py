@@ -83,7 +83,6 @@ class Reaper:
     def __init__(self) -> None:
         self._waiters: dict[int, asyncio.Future[ExitStatus]] = {}
         self._unclaimed: dict[int, ExitStatus] = {}
-        self.reaped = 0
 
     def install(self) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self.reap)
@@ -110,7 +109,6 @@ class Reaper:
                 return
             if pid == 0:
                 return
-            self.reaped += 1
             exit_status = ExitStatus.from_wait_status(status)
             fut = self._waiters.pop(pid, None)
             if fut is not None:
