@@ -135,7 +135,6 @@ class Multiline:
         self._ns = 0
         self._last = 0.0
         self._state = _NORMAL
-        self.truncated = 0
 
     def _continues(self, line: bytes) -> bool:
         state = self._state
@@ -189,7 +188,6 @@ class Multiline:
         if len(line) > room:
             line = line[:max(room, 0)]
             self._flags |= TRUNCATED
-            self.truncated += 1
         self._parts.append(line)
         self._size += len(line) + 1
 

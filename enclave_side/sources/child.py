@@ -83,7 +83,6 @@ class Reaper:
     def __init__(self) -> None:
         self._waiters: dict[int, asyncio.Future[ExitStatus]] = {}
         self._unclaimed: dict[int, ExitStatus] = {}
-        self.reaped = 0
 
     def install(self) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self.reap)
@@ -110,7 +109,6 @@ class Reaper:
                 return
             if pid == 0:
                 return
-            self.reaped += 1
             exit_status = ExitStatus.from_wait_status(status)
             fut = self._waiters.pop(pid, None)
             if fut is not None:
@@ -278,7 +276,7 @@ class PipeSource(asyncio.Protocol):
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
-            self.stream.finish()
+            self.stream.flush_all(eof=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A pseudo-terminal's master reports the end as EIO, not EOF.

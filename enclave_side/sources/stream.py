@@ -85,17 +85,12 @@ class LineStream:
         if self.pipeline is not None:
             self._add(*self.pipeline.flush_due(now))
 
-    def finish(self) -> None:
-        """At EOF: the last line is as complete as it will ever be (no partial flag)."""
-        items: list[Item] = [i if isinstance(i, bytes) else i[0] for i in self.splitter.flush()]
-        if items:
-            self._emit(items)
-        if self.pipeline is not None:
-            self._add(*self.pipeline.flush_due(0.0, force=True))
-
-    def flush_all(self) -> None:
-        """Send everything held, an unfinished line flagged partial (the agent stops)."""
-        items = self.splitter.flush()
+    def flush_all(self, *, eof: bool = False) -> None:
+        """Send everything held. When the agent stops, an unfinished line goes flagged
+        partial; at ``eof`` the last line is as complete as it will ever be (no flag)."""
+        items: list[Item] = self.splitter.flush()
+        if eof:
+            items = [i if isinstance(i, bytes) else i[0] for i in items]
         if items:
             self._emit(items)
         if self.pipeline is not None:

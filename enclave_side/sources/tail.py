@@ -300,7 +300,7 @@ class TailSource:
     def _let_go(self, f: FollowedFile, by_key: dict[Key, str], st: os.stat_result) -> None:
         """A rotated file read to its end and quiet: close it (or delete it once acked)."""
         if not f.finished:
-            f.stream.finish()
+            f.stream.flush_all(eof=True)
             f.finished = True
         spec = self.specs[f.spec_index]
         if spec.delete_rotated and not f.deleted:
