@@ -56,12 +56,12 @@ def validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int 
     """The entry count if every entry is valid as it is; None: ask the slow path."""
     # The first entry says which of our agent's shapes to try, without a search of the
     # whole batch: a signing agent's records end with sig_seq (the plain shape would
-    # fail on them only at its last check). Each shape decodes that entry again: one
-    # small unpack a batch.
-    fixed = _first_entry_fields(data) if data.startswith(_ENTRY_HEAD) else None
+    # fail on them only at its last check). That entry is decoded once, for both
+    # shapes: one small unpack a batch.
+    fixed = _first_entry_fields(data)
     if fixed is not None:
         shape = signed_shape_count if _SIG_FIELD in fixed[1] else agent_shape_count
-        n = shape(data, max_entries)
+        n = shape(data, *fixed, max_entries)
         if n is not None:
             return n
     return decoded_count(data, max_entries, count_hint)
@@ -86,11 +86,13 @@ for _n in range(4096):
 del _n, _h
 
 
-def agent_shape_count(data: bytes, max_entries: int) -> int | None:
+def agent_shape_count(data: bytes, prefix: bytes, tail: bytes, max_entries: int
+                      ) -> int | None:
     """Entries of our agent's shape: their count, or None if they are anything else.
 
-    The first entry is decoded whole, as the slow path would, and gives the fixed
-    fields every entry ends with (``tail``). ``data`` split on ``tail`` + the head every
+    ``prefix`` and ``tail`` are the first entry's map header and key and the fixed
+    fields every entry ends with (``_first_entry_fields``, which decodes it whole as
+    the slow path would). ``data`` split on ``tail`` + the head every
     entry starts with gives one piece per entry only if each piece is exactly: 8
     EventTime bytes with nanoseconds below 1e9, the first entry's fixmap header and
     ``"log"`` key, the shortest str header for the piece's remaining length, and that
@@ -98,12 +100,6 @@ def agent_shape_count(data: bytes, max_entries: int) -> int | None:
     disagree with their headers, and an entry that does not end with ``tail`` leaves a
     piece holding two entries, which disagrees too: such data is refused, never misread.
     """
-    if not data.startswith(_ENTRY_HEAD):
-        return None
-    fixed = _first_entry_fields(data)
-    if fixed is None:
-        return None
-    prefix, tail = fixed
     if not data.endswith(tail):
         return None
     # A longer separator is also a faster search: most of the cost of this function.
@@ -173,19 +169,14 @@ def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes, masked: int = 0)
 _SIG_FIELD = b"\xa7sig_seq"
 
 
-def signed_shape_count(data: bytes, max_entries: int) -> int | None:
+def signed_shape_count(data: bytes, prefix: bytes, tail: bytes, max_entries: int
+                       ) -> int | None:
     """Entries of our agent's shape with ``sig_seq`` last: their count, or None.
 
     As ``agent_shape_count``, except that the bytes of ``sig_seq``'s value are left out
     of the comparison of the fields after the line: its header, compared with the
     rest, says they are one str of that length, which any bytes are.
     """
-    if not data.startswith(_ENTRY_HEAD):
-        return None
-    fixed = _first_entry_fields(data)
-    if fixed is None:
-        return None
-    prefix, tail = fixed
     at = tail.rfind(_SIG_FIELD) + len(_SIG_FIELD)
     if at < len(_SIG_FIELD):
         return None
@@ -278,7 +269,9 @@ def _first_entry_fields(data: bytes) -> tuple[bytes, bytes] | None:
     ``data``, after decoding it whole as the slow path would: None unless it is of the
     agent's shape."""
     piece = data[len(_ENTRY_HEAD):len(_ENTRY_HEAD) + _STR_AT + 3]
-    if len(piece) <= _STR_AT or not 0x81 <= piece[_MAP_AT] <= 0x8F:
+    if not data.startswith(_ENTRY_HEAD) or len(piece) <= _STR_AT:
+        return None
+    if not 0x81 <= piece[_MAP_AT] <= 0x8F:
         return None
     if piece[_MAP_AT + 1:_STR_AT] != _LOG_KEY:
         return None
