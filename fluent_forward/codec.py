@@ -18,14 +18,14 @@ entries as one ``bytes`` of concatenated msgpack entries, validated and with eve
 time an integer or an EventTime: "lenient on input, strict on output". Entries that
 needed no change are the very bytes that arrived, so a relay forwards them untouched.
 
-The entries themselves (their times, validation, splitting) are ``entries``'s; this
-module re-exports those names, so ``from fluent_forward.codec import EventTime`` holds.
+The entries themselves (their times, validation, splitting) are ``entries``'s. Only
+PackedForward is encoded here: it is the one mode our agent and relay send.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
@@ -35,19 +35,11 @@ import msgpack
 from .bulk import BulkFrame, bulk_start
 from .entries import (
     DEFAULT_MAX_ENTRIES,
-    EventTime,
-    Time,
     check_record,
-    event_time_bytes,
-    first_event_time,
-    iter_entries,
     msgpack_error,
     normal_entry,
     normal_time,
-    pack_entry,
     packb,
-    split_entries,
-    time_to_ns,
     unpacker,
     validate_entries,
 )
@@ -64,33 +56,20 @@ from .wire import bin_header
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
-    "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_OBJECT_FRAME_BYTES",
     "MAX_CHUNK_ID_BYTES",
     "Ack",
     "EventFrame",
-    "EventTime",
     "Frame",
     "FrameDecoder",
     "FrameKind",
     "Heartbeat",
     "Role",
     "encode_ack",
-    "encode_compressed_packed_forward",
-    "encode_forward",
-    "encode_message",
     "encode_packed_forward",
-    "event_time_bytes",
-    "first_event_time",
-    "iter_entries",
-    "make_options",
-    "pack_entry",
     "packed_forward_parts",
     "parse_event",
-    "split_entries",
-    "time_to_ns",
-    "validate_entries",
 ]
 
 #: Largest frame the decoder buffers. Fluent Bit's forward input closes connections
@@ -111,33 +90,6 @@ MAX_CHUNK_ID_BYTES = 64
 
 
 # -- encoders ------------------------------------------------------------------------
-
-
-def make_options(*, chunk: str | None = None, size: int | None = None,
-                 compressed: str | None = None) -> dict[str, Any]:
-    """The option map: only the keys given."""
-    opts: dict[str, Any] = {}
-    if chunk is not None:
-        opts["chunk"] = chunk
-    if size is not None:
-        opts["size"] = size
-    if compressed is not None:
-        opts["compressed"] = compressed
-    return opts
-
-
-def encode_message(tag: str, time: Time, record: Mapping[str, Any],
-                   options: Mapping[str, Any] | None = None) -> bytes:
-    """Message mode: ``[tag, time, record, options?]``."""
-    frame: tuple[Any, ...] = (tag, time, record)
-    return packb(frame if options is None else (*frame, options))
-
-
-def encode_forward(tag: str, entries: Iterable[tuple[Time, Mapping[str, Any]]],
-                   options: Mapping[str, Any] | None = None) -> bytes:
-    """Forward mode: ``[tag, [[time, record], ...], options?]``."""
-    frame: tuple[Any, ...] = (tag, list(entries))
-    return packb(frame if options is None else (*frame, options))
 
 
 def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
@@ -164,16 +116,6 @@ def packed_forward_parts(tag: str, entries: bytes, options: Mapping[str, Any] | 
     head = b"\x93" if options is not None else b"\x92"
     head += packb(tag) + bin_header(len(entries) if size is None else size)
     return head, entries, packb(options) if options is not None else b""
-
-
-def encode_compressed_packed_forward(tag: str, entries: bytes,
-                                     options: Mapping[str, Any] | None = None,
-                                     *, level: int = 6) -> bytes:
-    """CompressedPackedForward: gzip entries, with ``compressed: "gzip"`` in the options."""
-    opts = dict(options or {})
-    opts["compressed"] = "gzip"
-    co = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return encode_packed_forward(tag, co.compress(entries) + co.flush(), opts)
 
 
 def encode_ack(chunk: str | bytes) -> bytes:

@@ -6,7 +6,7 @@ integer (seconds) or ``EventTime``: msgpack ext type 0 holding big-endian uint32
 seconds and uint32 nanoseconds. ``validate_entries`` checks a batch and normalises
 its times ("lenient on input, strict on output"); the rest read entries straight
 from the bytes without building records where they can. The frames around entries
-are ``codec``'s; it re-exports these names.
+are ``codec``'s.
 
 ``unpacker`` and ``msgpack_error`` are the one way this package reads msgpack: limits
 first, and msgpack's errors turned into ``ProtocolError``s.

@@ -13,13 +13,10 @@ import os
 import socket
 from dataclasses import dataclass
 
-from fluent_forward.codec import (
-    DEFAULT_MAX_DECOMPRESSED_BYTES,
-    DEFAULT_MAX_ENTRIES,
-    DEFAULT_MAX_FRAME_BYTES,
-)
+from fluent_forward.codec import DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_FRAME_BYTES
 from fluent_forward.conventions import IDLE_TIMEOUT, Overflow
 from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.entries import DEFAULT_MAX_ENTRIES
 from nel_config.options import (
     BOOL,
     DURATION,
