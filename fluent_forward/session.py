@@ -48,6 +48,7 @@ from .window import InFlight
 
 __all__ = [
     "HEARTBEAT",
+    "MAX_INBOUND_FRAME",
     "Acked",
     "ClientSession",
     "Opened",
@@ -59,6 +60,8 @@ __all__ = [
 
 #: A msgpack nil: the spec's heartbeat. Sent only to our relay, never to Fluent Bit.
 HEARTBEAT = b"\xc0"
+#: The largest frame a client takes from a server: acks and handshake frames are tiny.
+MAX_INBOUND_FRAME = 64 * 1024
 
 
 class State(IntEnum):
@@ -295,15 +298,13 @@ class ClientSession(Session):
         keepalive: after a HELO from our relay (it carries ``relay_version``), send a
             heartbeat when nothing was sent for this long, so its idle timeout never
             cuts an agent that has nothing to say (None: never).
-        max_inbound_frame: largest frame accepted from the server (acks are tiny).
     """
 
     def __init__(self, handshake: ClientHandshake, *, now: float, handshake_wait: float = 0.5,
                  require_handshake: bool = False, handshake_timeout: float = 5.0,
                  window: int = 8, ack_timeout: float | None = None,
-                 keepalive: float | None = None, max_inbound_frame: int = 64 * 1024,
-                 name: str = "server") -> None:
-        super().__init__(FrameDecoder(Role.CLIENT, max_frame_bytes=max_inbound_frame,
+                 keepalive: float | None = None, name: str = "server") -> None:
+        super().__init__(FrameDecoder(Role.CLIENT, max_frame_bytes=MAX_INBOUND_FRAME,
                                       max_entries=1), now=now, name=name)
         if window < 1:
             raise UsageError("the window must be at least 1")
