@@ -25,7 +25,7 @@ PackedForward is encoded here: it is the one mode our agent and relay send.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
@@ -176,6 +176,9 @@ class Heartbeat:
 Frame: TypeAlias = "EventFrame | Ack | Heartbeat | Helo | Ping | Pong"
 
 _HEARTBEAT = Heartbeat()
+#: What a server sends besides acks, by the first element.
+_HANDSHAKE_PARSERS: dict[str, Callable[[Any], Helo | Pong]] = {"HELO": parse_helo,
+                                                               "PONG": parse_pong}
 
 
 def _options_unpacker(max_bytes: int) -> msgpack.Unpacker:
@@ -358,10 +361,8 @@ class FrameDecoder:
             if not isinstance(chunk, (str, bytes)):
                 raise MalformedFrame("ack value must be a str or bin chunk id")
             return Ack(chunk)
-        if type(obj) is tuple and obj and obj[0] == "HELO":
-            return parse_helo(obj)
-        if type(obj) is tuple and obj and obj[0] == "PONG":
-            return parse_pong(obj)
+        if type(obj) is tuple and obj and obj[0] in _HANDSHAKE_PARSERS:
+            return _HANDSHAKE_PARSERS[obj[0]](obj)  # which checks the rest of its shape
         raise MalformedFrame(f"unexpected {type(obj).__name__} from the server "
                              "(expected an ack map, HELO or PONG)")
 
