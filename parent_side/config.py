@@ -27,11 +27,11 @@ from nel_config.options import (
     SIZE,
     STR,
     ConfigError,
+    Kind,
     choice,
     option,
     options_of,
     repeated,
-    url,
 )
 
 from .admission import DEFAULT_RESERVED_CONNECTIONS
@@ -82,10 +82,10 @@ class RelayConfig:
     """
 
     listen: Endpoint = option(
-        _listen(DEFAULT_LISTEN), url(_listen), restart=True,
+        _listen(DEFAULT_LISTEN), Kind("URL", _listen), restart=True,
         help="where agents connect: vsock://any:PORT, tcp://HOST:PORT or unix:///PATH")
     output: OutputSpec = option(
-        parse_output(DEFAULT_OUTPUT), url(parse_output),
+        parse_output(DEFAULT_OUTPUT), Kind("URL", parse_output),
         help="where records go: unix:///PATH or tcp://HOST:PORT (a Fluent Bit forward "
              "input), stdout, or file:///PATH (JSON lines)")
     hostname: str = option("relay", STR, restart=True, dynamic=local_hostname,
