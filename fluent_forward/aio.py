@@ -1,8 +1,7 @@
 """The one asyncio and socket module: connect, listen, and a framed connection.
 
 Everything above this module speaks in ``Endpoint`` values and this package's
-errors; ``OSError``, ``IncompleteReadError`` and ``TimeoutError`` are mapped here and
-nowhere else.
+errors; ``OSError`` and ``TimeoutError`` are mapped here and nowhere else.
 
 AF_VSOCK goes through ``sock=``: asyncio cannot resolve vsock addresses, so the
 client socket is connected with ``loop.sock_connect`` first and the listening socket
@@ -79,8 +78,6 @@ def map_exceptions(error: type[TransportError], what: str) -> Iterator[None]:
         raise
     except TimeoutError as exc:
         raise TransportTimeout(f"{what}: timed out") from exc
-    except asyncio.IncompleteReadError as exc:
-        raise ConnectionClosed(f"{what}: peer closed", len(exc.partial)) from exc
     except OSError as exc:
         # asyncio keeps a transport's error (the stream reader holds it to raise it
         # again), and its traceback holds the transport's frame and, once raised here,
