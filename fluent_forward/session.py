@@ -109,9 +109,7 @@ class Session:
 
     def data_to_send(self) -> bytes:
         """Bytes to write now (maybe none)."""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        return b"".join(self.parts_to_send())
 
     def parts_to_send(self) -> list[bytes]:
         """``data_to_send`` as the parts queued, not joined: a batch's entries are
