@@ -407,7 +407,7 @@ class ClientSession(Session):
             return None
         waits: list[float] = []
         if self.in_flight and self.ack_timeout is not None:
-            waits.append(max(self._heard + self.ack_timeout - self._peer_clock(now), 0.0))
+            waits.append(self._deadline(now, self._heard + self.ack_timeout))
         if self.keepalive is not None and self.helo is not None and self.helo.version:
             waits.append(max(self._sent + self.keepalive - now, 0.0))
         return min(waits) if waits else None
