@@ -99,10 +99,9 @@ def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
     ``entries`` may also be a sequence of parts (packed entries to concatenate): they
     are then copied once too, straight into the frame.
     """
-    if isinstance(entries, bytes):
-        return b"".join(packed_forward_parts(tag, entries, options))
-    head, _, tail = packed_forward_parts(tag, b"", options, size=sum(map(len, entries)))
-    return b"".join([head, *entries, tail])
+    parts = [entries] if isinstance(entries, bytes) else entries
+    head, _, tail = packed_forward_parts(tag, b"", options, size=sum(map(len, parts)))
+    return b"".join([head, *parts, tail])
 
 
 def packed_forward_parts(tag: str, entries: bytes, options: Mapping[str, Any] | None = None,
