@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.retry import backoff
 from nel_config.options import (
     BOOL,
@@ -34,11 +34,11 @@ from nel_config.options import (
     LOG_LEVELS,
     PATH_OR_NONE,
     STR,
+    Kind,
     Option,
     choice,
     option,
     options_of,
-    url,
 )
 
 from .config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, local_hostname
@@ -61,7 +61,7 @@ class ConsoleOptions:
     interval: float = option(5.0, DURATION, env=False,
                              help="how often to look for enclaves")
     output: OutputSpec | None = option(
-        parse_output(DEFAULT_OUTPUT), url(parse_output), env=False,
+        parse_output(DEFAULT_OUTPUT), Kind("URL", parse_output), env=False,
         help="where lines go, as for serve")  # None: --stdout
     admin_socket: str | None = option(
         DEFAULT_ADMIN_SOCKET, PATH_OR_NONE, env=False,

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluent_forward import entries, fastpath
-from fluent_forward.codec import validate_entries
+from fluent_forward.entries import validate_entries
 from fluent_forward.errors import MalformedFrame, ProtocolError, TooManyEntries
 
 ENTRY_ET = b"\x92\xd7\x00\x00\x00\x00\x01\x00\x00\x00\x02\x81\xa3log\xa1x"
