@@ -39,12 +39,13 @@ class CommitQueue:
         delay: wait at most this long to group writes into one commit.
         max_bytes: commit at once when this much is waiting.
         writev, fsync: how the thread writes and syncs (test seams).
-        done: called on the loop with the finished job, its writes and futures.
+        done: called on the loop once a commit is over, with what it raised (None: it
+            succeeded), its writes and their futures.
     """
 
     def __init__(self, *, delay: float, max_bytes: int,
                  writev: Callable[[int, list[bytes]], None], fsync: Callable[[int], None],
-                 done: Callable[[asyncio.Future[None], list[Write], Futures], None]) -> None:
+                 done: Callable[[BaseException | None, list[Write], Futures], None]) -> None:
         self.delay = delay
         self.max_bytes = max_bytes
         self._writev = writev
@@ -109,17 +110,12 @@ class CommitQueue:
             self._thread = threading.Thread(target=_run_commits, args=(self._jobs,),
                                             name="spool-commit", daemon=True)
             self._thread.start()
-        self._jobs.put((work, loop, lambda exc: self._finished(loop, exc, writes, futures)))
+        self._jobs.put((work, loop, lambda exc: self._finished(exc, writes, futures)))
 
-    def _finished(self, loop: asyncio.AbstractEventLoop, exc: BaseException | None,
-                  writes: list[Write], futures: Futures) -> None:
+    def _finished(self, exc: BaseException | None, writes: list[Write],
+                  futures: Futures) -> None:
         self.busy = False
-        job: asyncio.Future[None] = loop.create_future()
-        if exc is None:
-            job.set_result(None)
-        else:
-            job.set_exception(exc)
-        self._done(job, writes, futures)
+        self._done(exc, writes, futures)
 
     def cancel_timer(self) -> None:
         if self._timer is not None:
