@@ -137,7 +137,7 @@ def _run_commits(jobs: queue.SimpleQueue[_Job | None]) -> None:
         exc: BaseException | None = None
         try:
             work()
-        except Exception as e:  # noqa: BLE001 - handed to the loop, which decides
+        except BaseException as e:  # noqa: BLE001 - handed to the loop, as an executor would
             exc = e
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(answer, exc)
