@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.conventions import DIAG_TAG
+from fluent_forward.aio import ForwardClient
+from fluent_forward.conventions import DIAG_TAG, KEEPALIVE
 from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.errors import ConnectError
 from fluent_forward.handshake import ClientHandshake
@@ -33,7 +34,6 @@ from .nsm import NsmError, attester
 from .patterns import UserPattern
 from .processing import Pipeline
 from .redact import CustomRule, Redactor
-from .shipper import make_shipper
 from .signing import Signer, SigningError
 from .sources.child import FORWARDED_SIGNALS, READ_NAP, PipeSource, Reaper, spawn
 from .sources.forward_input import ForwardInputServer
@@ -103,10 +103,22 @@ class Agent:
                              batch_bytes=config.batch_bytes, flush_interval=config.flush_interval)
         handshake = ClientHandshake(hostname=config.hostname, shared_key=config.shared_key,
                                     version=__version__)
-        self.shipper = make_shipper(config.relay, self.buffer, handshake, window=config.window,
-                                    handshake_wait=config.handshake_wait,
-                                    connect_timeout=config.connect_timeout,
-                                    max_backoff=config.max_backoff)
+        # The shipper. On connect it waits briefly for a HELO (our relay sends one at
+        # once; a plain Forward input sends none, and then it goes on without a
+        # handshake); every batch not acked when a connection is lost is resent first
+        # on the next one; slow acks on a live connection are waited for, never taken
+        # for loss (a relay whose spool is full withholds acks on purpose: no ack
+        # timeout). An idle agent sends our relay a heartbeat every KEEPALIVE seconds,
+        # well within the relay's idle timeout. The parent is untrusted (Nitro's threat
+        # model): the client takes only small frames of the client role (HELO, PONG,
+        # acks); an ack for a chunk not in flight, or anything else unexpected, is
+        # counted and closes the connection, and the agent reconnects and resends.
+        self.shipper = ForwardClient(
+            config.relay, self.buffer, handshake, handshake_wait=config.handshake_wait,
+            require_handshake=config.shared_key is not None, window=config.window,
+            connect_timeout=config.connect_timeout, max_backoff=config.max_backoff,
+            ack_timeout=None, keepalive=KEEPALIVE, name="relay",
+            logger=logging.getLogger("enclave_side.shipper"))
         self.sources: list[PipeSource] = []
         self.reaper = Reaper()
         self.child_pid: int | None = None
@@ -344,7 +356,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         hard_deadline = loop.time() + self.config.drain_timeout
         while not all(s.closed.done() for s in self.sources):
-            quiet = min(time.monotonic() - s.last_data for s in self.sources)
+            quiet = min(time.monotonic() - s.stream.last_data for s in self.sources)
             paused = any(s.paused for s in self.sources)
             if (not paused and quiet >= self.config.exit_grace) or loop.time() >= hard_deadline:
                 break
