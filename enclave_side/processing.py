@@ -173,7 +173,7 @@ class Multiline:
             if cont and self._parts:
                 self._append(line, flags[i])
             else:
-                self._emit(out)
+                self.take(out)
                 self._parts, self._size, self._flags, self._ns = [line], len(line), flags[i], ns
                 if self._size > self.max_bytes:
                     self._parts = [line[:self.max_bytes]]
@@ -191,7 +191,8 @@ class Multiline:
         self._parts.append(line)
         self._size += len(line) + 1
 
-    def _emit(self, out: tuple[list[bytes], list[int], list[int]]) -> None:
+    def take(self, out: tuple[list[bytes], list[int], list[int]]) -> None:
+        """Send the record being built, complete or not."""
         if not self._parts:
             return
         parts = self._parts
@@ -205,10 +206,6 @@ class Multiline:
 
     def due(self, now: float) -> bool:
         return bool(self._parts) and now - self._last >= self.flush
-
-    def take(self, out: tuple[list[bytes], list[int], list[int]]) -> None:
-        """Send the record being built, complete or not."""
-        self._emit(out)
 
 
 # -- the pipeline -------------------------------------------------------------------------
@@ -355,11 +352,8 @@ class Pipeline:
         for i, obj in enumerate(objs):
             if obj is None:
                 plain.append(i)
-                continue
-            for key in self.level_keys:
-                if key in obj:
-                    levels[i] = normalize_level(obj[key])
-                    break
+            else:
+                levels[i] = self._level_of(obj)
         if not plain:
             return
         if self.level_regex is not None:
@@ -373,6 +367,13 @@ class Pipeline:
                 m = _DEFAULT_LEVEL.search(lines[i])
                 if m:
                     levels[i] = normalize_level(m.group(1) or m.group(2))
+
+    def _level_of(self, record: dict[str, Any]) -> str | None:
+        """The level under the first of ``level_keys`` the record has."""
+        for key in self.level_keys:
+            if key in record:
+                return normalize_level(record[key])
+        return None
 
     def _keep(self, lines: list[bytes], levels: list[str | None]) -> list[int]:
         keep = list(range(len(lines)))
@@ -437,14 +438,8 @@ class Pipeline:
         texts = [escape_line(str(rec.get("log", "")).encode("utf-8", "surrogateescape"))
                  for _, rec in records]
         levels = [normalize_level(rec.get("level")) for _, rec in records]
-        keep = self._keep(texts, levels)
-        out = []
-        for i in keep:
-            ns, rec = records[i]
-            if self.redactor is not None:
-                rec = self.redactor.record(rec)
-            out.append(pack_entry(EventTime.from_ns(ns), rec))
-        return b"".join(out), len(keep)
+        stamped = [(EventTime.from_ns(ns), rec) for ns, rec in records]
+        return self._pack_kept(stamped, texts, levels)
 
     def process_entries(self, entries: bytes, count: int) -> tuple[bytes, int]:
         """Filter and redact packed entries from a Forward client."""
@@ -454,18 +449,17 @@ class Pipeline:
             return entries, count
         decoded = list(iter_entries(entries))
         texts = []
-        levels: list[str | None] = []
         for _, rec in decoded:
             text = rec.get("log", rec.get("message", ""))
             texts.append(text.encode("utf-8", "surrogateescape") if isinstance(text, str)
                          else b"")
-            level = None
-            for key in self.level_keys:
-                if key in rec:
-                    level = normalize_level(rec[key])
-                    break
-            levels.append(level)
+        levels = [self._level_of(rec) for _, rec in decoded]
+        return self._pack_kept(decoded, texts, levels)
+
+    def _pack_kept(self, records: list[tuple[Any, dict[str, Any]]], texts: list[bytes],
+                   levels: list[str | None]) -> tuple[bytes, int]:
+        """The records the filters keep (judged on ``texts``), redacted and packed."""
         keep = self._keep(texts, levels)
         red = self.redactor
-        return b"".join(pack_entry(decoded[i][0], red.record(decoded[i][1]) if red else
-                                   decoded[i][1]) for i in keep), len(keep)
+        return b"".join(pack_entry(records[i][0], red.record(records[i][1]) if red else
+                                   records[i][1]) for i in keep), len(keep)
