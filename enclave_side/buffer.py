@@ -119,7 +119,6 @@ class BufferStats:
     unacked_batches: int
     sealed_batches: int
     acked_batches: int
-    acked_records: int
     dropped_records: int
     dropped_bytes: int
 
@@ -147,7 +146,7 @@ class Buffer:
         self._next_seq = 1
         self._used = 0
         self._changed = asyncio.Event()
-        self._sealed = self._acked = self._acked_records = 0
+        self._sealed = self._acked = 0
         self.dropped_records = self.dropped_bytes = 0
         self._unreported_records = self._unreported_bytes = 0
         #: Called with the clock time a newly opened batch falls due (its first record
@@ -331,7 +330,6 @@ class Buffer:
             return None
         self._used -= batch.size
         self._acked += 1
-        self._acked_records += batch.count
         self._changed.set()
         if batch.owners:
             for owner, parts in batch.owners.items():
@@ -360,5 +358,5 @@ class Buffer:
     def stats(self) -> BufferStats:
         return BufferStats(self._used, self.max_bytes,
                            sum(b.count for b in self._open.values()), len(self._queue),
-                           len(self._unacked), self._sealed, self._acked, self._acked_records,
+                           len(self._unacked), self._sealed, self._acked,
                            self.dropped_records, self.dropped_bytes)

@@ -238,16 +238,15 @@ class Pipeline:
                              timeout=pattern_timeout) if p.multiline_start else None)
         self.multiline = (Multiline(start, p.multiline_flush, max_record_bytes, clock)
                           if start is not None or p.multiline == "indent" else None)
-        self.json = p.json
-        self.time_key = p.time_key
-        self.time_format = p.time_format
-        self.level_keys = p.level_keys
+        self.processing = processing
         self.level_regex = (UserPattern(p.level_regex, what=f"{what}.level_regex",
                                         timeout=pattern_timeout) if p.level_regex else None)
         self.detect_levels = p.level_regex is not None or p.min_level is not None
         self.min_level = LEVELS[p.min_level] if p.min_level else None
         self.include = _patterns(p.include, f"{what}.include", pattern_timeout)
         self.exclude = _patterns(p.exclude, f"{what}.exclude", pattern_timeout)
+        #: Levels or filters: records are judged one by one, not passed on as they are.
+        self.filters = bool(self.detect_levels or self.include or self.exclude)
         self._encoders: dict[str | None, EntryEncoder] = {}
         self.filtered = 0
         self.time_errors = 0
@@ -270,7 +269,7 @@ class Pipeline:
 
     def process_lines(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Packed entries for a read's lines, and how many."""
-        if self.multiline is None and self._redact_only:
+        if self.multiline is None and not (self.processing.json or self.filters):
             return self._redact_read(items, ns)
         lines = [i if isinstance(i, bytes) else i[0] for i in items]
         flags = [0 if isinstance(i, bytes) else i[1] for i in items]
@@ -279,10 +278,6 @@ class Pipeline:
         out: tuple[list[bytes], list[int], list[int]] = ([], [], [])
         self.multiline.feed(lines, flags, ns, out)
         return self._finish(*out)
-
-    @property
-    def _redact_only(self) -> bool:
-        return not (self.json or self.detect_levels or self.include or self.exclude)
 
     def _redact_read(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Redaction alone: lines in, lines out, packed in one run as the fast path does."""
@@ -311,7 +306,7 @@ class Pipeline:
         if not n:
             return b"", 0
         objs: list[dict[str, Any] | None] = [None] * n
-        if self.json:
+        if self.processing.json:
             self._parse_json(lines, objs, times)
         levels: list[str | None] = [None] * n
         if self.detect_levels:
@@ -329,6 +324,7 @@ class Pipeline:
 
     def _parse_json(self, lines: list[bytes], objs: list[dict[str, Any] | None],
                     times: list[int]) -> None:
+        time_key = self.processing.time_key
         for i, line in enumerate(lines):
             if line[:1] != b"{" and line.lstrip()[:1] != b"{":
                 continue
@@ -339,8 +335,8 @@ class Pipeline:
             if type(obj) is not dict:
                 continue
             objs[i] = obj
-            if self.time_key is not None and self.time_key in obj:
-                t = parse_time(obj[self.time_key], self.time_format)
+            if time_key is not None and time_key in obj:
+                t = parse_time(obj[time_key], self.processing.time_format)
                 if t is None:
                     self.time_errors += 1
                 else:
@@ -370,7 +366,7 @@ class Pipeline:
 
     def _level_of(self, record: dict[str, Any]) -> str | None:
         """The level under the first of ``level_keys`` the record has."""
-        for key in self.level_keys:
+        for key in self.processing.level_keys:
             if key in record:
                 return normalize_level(record[key])
         return None
@@ -443,7 +439,7 @@ class Pipeline:
 
     def process_entries(self, entries: bytes, count: int) -> tuple[bytes, int]:
         """Filter and redact packed entries from a Forward client."""
-        if not (self.detect_levels or self.include or self.exclude):
+        if not self.filters:
             if self.redactor is not None:
                 entries = self.redactor.entries(entries)
             return entries, count
