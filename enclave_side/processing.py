@@ -392,27 +392,25 @@ class Pipeline:
     def _encode(self, keep: list[int], lines: list[bytes], flags: list[int], times: list[int],
                 objs: list[dict[str, Any] | None], levels: list[str | None]
                 ) -> tuple[bytes, int]:
+        """Objects packed one by one; lines in runs of one level and one time."""
         parts: list[bytes] = []
         run: list[Item] = []
-        run_key: tuple[str | None, int] | None = None
+        run_level: str | None = None
+        run_ns = 0
         for i in keep:
             obj = objs[i]
-            if obj is not None:
-                packed = self._pack_object(obj, flags[i], times[i])
-                if packed is not None:
-                    if run:
-                        parts.append(self._encoder(run_key[0]).encode(run, run_key[1]))  # type: ignore[index]
-                        run = []
-                    parts.append(packed)
-                    continue
-            key = (levels[i] if obj is None else None, times[i])
-            if key != run_key and run:
-                parts.append(self._encoder(run_key[0]).encode(run, run_key[1]))  # type: ignore[index]
+            packed = None if obj is None else self._pack_object(obj, flags[i], times[i])
+            level = levels[i] if obj is None else None
+            if run and (packed is not None or (level, times[i]) != (run_level, run_ns)):
+                parts.append(self._encoder(run_level).encode(run, run_ns))
                 run = []
-            run_key = key
-            run.append(lines[i] if not flags[i] else (lines[i], flags[i]))
+            if packed is not None:
+                parts.append(packed)
+            else:
+                run_level, run_ns = level, times[i]
+                run.append(lines[i] if not flags[i] else (lines[i], flags[i]))
         if run:
-            parts.append(self._encoder(run_key[0]).encode(run, run_key[1]))  # type: ignore[index]
+            parts.append(self._encoder(run_level).encode(run, run_ns))
         return b"".join(parts), len(keep)
 
     def _pack_object(self, obj: dict[str, Any], flags: int, ns: int) -> bytes | None:
