@@ -165,8 +165,7 @@ class Agent:
 
         Redacted like the app's records: the command line may carry secrets.
         """
-        record: dict[str, object] = {"log": message, "event": event}
-        record.update(fields)
+        record: dict[str, object] = {"log": message, "event": event, **fields}
         if self.redactor is not None:
             record = self.redactor.record(record)
         self.buffer.add_record(LIFECYCLE_TAG, time.time_ns(), record)
@@ -314,14 +313,13 @@ class Agent:
         status_fut = self.reaper.wait(proc.pid)
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, self._forward_signal, sig)
-        for stream, fd in (("stdout", out_fd), ("stderr", err_fd)):
-            processing = self.config.stdout if stream == "stdout" else self.config.stderr
+        for stream, fd, processing, console in (("stdout", out_fd, self.config.stdout, 1),
+                                                ("stderr", err_fd, self.config.stderr, 2)):
             source = PipeSource(stream, f"{self.config.tag}.{stream}", self.buffer,
                                 policy=self.config.overflow,
                                 max_line_bytes=self.config.max_line_bytes,
                                 pipeline=self.pipeline(processing, {"stream": stream}, stream),
-                                tee=(1 if stream == "stdout" else 2)
-                                if self.config.tee_console else None,
+                                tee=console if self.config.tee_console else None,
                                 # A terminal holds a few KiB: letting it fill would stall
                                 # the app; a pipe holds PIPE_BYTES.
                                 nap=0.0 if self.config.pty else READ_NAP)
