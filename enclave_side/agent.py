@@ -401,10 +401,7 @@ class Agent:
             sources["kmsg"] = {"lines": self.kmsg.lines, "bytes": self.kmsg.bytes,
                                "overwritten": self.kmsg.overwritten}
         for server in self.forward:
-            fs = server.stats
-            sources[f"forward:{server.address}"] = {
-                "lines": fs.records, "bytes": fs.bytes, "connections": fs.connections,
-                "protocol_errors": fs.protocol_errors, "acks": fs.acks}
+            sources[f"forward:{server.address}"] = dataclasses.asdict(server.stats)
         record: dict[str, Any] = {
             "log": "agent metrics", "event": "metrics", "sources": sources,
             "dropped_records": st.dropped_records, "dropped_bytes": st.dropped_bytes,

@@ -60,8 +60,10 @@ def check_listen(endpoint: Endpoint) -> str | None:
 
 @dataclass(slots=True)
 class ForwardInputStats:
+    """Counters of one listening address, as its ``sources`` entry in the metrics."""
+
     connections: int = 0
-    records: int = 0
+    lines: int = 0  # records, named as every source's count
     bytes: int = 0
     acks: int = 0
     protocol_errors: int = 0
@@ -143,7 +145,7 @@ class ForwardInputServer(ForwardServer):
 
     async def _on_event(self, conn: Connection, frame: EventFrame) -> None:
         st = self.stats
-        st.records += frame.count
+        st.lines += frame.count
         st.bytes += len(frame.entries)
         tag = frame.tag
         if tag.split(".")[0] == RESERVED_TAG_PREFIX:
