@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.conventions import DIAG_TAG
+from fluent_forward.aio import ForwardClient
+from fluent_forward.conventions import DIAG_TAG, KEEPALIVE
 from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.errors import ConnectError
 from fluent_forward.handshake import ClientHandshake
@@ -33,7 +34,6 @@ from .nsm import NsmError, attester
 from .patterns import UserPattern
 from .processing import Pipeline
 from .redact import CustomRule, Redactor
-from .shipper import make_shipper
 from .signing import Signer, SigningError
 from .sources.child import FORWARDED_SIGNALS, READ_NAP, PipeSource, Reaper, spawn
 from .sources.forward_input import ForwardInputServer
@@ -103,10 +103,22 @@ class Agent:
                              batch_bytes=config.batch_bytes, flush_interval=config.flush_interval)
         handshake = ClientHandshake(hostname=config.hostname, shared_key=config.shared_key,
                                     version=__version__)
-        self.shipper = make_shipper(config.relay, self.buffer, handshake, window=config.window,
-                                    handshake_wait=config.handshake_wait,
-                                    connect_timeout=config.connect_timeout,
-                                    max_backoff=config.max_backoff)
+        # The shipper. On connect it waits briefly for a HELO (our relay sends one at
+        # once; a plain Forward input sends none, and then it goes on without a
+        # handshake); every batch not acked when a connection is lost is resent first
+        # on the next one; slow acks on a live connection are waited for, never taken
+        # for loss (a relay whose spool is full withholds acks on purpose: no ack
+        # timeout). An idle agent sends our relay a heartbeat every KEEPALIVE seconds,
+        # well within the relay's idle timeout. The parent is untrusted (Nitro's threat
+        # model): the client takes only small frames of the client role (HELO, PONG,
+        # acks); an ack for a chunk not in flight, or anything else unexpected, is
+        # counted and closes the connection, and the agent reconnects and resends.
+        self.shipper = ForwardClient(
+            config.relay, self.buffer, handshake, handshake_wait=config.handshake_wait,
+            require_handshake=config.shared_key is not None, window=config.window,
+            connect_timeout=config.connect_timeout, max_backoff=config.max_backoff,
+            ack_timeout=None, keepalive=KEEPALIVE, name="relay",
+            logger=logging.getLogger("enclave_side.shipper"))
         self.sources: list[PipeSource] = []
         self.reaper = Reaper()
         self.child_pid: int | None = None
@@ -153,8 +165,7 @@ class Agent:
 
         Redacted like the app's records: the command line may carry secrets.
         """
-        record: dict[str, object] = {"log": message, "event": event}
-        record.update(fields)
+        record: dict[str, object] = {"log": message, "event": event, **fields}
         if self.redactor is not None:
             record = self.redactor.record(record)
         self.buffer.add_record(LIFECYCLE_TAG, time.time_ns(), record)
@@ -302,14 +313,13 @@ class Agent:
         status_fut = self.reaper.wait(proc.pid)
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, self._forward_signal, sig)
-        for stream, fd in (("stdout", out_fd), ("stderr", err_fd)):
-            processing = self.config.stdout if stream == "stdout" else self.config.stderr
+        for stream, fd, processing, console in (("stdout", out_fd, self.config.stdout, 1),
+                                                ("stderr", err_fd, self.config.stderr, 2)):
             source = PipeSource(stream, f"{self.config.tag}.{stream}", self.buffer,
                                 policy=self.config.overflow,
                                 max_line_bytes=self.config.max_line_bytes,
                                 pipeline=self.pipeline(processing, {"stream": stream}, stream),
-                                tee=(1 if stream == "stdout" else 2)
-                                if self.config.tee_console else None,
+                                tee=console if self.config.tee_console else None,
                                 # A terminal holds a few KiB: letting it fill would stall
                                 # the app; a pipe holds PIPE_BYTES.
                                 nap=0.0 if self.config.pty else READ_NAP)
@@ -344,7 +354,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         hard_deadline = loop.time() + self.config.drain_timeout
         while not all(s.closed.done() for s in self.sources):
-            quiet = min(time.monotonic() - s.last_data for s in self.sources)
+            quiet = min(time.monotonic() - s.stream.last_data for s in self.sources)
             paused = any(s.paused for s in self.sources)
             if (not paused and quiet >= self.config.exit_grace) or loop.time() >= hard_deadline:
                 break
@@ -391,10 +401,7 @@ class Agent:
             sources["kmsg"] = {"lines": self.kmsg.lines, "bytes": self.kmsg.bytes,
                                "overwritten": self.kmsg.overwritten}
         for server in self.forward:
-            fs = server.stats
-            sources[f"forward:{server.address}"] = {
-                "lines": fs.records, "bytes": fs.bytes, "connections": fs.connections,
-                "protocol_errors": fs.protocol_errors, "acks": fs.acks}
+            sources[f"forward:{server.address}"] = dataclasses.asdict(server.stats)
         record: dict[str, Any] = {
             "log": "agent metrics", "event": "metrics", "sources": sources,
             "dropped_records": st.dropped_records, "dropped_bytes": st.dropped_bytes,

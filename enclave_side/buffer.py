@@ -119,7 +119,6 @@ class BufferStats:
     unacked_batches: int
     sealed_batches: int
     acked_batches: int
-    acked_records: int
     dropped_records: int
     dropped_bytes: int
 
@@ -145,9 +144,10 @@ class Buffer:
         self._queue: collections.deque[Batch] = collections.deque()
         self._unacked: InFlight[Batch] = InFlight()
         self._next_seq = 1
-        self._used = 0
+        #: Bytes held: filling, queued and unacked.
+        self.used = 0
         self._changed = asyncio.Event()
-        self._sealed = self._acked = self._acked_records = 0
+        self._sealed = self._acked = 0
         self.dropped_records = self.dropped_bytes = 0
         self._unreported_records = self._unreported_bytes = 0
         #: Called with the clock time a newly opened batch falls due (its first record
@@ -158,18 +158,13 @@ class Buffer:
 
     # -- sources --------------------------------------------------------------------
 
-    @property
-    def used(self) -> int:
-        """Bytes held: filling, queued and unacked."""
-        return self._used
-
     def has_room(self) -> bool:
-        return self._used < self.max_bytes
+        return self.used < self.max_bytes
 
     async def wait_for_room(self, below: int | None = None) -> None:
         """Return once the buffer holds less than ``below`` bytes (default: its cap)."""
         limit = self.max_bytes if below is None else min(below, self.max_bytes)
-        while self._used >= limit:
+        while self.used >= limit:
             self._changed.clear()
             await self._changed.wait()
 
@@ -201,12 +196,12 @@ class Buffer:
         if droppable:
             self._make_room(size + (0 if batch is not None else _overhead(tag)))
             batch = self._open.get(key)
-            if self._used + size + (0 if batch is not None else _overhead(tag)) > self.max_bytes:
+            if self.used + size + (0 if batch is not None else _overhead(tag)) > self.max_bytes:
                 self._count_drop(count, size)
                 return 0
         if batch is None:
             batch = self._open[key] = _Open(since=self._clock(), reserved=_overhead(tag))
-            self._used += batch.reserved
+            self.used += batch.reserved
             if self.on_open is not None:
                 self.on_open(batch.since + self.flush_interval)
         batch.parts.append(entries)
@@ -214,7 +209,7 @@ class Buffer:
         batch.uniform.append(uniform)
         batch.size += size
         batch.count += count
-        self._used += size
+        self.used += size
         if owner is not None:
             if batch.owners is None:
                 batch.owners = {}
@@ -235,25 +230,25 @@ class Buffer:
 
     def _make_room(self, size: int) -> None:
         """Drop the oldest never-sent records until ``size`` more bytes fit."""
-        if self._used + size <= self.max_bytes:
+        if self.used + size <= self.max_bytes:
             return
         for batch in list(self._queue):
-            if self._used + size <= self.max_bytes:
+            if self.used + size <= self.max_bytes:
                 return
             if not batch.droppable or batch.sends:
                 continue
             self._queue.remove(batch)
-            self._used -= batch.size
+            self.used -= batch.size
             self._count_drop(batch.count, batch.size)
             if batch.signed is not None and self.sealer is not None:
                 self.sealer.dropped(batch.signed)
         for key, opened in sorted(self._open.items(), key=lambda kv: kv[1].since):
-            if self._used + size <= self.max_bytes:
+            if self.used + size <= self.max_bytes:
                 return
             if key[1] is not _Kind.DROPPABLE:
                 continue
             del self._open[key]
-            self._used -= opened.size + opened.reserved
+            self.used -= opened.size + opened.reserved
             self._count_drop(opened.count, opened.size)
 
     # -- sealing --------------------------------------------------------------------
@@ -274,7 +269,7 @@ class Buffer:
         batch = Batch(seq, key[0], chunk, frame, count, key[1] is _Kind.PROTECTED,
                       droppable=key[1] is _Kind.DROPPABLE, owners=opened.owners,
                       signed=signed)
-        self._used += batch.size - opened.size - opened.reserved
+        self.used += batch.size - opened.size - opened.reserved
         self._queue.append(batch)
         self._sealed += 1
         self._changed.set()
@@ -329,9 +324,8 @@ class Buffer:
         batch = self._unacked.ack(chunk)
         if batch is None:
             return None
-        self._used -= batch.size
+        self.used -= batch.size
         self._acked += 1
-        self._acked_records += batch.count
         self._changed.set()
         if batch.owners:
             for owner, parts in batch.owners.items():
@@ -358,7 +352,7 @@ class Buffer:
             await self._changed.wait()
 
     def stats(self) -> BufferStats:
-        return BufferStats(self._used, self.max_bytes,
+        return BufferStats(self.used, self.max_bytes,
                            sum(b.count for b in self._open.values()), len(self._queue),
-                           len(self._unacked), self._sealed, self._acked, self._acked_records,
+                           len(self._unacked), self._sealed, self._acked,
                            self.dropped_records, self.dropped_bytes)

@@ -165,7 +165,6 @@ class EntryEncoder:
     """
 
     def __init__(self, fields: dict[str, str]) -> None:
-        self.fields = dict(fields)
         self._tail = b"".join(str_header(len(k.encode())) + k.encode()
                               + str_header(len(v.encode())) + v.encode()
                               for k, v in fields.items())

@@ -30,7 +30,7 @@ from itertools import accumulate
 from types import ModuleType
 from typing import Any
 
-__all__ = ["PatternError", "UserPattern", "line_starts"]
+__all__ = ["PatternError", "UserPattern"]
 
 #: Lines the start-up probe runs each pattern on (long runs of one character class).
 _PROBES = [c * 4096 + tail for c in (b"a", b"0", b" ", b"x.", b"a@", b"-", b"/", b"=")
@@ -43,11 +43,6 @@ RETRY_BUDGET = 10
 
 class PatternError(ValueError):
     """A pattern from the configuration that cannot be used; the message says why."""
-
-
-def line_starts(lines: Sequence[bytes]) -> list[int]:
-    """Offsets where each line starts in ``b"\\n".join(lines)``."""
-    return [0, *accumulate(len(line) + 1 for line in lines[:-1])] if lines else []
 
 
 def _regex() -> ModuleType:
@@ -72,8 +67,6 @@ class UserPattern:
     """
 
     def __init__(self, text: str, *, what: str, timeout: float = 0.1) -> None:
-        self.text = text
-        self.what = what
         self.timeout = timeout
         self.timeouts = 0
         try:
@@ -94,11 +87,6 @@ class UserPattern:
                     "line: it backtracks catastrophically (nested or overlapping "
                     "repetition such as (a+)+ or (a|aa)+); rewrite it without them") from None
 
-    def subn(self, repl: bytes, data: bytes) -> tuple[bytes, int]:
-        """``regex.subn`` within the time limit; raises ``TimeoutError``."""
-        result: tuple[bytes, int] = self.rx.subn(repl, data, timeout=self.timeout)
-        return result
-
     def search_lines(self, lines: Sequence[bytes]) -> tuple[dict[int, Any], list[int]]:
         """The first match in each line, by line index, and the undecided lines.
 
@@ -106,7 +94,8 @@ class UserPattern:
         again on its line alone. Undecided lines are those the time limit left.
         """
         blob = b"\n".join(lines)
-        starts = line_starts(lines)
+        # Where each line starts in the blob.
+        starts = [0, *accumulate(len(line) + 1 for line in lines[:-1])] if lines else []
         found: dict[int, Any] = {}
         recheck: list[int] = []
         try:
@@ -158,7 +147,7 @@ class UserPattern:
         """
         blob = b"\n".join(lines)
         try:
-            out, n = self.subn(repl, blob)
+            out, n = self.rx.subn(repl, blob, timeout=self.timeout)
         except TimeoutError:
             self.timeouts += 1
         else:
@@ -176,7 +165,7 @@ class UserPattern:
                 undecided.extend(range(i, len(lines)))
                 break
             try:
-                result[i], n = self.subn(repl, line)
+                result[i], n = self.rx.subn(repl, line, timeout=self.timeout)
                 total += n
             except TimeoutError:
                 self.timeouts += 1

@@ -173,7 +173,7 @@ class Multiline:
             if cont and self._parts:
                 self._append(line, flags[i])
             else:
-                self._emit(out)
+                self.take(out)
                 self._parts, self._size, self._flags, self._ns = [line], len(line), flags[i], ns
                 if self._size > self.max_bytes:
                     self._parts = [line[:self.max_bytes]]
@@ -191,7 +191,8 @@ class Multiline:
         self._parts.append(line)
         self._size += len(line) + 1
 
-    def _emit(self, out: tuple[list[bytes], list[int], list[int]]) -> None:
+    def take(self, out: tuple[list[bytes], list[int], list[int]]) -> None:
+        """Send the record being built, complete or not."""
         if not self._parts:
             return
         parts = self._parts
@@ -205,10 +206,6 @@ class Multiline:
 
     def due(self, now: float) -> bool:
         return bool(self._parts) and now - self._last >= self.flush
-
-    def take(self, out: tuple[list[bytes], list[int], list[int]]) -> None:
-        """Send the record being built, complete or not."""
-        self._emit(out)
 
 
 # -- the pipeline -------------------------------------------------------------------------
@@ -241,16 +238,15 @@ class Pipeline:
                              timeout=pattern_timeout) if p.multiline_start else None)
         self.multiline = (Multiline(start, p.multiline_flush, max_record_bytes, clock)
                           if start is not None or p.multiline == "indent" else None)
-        self.json = p.json
-        self.time_key = p.time_key
-        self.time_format = p.time_format
-        self.level_keys = p.level_keys
+        self.processing = processing
         self.level_regex = (UserPattern(p.level_regex, what=f"{what}.level_regex",
                                         timeout=pattern_timeout) if p.level_regex else None)
         self.detect_levels = p.level_regex is not None or p.min_level is not None
         self.min_level = LEVELS[p.min_level] if p.min_level else None
         self.include = _patterns(p.include, f"{what}.include", pattern_timeout)
         self.exclude = _patterns(p.exclude, f"{what}.exclude", pattern_timeout)
+        #: Levels or filters: records are judged one by one, not passed on as they are.
+        self.filters = bool(self.detect_levels or self.include or self.exclude)
         self._encoders: dict[str | None, EntryEncoder] = {}
         self.filtered = 0
         self.time_errors = 0
@@ -273,7 +269,7 @@ class Pipeline:
 
     def process_lines(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Packed entries for a read's lines, and how many."""
-        if self.multiline is None and self._redact_only:
+        if self.multiline is None and not (self.processing.json or self.filters):
             return self._redact_read(items, ns)
         lines = [i if isinstance(i, bytes) else i[0] for i in items]
         flags = [0 if isinstance(i, bytes) else i[1] for i in items]
@@ -282,10 +278,6 @@ class Pipeline:
         out: tuple[list[bytes], list[int], list[int]] = ([], [], [])
         self.multiline.feed(lines, flags, ns, out)
         return self._finish(*out)
-
-    @property
-    def _redact_only(self) -> bool:
-        return not (self.json or self.detect_levels or self.include or self.exclude)
 
     def _redact_read(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Redaction alone: lines in, lines out, packed in one run as the fast path does."""
@@ -314,7 +306,7 @@ class Pipeline:
         if not n:
             return b"", 0
         objs: list[dict[str, Any] | None] = [None] * n
-        if self.json:
+        if self.processing.json:
             self._parse_json(lines, objs, times)
         levels: list[str | None] = [None] * n
         if self.detect_levels:
@@ -332,6 +324,7 @@ class Pipeline:
 
     def _parse_json(self, lines: list[bytes], objs: list[dict[str, Any] | None],
                     times: list[int]) -> None:
+        time_key = self.processing.time_key
         for i, line in enumerate(lines):
             if line[:1] != b"{" and line.lstrip()[:1] != b"{":
                 continue
@@ -342,8 +335,8 @@ class Pipeline:
             if type(obj) is not dict:
                 continue
             objs[i] = obj
-            if self.time_key is not None and self.time_key in obj:
-                t = parse_time(obj[self.time_key], self.time_format)
+            if time_key is not None and time_key in obj:
+                t = parse_time(obj[time_key], self.processing.time_format)
                 if t is None:
                     self.time_errors += 1
                 else:
@@ -355,11 +348,8 @@ class Pipeline:
         for i, obj in enumerate(objs):
             if obj is None:
                 plain.append(i)
-                continue
-            for key in self.level_keys:
-                if key in obj:
-                    levels[i] = normalize_level(obj[key])
-                    break
+            else:
+                levels[i] = self._level_of(obj)
         if not plain:
             return
         if self.level_regex is not None:
@@ -373,6 +363,13 @@ class Pipeline:
                 m = _DEFAULT_LEVEL.search(lines[i])
                 if m:
                     levels[i] = normalize_level(m.group(1) or m.group(2))
+
+    def _level_of(self, record: dict[str, Any]) -> str | None:
+        """The level under the first of ``level_keys`` the record has."""
+        for key in self.processing.level_keys:
+            if key in record:
+                return normalize_level(record[key])
+        return None
 
     def _keep(self, lines: list[bytes], levels: list[str | None]) -> list[int]:
         keep = list(range(len(lines)))
@@ -395,27 +392,25 @@ class Pipeline:
     def _encode(self, keep: list[int], lines: list[bytes], flags: list[int], times: list[int],
                 objs: list[dict[str, Any] | None], levels: list[str | None]
                 ) -> tuple[bytes, int]:
+        """Objects packed one by one; lines in runs of one level and one time."""
         parts: list[bytes] = []
         run: list[Item] = []
-        run_key: tuple[str | None, int] | None = None
+        run_level: str | None = None
+        run_ns = 0
         for i in keep:
             obj = objs[i]
-            if obj is not None:
-                packed = self._pack_object(obj, flags[i], times[i])
-                if packed is not None:
-                    if run:
-                        parts.append(self._encoder(run_key[0]).encode(run, run_key[1]))  # type: ignore[index]
-                        run = []
-                    parts.append(packed)
-                    continue
-            key = (levels[i] if obj is None else None, times[i])
-            if key != run_key and run:
-                parts.append(self._encoder(run_key[0]).encode(run, run_key[1]))  # type: ignore[index]
+            packed = None if obj is None else self._pack_object(obj, flags[i], times[i])
+            level = levels[i] if obj is None else None
+            if run and (packed is not None or (level, times[i]) != (run_level, run_ns)):
+                parts.append(self._encoder(run_level).encode(run, run_ns))
                 run = []
-            run_key = key
-            run.append(lines[i] if not flags[i] else (lines[i], flags[i]))
+            if packed is not None:
+                parts.append(packed)
+            else:
+                run_level, run_ns = level, times[i]
+                run.append(lines[i] if not flags[i] else (lines[i], flags[i]))
         if run:
-            parts.append(self._encoder(run_key[0]).encode(run, run_key[1]))  # type: ignore[index]
+            parts.append(self._encoder(run_level).encode(run, run_ns))
         return b"".join(parts), len(keep)
 
     def _pack_object(self, obj: dict[str, Any], flags: int, ns: int) -> bytes | None:
@@ -437,35 +432,28 @@ class Pipeline:
         texts = [escape_line(str(rec.get("log", "")).encode("utf-8", "surrogateescape"))
                  for _, rec in records]
         levels = [normalize_level(rec.get("level")) for _, rec in records]
-        keep = self._keep(texts, levels)
-        out = []
-        for i in keep:
-            ns, rec = records[i]
-            if self.redactor is not None:
-                rec = self.redactor.record(rec)
-            out.append(pack_entry(EventTime.from_ns(ns), rec))
-        return b"".join(out), len(keep)
+        stamped = [(EventTime.from_ns(ns), rec) for ns, rec in records]
+        return self._pack_kept(stamped, texts, levels)
 
     def process_entries(self, entries: bytes, count: int) -> tuple[bytes, int]:
         """Filter and redact packed entries from a Forward client."""
-        if not (self.detect_levels or self.include or self.exclude):
+        if not self.filters:
             if self.redactor is not None:
                 entries = self.redactor.entries(entries)
             return entries, count
         decoded = list(iter_entries(entries))
         texts = []
-        levels: list[str | None] = []
         for _, rec in decoded:
             text = rec.get("log", rec.get("message", ""))
             texts.append(text.encode("utf-8", "surrogateescape") if isinstance(text, str)
                          else b"")
-            level = None
-            for key in self.level_keys:
-                if key in rec:
-                    level = normalize_level(rec[key])
-                    break
-            levels.append(level)
+        levels = [self._level_of(rec) for _, rec in decoded]
+        return self._pack_kept(decoded, texts, levels)
+
+    def _pack_kept(self, records: list[tuple[Any, dict[str, Any]]], texts: list[bytes],
+                   levels: list[str | None]) -> tuple[bytes, int]:
+        """The records the filters keep (judged on ``texts``), redacted and packed."""
         keep = self._keep(texts, levels)
         red = self.redactor
-        return b"".join(pack_entry(decoded[i][0], red.record(decoded[i][1]) if red else
-                                   decoded[i][1]) for i in keep), len(keep)
+        return b"".join(pack_entry(records[i][0], red.record(records[i][1]) if red else
+                                   records[i][1]) for i in keep), len(keep)

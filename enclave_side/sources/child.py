@@ -191,7 +191,6 @@ class PipeSource(asyncio.Protocol):
                  nap: float = 0.0) -> None:
         self.name = stream
         self.tee = tee  # a file descriptor to copy the raw output to (--tee-console)
-        self.tag = tag
         self.buffer = buffer
         self.policy = policy
         self.stream = LineStream(tag, {"stream": stream}, buffer, policy=policy,
@@ -204,10 +203,6 @@ class PipeSource(asyncio.Protocol):
         self.napping = False  # letting the pipe fill after a short read
         self.naps = 0
         self._finished = False
-
-    @property
-    def last_data(self) -> float:
-        return self.stream.last_data
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

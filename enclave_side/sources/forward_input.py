@@ -60,14 +60,14 @@ def check_listen(endpoint: Endpoint) -> str | None:
 
 @dataclass(slots=True)
 class ForwardInputStats:
+    """Counters of one listening address, as its ``sources`` entry in the metrics."""
+
     connections: int = 0
-    frames: int = 0
-    records: int = 0
+    lines: int = 0  # records, named as every source's count
     bytes: int = 0
     acks: int = 0
     protocol_errors: int = 0
     auth_failures: int = 0
-    renamed_tags: int = 0
 
 
 class ForwardInputServer(ForwardServer):
@@ -145,13 +145,11 @@ class ForwardInputServer(ForwardServer):
 
     async def _on_event(self, conn: Connection, frame: EventFrame) -> None:
         st = self.stats
-        st.frames += 1
-        st.records += frame.count
+        st.lines += frame.count
         st.bytes += len(frame.entries)
         tag = frame.tag
         if tag.split(".")[0] == RESERVED_TAG_PREFIX:
             tag = "forward." + tag
-            st.renamed_tags += 1
         entries, count = frame.entries, frame.count
         if self.pipeline is not None:
             entries, count = self.pipeline.process_entries(entries, count)

@@ -49,11 +49,6 @@ class LineStream:
         self.bytes = 0
         self.adds = 0  # buffer.add calls made with ``owner``
 
-    @property
-    def pending(self) -> int:
-        """Bytes of a line still waiting for its newline."""
-        return self.splitter.pending
-
     def feed(self, data: bytes) -> None:
         self.last_data = self._clock()
         self.bytes += len(data)

@@ -338,6 +338,14 @@ class TailSource:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return False
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != key:
+            # Renamed between the listing's stat and this open (logrotate shifting
+            # app.log.1 to app.log.2): the name is another file now, maybe one we
+            # follow. Keyed as the listed one it would be read twice; the next poll
+            # lists both under their new names.
+            os.close(fd)
+            return True
         fp = os.pread(fd, self.fp_bytes, 0)
         origin, offset = path, 0
         if mem is not None:

@@ -262,7 +262,8 @@ async def test_shared_key_required_and_checked(forward_agent: Start, sockdir: Pa
     conf = tmp_path / "agent.toml"
     conf.write_text(f'[[forward]]\nlisten = "unix://{sockdir}/keyed.sock"\n'
                     'shared_key = "s3cret"\n')
-    run, out, url = await forward_agent("unix://{sockdir}/fwd.sock", "--config", str(conf))
+    run, out, url = await forward_agent("unix://{sockdir}/fwd.sock", "--config", str(conf),
+                                        "--metrics-interval", "100ms")
     keyed = f"{sockdir}/keyed.sock"
     await wait_until(lambda: b"listening on unix://" + keyed.encode() in run.stderr,
                      "the keyed input")
@@ -303,6 +304,14 @@ async def test_shared_key_required_and_checked(forward_agent: Start, sockdir: Pa
     # Records are buffered in the order they came: a refused one would be here by now.
     await wait_until(lambda: rows(out, "keyed"), "the authorised record")
     assert [r["record"]["log"] for r in rows(out, "keyed")] == ["authorised"]
+
+    def auth_failures() -> int:
+        metrics = out.tagged("agent.metrics")
+        return int(metrics[-1]["sources"][f"forward:unix://{keyed}"]["auth_failures"]
+                   if metrics else 0)
+
+    # The refused clients are counted in the metrics of the address they tried.
+    await wait_until(lambda: auth_failures() >= 1, "the refused handshake in the metrics")
 
 
 async def test_reserved_tags_cannot_speak_for_the_agent(forward_agent: Start) -> None:

@@ -522,6 +522,38 @@ async def test_a_rotated_file_missing_from_the_listing_as_it_is_let_go_is_rememb
     tail.close()
 
 
+async def test_a_name_renamed_between_the_listing_and_the_open_is_not_read_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """glob stats each name, the open comes later: logrotate shifting app.log.1 to
+    app.log.2 and app.log to app.log.1 in between makes the listed app.log.1 (a new
+    file) open as the followed app.log. Keyed as the listed file, that one was read
+    again from the start and the listed one never (seen as 300 lines duplicated by
+    test_five_rotations_in_a_row_with_a_glob_that_matches_rotated_files under load)."""
+    buf = _Buffer()
+    tail = polled_tail(tmp_path / "app.log*", buf)
+    w = LineWriter(tmp_path / "app.log")
+    w.write(20)
+    await tail.poll()  # following app.log, read to its end
+    late = LineWriter(tmp_path / "app.log.1")
+    late.next = w.next
+    late.write(10)
+    real_glob = tail._glob
+
+    def listing_then_rotation() -> dict[str, tuple[os.stat_result, int]]:
+        listed = real_glob()
+        monkeypatch.setattr(tail, "_glob", real_glob)  # the race happens once
+        os.rename(tmp_path / "app.log.1", tmp_path / "app.log.2")
+        os.rename(tmp_path / "app.log", tmp_path / "app.log.1")
+        return listed
+
+    monkeypatch.setattr(tail, "_glob", listing_then_rotation)
+    for _ in range(3):
+        await tail.poll()
+    report = check(_logs(buf), range(late.next))
+    assert (report.lost, report.duplicated) == ([], 0), str(report)
+    tail.close()
+
+
 async def test_polling_follows_a_growing_file_closely_and_backs_off_when_idle(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from enclave_side.sources import tail as tail_mod

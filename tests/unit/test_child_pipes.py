@@ -103,17 +103,17 @@ async def test_a_half_line_is_not_flushed_as_partial_while_reading_is_paused() -
     transport = FakeTransport()
     src.connection_made(transport)
     src.data_received((b"y" * 1000 + b"\n") * 5 + b"half of a li")  # fills the buffer
-    assert src.paused and src.stream.pending == 12
+    assert src.paused and src.stream.splitter.pending == 12
     now[0] += 5.0
     src.tick(now[0], 1.0)
-    assert src.stream.pending == 12, "the half line was flushed while reading was paused"
+    assert src.stream.splitter.pending == 12, "the half line was flushed while reading was paused"
     while src.buffer.stats().queued_batches or src.buffer.stats().open_records:
         src.buffer.seal_all()
         src.buffer.ack((await src.buffer.next_batch(8)).chunk)
     await asyncio.sleep(10 * MS)  # room again: reading resumes
     assert not src.paused and transport.reading
     src.tick(now[0], 1.0)  # silence counts from the resume, not from the last read
-    assert src.stream.pending == 12
+    assert src.stream.splitter.pending == 12
     src.data_received(b"ne\n")
     src.buffer.seal_all()
     batch = await src.buffer.next_batch(8)
