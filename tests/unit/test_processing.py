@@ -182,8 +182,9 @@ def test_normalize_level() -> None:
 
 
 def test_a_filter_that_runs_out_of_time_drops_the_line_and_is_counted() -> None:
+    # 50 ms, not less: on a loaded machine the clean lines must still finish in time.
     p = Pipeline(Processing(exclude=(r"(b|bb)+$",)), {"stream": "stdout"}, None,
-                 max_record_bytes=1000, pattern_timeout=0.02)
+                 max_record_bytes=1000, pattern_timeout=0.05)
     got = logs(p.process_lines([b"fine", b"b" * 5000 + b"!", b"also fine"], NS))
     assert got == ["fine", "also fine"]
     assert p.pattern_timeouts >= 1 and p.filtered == 1
