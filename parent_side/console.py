@@ -124,8 +124,7 @@ class Console:
         for enclave_id, follow in list(self.following.items()):
             if enclave_id not in wanted or enclave_id in with_agent:
                 why = "its agent is connected" if enclave_id in with_agent else "it is gone"
-                log.info("no longer following %s's console: %s", follow.enclave.name or
-                         enclave_id, why)
+                log.info("no longer following %s's console: %s", follow.enclave.label, why)
                 follow.task.cancel()
                 del self.following[enclave_id]
         for enclave_id, enclave in wanted.items():
@@ -136,9 +135,8 @@ class Console:
     async def _follow(self, enclave: EnclaveInfo) -> None:
         """Run ``nitro-cli console`` for one enclave, again whenever it ends."""
         delays = backoff(initial=0.5, maximum=10.0)
-        name = enclave.name or f"cid-{enclave.cid}"
         while True:
-            log.info("following the console of %s (%s)", name, enclave.enclave_id)
+            log.info("following the console of %s (%s)", enclave.label, enclave.enclave_id)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     self.options.nitro_cli, "console", "--enclave-id", enclave.enclave_id,
@@ -157,7 +155,7 @@ class Console:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                 await proc.wait()
-            log.info("the console of %s ended; re-attaching while it runs", name)
+            log.info("the console of %s ended; re-attaching while it runs", enclave.label)
             await asyncio.sleep(next(delays))
 
 
@@ -170,11 +168,10 @@ class _Sender:
         self.dropped = 0
 
     def write(self, enclave: EnclaveInfo, line: bytes, ns: int) -> None:
-        name = sanitize_name(enclave.name or f"cid-{enclave.cid}")
         record = {"log": line.decode("utf-8", "backslashreplace"), "stream": "console",
                   "enclave_id": enclave.enclave_id, "enclave_cid": enclave.cid}
         try:
-            self.queue.put_nowait((f"enclave.{name}.console",
+            self.queue.put_nowait((f"enclave.{sanitize_name(enclave.label)}.console",
                                    pack_entry(EventTime.from_ns(ns), record), 1))
         except asyncio.QueueFull:
             # The output is far behind: the console must never block, so drop, counted.
@@ -190,7 +187,7 @@ class _Sender:
 
 
 def _stdout_line(enclave: EnclaveInfo, line: bytes, ns: int) -> None:
-    record = {"time": ns / 1e9, "enclave": enclave.name or f"cid-{enclave.cid}",
+    record = {"time": ns / 1e9, "enclave": enclave.label,
               "enclave_id": enclave.enclave_id, "cid": enclave.cid,
               "log": line.decode("utf-8", "backslashreplace")}
     sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -239,10 +239,9 @@ class Relay:
         self.emit(LIFECYCLE_TAG, record)
 
     def _terminated(self, enclave: EnclaveInfo) -> None:
-        name = enclave.name or f"cid-{enclave.cid}"
-        log.info("enclave %s (%s, CID %d) is no longer listed by describe-enclaves", name,
-                 enclave.enclave_id, enclave.cid)
-        self.emit(LIFECYCLE_TAG, {"event": "enclave_terminated", "enclave": name,
+        log.info("enclave %s (%s, CID %d) is no longer listed by describe-enclaves",
+                 enclave.label, enclave.enclave_id, enclave.cid)
+        self.emit(LIFECYCLE_TAG, {"event": "enclave_terminated", "enclave": enclave.label,
                                   "cid": enclave.cid, "enclave_id": enclave.enclave_id})
 
     def _delivered(self, tag: str, count: int, nbytes: int) -> None:
