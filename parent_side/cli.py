@@ -32,7 +32,7 @@ from nel_config.options import (
     read_config,
 )
 
-from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
+from .config import SERVE_OPTIONS, RelayConfig, serve_options
 from .console import CONSOLE_OPTIONS, ConsoleOptions, console_command
 from .outputs import OutputError
 from .relay import Relay
@@ -98,15 +98,16 @@ def _with_default_command(argv: list[str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class StatusOptions:
-    """What ``enclave-log-relay status`` needs; the declared fields are its options."""
+    """What ``enclave-log-relay status`` needs: ``STATUS_OPTIONS`` set it."""
 
-    admin_socket: str = option(DEFAULT_ADMIN_SOCKET, STR, metavar="PATH",
-                               help="the relay's admin socket")
+    admin_socket: str
     json: bool = option(False, BOOL, env=False, help="JSON lines instead of a table")
     log_level: str = "warning"
 
 
-STATUS_OPTIONS = options_of(StatusOptions)
+#: status's options: serve's --admin-socket (a path here: status must ask one) and --json.
+STATUS_OPTIONS = (*serve_options("admin_socket", kind=STR, metavar="PATH", restart=False,
+                                 help="the relay's admin socket"), *options_of(StatusOptions))
 #: Each subcommand's options (serve's --config is read before the others).
 COMMAND_OPTIONS = {"serve": SERVE_OPTIONS, "status": STATUS_OPTIONS,
                    "console": CONSOLE_OPTIONS}

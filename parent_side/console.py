@@ -28,22 +28,11 @@ from dataclasses import dataclass, field
 
 from fluent_forward.codec import EventTime, pack_entry
 from fluent_forward.retry import backoff
-from nel_config.options import (
-    BOOL,
-    DURATION,
-    LOG_LEVELS,
-    PATH_OR_NONE,
-    STR,
-    Option,
-    choice,
-    option,
-    options_of,
-    url,
-)
+from nel_config.options import BOOL, DURATION, STR, Option, option, options_of
 
-from .config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, local_hostname
+from .config import local_hostname, serve_options
 from .identity import EnclaveInfo, EnclaveRegistry, sanitize_name
-from .outputs import Output, OutputSpec, RelayBatch, make_output, parse_output
+from .outputs import Output, OutputSpec, RelayBatch, make_output
 from .status import query
 
 __all__ = ["CONSOLE_OPTIONS", "Console", "ConsoleOptions", "console_command"]
@@ -51,31 +40,33 @@ __all__ = ["CONSOLE_OPTIONS", "Console", "ConsoleOptions", "console_command"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConsoleOptions:
-    """What ``enclave-log-relay console`` needs; the fields declared with ``option`` are
-    its options (no environment variable sets them)."""
+    """What ``enclave-log-relay console`` needs. ``--interval`` is its own option; the
+    others are serve's of the same name (``CONSOLE_OPTIONS``). No environment variable
+    sets them."""
 
-    nitro_cli: str = option("nitro-cli", STR, env=False, metavar="PATH",
-                            help="nitro-cli to run")
     interval: float = option(5.0, DURATION, env=False,
                              help="how often to look for enclaves")
-    output: OutputSpec | None = option(
-        parse_output(DEFAULT_OUTPUT), url(parse_output), env=False,
-        help="where lines go, as for serve")  # None: --stdout
-    admin_socket: str | None = option(
-        DEFAULT_ADMIN_SOCKET, PATH_OR_NONE, env=False,
-        help="the relay to ask which enclaves have an agent connected")
+    nitro_cli: str
+    output: OutputSpec | None  # None: --stdout
+    admin_socket: str | None
+    upstream_shared_key: str | None
+    log_level: str
     hostname: str = field(default_factory=local_hostname)
-    upstream_shared_key: str | None = option(
-        None, STR, env=False, secret=True, metavar="KEY",
-        help="shared key of Fluent Bit's forward input, if it has one")
-    log_level: str = option("info", choice(*LOG_LEVELS), env=False, help="log level")
 
 
-#: ``enclave-log-relay console``'s options: those above, and --stdout.
-CONSOLE_OPTIONS = (Option("--stdout", BOOL, "print JSON lines instead of sending to --output",
-                          env=False), *options_of(ConsoleOptions))
+#: ``enclave-log-relay console``'s options: --stdout, --interval and serve's options.
+CONSOLE_OPTIONS = (
+    Option("--stdout", BOOL, "print JSON lines instead of sending to --output", env=False),
+    *serve_options("nitro_cli", kind=STR, metavar="PATH", help="nitro-cli to run",
+                   env=False),
+    *options_of(ConsoleOptions),
+    *serve_options("output", env=False),
+    *serve_options("admin_socket", env=False, restart=False,
+                   help="the relay to ask which enclaves have an agent connected"),
+    *serve_options("upstream_shared_key", "log_level", env=False),
+)
 
 
 @dataclass(eq=False)
