@@ -64,7 +64,6 @@ class DirectSink:
     def __init__(self, output: Output, *, on_delivered: Delivered | None = None) -> None:
         self.output = output
         self.on_delivered = on_delivered
-        self.dropped_poison = 0
 
     async def submit(self, batch: RelayBatch, boot_id: bytes | None,
                      seq: int | None) -> asyncio.Future[None]:
@@ -86,7 +85,6 @@ class DirectSink:
         exc = inner.exception()
         if isinstance(exc, PoisonFrame):
             # No disk to set it aside on: log it, and ack it so the agent stops resending.
-            self.dropped_poison += 1
             log.error("dropped a batch of %d records on %s that Fluent Bit kept refusing "
                       "(%s); memory-only mode has no dead-letter file", batch.count,
                       batch.tag, str(exc))
@@ -126,7 +124,6 @@ class Forwarder:
         self.hint_interval = hint_interval
         self.on_delivered = on_delivered
         self.replays = 0
-        self.replayed_records = 0
         self._stopping = False
         self._replaying: set[asyncio.Task[None]] = set()
 
@@ -151,7 +148,6 @@ class Forwarder:
             return
         records = sum(e.count for e in entries)
         self.replays += 1
-        self.replayed_records += records
         log.warning("Fluent Bit restarted: sending again the %d batches (%d records) it "
                     "acked in the last %gs (--replay-window), in case it lost them: "
                     "duplicates rather than loss", len(entries), records,
