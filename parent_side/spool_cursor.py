@@ -84,12 +84,11 @@ class ReadCache:
     def take(self, seg_id: int, offset: int) -> SpoolEntry | None:
         """The entry at (seg_id, offset) if cached; drops every entry before it."""
         cache = self._entries
-        while cache and (cache[0].segment, cache[0].offset) < (seg_id, offset):
-            self._size -= len(cache.popleft().entries)
-        if cache and (cache[0].segment, cache[0].offset) == (seg_id, offset):
+        while cache and (cache[0].segment, cache[0].offset) <= (seg_id, offset):
             entry = cache.popleft()
             self._size -= len(entry.entries)
-            return entry
+            if (entry.segment, entry.offset) == (seg_id, offset):
+                return entry
         return None
 
 
