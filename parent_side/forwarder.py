@@ -61,7 +61,7 @@ class DirectSink:
     through the current output.
     """
 
-    def __init__(self, output: Output, *, on_delivered: Delivered | None = None) -> None:
+    def __init__(self, output: Output, *, on_delivered: Delivered) -> None:
         self.output = output
         self.on_delivered = on_delivered
 
@@ -93,8 +93,7 @@ class DirectSink:
             outer.set_exception(exc)
             outer.exception()  # retrieved: the connection that waits for it may be gone
         else:
-            if self.on_delivered is not None:
-                self.on_delivered(batch.tag, batch.count, len(batch.entries))
+            self.on_delivered(batch.tag, batch.count, len(batch.entries))
             outer.set_result(None)
 
 
@@ -118,7 +117,7 @@ class Forwarder:
     """
 
     def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0,
-                 on_delivered: Delivered | None = None) -> None:
+                 on_delivered: Delivered) -> None:
         self.spool = spool
         self.output = output
         self.hint_interval = hint_interval
@@ -173,8 +172,7 @@ class Forwarder:
         exc = fut.exception()
         if exc is None:
             self.spool.ack(entry)
-            if self.on_delivered is not None:
-                self.on_delivered(entry.tag, entry.count, len(entry.entries))
+            self.on_delivered(entry.tag, entry.count, len(entry.entries))
         elif isinstance(exc, PoisonFrame):
             self.spool.dead_letter(entry, str(exc))
         else:
