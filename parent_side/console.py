@@ -31,7 +31,7 @@ from fluent_forward.retry import backoff
 from nel_config.options import BOOL, DURATION, STR, Option, option, options_of
 
 from .config import local_hostname, serve_options
-from .identity import EnclaveInfo, EnclaveRegistry, sanitize_name
+from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, sanitize_name
 from .outputs import Output, OutputSpec, RelayBatch, make_output
 from .status import query
 
@@ -155,15 +155,15 @@ class _Sender:
 
     def __init__(self, output: Output) -> None:
         self.output = output
-        self.queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(10_000)
+        self.queue: asyncio.Queue[RelayBatch] = asyncio.Queue(10_000)
         self.dropped = 0
 
     def write(self, enclave: EnclaveInfo, line: bytes, ns: int) -> None:
         record = {"log": line.decode("utf-8", "backslashreplace"), "stream": "console",
                   "enclave_id": enclave.enclave_id, "enclave_cid": enclave.cid}
         try:
-            self.queue.put_nowait((f"enclave.{sanitize_name(enclave.label)}.console",
-                                   pack_entry(EventTime.from_ns(ns), record), 1))
+            self.queue.put_nowait(RelayBatch(f"{TAG_ROOT}.{sanitize_name(enclave.label)}.console",
+                                             pack_entry(EventTime.from_ns(ns), record), 1))
         except asyncio.QueueFull:
             # The output is far behind: the console must never block, so drop, counted.
             self.dropped += 1
@@ -173,8 +173,7 @@ class _Sender:
 
     async def run(self) -> None:
         while True:
-            tag, entry, n = await self.queue.get()
-            await self.output.submit(RelayBatch(tag, entry, n))
+            await self.output.submit(await self.queue.get())
 
 
 def _stdout_line(enclave: EnclaveInfo, line: bytes, ns: int) -> None:
