@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.codec import EventTime, pack_entry
 from fluent_forward.conventions import DIAG_TAG
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.errors import ConnectError
 from fluent_forward.handshake import ClientHandshake
 

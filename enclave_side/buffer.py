@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
-from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
+from fluent_forward.codec import encode_packed_forward
 from fluent_forward.conventions import DIAG_TAG, Overflow, chunk_id, drop_report
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.window import InFlight
 
 __all__ = ["AckWatcher", "Batch", "Buffer", "BufferStats", "Sealer"]

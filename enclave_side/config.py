@@ -16,10 +16,10 @@ from nel_config.options import (
     SIZE,
     STR,
     ConfigError,
+    Kind,
     choice,
     option,
     options_of,
-    url,
 )
 
 __all__ = [
@@ -217,7 +217,7 @@ class AgentConfig:
     """
 
     relay: Endpoint = option(
-        parse_endpoint(DEFAULT_RELAY), url(parse_endpoint),
+        parse_endpoint(DEFAULT_RELAY), Kind("URL", parse_endpoint),
         default_text=f"{DEFAULT_RELAY}, the parent instance",
         help="the relay: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH")
     command: tuple[str, ...] = ()

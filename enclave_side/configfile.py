@@ -25,6 +25,7 @@ from nel_config.options import (
     file_values,
     hint,
     read_config,
+    repeated,
 )
 
 from .config import (
@@ -84,14 +85,12 @@ def redact_names(value: Any, key: str) -> tuple[str, ...]:
 _str = STR.from_toml
 _bool = BOOL.from_toml
 _duration = DURATION.from_toml
+#: A string or a list of them, as every repeatable option takes them.
+_TEXTS = repeated(tuple, "TEXT")
 
 
 def _strings(v: Any, key: str) -> tuple[str, ...]:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ConfigError(f"{key}: expected a list of strings, e.g. [\"^GET \", \"^POST \"]")
-    return tuple(v)
+    return tuple(_TEXTS.from_toml(v, key))
 
 
 def _pattern(v: Any, key: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import TypeAlias
 
-from fluent_forward.codec import event_time_bytes
+from fluent_forward.entries import event_time_bytes
 from fluent_forward.wire import STR_HEADERS, str_header
 
 __all__ = [

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from fluent_forward.codec import EventTime, iter_entries, pack_entry
+from fluent_forward.entries import EventTime, iter_entries, pack_entry
 
 from .config import LEVELS, Processing
 from .lines import PARTIAL, TRUNCATED, EntryEncoder, Item, escape_line

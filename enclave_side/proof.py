@@ -49,7 +49,7 @@ from urllib.parse import quote, unquote
 
 import msgpack
 
-from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.wire import str_header
 
 __all__ = [

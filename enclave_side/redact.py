@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from fluent_forward.codec import iter_entries, pack_entry
+from fluent_forward.entries import iter_entries, pack_entry
 
 from .patterns import UserPattern
 

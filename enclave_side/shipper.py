@@ -27,9 +27,6 @@ from .buffer import Buffer
 
 __all__ = ["make_shipper"]
 
-#: The largest frame the agent accepts from the parent: acks and handshakes are tiny.
-MAX_INBOUND_FRAME = 64 * 1024
-
 
 def make_shipper(endpoint: Endpoint, buffer: Buffer, handshake: ClientHandshake, *,
                  window: int, handshake_wait: float, connect_timeout: float,
@@ -38,6 +35,5 @@ def make_shipper(endpoint: Endpoint, buffer: Buffer, handshake: ClientHandshake,
     return ForwardClient(endpoint, buffer, handshake, handshake_wait=handshake_wait,
                          require_handshake=handshake.shared_key is not None, window=window,
                          connect_timeout=connect_timeout, max_backoff=max_backoff,
-                         ack_timeout=None, keepalive=KEEPALIVE,
-                         max_inbound_frame=MAX_INBOUND_FRAME, name="relay",
+                         ack_timeout=None, keepalive=KEEPALIVE, name="relay",
                          logger=logging.getLogger("enclave_side.shipper"))

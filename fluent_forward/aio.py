@@ -1,8 +1,7 @@
 """The one asyncio and socket module: connect, listen, and a framed connection.
 
 Everything above this module speaks in ``Endpoint`` values and this package's
-errors; ``OSError``, ``IncompleteReadError`` and ``TimeoutError`` are mapped here and
-nowhere else.
+errors; ``OSError`` and ``TimeoutError`` are mapped here and nowhere else.
 
 AF_VSOCK goes through ``sock=``: asyncio cannot resolve vsock addresses, so the
 client socket is connected with ``loop.sock_connect`` first and the listening socket
@@ -79,8 +78,6 @@ def map_exceptions(error: type[TransportError], what: str) -> Iterator[None]:
         raise
     except TimeoutError as exc:
         raise TransportTimeout(f"{what}: timed out") from exc
-    except asyncio.IncompleteReadError as exc:
-        raise ConnectionClosed(f"{what}: peer closed", len(exc.partial)) from exc
     except OSError as exc:
         # asyncio keeps a transport's error (the stream reader holds it to raise it
         # again), and its traceback holds the transport's frame and, once raised here,
@@ -427,8 +424,8 @@ class ForwardClient:
         endpoint: the server.
         source: the batches.
         handshake: our side of the handshake.
-        handshake_wait, require_handshake, window, ack_timeout, keepalive,
-            max_inbound_frame: each connection's ``ClientSession`` options;
+        handshake_wait, require_handshake, window, ack_timeout, keepalive: each
+            connection's ``ClientSession`` options;
             ``connect_timeout`` is also its handshake timeout.
         name: used in log lines.
         on_connect, on_disconnect: called when a connection is up (after the
@@ -439,8 +436,7 @@ class ForwardClient:
                  handshake_wait: float = 0.5, require_handshake: bool = False,
                  window: int = 8, connect_timeout: float = 5.0, max_backoff: float = 5.0,
                  ack_timeout: float | None = None, keepalive: float | None = None,
-                 max_inbound_frame: int = 64 * 1024, name: str = "peer",
-                 logger: logging.Logger | None = None,
+                 name: str = "peer", logger: logging.Logger | None = None,
                  on_connect: Callable[[], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
@@ -449,8 +445,7 @@ class ForwardClient:
         self.new_session = functools.partial(
             ClientSession, handshake, handshake_wait=handshake_wait,
             require_handshake=require_handshake, handshake_timeout=connect_timeout,
-            window=window, ack_timeout=ack_timeout, keepalive=keepalive,
-            max_inbound_frame=max_inbound_frame, name=name)
+            window=window, ack_timeout=ack_timeout, keepalive=keepalive, name=name)
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.name = name

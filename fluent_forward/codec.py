@@ -18,14 +18,14 @@ entries as one ``bytes`` of concatenated msgpack entries, validated and with eve
 time an integer or an EventTime: "lenient on input, strict on output". Entries that
 needed no change are the very bytes that arrived, so a relay forwards them untouched.
 
-The entries themselves (their times, validation, splitting) are ``entries``'s; this
-module re-exports those names, so ``from fluent_forward.codec import EventTime`` holds.
+The entries themselves (their times, validation, splitting) are ``entries``'s. Only
+PackedForward is encoded here: it is the one mode our agent and relay send.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
@@ -35,19 +35,11 @@ import msgpack
 from .bulk import BulkFrame, bulk_start
 from .entries import (
     DEFAULT_MAX_ENTRIES,
-    EventTime,
-    Time,
     check_record,
-    event_time_bytes,
-    first_event_time,
-    iter_entries,
     msgpack_error,
     normal_entry,
     normal_time,
-    pack_entry,
     packb,
-    split_entries,
-    time_to_ns,
     unpacker,
     validate_entries,
 )
@@ -64,33 +56,20 @@ from .wire import bin_header
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
-    "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_OBJECT_FRAME_BYTES",
     "MAX_CHUNK_ID_BYTES",
     "Ack",
     "EventFrame",
-    "EventTime",
     "Frame",
     "FrameDecoder",
     "FrameKind",
     "Heartbeat",
     "Role",
     "encode_ack",
-    "encode_compressed_packed_forward",
-    "encode_forward",
-    "encode_message",
     "encode_packed_forward",
-    "event_time_bytes",
-    "first_event_time",
-    "iter_entries",
-    "make_options",
-    "pack_entry",
     "packed_forward_parts",
     "parse_event",
-    "split_entries",
-    "time_to_ns",
-    "validate_entries",
 ]
 
 #: Largest frame the decoder buffers. Fluent Bit's forward input closes connections
@@ -113,33 +92,6 @@ MAX_CHUNK_ID_BYTES = 64
 # -- encoders ------------------------------------------------------------------------
 
 
-def make_options(*, chunk: str | None = None, size: int | None = None,
-                 compressed: str | None = None) -> dict[str, Any]:
-    """The option map: only the keys given."""
-    opts: dict[str, Any] = {}
-    if chunk is not None:
-        opts["chunk"] = chunk
-    if size is not None:
-        opts["size"] = size
-    if compressed is not None:
-        opts["compressed"] = compressed
-    return opts
-
-
-def encode_message(tag: str, time: Time, record: Mapping[str, Any],
-                   options: Mapping[str, Any] | None = None) -> bytes:
-    """Message mode: ``[tag, time, record, options?]``."""
-    frame: tuple[Any, ...] = (tag, time, record)
-    return packb(frame if options is None else (*frame, options))
-
-
-def encode_forward(tag: str, entries: Iterable[tuple[Time, Mapping[str, Any]]],
-                   options: Mapping[str, Any] | None = None) -> bytes:
-    """Forward mode: ``[tag, [[time, record], ...], options?]``."""
-    frame: tuple[Any, ...] = (tag, list(entries))
-    return packb(frame if options is None else (*frame, options))
-
-
 def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
                           options: Mapping[str, Any] | None = None) -> bytes:
     """PackedForward: ``[tag, bin(entries), options?]``, entries copied once.
@@ -147,10 +99,9 @@ def encode_packed_forward(tag: str, entries: bytes | Sequence[bytes],
     ``entries`` may also be a sequence of parts (packed entries to concatenate): they
     are then copied once too, straight into the frame.
     """
-    if isinstance(entries, bytes):
-        return b"".join(packed_forward_parts(tag, entries, options))
-    head, _, tail = packed_forward_parts(tag, b"", options, size=sum(map(len, entries)))
-    return b"".join([head, *entries, tail])
+    parts = [entries] if isinstance(entries, bytes) else entries
+    head, _, tail = packed_forward_parts(tag, b"", options, size=sum(map(len, parts)))
+    return b"".join([head, *parts, tail])
 
 
 def packed_forward_parts(tag: str, entries: bytes, options: Mapping[str, Any] | None = None,
@@ -164,16 +115,6 @@ def packed_forward_parts(tag: str, entries: bytes, options: Mapping[str, Any] | 
     head = b"\x93" if options is not None else b"\x92"
     head += packb(tag) + bin_header(len(entries) if size is None else size)
     return head, entries, packb(options) if options is not None else b""
-
-
-def encode_compressed_packed_forward(tag: str, entries: bytes,
-                                     options: Mapping[str, Any] | None = None,
-                                     *, level: int = 6) -> bytes:
-    """CompressedPackedForward: gzip entries, with ``compressed: "gzip"`` in the options."""
-    opts = dict(options or {})
-    opts["compressed"] = "gzip"
-    co = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return encode_packed_forward(tag, co.compress(entries) + co.flush(), opts)
 
 
 def encode_ack(chunk: str | bytes) -> bytes:
@@ -234,6 +175,9 @@ class Heartbeat:
 Frame: TypeAlias = "EventFrame | Ack | Heartbeat | Helo | Ping | Pong"
 
 _HEARTBEAT = Heartbeat()
+#: What a server sends besides acks, by the first element.
+_HANDSHAKE_PARSERS: dict[str, Callable[[Any], Helo | Pong]] = {"HELO": parse_helo,
+                                                               "PONG": parse_pong}
 
 
 def _options_unpacker(max_bytes: int) -> msgpack.Unpacker:
@@ -416,10 +360,8 @@ class FrameDecoder:
             if not isinstance(chunk, (str, bytes)):
                 raise MalformedFrame("ack value must be a str or bin chunk id")
             return Ack(chunk)
-        if type(obj) is tuple and obj and obj[0] == "HELO":
-            return parse_helo(obj)
-        if type(obj) is tuple and obj and obj[0] == "PONG":
-            return parse_pong(obj)
+        if type(obj) is tuple and obj and obj[0] in _HANDSHAKE_PARSERS:
+            return _HANDSHAKE_PARSERS[obj[0]](obj)  # which checks the rest of its shape
         raise MalformedFrame(f"unexpected {type(obj).__name__} from the server "
                              "(expected an ack map, HELO or PONG)")
 

@@ -6,7 +6,7 @@ integer (seconds) or ``EventTime``: msgpack ext type 0 holding big-endian uint32
 seconds and uint32 nanoseconds. ``validate_entries`` checks a batch and normalises
 its times ("lenient on input, strict on output"); the rest read entries straight
 from the bytes without building records where they can. The frames around entries
-are ``codec``'s; it re-exports these names.
+are ``codec``'s.
 
 ``unpacker`` and ``msgpack_error`` are the one way this package reads msgpack: limits
 first, and msgpack's errors turned into ``ProtocolError``s.
@@ -71,8 +71,7 @@ Time: TypeAlias = "int | EventTime | msgpack.ExtType"
 
 def event_time_bytes(ns: int) -> bytes:
     """The 10 packed bytes of an EventTime (fixext8), for building entries by hand."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    return b"\xd7\x00" + EVENT_TIME.pack(seconds, nanos)
+    return b"\xd7\x00" + EVENT_TIME.pack(*divmod(ns, 1_000_000_000))
 
 
 def time_to_ns(t: Any) -> int:
@@ -224,8 +223,7 @@ def first_event_time(entries: bytes) -> int | None:
     """
     if entries[:3] != b"\x92\xd7\x00" or len(entries) < 11:
         return None
-    seconds, nanos = EVENT_TIME.unpack_from(entries, 3)
-    return int(seconds * 1_000_000_000 + nanos)
+    return time_to_ns(msgpack.ExtType(0, entries[3:11]))
 
 
 def split_entries(entries: bytes, max_bytes: int) -> list[tuple[bytes, int]]:

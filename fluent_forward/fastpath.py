@@ -112,12 +112,12 @@ def agent_shape_count(data: bytes, prefix: bytes, tail: bytes, max_entries: int
     n = len(pieces)
     if n > max_entries:
         return None
-    try:  # the length of every str8 line (32-255 bytes), if that is what they all are
-        lengths = bytes(map(sub, map(len, pieces), itertools.repeat(_STR_AT + 2)))
+    try:  # every piece's length, if all fit a byte: lines of 32-240 bytes, most of them
+        sizes = bytes(map(len, pieces))
     except ValueError:
-        lengths = b""
-    if lengths and min(lengths) >= 32:
-        return n if _str8_columns_ok(pieces, prefix, lengths) else None
+        sizes = b""
+    if sizes and min(sizes) >= _STR_AT + 2 + 32:
+        return n if _str8_columns_ok(pieces, prefix, sizes) else None
     return n if _headers_ok(pieces, prefix) else None
 
 
@@ -246,18 +246,23 @@ def _signed_str8_count(data: bytes, prefix: bytes, tail: bytes, width: int,
 #: A piece's nanoseconds, map header, "log" key and str8 header: 11 bytes.
 _COLUMNS = itemgetter(slice(4, _STR_AT + 2))
 _WIDTH = _STR_AT + 2 - 4
+#: A str8 header's length byte mapped to the size of its piece (the byte + 15, mod 256).
+_PIECE_SIZE = bytes((b + _STR_AT + 2) & 0xFF for b in range(256))
 
 
-def _str8_columns_ok(pieces: list[bytes], prefix: bytes, lengths: bytes) -> bool:
-    """Lines of 32-255 bytes: the 11 bytes of every piece from its nanoseconds to its
-    str8 header, joined, then checked a column at a time (strided slices: no object
-    per entry): the map header and key as the first entry's, ``0xD9``, each length."""
+def _str8_columns_ok(pieces: list[bytes], prefix: bytes, sizes: bytes) -> bool:
+    """Pieces of 47-255 bytes (lines of 32-240): the 11 bytes of every piece from its
+    nanoseconds to its str8 header, joined, then checked a column at a time (strided
+    slices: no object per entry): the map header and key as the first entry's, ``0xD9``,
+    and each length byte against its piece's size in ``sizes``. The length column is
+    compared through ``_PIECE_SIZE``: a piece of 47 bytes or more matches only the length
+    it really has, as a length past 240 would wrap below 15."""
     cols = b"".join(map(_COLUMNS, pieces))
     n = len(pieces)
     for i, byte in enumerate(prefix + b"\xd9", start=4):
         if cols[i::_WIDTH] != bytes((byte,)) * n:
             return False
-    if cols[_WIDTH - 1::_WIDTH] != lengths:
+    if cols[_WIDTH - 1::_WIDTH].translate(_PIECE_SIZE) != sizes:
         return False
     # Nanoseconds below 1e9 (0x3B9ACA00): a first byte under 0x3B says so for nearly
     # every batch; otherwise compare them all.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
 
-from .codec import Ack, EventFrame, FrameDecoder, Heartbeat, Role
+from .codec import Ack, EventFrame, Frame, FrameDecoder, Heartbeat, Role
 from .errors import (
     AuthenticationError,
     ConnectionClosed,
@@ -48,6 +48,7 @@ from .window import InFlight
 
 __all__ = [
     "HEARTBEAT",
+    "MAX_INBOUND_FRAME",
     "Acked",
     "ClientSession",
     "Opened",
@@ -59,6 +60,8 @@ __all__ = [
 
 #: A msgpack nil: the spec's heartbeat. Sent only to our relay, never to Fluent Bit.
 HEARTBEAT = b"\xc0"
+#: The largest frame a client takes from a server: acks and handshake frames are tiny.
+MAX_INBOUND_FRAME = 64 * 1024
 
 
 class State(IntEnum):
@@ -106,9 +109,7 @@ class Session:
 
     def data_to_send(self) -> bytes:
         """Bytes to write now (maybe none)."""
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        return b"".join(self.parts_to_send())
 
     def parts_to_send(self) -> list[bytes]:
         """``data_to_send`` as the parts queued, not joined: a batch's entries are
@@ -125,44 +126,54 @@ class Session:
         waiting = self._waiting_since
         return self._peer + (now - waiting if waiting is not None else 0.0)
 
-    def _feed(self, data: bytes, now: float) -> list[object]:
+    def _feed(self, data: bytes, now: float) -> list[Frame]:
         """Stop the peer clock at ``now``; decode ``data`` (b"": the peer closed)."""
-        if self.state is State.CLOSED:
-            raise UsageError("session used after it closed")
         self._peer = self._peer_clock(now)
         self._waiting_since = None
         self._heard = self._peer
         if not data:
             partial = self.decoder.buffered
-            self.state = State.CLOSED
             raise ConnectionClosed(f"{self.name} closed the connection"
                                    + (f" {partial} bytes into a frame" if partial else ""),
                                    partial)
         self.bytes_in += len(data)
-        try:
-            return list(self.decoder.feed(data))
-        except BaseException:
-            self.state = State.CLOSED
-            raise
-
-    def _fail(self, exc: Exception) -> Exception:
-        self.state = State.CLOSED
-        return exc
+        return self.decoder.feed(data)
 
     def _deadline(self, now: float, peer_deadline: float) -> float:
         """Seconds from ``now`` until the peer clock reaches ``peer_deadline``."""
         return max(peer_deadline - self._peer_clock(now), 0.0)
 
     def receive_data(self, data: bytes, now: float) -> None:
-        """Take bytes the peer sent (b"" when it closed)."""
-        raise NotImplementedError
+        """Take bytes the peer sent (b"" when it closed); an error closes the session."""
+        if self.state is State.CLOSED:
+            raise UsageError("session used after it closed")
+        try:
+            self._receive(data, now)
+        except BaseException:
+            self.state = State.CLOSED
+            raise
+
+    def on_timer(self, now: float) -> None:
+        """Act on the deadlines that passed; an error (the connection must end) closes
+        the session."""
+        left = self.timeout(now)
+        if left is None or left > 0:
+            return
+        try:
+            self._expired(now)
+        except BaseException:
+            self.state = State.CLOSED
+            raise
 
     def timeout(self, now: float) -> float | None:
         """Seconds until ``on_timer`` must be called if no bytes come (None: never)."""
         raise NotImplementedError
 
-    def on_timer(self, now: float) -> None:
-        """Act on the deadlines that passed; raise if the connection must end."""
+    def _receive(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def _expired(self, now: float) -> None:
+        """Act on a deadline that passed (``timeout`` is 0)."""
         raise NotImplementedError
 
 
@@ -208,8 +219,7 @@ class ServerSession(Session):
         events, self._events = self._events, []
         return events
 
-    def receive_data(self, data: bytes, now: float) -> None:
-        """Take bytes the client sent (b"" when it closed)."""
+    def _receive(self, data: bytes, now: float) -> None:
         began = self._frame_began if self.decoder.buffered else None
         frames = self._feed(data, now)
         # A frame left incomplete began in this read unless one was already partial
@@ -223,8 +233,7 @@ class ServerSession(Session):
             if isinstance(frame, EventFrame):
                 self._events.append(frame)
             elif not isinstance(frame, Heartbeat):
-                raise self._fail(HandshakeError(
-                    f"unexpected {type(frame).__name__} after the handshake"))
+                raise HandshakeError(f"unexpected {type(frame).__name__} after the handshake")
 
     def _greet(self, frame: object) -> bool:
         """Judge the client's first frame; True if it was the PING (consumed)."""
@@ -233,11 +242,11 @@ class ServerSession(Session):
             pong = self.handshake.check(frame)
             self._out.append(encode_pong(pong))
             if not pong.auth_result:
-                raise self._fail(AuthenticationError(pong.reason))
+                raise AuthenticationError(pong.reason)
             self.ping = frame
         elif self.required:
-            raise self._fail(AuthenticationError(
-                "the client skipped the handshake, but a shared key is required"))
+            raise AuthenticationError(
+                "the client skipped the handshake, but a shared key is required")
         self.state = State.OPEN
         self._events.append(Opened(self.ping))
         return isinstance(frame, Ping)
@@ -252,22 +261,17 @@ class ServerSession(Session):
             return self._deadline(now, self._heard + self.idle_timeout)
         return None
 
-    def on_timer(self, now: float) -> None:
-        """Raise if a deadline has passed: the connection must be closed."""
-        left = self.timeout(now)
-        if left is None or left > 0:
-            return
+    def _expired(self, now: float) -> None:
         if self.state is State.AWAIT_PING:
-            raise self._fail(HandshakeError(
-                f"nothing received within {self.handshake_timeout}s of connecting"))
+            raise HandshakeError(f"nothing received within {self.handshake_timeout}s of connecting")
         if self._frame_began is not None:
-            raise self._fail(TransportTimeout(
+            raise TransportTimeout(
                 f"a frame still incomplete ({self.decoder.buffered} bytes) "
-                f"{self.frame_timeout}s after its first byte"))
+                f"{self.frame_timeout}s after its first byte")
         if self.owed:
             self._heard = self._peer_clock(now)
             return
-        raise self._fail(TransportTimeout(f"nothing received for {self.idle_timeout}s"))
+        raise TransportTimeout(f"nothing received for {self.idle_timeout}s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,15 +299,13 @@ class ClientSession(Session):
         keepalive: after a HELO from our relay (it carries ``relay_version``), send a
             heartbeat when nothing was sent for this long, so its idle timeout never
             cuts an agent that has nothing to say (None: never).
-        max_inbound_frame: largest frame accepted from the server (acks are tiny).
     """
 
     def __init__(self, handshake: ClientHandshake, *, now: float, handshake_wait: float = 0.5,
                  require_handshake: bool = False, handshake_timeout: float = 5.0,
                  window: int = 8, ack_timeout: float | None = None,
-                 keepalive: float | None = None, max_inbound_frame: int = 64 * 1024,
-                 name: str = "server") -> None:
-        super().__init__(FrameDecoder(Role.CLIENT, max_frame_bytes=max_inbound_frame,
+                 keepalive: float | None = None, name: str = "server") -> None:
+        super().__init__(FrameDecoder(Role.CLIENT, max_frame_bytes=MAX_INBOUND_FRAME,
                                       max_entries=1), now=now, name=name)
         if window < 1:
             raise UsageError("the window must be at least 1")
@@ -355,8 +357,7 @@ class ClientSession(Session):
         events, self._events = self._events, []
         return events
 
-    def receive_data(self, data: bytes, now: float) -> None:
-        """Take bytes the server sent (b"" when it closed)."""
+    def _receive(self, data: bytes, now: float) -> None:
         awaiting_pong = self.state is State.AWAIT_PONG
         try:
             frames = self._feed(data, now)
@@ -372,7 +373,7 @@ class ClientSession(Session):
     def _on_frame(self, frame: object, now: float) -> None:
         if self.state is State.AWAIT_HELO:
             if not isinstance(frame, Helo):
-                raise self._fail(HandshakeError(f"expected HELO, got {type(frame).__name__}"))
+                raise HandshakeError(f"expected HELO, got {type(frame).__name__}")
             self.helo = frame
             self._out.append(self.handshake.ping(frame))
             self._sent = now
@@ -380,26 +381,19 @@ class ClientSession(Session):
             self._phase_began = self._peer
         elif self.state is State.AWAIT_PONG:
             if not isinstance(frame, Pong):
-                raise self._fail(HandshakeError(f"expected PONG, got {type(frame).__name__}"))
-            try:
-                self.handshake.check(frame)
-            except AuthenticationError as exc:
-                raise self._fail(exc) from None
+                raise HandshakeError(f"expected PONG, got {type(frame).__name__}")
+            self.handshake.check(frame)
             self.state = State.OPEN
         elif isinstance(frame, Helo):
             # Only a keyless client goes on without waiting for HELO: a server that
             # asks anyway is answered from the next connection on (late_helo's rule).
-            try:
-                self.late_helo = self.handshake.late_helo(frame)
-            except HandshakeError as exc:
-                raise self._fail(exc) from None
+            self.late_helo = self.handshake.late_helo(frame)
         elif not isinstance(frame, Ack):
-            raise self._fail(MalformedFrame(f"unexpected {type(frame).__name__} after handshake"))
+            raise MalformedFrame(f"unexpected {type(frame).__name__} after handshake")
         elif self.in_flight.ack(frame.chunk) is None:
             # A peer that acks what we never sent is broken or lying; one that does so
             # instead of acking what we did send would stall us forever.
-            raise self._fail(MalformedFrame(f"{self.name} acked a chunk we did not send on "
-                                            "this connection"))
+            raise MalformedFrame(f"{self.name} acked a chunk we did not send on this connection")
         else:
             self._events.append(Acked(frame.chunk))
 
@@ -413,31 +407,26 @@ class ClientSession(Session):
             return None
         waits: list[float] = []
         if self.in_flight and self.ack_timeout is not None:
-            waits.append(max(self._heard + self.ack_timeout - self._peer_clock(now), 0.0))
+            waits.append(self._deadline(now, self._heard + self.ack_timeout))
         if self.keepalive is not None and self.helo is not None and self.helo.version:
             waits.append(max(self._sent + self.keepalive - now, 0.0))
         return min(waits) if waits else None
 
-    def on_timer(self, now: float) -> None:
-        """Act on deadlines that passed: go on without a HELO, send a keepalive, or
-        raise (the connection must be closed)."""
-        left = self.timeout(now)
-        if left is None or left > 0:
-            return
+    def _expired(self, now: float) -> None:
+        # Go on without a HELO, send a keepalive, or raise.
         if self.state is State.AWAIT_HELO:
             if self.require_handshake:
-                raise self._fail(HandshakeError(
+                raise HandshakeError(
                     "no HELO from the server, but we hold a shared key: is shared_key set "
-                    "on its side?"))
+                    "on its side?")
             self.state = State.OPEN  # a plain Forward input: no handshake
         elif self.state is State.AWAIT_PONG:
-            raise self._fail(TransportTimeout(
-                f"{self.name}: no PONG within {self._handshake_timeout}s"))
+            raise TransportTimeout(f"{self.name}: no PONG within {self._handshake_timeout}s")
         elif (self.in_flight and self.ack_timeout is not None
               and self._peer_clock(now) - self._heard >= self.ack_timeout):
-            raise self._fail(TransportTimeout(
+            raise TransportTimeout(
                 f"no ack from {self.name} in {self.ack_timeout}s with {len(self.in_flight)} "
-                "batches waiting"))
+                "batches waiting")
         else:
             self._out.append(HEARTBEAT)
             self._sent = now

@@ -47,7 +47,6 @@ __all__ = [
     "options_of",
     "read_config",
     "repeated",
-    "url",
 ]
 
 T = TypeVar("T")
@@ -143,14 +142,9 @@ def choice(*values: str, of: type[enum.StrEnum] | None = None) -> Kind:
                 expected="one of " + ", ".join(map(repr, names)))
 
 
-def url(parse: Callable[[str], Any], metavar: str = "URL") -> Kind:
-    """A URL read by ``parse`` (whose ``ValueError`` says what is wrong)."""
-    return Kind(metavar, parse)
-
-
 def repeated(many: Callable[[list[str]], Any], metavar: str) -> Kind:
     """A repeatable option: every ``--flag X`` (or a TOML list) goes to ``many``."""
-    return Kind(metavar, str, expected='a list of strings, e.g. ["4-"]', many=many)
+    return Kind(metavar, str, expected="a string or a list of strings", many=many)
 
 
 @dataclass(frozen=True, slots=True)

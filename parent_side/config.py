@@ -15,13 +15,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from fluent_forward.codec import (
-    DEFAULT_MAX_DECOMPRESSED_BYTES,
-    DEFAULT_MAX_ENTRIES,
-    DEFAULT_MAX_FRAME_BYTES,
-)
+from fluent_forward.codec import DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_FRAME_BYTES
 from fluent_forward.conventions import IDLE_TIMEOUT, Overflow
 from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.entries import DEFAULT_MAX_ENTRIES
 from nel_config.options import (
     BOOL,
     DURATION,
@@ -32,12 +29,12 @@ from nel_config.options import (
     SIZE,
     STR,
     ConfigError,
+    Kind,
     Option,
     choice,
     option,
     options_of,
     repeated,
-    url,
 )
 
 from .admission import DEFAULT_RESERVED_CONNECTIONS
@@ -88,10 +85,10 @@ class RelayConfig:
     """
 
     listen: Endpoint = option(
-        _listen(DEFAULT_LISTEN), url(_listen), restart=True,
+        _listen(DEFAULT_LISTEN), Kind("URL", _listen), restart=True,
         help="where agents connect: vsock://any:PORT, tcp://HOST:PORT or unix:///PATH")
     output: OutputSpec = option(
-        parse_output(DEFAULT_OUTPUT), url(parse_output),
+        parse_output(DEFAULT_OUTPUT), Kind("URL", parse_output),
         help="where records go: unix:///PATH or tcp://HOST:PORT (a Fluent Bit forward "
              "input), stdout, or file:///PATH (JSON lines)")
     hostname: str = option("relay", STR, restart=True, dynamic=local_hostname,

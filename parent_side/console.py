@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.retry import backoff
 from nel_config.options import BOOL, DURATION, STR, Option, option, options_of
 

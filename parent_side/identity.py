@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluent_forward.aio import PeerAddress
-from fluent_forward.codec import EventTime, iter_entries, pack_entry, time_to_ns
 from fluent_forward.endpoints import Scheme
+from fluent_forward.entries import EventTime, iter_entries, pack_entry, time_to_ns
 
 __all__ = [
     "DEFAULT_ALLOWED_CIDS",

@@ -13,14 +13,9 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluent_forward.codec import (
-    DEFAULT_MAX_FRAME_BYTES,
-    EventFrame,
-    first_event_time,
-    iter_entries,
-    split_entries,
-)
+from fluent_forward.codec import DEFAULT_MAX_FRAME_BYTES, EventFrame
 from fluent_forward.conventions import DIAG_TAG, dropped_records, parse_chunk_id
+from fluent_forward.entries import first_event_time, iter_entries, split_entries
 from fluent_forward.tags import escape_tag
 
 from .identity import Identity, stamp_entries

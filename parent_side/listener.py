@@ -28,7 +28,6 @@ from fluent_forward.aio import (
 )
 from fluent_forward.codec import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
-    DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_FRAME_BYTES,
     EventFrame,
     FrameDecoder,
@@ -37,6 +36,7 @@ from fluent_forward.codec import (
 )
 from fluent_forward.conventions import IDLE_TIMEOUT
 from fluent_forward.endpoints import Endpoint
+from fluent_forward.entries import DEFAULT_MAX_ENTRIES
 from fluent_forward.errors import ProtocolError, TransportError
 from fluent_forward.handshake import ServerHandshake
 from fluent_forward.session import Opened, ServerSession

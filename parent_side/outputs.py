@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import iter_entries, packed_forward_parts, time_to_ns
+from fluent_forward.codec import packed_forward_parts
 from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.entries import iter_entries, time_to_ns
 from fluent_forward.errors import EndpointError
 from fluent_forward.handshake import ClientHandshake
 from fluent_forward.window import InFlight

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fluent_forward import __version__
-from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.entries import EventTime, pack_entry
 
 from .config import SERVE_OPTIONS, RelayConfig
 from .fairshare import FairShare

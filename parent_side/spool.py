@@ -325,9 +325,8 @@ class Spool:
 
     # -- committing ------------------------------------------------------------------
 
-    def _committed(self, job: asyncio.Future[None], writes: list[Write],
+    def _committed(self, exc: BaseException | None, writes: list[Write],
                    futures: list[asyncio.Future[None]]) -> None:
-        exc = job.exception()
         if is_disk_full(exc):
             # The disk refused a commit (full, over quota, failing): keep the group,
             # first in line, stop taking appends, and write it again on a timer. The

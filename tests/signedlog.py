@@ -18,8 +18,8 @@ import msgpack
 from enclave_side.buffer import Buffer
 from enclave_side.lines import EntryEncoder
 from enclave_side.signing import Signer
-from fluent_forward.codec import iter_entries, time_to_ns
 from fluent_forward.conventions import Overflow as Policy
+from fluent_forward.entries import iter_entries, time_to_ns
 from logverify.testpki import TestAttester, make_test_pki
 from parent_side.outputs import format_batch
 

@@ -30,14 +30,9 @@ from typing import IO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fluent_forward.codec import (  # noqa: E402
-    EventTime,
-    FrameDecoder,
-    Role,
-    chunk_id,
-    encode_packed_forward,
-    pack_entry,
-)
+from fluent_forward.codec import FrameDecoder, Role, encode_packed_forward  # noqa: E402
+from fluent_forward.conventions import chunk_id  # noqa: E402
+from fluent_forward.entries import EventTime, pack_entry  # noqa: E402
 from parent_side.status import query  # noqa: E402
 
 __all__ = ["main"]

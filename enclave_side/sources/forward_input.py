@@ -21,15 +21,9 @@ import logging
 from dataclasses import dataclass
 
 from fluent_forward.aio import Connection, Ending, ForwardServer, bound_port, ending_of
-from fluent_forward.codec import (
-    DEFAULT_MAX_FRAME_BYTES,
-    EventFrame,
-    FrameDecoder,
-    Role,
-    encode_ack,
-    split_entries,
-)
+from fluent_forward.codec import DEFAULT_MAX_FRAME_BYTES, EventFrame, FrameDecoder, Role, encode_ack
 from fluent_forward.endpoints import Endpoint, Scheme
+from fluent_forward.entries import split_entries
 from fluent_forward.errors import ProtocolError, TransportError
 from fluent_forward.handshake import ServerHandshake
 from fluent_forward.session import ServerSession

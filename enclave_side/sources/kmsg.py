@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.entries import EventTime, pack_entry
 
 from ..buffer import Buffer
 from ..processing import Pipeline

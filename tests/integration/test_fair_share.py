@@ -17,8 +17,9 @@ import pytest
 import pytest_asyncio
 
 from fakes.fluentbit import FakeFluentBit
-from fluent_forward.codec import Ack, EventTime, encode_packed_forward, pack_entry
+from fluent_forward.codec import Ack, encode_packed_forward
 from fluent_forward.conventions import chunk_id
+from fluent_forward.entries import EventTime, pack_entry
 from parent_side.fairshare import FAIR_DELAY, FAIR_MIN_WINDOW
 from parent_side.identity import EnclaveRegistry
 from tests.conftest import StartRelay, delivered

@@ -37,16 +37,9 @@ import pytest_asyncio
 
 from fakes.fluentbit import FakeFluentBit, Record
 from fluent_forward import __version__
-from fluent_forward.codec import (
-    Ack,
-    EventTime,
-    FrameDecoder,
-    Role,
-    encode_packed_forward,
-    iter_entries,
-    pack_entry,
-)
+from fluent_forward.codec import Ack, FrameDecoder, Role, encode_packed_forward
 from fluent_forward.conventions import chunk_id
+from fluent_forward.entries import EventTime, iter_entries, pack_entry
 from fluent_forward.handshake import ClientHandshake, Helo, Pong
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, delivered

@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 
 from fakes.fluentbit import FakeFluentBit
-from fluent_forward.codec import EventTime, iter_entries, pack_entry
 from fluent_forward.conventions import chunk_id
+from fluent_forward.entries import EventTime, iter_entries, pack_entry
 from fluent_forward.tags import escape_tag
 from parent_side.spool_format import FRAME, HEADER
 from tests.conftest import StartRelay, delivered

@@ -15,8 +15,8 @@ import pytest
 
 from enclave_side.buffer import Batch, Buffer
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import EventTime, pack_entry
 from fluent_forward.endpoints import parse_endpoint
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.handshake import ClientHandshake
 from tests.conftest import StartRelay, delivered
 from tests.helpers import read_json_lines, wait_until

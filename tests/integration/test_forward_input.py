@@ -16,19 +16,13 @@ import pytest
 import pytest_asyncio
 from fluent import asyncsender, handler, sender
 
-from fluent_forward.codec import (
-    EventTime,
-    Frame,
-    FrameDecoder,
-    Role,
-    encode_compressed_packed_forward,
-    encode_forward,
-    pack_entry,
-)
+from fluent_forward.codec import Frame, FrameDecoder, Role
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.handshake import ClientHandshake, Helo, Pong
 from tests.agentproc import AgentRun, cleanup, start_agent
 from tests.conftest import StartRelay, relay_url
 from tests.file_oracle import Output
+from tests.frames import encode_compressed_packed_forward, encode_forward
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.asyncio

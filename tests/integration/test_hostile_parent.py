@@ -15,13 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from fluent_forward.codec import (
-    EventFrame,
-    FrameDecoder,
-    Role,
-    encode_ack,
-    iter_entries,
-)
+from fluent_forward.codec import EventFrame, FrameDecoder, Role, encode_ack
+from fluent_forward.entries import iter_entries
 from fluent_forward.handshake import Ping, Pong, ServerHandshake, encode_pong
 from tests.agentproc import cleanup, python_child, start_agent
 from tests.helpers import DEADLINE

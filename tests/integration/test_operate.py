@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fluent_forward.codec import EventTime, encode_packed_forward, pack_entry
+from fluent_forward.codec import encode_packed_forward
 from fluent_forward.conventions import chunk_id
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.handshake import ClientHandshake
 from parent_side import cli as relay_cli
 from parent_side.status import format_table, json_lines, query

@@ -16,17 +16,10 @@ import pytest
 
 from enclave_side.buffer import Buffer
 from fluent_forward.aio import ForwardClient
-from fluent_forward.codec import (
-    Ack,
-    EventTime,
-    FrameDecoder,
-    Helo,
-    Role,
-    encode_packed_forward,
-    pack_entry,
-)
+from fluent_forward.codec import Ack, FrameDecoder, Helo, Role, encode_packed_forward
 from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import parse_endpoint
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.handshake import ClientHandshake, Pong
 from tests.conftest import StartRelay, delivered
 from tests.helpers import MS, read_json_lines, wait_until, within

@@ -418,7 +418,7 @@ class _Buffer:
 
 
 def _logs(buf: _Buffer) -> list[str]:
-    from fluent_forward.codec import iter_entries
+    from fluent_forward.entries import iter_entries
     return [rec["log"] for e in buf.entries for _, rec in iter_entries(e)]
 
 

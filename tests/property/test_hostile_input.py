@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluent_forward.codec import EventFrame, FrameDecoder, Role, iter_entries
+from fluent_forward.codec import EventFrame, FrameDecoder, Role
 from fluent_forward.endpoints import parse_endpoint
+from fluent_forward.entries import iter_entries
 from fluent_forward.errors import ProtocolError
 from parent_side.listener import Listener, ListenerConfig
 from parent_side.outputs import RelayBatch

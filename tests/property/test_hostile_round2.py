@@ -30,17 +30,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluent_forward.codec import (
-    MAX_CHUNK_ID_BYTES,
-    EventTime,
-    FrameDecoder,
-    Role,
-    encode_packed_forward,
-    iter_entries,
-    pack_entry,
-)
+from fluent_forward.codec import MAX_CHUNK_ID_BYTES, FrameDecoder, Role, encode_packed_forward
 from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import parse_endpoint
+from fluent_forward.entries import EventTime, iter_entries, pack_entry
 from fluent_forward.errors import MalformedFrame
 from fluent_forward.tags import TAG_MAX_LENGTH, escape_tag, tag_problem
 from parent_side.admission import Slots, refusal

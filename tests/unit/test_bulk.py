@@ -15,12 +15,12 @@ from fluent_forward.codec import (
     Frame,
     FrameDecoder,
     Role,
-    encode_message,
     encode_packed_forward,
-    pack_entry,
     parse_event,
 )
+from fluent_forward.entries import pack_entry
 from fluent_forward.errors import FrameTooLarge, MalformedFrame
+from tests.frames import encode_message
 
 ENTRY = pack_entry(1, {"log": "x" * 100})
 #: entries just over the size that takes the gathered path

@@ -12,8 +12,9 @@ import pytest
 
 from enclave_side.buffer import Buffer
 from enclave_side.sources.child import PIPE_BYTES, PipeSource, spawn
-from fluent_forward.codec import FrameDecoder, Role, iter_entries
+from fluent_forward.codec import FrameDecoder, Role
 from fluent_forward.conventions import Overflow as Policy
+from fluent_forward.entries import iter_entries
 from tests.helpers import MS
 
 pytestmark = pytest.mark.asyncio

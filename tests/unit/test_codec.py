@@ -22,28 +22,26 @@ from fluent_forward.codec import (
     DEFAULT_MAX_DECOMPRESSED_BYTES,
     Ack,
     EventFrame,
-    EventTime,
     Frame,
     FrameDecoder,
     FrameKind,
     Heartbeat,
     Role,
     encode_ack,
-    encode_compressed_packed_forward,
-    encode_forward,
-    encode_message,
     encode_packed_forward,
-    event_time_bytes,
-    iter_entries,
-    make_options,
-    pack_entry,
     packed_forward_parts,
     parse_event,
+)
+from fluent_forward.conventions import chunk_id, parse_chunk_id
+from fluent_forward.entries import (
+    EventTime,
+    event_time_bytes,
+    iter_entries,
+    pack_entry,
     split_entries,
     time_to_ns,
     validate_entries,
 )
-from fluent_forward.conventions import chunk_id, parse_chunk_id
 from fluent_forward.errors import (
     DecompressedTooLarge,
     FrameTooLarge,
@@ -54,6 +52,12 @@ from fluent_forward.errors import (
     UsageError,
 )
 from fluent_forward.handshake import Helo, Ping, Pong
+from tests.frames import (
+    encode_compressed_packed_forward,
+    encode_forward,
+    encode_message,
+    make_options,
+)
 
 # -- hand-written msgpack ------------------------------------------------------------
 

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from fluent_forward.codec import (
-    EventFrame,
-    EventTime,
-    FrameKind,
-    iter_entries,
-    pack_entry,
-    time_to_ns,
-)
+from fluent_forward.codec import EventFrame, FrameKind
 from fluent_forward.conventions import DIAG_TAG, chunk_id, drop_report
+from fluent_forward.entries import EventTime, iter_entries, pack_entry, time_to_ns
 from parent_side.identity import Identity
 from parent_side.intake import EnclaveStats, Gap, take_frame
 

@@ -16,7 +16,7 @@ from enclave_side.lines import (
     escape_line,
     unescape_line,
 )
-from fluent_forward.codec import EventTime
+from fluent_forward.entries import EventTime
 from fluent_forward.wire import str_header
 
 NS = 1_764_189_435_123_456_789

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import msgpack
 
 from enclave_side.lines import EntryEncoder, LineSplitter
-from fluent_forward.codec import EventTime, pack_entry, validate_entries
+from fluent_forward.entries import EventTime, pack_entry, validate_entries
 
 #: How much worse than the recorded ratio a run may be.
 MARGIN = 2.0

@@ -11,7 +11,7 @@ from enclave_side.lines import PARTIAL, TRUNCATED
 from enclave_side.patterns import PatternError
 from enclave_side.processing import Pipeline, normalize_level, parse_time
 from enclave_side.redact import Redactor
-from fluent_forward.codec import EventTime, iter_entries, pack_entry, time_to_ns
+from fluent_forward.entries import EventTime, iter_entries, pack_entry, time_to_ns
 
 NS = 1_764_189_435_123_456_789
 

@@ -9,7 +9,7 @@ import pytest
 
 from enclave_side.patterns import PatternError, UserPattern
 from enclave_side.redact import BUILTIN_RULES, CustomRule, Redactor, luhn_ok
-from fluent_forward.codec import EventTime, iter_entries, pack_entry
+from fluent_forward.entries import EventTime, iter_entries, pack_entry
 
 ALL = list(BUILTIN_RULES)
 JWT = ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."

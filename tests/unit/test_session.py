@@ -7,15 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from fluent_forward.codec import (
-    EventFrame,
-    EventTime,
-    FrameDecoder,
-    Role,
-    encode_ack,
-    encode_packed_forward,
-    pack_entry,
-)
+from fluent_forward.codec import EventFrame, FrameDecoder, Role, encode_ack, encode_packed_forward
+from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.errors import (
     AuthenticationError,
     ConnectionClosed,

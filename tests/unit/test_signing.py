@@ -19,8 +19,8 @@ from enclave_side import proof
 from enclave_side.buffer import Buffer
 from enclave_side.lines import EntryEncoder
 from enclave_side.signing import Signer
-from fluent_forward.codec import EventTime, iter_entries, pack_entry
 from fluent_forward.conventions import Overflow as Policy
+from fluent_forward.entries import EventTime, iter_entries, pack_entry
 from logverify import cli
 from logverify.attestation import AttestationError, verify_document
 from logverify.readers import read_input

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fluent_forward.codec import EventTime, pack_entry
 from fluent_forward.conventions import Overflow as Full
+from fluent_forward.entries import EventTime, pack_entry
 from parent_side.spool import Spool
 from parent_side.spool_format import FORMAT_VERSION, HEADER, MAGIC, SpoolError
 from tests.helpers import MS, short_tmpdir, wait_until, within

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluent_forward import entries, fastpath
-from fluent_forward.codec import validate_entries
+from fluent_forward.entries import validate_entries
 from fluent_forward.errors import MalformedFrame, ProtocolError, TooManyEntries
 
 ENTRY_ET = b"\x92\xd7\x00\x00\x00\x00\x01\x00\x00\x00\x02\x81\xa3log\xa1x"
@@ -268,6 +268,39 @@ def test_agent_shape_path_agrees_with_the_slow_path(reads: list[list[bytes]],
     both(data[:len(data) - cut] + junk)
     # a time's nanoseconds pushed to 1e9 or past it
     both(data[:7] + b"\x3b\x9a\xca" + data[10:])
+
+
+plain_str8_lines = st.lists(st.binary(min_size=32, max_size=255)
+                           | st.sampled_from([b"a" * 240, b"b" * 241]), min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plain_str8_lines, st.integers(0, 2**32 - 1), st.binary(max_size=3),
+       st.integers(0, 255))
+def test_str8_batches_with_one_edit_get_the_slow_paths_verdict(
+        lines: list[bytes], at: int, junk: bytes, length: int) -> None:
+    """Unsigned batches of str8 lines (the column check), up to and past the 240 bytes
+    whose piece size still fits a byte: a few bytes overwritten anywhere, or one line's
+    length byte set to any value, give the same verdict as entry by entry."""
+    data = agent_entries(lines)
+    assert validate_entries(data) == (data, len(lines))
+    i = at % len(data)
+    both(data[:i] + junk + data[i + len(junk):])
+    header = data.find(b"\xa3log\xd9") + 5  # the first line's length byte
+    both(data[:header] + bytes((length,)) + data[header + 1:])
+
+
+def test_lines_of_32_to_240_bytes_take_the_column_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = agent_entries([b"x" * 32, b"y" * 150, b"z" * 240])
+    no_other_path(monkeypatch)
+    headers_ok = fastpath._headers_ok
+    monkeypatch.setattr(fastpath, "_headers_ok", lambda *a: pytest.fail("not the columns"))
+    assert validate_entries(data) == (data, 3)
+    # one line of 241 bytes: its piece's size does not fit a byte, the general check
+    monkeypatch.setattr(fastpath, "_headers_ok", headers_ok)
+    data = agent_entries([b"x" * 32, b"z" * 241])
+    assert validate_entries(data) == (data, 2)
 
 
 def _signed(lines: list[bytes], first: int = 1, stream: int = 1) -> bytes:

@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from fluent_forward.codec import EventTime, pack_entry
+from fluent_forward.entries import EventTime, pack_entry
 from tests.vsock.support import (
     PORT_RESTART,
     Relay,
