@@ -123,6 +123,7 @@ class Forwarder:
         self.hint_interval = hint_interval
         self.on_delivered = on_delivered
         self.replays = 0
+        self.replayed_records = 0
         self._stopping = False
         self._replaying: set[asyncio.Task[None]] = set()
 
@@ -147,6 +148,7 @@ class Forwarder:
             return
         records = sum(e.count for e in entries)
         self.replays += 1
+        self.replayed_records += records
         log.warning("Fluent Bit restarted: sending again the %d batches (%d records) it "
                     "acked in the last %gs (--replay-window), in case it lost them: "
                     "duplicates rather than loss", len(entries), records,
