@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_RUNS", "Gap", "Runs"]
@@ -40,7 +40,7 @@ class Gap:
         return self.last - self.first + 1
 
 
-class Runs:
+class Runs(Mapping[bytes, int]):
     """The highest batch number seen of up to ``limit`` recent agent runs (by boot id).
 
     Attributes:
@@ -54,6 +54,12 @@ class Runs:
         self.on_gap: Callable[[Gap], None] | None = None
         self.on_forget: Callable[[bytes], None] | None = None
         self._last: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+
+    def __getitem__(self, boot: bytes) -> int:
+        return self._last[boot]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._last)
 
     def __len__(self) -> int:
         return len(self._last)
