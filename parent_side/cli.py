@@ -32,7 +32,7 @@ from nel_config.options import (
     read_config,
 )
 
-from .config import DEFAULT_ADMIN_SOCKET, SERVE_OPTIONS, RelayConfig
+from .config import SERVE_OPTIONS, RelayConfig, serve_options
 from .console import CONSOLE_OPTIONS, ConsoleOptions, console_command
 from .outputs import OutputError
 from .relay import Relay
@@ -53,12 +53,9 @@ CONFIG = Option("--config", STR, "a TOML file of options (keys as the options wi
                 "dashes); re-read on SIGHUP", metavar="FILE")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (``parse_args`` also needs the serve subparser)."""
-    return _build()[0]
-
-
-def _build(raising: bool = False) -> tuple[Parser, Parser]:
+def build_parser(raising: bool = False) -> Parser:
+    """The whole command line; with ``raising``, mistakes raise ``ConfigError`` instead
+    of exiting."""
     p = Parser(
         prog="enclave-log-relay", raising=raising,
         description="Relay logs from Nitro Enclave agents (AF_VSOCK) to Fluent Bit.",
@@ -84,7 +81,7 @@ def _build(raising: bool = False) -> tuple[Parser, Parser]:
                     "enclave.<name>.console, or with --stdout as JSON lines for Fluent Bit's "
                     "exec input (Threaded on, a JSON parser).")
     add_options(console, CONSOLE_OPTIONS)
-    return p, serve
+    return p
 
 
 def _with_default_command(argv: list[str]) -> list[str]:
@@ -92,21 +89,22 @@ def _with_default_command(argv: list[str]) -> list[str]:
         return argv
     if argv and not argv[0].startswith("-"):
         # Options come after the command: a first word that is not one is a typo.
-        _build()[0].unknown_command(argv[0])
+        build_parser().unknown_command(argv[0])
     return ["serve", *argv]
 
 
 @dataclass(frozen=True, slots=True)
 class StatusOptions:
-    """What ``enclave-log-relay status`` needs; the declared fields are its options."""
+    """What ``enclave-log-relay status`` needs: ``STATUS_OPTIONS`` set it."""
 
-    admin_socket: str = option(DEFAULT_ADMIN_SOCKET, STR, metavar="PATH",
-                               help="the relay's admin socket")
+    admin_socket: str
     json: bool = option(False, BOOL, env=False, help="JSON lines instead of a table")
     log_level: str = "warning"
 
 
-STATUS_OPTIONS = options_of(StatusOptions)
+#: status's options: serve's --admin-socket (a path here: status must ask one) and --json.
+STATUS_OPTIONS = (*serve_options("admin_socket", kind=STR, metavar="PATH", restart=False,
+                                 help="the relay's admin socket"), *options_of(StatusOptions))
 #: Each subcommand's options (serve's --config is read before the others).
 COMMAND_OPTIONS = {"serve": SERVE_OPTIONS, "status": STATUS_OPTIONS,
                    "console": CONSOLE_OPTIONS}
@@ -141,7 +139,7 @@ def _values(args: list[str], env: Mapping[str, str], path: str | None = None,
             raising: bool = False) -> tuple[dict[str, Any], argparse.Namespace]:
     """A subcommand's option values, from its flags, the environment and, for serve, the
     ``--config`` file at ``path``; and the parsed flags."""
-    parser, _ = _build(raising)
+    parser = build_parser(raising)
     if args[0] not in COMMAND_OPTIONS:
         parser.parse_args(args)  # -h, --help or --version: argparse answers and exits
     sub, options = parser.commands[args[0]], COMMAND_OPTIONS[args[0]]

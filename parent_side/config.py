@@ -9,9 +9,11 @@ options (set by code and tests).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from fluent_forward.codec import DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_FRAME_BYTES
 from fluent_forward.conventions import IDLE_TIMEOUT, Overflow
@@ -28,6 +30,7 @@ from nel_config.options import (
     STR,
     ConfigError,
     Kind,
+    Option,
     choice,
     option,
     options_of,
@@ -39,7 +42,7 @@ from .identity import DEFAULT_ALLOWED_CIDS, CidSet, parse_cid_set
 from .outputs import OutputSpec, parse_output
 
 __all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
-           "SERVE_OPTIONS", "RelayConfig", "local_hostname"]
+           "SERVE_OPTIONS", "RelayConfig", "local_hostname", "serve_options"]
 
 DEFAULT_LISTEN = "vsock://any:24224"
 #: A Unix socket keeps other local users from injecting records into Fluent Bit.
@@ -185,3 +188,11 @@ class RelayConfig:
 
 #: ``enclave-log-relay serve``'s options, as declared above.
 SERVE_OPTIONS = options_of(RelayConfig)
+
+
+def serve_options(*keys: str, **changes: Any) -> tuple[Option, ...]:
+    """serve's declarations of the options ``keys`` (a secret's ``-file`` companion with
+    it), for another subcommand that takes them too, with ``changes`` (``env=False``,
+    its own help ...): flag, default and field stay declared once, above."""
+    return tuple(dataclasses.replace(o, **changes) for o in SERVE_OPTIONS
+                 if o.key.removesuffix("_file") in keys)

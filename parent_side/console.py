@@ -28,22 +28,11 @@ from dataclasses import dataclass, field
 
 from fluent_forward.entries import EventTime, pack_entry
 from fluent_forward.retry import backoff
-from nel_config.options import (
-    BOOL,
-    DURATION,
-    LOG_LEVELS,
-    PATH_OR_NONE,
-    STR,
-    Kind,
-    Option,
-    choice,
-    option,
-    options_of,
-)
+from nel_config.options import BOOL, DURATION, STR, Option, option, options_of
 
-from .config import DEFAULT_ADMIN_SOCKET, DEFAULT_OUTPUT, local_hostname
-from .identity import EnclaveInfo, EnclaveRegistry, sanitize_name
-from .outputs import Output, OutputSpec, RelayBatch, make_output, parse_output
+from .config import local_hostname, serve_options
+from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, sanitize_name
+from .outputs import Output, OutputSpec, RelayBatch, make_output
 from .status import query
 
 __all__ = ["CONSOLE_OPTIONS", "Console", "ConsoleOptions", "console_command"]
@@ -51,31 +40,33 @@ __all__ = ["CONSOLE_OPTIONS", "Console", "ConsoleOptions", "console_command"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConsoleOptions:
-    """What ``enclave-log-relay console`` needs; the fields declared with ``option`` are
-    its options (no environment variable sets them)."""
+    """What ``enclave-log-relay console`` needs. ``--interval`` is its own option; the
+    others are serve's of the same name (``CONSOLE_OPTIONS``). No environment variable
+    sets them."""
 
-    nitro_cli: str = option("nitro-cli", STR, env=False, metavar="PATH",
-                            help="nitro-cli to run")
     interval: float = option(5.0, DURATION, env=False,
                              help="how often to look for enclaves")
-    output: OutputSpec | None = option(
-        parse_output(DEFAULT_OUTPUT), Kind("URL", parse_output), env=False,
-        help="where lines go, as for serve")  # None: --stdout
-    admin_socket: str | None = option(
-        DEFAULT_ADMIN_SOCKET, PATH_OR_NONE, env=False,
-        help="the relay to ask which enclaves have an agent connected")
+    nitro_cli: str
+    output: OutputSpec | None  # None: --stdout
+    admin_socket: str | None
+    upstream_shared_key: str | None
+    log_level: str
     hostname: str = field(default_factory=local_hostname)
-    upstream_shared_key: str | None = option(
-        None, STR, env=False, secret=True, metavar="KEY",
-        help="shared key of Fluent Bit's forward input, if it has one")
-    log_level: str = option("info", choice(*LOG_LEVELS), env=False, help="log level")
 
 
-#: ``enclave-log-relay console``'s options: those above, and --stdout.
-CONSOLE_OPTIONS = (Option("--stdout", BOOL, "print JSON lines instead of sending to --output",
-                          env=False), *options_of(ConsoleOptions))
+#: ``enclave-log-relay console``'s options: --stdout, --interval and serve's options.
+CONSOLE_OPTIONS = (
+    Option("--stdout", BOOL, "print JSON lines instead of sending to --output", env=False),
+    *serve_options("nitro_cli", kind=STR, metavar="PATH", help="nitro-cli to run",
+                   env=False),
+    *options_of(ConsoleOptions),
+    *serve_options("output", env=False),
+    *serve_options("admin_socket", env=False, restart=False,
+                   help="the relay to ask which enclaves have an agent connected"),
+    *serve_options("upstream_shared_key", "log_level", env=False),
+)
 
 
 @dataclass(eq=False)
@@ -124,8 +115,7 @@ class Console:
         for enclave_id, follow in list(self.following.items()):
             if enclave_id not in wanted or enclave_id in with_agent:
                 why = "its agent is connected" if enclave_id in with_agent else "it is gone"
-                log.info("no longer following %s's console: %s", follow.enclave.name or
-                         enclave_id, why)
+                log.info("no longer following %s's console: %s", follow.enclave.label, why)
                 follow.task.cancel()
                 del self.following[enclave_id]
         for enclave_id, enclave in wanted.items():
@@ -136,9 +126,8 @@ class Console:
     async def _follow(self, enclave: EnclaveInfo) -> None:
         """Run ``nitro-cli console`` for one enclave, again whenever it ends."""
         delays = backoff(initial=0.5, maximum=10.0)
-        name = enclave.name or f"cid-{enclave.cid}"
         while True:
-            log.info("following the console of %s (%s)", name, enclave.enclave_id)
+            log.info("following the console of %s (%s)", enclave.label, enclave.enclave_id)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     self.options.nitro_cli, "console", "--enclave-id", enclave.enclave_id,
@@ -157,7 +146,7 @@ class Console:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                 await proc.wait()
-            log.info("the console of %s ended; re-attaching while it runs", name)
+            log.info("the console of %s ended; re-attaching while it runs", enclave.label)
             await asyncio.sleep(next(delays))
 
 
@@ -166,16 +155,15 @@ class _Sender:
 
     def __init__(self, output: Output) -> None:
         self.output = output
-        self.queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(10_000)
+        self.queue: asyncio.Queue[RelayBatch] = asyncio.Queue(10_000)
         self.dropped = 0
 
     def write(self, enclave: EnclaveInfo, line: bytes, ns: int) -> None:
-        name = sanitize_name(enclave.name or f"cid-{enclave.cid}")
         record = {"log": line.decode("utf-8", "backslashreplace"), "stream": "console",
                   "enclave_id": enclave.enclave_id, "enclave_cid": enclave.cid}
         try:
-            self.queue.put_nowait((f"enclave.{name}.console",
-                                   pack_entry(EventTime.from_ns(ns), record), 1))
+            self.queue.put_nowait(RelayBatch(f"{TAG_ROOT}.{sanitize_name(enclave.label)}.console",
+                                             pack_entry(EventTime.from_ns(ns), record), 1))
         except asyncio.QueueFull:
             # The output is far behind: the console must never block, so drop, counted.
             self.dropped += 1
@@ -185,12 +173,11 @@ class _Sender:
 
     async def run(self) -> None:
         while True:
-            tag, entry, n = await self.queue.get()
-            await self.output.submit(RelayBatch(tag, entry, n))
+            await self.output.submit(await self.queue.get())
 
 
 def _stdout_line(enclave: EnclaveInfo, line: bytes, ns: int) -> None:
-    record = {"time": ns / 1e9, "enclave": enclave.name or f"cid-{enclave.cid}",
+    record = {"time": ns / 1e9, "enclave": enclave.label,
               "enclave_id": enclave.enclave_id, "cid": enclave.cid,
               "log": line.decode("utf-8", "backslashreplace")}
     sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

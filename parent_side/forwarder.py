@@ -61,10 +61,9 @@ class DirectSink:
     through the current output.
     """
 
-    def __init__(self, output: Output, *, on_delivered: Delivered | None = None) -> None:
+    def __init__(self, output: Output, *, on_delivered: Delivered) -> None:
         self.output = output
         self.on_delivered = on_delivered
-        self.dropped_poison = 0
 
     async def submit(self, batch: RelayBatch, boot_id: bytes | None,
                      seq: int | None) -> asyncio.Future[None]:
@@ -86,7 +85,6 @@ class DirectSink:
         exc = inner.exception()
         if isinstance(exc, PoisonFrame):
             # No disk to set it aside on: log it, and ack it so the agent stops resending.
-            self.dropped_poison += 1
             log.error("dropped a batch of %d records on %s that Fluent Bit kept refusing "
                       "(%s); memory-only mode has no dead-letter file", batch.count,
                       batch.tag, str(exc))
@@ -95,8 +93,7 @@ class DirectSink:
             outer.set_exception(exc)
             outer.exception()  # retrieved: the connection that waits for it may be gone
         else:
-            if self.on_delivered is not None:
-                self.on_delivered(batch.tag, batch.count, len(batch.entries))
+            self.on_delivered(batch.tag, batch.count, len(batch.entries))
             outer.set_result(None)
 
 
@@ -120,7 +117,7 @@ class Forwarder:
     """
 
     def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0,
-                 on_delivered: Delivered | None = None) -> None:
+                 on_delivered: Delivered) -> None:
         self.spool = spool
         self.output = output
         self.hint_interval = hint_interval
@@ -177,8 +174,7 @@ class Forwarder:
         exc = fut.exception()
         if exc is None:
             self.spool.ack(entry)
-            if self.on_delivered is not None:
-                self.on_delivered(entry.tag, entry.count, len(entry.entries))
+            self.on_delivered(entry.tag, entry.count, len(entry.entries))
         elif isinstance(exc, PoisonFrame):
             self.spool.dead_letter(entry, str(exc))
         else:

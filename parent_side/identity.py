@@ -130,6 +130,11 @@ class EnclaveInfo:
                    pcr0=str(measurements.get("PCR0", "")) if isinstance(measurements, dict)
                    else "")
 
+    @property
+    def label(self) -> str:
+        """How logs and records name it: its EnclaveName, else ``cid-<N>``."""
+        return self.name or f"cid-{self.cid}"
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -165,7 +170,7 @@ class Identity:
 def identity_of(peer: PeerAddress, enclave: EnclaveInfo | None = None) -> Identity:
     """``<EnclaveName>`` or ``cid-<N>`` for a vsock peer; ``local`` for TCP and Unix."""
     if peer.scheme is Scheme.VSOCK and peer.cid is not None:
-        name = enclave.name if enclave is not None and enclave.name else f"cid-{peer.cid}"
+        name = enclave.label if enclave is not None else f"cid-{peer.cid}"
         return Identity(sanitize_name(name), peer.cid, enclave)
     return Identity("local")
 

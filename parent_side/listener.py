@@ -61,14 +61,14 @@ MAX_PENDING_ACKS = 64
 class ListenerConfig:
     """What the listener needs from the relay's configuration."""
 
-    endpoint: Endpoint
+    listen: Endpoint
     hostname: str
     shared_key: str | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
     max_entries: int = DEFAULT_MAX_ENTRIES
     handshake_timeout: float = 10.0
-    unix_mode: int | None = 0o660
+    listen_mode: int | None = 0o660
     allowed_cids: CidSet | None = None  # vsock peers outside it are refused; None: all
     require_known_enclave: bool = False
     max_connections: int = 256
@@ -143,7 +143,7 @@ class Listener(ForwardServer):
     def __init__(self, config: ListenerConfig, sink: Sink,
                  registry: EnclaveRegistry | None = None, *, runs: Runs | None = None,
                  fair: FairShare | None = None) -> None:
-        super().__init__(config.endpoint, unix_mode=config.unix_mode)
+        super().__init__(config.listen, unix_mode=config.listen_mode)
         self.config = config
         self.sink = sink
         self.registry = registry

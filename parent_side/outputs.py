@@ -428,16 +428,14 @@ class ForwardOutput(Output):
     """
 
     def __init__(self, endpoint: Endpoint, *, hostname: str, shared_key: str | None,
-                 window: int, max_queue_bytes: int, ack_timeout: float,
-                 connect_timeout: float = 5.0, max_backoff: float = 30.0) -> None:
+                 window: int, max_queue_bytes: int, ack_timeout: float) -> None:
         self.endpoint = endpoint
         self.queue = UpstreamQueue(boot_id=os.urandom(8), max_bytes=max_queue_bytes)
         handshake = ClientHandshake(hostname=hostname, shared_key=shared_key)
         # Fluent Bit sends HELO only when it has a shared key: wait for one only then.
         self.client = ForwardClient(endpoint, self.queue, handshake, handshake_wait=0,
                                     require_handshake=shared_key is not None, window=window,
-                                    connect_timeout=connect_timeout, max_backoff=max_backoff,
-                                    ack_timeout=ack_timeout, name="Fluent Bit",
+                                    max_backoff=30.0, ack_timeout=ack_timeout, name="Fluent Bit",
                                     logger=logging.getLogger("parent_side.upstream"),
                                     on_connect=self._connected,
                                     on_disconnect=self._disconnected)

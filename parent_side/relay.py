@@ -42,13 +42,11 @@ STATUS_TAG = "relay.status"
 
 #: Fields a reload cannot change: they need a restart (declared in parent_side.config).
 _RESTART_ONLY = frozenset(o.field for o in SERVE_OPTIONS if o.restart and o.field)
-#: ListenerConfig fields named otherwise in RelayConfig.
-_LISTENER_NAMES = {"endpoint": "listen", "unix_mode": "listen_mode"}
 
 
 def _listener_config(config: RelayConfig) -> ListenerConfig:
     """The listener's part of the configuration: its fields, taken by name."""
-    return ListenerConfig(**{f.name: getattr(config, _LISTENER_NAMES.get(f.name, f.name))
+    return ListenerConfig(**{f.name: getattr(config, f.name)
                              for f in dataclasses.fields(ListenerConfig)})
 
 
@@ -241,10 +239,9 @@ class Relay:
         self.emit(LIFECYCLE_TAG, record)
 
     def _terminated(self, enclave: EnclaveInfo) -> None:
-        name = enclave.name or f"cid-{enclave.cid}"
-        log.info("enclave %s (%s, CID %d) is no longer listed by describe-enclaves", name,
-                 enclave.enclave_id, enclave.cid)
-        self.emit(LIFECYCLE_TAG, {"event": "enclave_terminated", "enclave": name,
+        log.info("enclave %s (%s, CID %d) is no longer listed by describe-enclaves",
+                 enclave.label, enclave.enclave_id, enclave.cid)
+        self.emit(LIFECYCLE_TAG, {"event": "enclave_terminated", "enclave": enclave.label,
                                   "cid": enclave.cid, "enclave_id": enclave.enclave_id})
 
     def _delivered(self, tag: str, count: int, nbytes: int) -> None:

@@ -28,29 +28,26 @@ class Outstanding:
     """Entries handed to the output and not yet acked, in read order."""
 
     def __init__(self) -> None:
-        self._acked: dict[Key, bool] = {}  # out, in read order -> acked yet
-        self._order: collections.deque[Key] = collections.deque()
+        # An OrderedDict, not a dict: the oldest key is taken and dropped often, which
+        # a dict does in time that grows with what was dropped before it.
+        self._out: collections.OrderedDict[Key, None] = collections.OrderedDict()
         self._per_segment: collections.Counter[int] = collections.Counter()
 
     def __len__(self) -> int:
-        return len(self._acked)
+        return len(self._out)
 
     def add(self, key: Key) -> None:
-        self._acked[key] = False
-        self._order.append(key)
+        self._out[key] = None
         self._per_segment[key[0]] += 1
 
     def ack(self, key: Key) -> bool | None:
         """Mark ``key`` acked. None if it was not out (its segment was dropped); else
         whether the oldest entry out moved (the acked mark may be written)."""
-        if key not in self._acked:
+        if key not in self._out:
             return None
-        self._acked[key] = True
+        moved = key == self.oldest()
+        del self._out[key]
         self._per_segment[key[0]] -= 1
-        moved = False
-        while self._order and self._acked.get(self._order[0]):
-            del self._acked[self._order.popleft()]
-            moved = True
         return moved
 
     def in_segment(self, seg_id: int) -> int:
@@ -58,17 +55,16 @@ class Outstanding:
         return self._per_segment[seg_id]
 
     def unacked(self, key: Key) -> bool:
-        return key in self._acked and not self._acked[key]
+        return key in self._out
 
     def oldest(self) -> Key | None:
         """The oldest entry still out: everything read before it was acked."""
-        return self._order[0] if self._order else None
+        return next(iter(self._out), None)
 
     def forget(self, seg_id: int) -> None:
         """The segment is gone: nothing of it is out any more."""
-        for key in [k for k in self._acked if k[0] == seg_id]:
-            del self._acked[key]
-        self._order = collections.deque(k for k in self._order if k[0] != seg_id)
+        for key in [k for k in self._out if k[0] == seg_id]:
+            del self._out[key]
         self._per_segment.pop(seg_id, None)
 
 
@@ -88,12 +84,11 @@ class ReadCache:
     def take(self, seg_id: int, offset: int) -> SpoolEntry | None:
         """The entry at (seg_id, offset) if cached; drops every entry before it."""
         cache = self._entries
-        while cache and (cache[0].segment, cache[0].offset) < (seg_id, offset):
-            self._size -= len(cache.popleft().entries)
-        if cache and (cache[0].segment, cache[0].offset) == (seg_id, offset):
+        while cache and (cache[0].segment, cache[0].offset) <= (seg_id, offset):
             entry = cache.popleft()
             self._size -= len(entry.entries)
-            return entry
+            if (entry.segment, entry.offset) == (seg_id, offset):
+                return entry
         return None
 
 

@@ -9,8 +9,8 @@ decodable entry starts. The bytes skipped are a hole: the spool sets them aside 
 dead-letter file, reports them as its own loss, and rewrites the segment without them,
 so that everything after recovery reads the segment as before.
 
-Pure functions here (``scan_entries``, ``compact``); ``set_aside`` and ``rewrite`` do
-the file work; ``Recovery`` walks a spool directory with them when the relay starts.
+``scan_entries`` is a pure function; ``append_dead_letters`` and ``rewrite`` do the file
+work; ``Recovery`` walks a spool directory with them when the relay starts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .spool_format import (
@@ -37,8 +36,7 @@ from .spool_format import (
     unpack_payload,
 )
 
-__all__ = ["Recovery", "Scan", "append_dead_letters", "compact", "rewrite", "scan_entries",
-           "set_aside"]
+__all__ = ["Recovery", "Scan", "append_dead_letters", "rewrite", "scan_entries"]
 
 log = logging.getLogger("parent_side.spool")
 
@@ -103,35 +101,6 @@ def _resync(data: bytes, pos: int, seg_id: int) -> int | None:
             return candidate
         marker = data.find(_ARRAY6, marker + 1)
     return None
-
-
-def compact(data: bytes, header_size: int, scan: Scan) -> tuple[bytes, Callable[[int], int]]:
-    """The segment without its holes (nor its torn tail), and a map from an old offset
-    to the new offset of the first entry at or after it."""
-    kept = [data[:header_size]] + [data[e.offset:e.end] for e in scan.entries]
-    starts = [e.offset for e in scan.entries]
-    new_starts: list[int] = []
-    at = header_size
-    for e in scan.entries:
-        new_starts.append(at)
-        at += e.end - e.offset
-
-    def moved(offset: int) -> int:
-        for old, new in zip(starts, new_starts, strict=True):
-            if old >= offset:
-                return new
-        return at
-
-    return b"".join(kept), moved
-
-
-def set_aside(directory: str, segment: str, data: bytes, holes: list[tuple[int, int]]) -> None:
-    """Append each hole's bytes to ``dead-letter.jsonl``, to be looked at, not resent."""
-    append_dead_letters(directory, [
-        {"reason": "corrupt spool bytes (changed on disk)", "segment": segment,
-         "offset": start, "length": end - start,
-         "bytes_b64": base64.b64encode(data[start:end]).decode()} for start, end in holes],
-        sync=True)
 
 
 def append_dead_letters(directory: str, records: list[dict[str, object]], *,
@@ -239,14 +208,20 @@ class Recovery:
         """Corrupt bytes between intact entries: into the dead-letter file, counted and
         reported as the spool's loss (not the agents'), and out of the segment."""
         name = os.path.basename(seg.path)
-        set_aside(self.path, name, data, scan.holes)
+        append_dead_letters(self.path, [
+            {"reason": "corrupt spool bytes (changed on disk)", "segment": name,
+             "offset": start, "length": end - start,
+             "bytes_b64": base64.b64encode(data[start:end]).decode()}
+            for start, end in scan.holes], sync=True)
         lost = sum(end - start for start, end in scan.holes)
         self.stats.corrupt_bytes_set_aside += lost
         log.error("spool %s: %d bytes in %d place(s) of %s changed on disk and were set aside "
                   "in dead-letter.jsonl: the batches they held are lost by the spool, not by "
                   "the agents; the %d intact batches around them are kept", self.path, lost,
                   len(scan.holes), name, len(scan.entries))
-        compacted, moved = compact(data, HEADER.size, scan)
-        rewrite(seg.path, compacted)
+        # The segment without its holes (nor its torn tail).
+        rewrite(seg.path, b"".join([data[:HEADER.size],
+                                    *(data[e.offset:e.end] for e in scan.entries)]))
         self.dir_dirty = True
-        return moved(skip_to)
+        # Where the first entry at or after skip_to starts now.
+        return HEADER.size + sum(e.end - e.offset for e in scan.entries if e.offset < skip_to)

@@ -70,7 +70,7 @@ def _rows(parser: argparse.ArgumentParser, prefix: str,
 
 
 def generate() -> str:
-    relay = relay_cli._build()[1]
+    relay = relay_cli.build_parser().commands["serve"]
     agent = agent_cli.build_parser()
     sub = subcommands()
     lines = [

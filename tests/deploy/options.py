@@ -48,7 +48,7 @@ def _dests(parser: argparse.ArgumentParser) -> set[str]:
 
 def relay_options() -> set[str]:
     """Dests of ``enclave-log-relay serve`` options."""
-    return _dests(relay_cli._build()[1])
+    return _dests(relay_cli.build_parser().commands["serve"])
 
 
 def agent_options() -> set[str]:

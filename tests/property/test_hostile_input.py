@@ -140,7 +140,7 @@ async def serve_once(listener: Listener, data: bytes) -> None:
 @pytest.mark.parametrize("kind", ["bytes", "frames"])
 def test_a_relay_connection_takes_anything_and_memory_stays_bounded(kind: str) -> None:
     loop = asyncio.new_event_loop()
-    listener = Listener(ListenerConfig(endpoint=parse_endpoint("unix:///unused"),
+    listener = Listener(ListenerConfig(listen=parse_endpoint("unix:///unused"),
                                        hostname="relay", max_frame_bytes=1 << 16,
                                        handshake_timeout=5, frame_timeout=5), Recorder())
     strategy = (st.binary(max_size=4096) if kind == "bytes"

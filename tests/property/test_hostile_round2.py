@@ -101,7 +101,7 @@ def test_a_connection_reset_with_acks_unread_leaves_nothing_allocated() -> None:
     with the transport and the connection's frames: each dead connection pinned its
     decoder's buffer and queued acks until the cyclic collector ran (under the chunk-id
     attack, hundreds of megabytes, for as long as no collection came)."""
-    listener = Listener(ListenerConfig(endpoint=parse_endpoint("unix:///unused"),
+    listener = Listener(ListenerConfig(listen=parse_endpoint("unix:///unused"),
                                        hostname="relay", handshake_timeout=5, frame_timeout=5),
                         Recorder())
     loop = asyncio.new_event_loop()
@@ -256,7 +256,7 @@ def test_a_relay_forwards_only_tags_that_follow_the_rule_and_counts_the_rest(
 
 
 async def relay_tags(tags: list[str]) -> None:
-    listener = Listener(ListenerConfig(endpoint=parse_endpoint("unix:///unused"),
+    listener = Listener(ListenerConfig(listen=parse_endpoint("unix:///unused"),
                                        hostname="relay"), TagRecorder())
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=ours)
