@@ -430,7 +430,11 @@ def _signed_rows(res: dict[str, Any], t: str, m: Callable[[str, str], dict[str, 
             out += [(f"  with/without --sign, {where}", "lines/s (x, run by run)",
                      _paired(res, a, b, "lines_per_s"), ">= 0.85"),
                     ("", "CPU ceiling (x, run by run; scenarios.cpu_ceiling)",
-                     _paired(res, a, b, "cpu_ceiling_lines_per_s"), ">= 0.85")]
+                     _paired(res, a, b, "cpu_ceiling_lines_per_s"), ">= 0.85"),
+                    ("", "lines/s, the first fifth of the lines (x, run by run)",
+                     _paired(res, a, b, "head_lines_per_s"), ""),
+                    ("", "lines/s, the rest (x, run by run)",
+                     _paired(res, a, b, "rest_lines_per_s"), "")]
     return out
 
 

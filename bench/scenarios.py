@@ -5,7 +5,9 @@ enclave_side``, ``python -m parent_side``) over Unix sockets or TCP on 127.0.0.1
 ``BenchSink`` (in this process) downstream. Throughput and CPU are taken over a window
 that opens when the first frame reaches the sink and closes when the last line does:
 ``lines/s = (N - first frame's lines) / (t_last - t_first)``, and CPU per line is the
-process's CPU over that same window divided by the same lines.
+process's CPU over that same window divided by the same lines. End to end also splits
+that window where the sink has a fifth of its lines (``head_lines_per_s`` before,
+``rest_lines_per_s`` after), so a slow start shows apart from the steady rate.
 """
 
 from __future__ import annotations
@@ -148,6 +150,10 @@ async def wait_listening(url: str, proc: Proc, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.02)
 
 
+#: End to end: the share of the window's lines that ``head_lines_per_s`` covers.
+HEAD_FRACTION = 0.2
+
+
 class Window:
     """CPU and time from the first frame at the sink to the ``total``-th line of ``tag``."""
 
@@ -162,6 +168,8 @@ class Window:
         self.self0 = self.self1 = 0.0
         self.io0: list[tuple[int, int]] = []
         self.io1: list[tuple[int, int]] = []
+        #: (time, lines of ``tag`` so far) at each of its frames in the window.
+        self.arrivals: list[tuple[float, int]] = []
         sink.on_frame = self._frame
 
     def _frame(self, sink: BenchSink, tag: str, count: int) -> None:
@@ -174,6 +182,8 @@ class Window:
             self.wait0 = [run_queue_wait(p.pid) for p in self.procs]
             self.io0 = [io_calls(p.pid) for p in self.procs]
             self.self0 = time.process_time()
+        if not self.t1:
+            self.arrivals.append((time.monotonic(), sink.count(self.tag)))
         if not self.t1 and sink.count(self.tag) >= self.total:
             self.t1 = time.monotonic()
             self.cpu1 = [p.cpu_split() for p in self.procs]
@@ -187,6 +197,14 @@ class Window:
 
     def rate(self) -> float:
         return self.lines / (self.t1 - self.t0)
+
+    def split_rates(self, fraction: float = HEAD_FRACTION) -> tuple[float, float]:
+        """Lines/s before and after the first frame that brings the window's lines to
+        ``fraction`` of them: a slow start makes the first the lower."""
+        target = self.lines0 + fraction * self.lines
+        t, count = next((t, c) for t, c in self.arrivals if c >= target)
+        return ((count - self.lines0) / max(t - self.t0, 1e-9),
+                (self.total - count) / max(self.t1 - t, 1e-9))
 
     def us_per_line(self, i: int) -> float:
         """User + system CPU microseconds per line of process ``i``."""
@@ -506,7 +524,9 @@ async def end_to_end(env: Env, n: int, data_file: Path, relay_extra: tuple[str, 
             await env.stop_all()
     agent_us, relay_us, sink_us = (window.us_per_line(0), window.us_per_line(1),
                                    window.sink_us_per_line())
+    head, rest = window.split_rates()
     return {**masks, "lines_per_s": window.rate(), "agent_us_per_line": window.us_per_line(0),
+            "head_lines_per_s": head, "rest_lines_per_s": rest,
             "cpu_ceiling_lines_per_s": cpu_ceiling(agent_us, relay_us, sink_us, split),
             "agent_wait_pct": window.wait_pct(0), "relay_wait_pct": window.wait_pct(1),
             "relay_us_per_line": window.us_per_line(1),

@@ -87,6 +87,11 @@ def _assert_both_topologies(results: dict[str, Any], table: str) -> None:
     for key in ("e2e_sign.unix", "e2e_split.unix", "e2e_split_sign.unix"):
         assert results[key]["cpu_ceiling_lines_per_s"]["median"] > 0
         assert results[key]["agent_wait_pct"]["median"] >= 0
+    # And the rate split where a fifth of the lines are in: a slow start shows apart.
+    assert table.count("| lines/s, the first fifth of the lines (x, run by run) |") == 2
+    for key in ("e2e.unix", "e2e_sign.unix", "e2e_split.unix", "e2e_split_sign.unix"):
+        assert results[key]["head_lines_per_s"]["median"] > 0
+        assert results[key]["rest_lines_per_s"]["median"] > 0
 
 
 def test_the_fair_share_bench_measures_quiet_enclaves_alone_and_flooded(tmp_path: Path) -> None:
