@@ -132,6 +132,24 @@ class ScriptedRelay:
             await writer.drain()
 
 
+def tracebacks_above_debug(stderr: str) -> list[str]:
+    """The agent's log records above DEBUG that carry a traceback, and any stray one.
+
+    ``make test`` runs with PYTHONASYNCIODEBUG=1, which the agent inherits; in that
+    mode asyncio logs a peer's broken pipe with its traceback at DEBUG ("Fatal write
+    error on socket transport"). That is the event loop's own diagnostics, not an
+    error of the agent, so only records at INFO and above count.
+    """
+    records: list[str] = []
+    for line in stderr.splitlines(keepends=True):
+        if line.startswith("enclave-log-agent: ") or not records:
+            records.append(line)
+        else:
+            records[-1] += line
+    return [r for r in records if "Traceback" in r
+            and not r.startswith("enclave-log-agent: DEBUG ")]
+
+
 SCRIPT = ["garbage", "huge-frame", "wrong-pong", "helo-then-silence", "bogus-acks", "garbage"]
 
 
@@ -148,7 +166,7 @@ async def test_a_hostile_parent_cannot_crash_hang_or_make_the_agent_drop(sockdir
         finally:
             await cleanup(run)
     stderr = run.stderr.decode(errors="replace")
-    assert "Traceback" not in stderr, stderr
+    assert not tracebacks_above_debug(stderr), stderr
     assert relay.served[: len(SCRIPT)] == SCRIPT and "honest" in relay.served
     assert set(relay.lines) == {f"line {i}" for i in range(n)}, "a line was dropped"
     assert relay.peak_hostile_bytes < 8 << 20, "the agent kept reading a huge frame"
