@@ -225,9 +225,7 @@ class FileOutput(JsonLinesOutput):
         self._fd = -1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._waiting: list[asyncio.Future[None]] = []
-        self._syncing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._syncer: asyncio.Task[None] | None = None
         self._sync_needed = True
 
     async def start(self) -> None:
@@ -251,34 +249,31 @@ class FileOutput(JsonLinesOutput):
             return self._done()
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append(fut)
-        self._sync()
+        if self._syncer is None or self._syncer.done():
+            self._syncer = asyncio.create_task(self._sync(), name="fsync")
         return fut
 
-    def _sync(self) -> None:
-        if self._syncing or not self._waiting:
-            return
-        self._syncing = True
-        self._idle.clear()
-        waiting, self._waiting = self._waiting, []
-        done = asyncio.get_running_loop().run_in_executor(self._executor, os.fsync, self._fd)
-
-        def finished(f: asyncio.Future[None]) -> None:
-            self._syncing = False
+    async def _sync(self) -> None:
+        """fsync until nothing waits: batches written during one fsync share the next."""
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            waiting, self._waiting = self._waiting, []
+            error: OSError | None = None
+            try:
+                await loop.run_in_executor(self._executor, os.fsync, self._fd)
+            except OSError as exc:
+                error = exc
             for w in waiting:
                 if w.done():
                     continue
-                if f.exception() is not None:
-                    w.set_exception(f.exception())  # type: ignore[arg-type]
+                if error is not None:
+                    w.set_exception(error)
                 else:
                     w.set_result(None)
-            self._sync()
-            if not self._syncing:
-                self._idle.set()
-
-        done.add_done_callback(finished)
 
     async def close(self, timeout: float) -> None:
-        await self._idle.wait()
+        if self._syncer is not None:
+            await self._syncer
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
