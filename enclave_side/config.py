@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass, field
 
 from fluent_forward.conventions import Overflow
-from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.endpoints import FORWARD_PORT, VMADDR_CID_PARENT, Endpoint, parse_endpoint
 from fluent_forward.tags import tag_problem
 from nel_config.options import (
     BOOL,
@@ -38,8 +38,8 @@ __all__ = [
     "check_tag",
 ]
 
-#: The parent instance is CID 3 as seen from an enclave.
-DEFAULT_RELAY = "vsock://3:24224"
+#: The parent instance, as seen from an enclave, on the Forward port.
+DEFAULT_RELAY = f"vsock://{VMADDR_CID_PARENT}:{FORWARD_PORT}"
 #: Tags of the agent's own records; an app's --tag may not start with it.
 RESERVED_TAG_PREFIX = "agent"
 #: What the agent appends to --tag (TAG.stdout, TAG.stderr, TAG.file, TAG.kmsg): the

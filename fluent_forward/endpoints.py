@@ -17,6 +17,7 @@ __all__ = [
     "VMADDR_CID_ANY",
     "VMADDR_CID_LOCAL",
     "VMADDR_CID_PARENT",
+    "FORWARD_PORT",
     "Endpoint",
     "Scheme",
     "parse_endpoint",
@@ -25,6 +26,7 @@ __all__ = [
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_CID_LOCAL = 1  # socket.VMADDR_CID_LOCAL exists only from Python 3.14
 VMADDR_CID_PARENT = 3  # the parent instance, as an enclave sees it
+FORWARD_PORT = 24224  # the Forward protocol's port (Fluentd's and Fluent Bit's default)
 
 _U32 = 0xFFFFFFFF
 _EXAMPLES = "vsock://3:24224, vsock://any:24224, tcp://127.0.0.1:24224 or unix:///run/x.sock"

@@ -1,7 +1,7 @@
-"""The fast paths of ``codec.validate_entries``: whole batches checked in C-level calls.
+"""The fast paths of ``entries.validate_entries``: whole batches checked in C-level calls.
 
 Pure code. Each function here can only say "valid as it is, N entries" or "don't
-know" (None); ``codec._validate_slow`` decides everything else, entry by entry. So a
+know" (None); ``entries._validate_slow`` decides everything else, entry by entry. So a
 fast path may refuse anything, but must accept only what the slow path would take
 unchanged, and the tests hold them to that.
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from fluent_forward.codec import DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_FRAME_BYTES
 from fluent_forward.conventions import IDLE_TIMEOUT, Overflow
-from fluent_forward.endpoints import Endpoint, parse_endpoint
+from fluent_forward.endpoints import FORWARD_PORT, Endpoint, parse_endpoint
 from fluent_forward.entries import DEFAULT_MAX_ENTRIES
 from nel_config.options import (
     BOOL,
@@ -44,7 +44,7 @@ from .outputs import OutputSpec, parse_output
 __all__ = ["DEFAULT_ADMIN_SOCKET", "DEFAULT_LISTEN", "DEFAULT_OUTPUT", "DEFAULT_SPOOL",
            "SERVE_OPTIONS", "RelayConfig", "local_hostname", "serve_options"]
 
-DEFAULT_LISTEN = "vsock://any:24224"
+DEFAULT_LISTEN = f"vsock://any:{FORWARD_PORT}"
 #: A Unix socket keeps other local users from injecting records into Fluent Bit.
 DEFAULT_OUTPUT = "unix:///run/fluent-bit/forward.sock"
 #: The systemd unit's StateDirectory.
