@@ -23,6 +23,7 @@ from typing import Any
 
 from fluent_forward import __version__
 from fluent_forward.codec import DEFAULT_MAX_FRAME_BYTES
+from fluent_forward.endpoints import Endpoint
 from nel_config.argv import Parser, add_options, apply_env_defaults, config_path, option_values
 from nel_config.options import STR, ConfigError, Option, repeated
 from nel_config.units import format_size
@@ -131,9 +132,9 @@ def effective(config: AgentConfig) -> dict[str, Any]:
     secrets = {o.field for o in AGENT_OPTIONS if o.secret}
 
     def plain(value: Any) -> Any:
+        if isinstance(value, Endpoint):
+            return str(value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            if type(value).__name__ == "Endpoint":
-                return str(value)
             return {f.name: "(set)" if f.name in secrets and getattr(value, f.name)
                     else plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, enum.Enum):
