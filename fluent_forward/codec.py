@@ -52,7 +52,7 @@ from .errors import (
     UsageError,
 )
 from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
-from .wire import bin_header
+from .wire import bin_header, read_header
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
@@ -367,37 +367,20 @@ class FrameDecoder:
 
 
 _HEAD = 32
-
-
-def _header(buf: bytes, i: int) -> tuple[str, int, int] | None:
-    """(kind, length, header size) of the msgpack object at ``buf[i]``, if known."""
-    if i >= len(buf):
-        return None
-    b = buf[i]
-    sizes = {0xD9: ("raw", 1), 0xDA: ("raw", 2), 0xDB: ("raw", 4), 0xC4: ("raw", 1),
-             0xC5: ("raw", 2), 0xC6: ("raw", 4), 0xDC: ("array", 2), 0xDD: ("array", 4)}
-    if 0xA0 <= b <= 0xBF:
-        return ("raw", b & 0x1F, 1)
-    if 0x90 <= b <= 0x9F:
-        return ("array", b & 0x0F, 1)
-    if b in sizes:
-        kind, n = sizes[b]
-        if i + 1 + n > len(buf):
-            return None
-        return (kind, int.from_bytes(buf[i + 1:i + 1 + n], "big"), 1 + n)
-    return ("other", 0, 1)
+#: The header kinds of raw bytes: a tag or the entries may come as a str or a bin.
+_RAW = ("str", "bin")
 
 
 def _object_mode(head: bytes) -> bool:
     """Whether a frame starting with ``head`` is Message or Forward (not PackedForward)."""
-    top = _header(head, 0)
+    top = read_header(head, 0)
     if top is None or top[0] != "array":
         return True  # not an event frame at all: it will fail, it gets no big budget
-    tag = _header(head, top[2])
+    tag = read_header(head, top[2])
     if tag is None:
         return False  # cannot tell yet
-    second = _header(head, top[2] + tag[2] + tag[1])
-    return second is not None and second[0] != "raw"
+    second = read_header(head, top[2] + tag[2] + tag[1])
+    return second is not None and second[0] not in _RAW
 
 
 def claimed_size(head: bytes) -> int | None:
@@ -406,17 +389,17 @@ def claimed_size(head: bytes) -> int | None:
     Reads the top array header, the tag and the second element's header; None when
     those are not all there yet or the shape is another one.
     """
-    top = _header(head, 0)
+    top = read_header(head, 0)
     if top is None or top[0] != "array":
         return None
-    tag = _header(head, top[2])
-    if tag is None or tag[0] != "raw":
+    tag = read_header(head, top[2])
+    if tag is None or tag[0] not in _RAW:
         return None
     at = top[2] + tag[2] + tag[1]
-    second = _header(head, at)
+    second = read_header(head, at)
     if second is None:
         return at if at > len(head) else None
-    return at + second[2] + second[1] if second[0] == "raw" else None
+    return at + second[2] + second[1] if second[0] in _RAW else None
 
 
 # -- event parsing and entry validation --------------------------------------------
