@@ -218,7 +218,7 @@ class Connection:
         self.peer = peer_of(writer)
         self.name = name or self.peer.address
 
-    async def receive(self, session: Session) -> None:
+    async def receive(self, session: Session[Any]) -> None:
         """Wait for bytes, or the session's next deadline, and hand either over.
 
         Whatever the session has to send then (a PONG, even a refusing one; a
@@ -243,7 +243,7 @@ class Connection:
         finally:
             self._flush(session)
 
-    def _flush(self, session: Session) -> None:
+    def _flush(self, session: Session[Any]) -> None:
         out = session.data_to_send()
         if out and not self.writer.is_closing():
             self.writer.write(out)
@@ -258,11 +258,6 @@ class Connection:
         """Wait until the transport's buffer is below its high-water mark."""
         with map_exceptions(WriteError, f"write to {self.name}"):
             await self.writer.drain()
-
-    async def send(self, data: bytes) -> None:
-        """``write`` then ``drain``."""
-        self.write(data)
-        await self.drain()
 
     async def close(self) -> None:
         """Close and wait for the transport to finish; never raises transport errors."""

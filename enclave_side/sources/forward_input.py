@@ -160,5 +160,6 @@ class ForwardInputServer(ForwardServer):
                 for part, n in split_entries(entries, self.batch_bytes):
                     self.buffer.add(tag, part, n)
         if frame.chunk is not None:
-            await conn.send(encode_ack(frame.chunk))
+            conn.write(encode_ack(frame.chunk))
+            await conn.drain()
             st.acks += 1
