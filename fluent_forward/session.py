@@ -230,9 +230,8 @@ class ServerSession(Session[ServerEvent]):
         self._frame_began = (None if not self.decoder.buffered
                              else began if began is not None and not frames else self._peer)
         for frame in frames:
-            if self.state is State.AWAIT_PING:
-                if self._greet(frame):
-                    continue
+            if self.state is State.AWAIT_PING and self._greet(frame):
+                continue  # the PING, answered
             if isinstance(frame, EventFrame):
                 self._events.append(frame)
             elif not isinstance(frame, Heartbeat):
