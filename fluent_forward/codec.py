@@ -263,8 +263,7 @@ class FrameDecoder:
         piece = view[0:0]
         if pos < end:
             if room <= 0:
-                raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
-                                    self.max_frame_bytes)
+                raise self._too_large()
             # Feed at most an object frame's limit at once, so a Message or Forward
             # frame is caught by _check_claim before it is all turned into objects.
             piece = view[pos:pos + min(room, self.max_object_frame_bytes)]
@@ -293,11 +292,15 @@ class FrameDecoder:
                 pos -= incomplete
         return pos
 
+    def _too_large(self, claimed: int | None = None) -> FrameTooLarge:
+        claim = "" if claimed is None else f" claims {claimed} bytes,"
+        return FrameTooLarge(f"frame{claim} over max_frame_bytes ({self.max_frame_bytes})",
+                             self.max_frame_bytes)
+
     def _start_bulk(self, head: memoryview) -> None:
         bulk = bulk_start(head)
         if bulk is not None and bulk.need > self.max_frame_bytes:
-            raise FrameTooLarge(f"frame claims {bulk.need} bytes, over max_frame_bytes "
-                                f"({self.max_frame_bytes})", self.max_frame_bytes)
+            raise self._too_large(bulk.need)
         if bulk is not None:
             self._bulk = bulk
             self._head = b""
@@ -311,8 +314,7 @@ class FrameDecoder:
             pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need,
                                  _options_unpacker)
         except OverflowError:
-            raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
-                                self.max_frame_bytes) from None
+            raise self._too_large() from None
         except Exception as exc:
             raise msgpack_error(exc, "frame", self.max_frame_bytes) from exc
         self._fed += pos - before
@@ -339,8 +341,7 @@ class FrameDecoder:
             self._head += bytes(piece[:_HEAD - len(self._head)])
         claimed = claimed_size(self._head)
         if claimed is not None and claimed > self.max_frame_bytes:
-            raise FrameTooLarge(f"frame claims {claimed} bytes, over max_frame_bytes "
-                                f"({self.max_frame_bytes})", self.max_frame_bytes)
+            raise self._too_large(claimed)
         if incomplete > self.max_object_frame_bytes and claimed is None and _object_mode(
                 self._head):
             raise FrameTooLarge(f"a Message or Forward frame over {self.max_object_frame_bytes} "
