@@ -117,7 +117,6 @@ class BufferStats:
     open_records: int
     queued_batches: int
     unacked_batches: int
-    sealed_batches: int
     acked_batches: int
     dropped_records: int
     dropped_bytes: int
@@ -147,7 +146,7 @@ class Buffer:
         #: Bytes held: filling, queued and unacked.
         self.used = 0
         self._changed = asyncio.Event()
-        self._sealed = self._acked = 0
+        self._acked = 0
         self.dropped_records = self.dropped_bytes = 0
         self._unreported_records = self._unreported_bytes = 0
         #: Called with the clock time a newly opened batch falls due (its first record
@@ -271,7 +270,6 @@ class Buffer:
                       signed=signed)
         self.used += batch.size - opened.size - opened.reserved
         self._queue.append(batch)
-        self._sealed += 1
         self._changed.set()
         if self.sealer is not None:
             self.sealer.after_seal()
@@ -354,5 +352,5 @@ class Buffer:
     def stats(self) -> BufferStats:
         return BufferStats(self.used, self.max_bytes,
                            sum(b.count for b in self._open.values()), len(self._queue),
-                           len(self._unacked), self._sealed, self._acked,
+                           len(self._unacked), self._acked,
                            self.dropped_records, self.dropped_bytes)

@@ -27,7 +27,6 @@ import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate
-from types import ModuleType
 from typing import Any
 
 __all__ = ["PatternError", "UserPattern"]
@@ -45,17 +44,6 @@ class PatternError(ValueError):
     """A pattern from the configuration that cannot be used; the message says why."""
 
 
-def _regex() -> ModuleType:
-    try:
-        import regex
-    except ImportError:
-        raise PatternError("custom patterns need the 'regex' module, for their time limit "
-                           "(Python's re cannot be interrupted): pip install regex; the "
-                           "single-file agent does not bundle it") from None
-    module: ModuleType = regex
-    return module
-
-
 class UserPattern:
     """A user's regular expression over bytes, with a time limit.
 
@@ -70,9 +58,11 @@ class UserPattern:
         self.timeout = timeout
         self.timeouts = 0
         try:
-            regex = _regex()
-        except PatternError as exc:
-            raise PatternError(f"{what}: {exc}") from None
+            import regex  # here: only a configured pattern needs it
+        except ImportError:
+            raise PatternError(f"{what}: custom patterns need the 'regex' module, for their "
+                               "time limit (Python's re cannot be interrupted): pip install "
+                               "regex; the single-file agent does not bundle it") from None
         try:
             self.rx: Any = regex.compile(text.encode("utf-8"), regex.MULTILINE | regex.V0)
         except regex.error as exc:

@@ -166,10 +166,7 @@ class Multiline:
             found, undecided = self.start.search_lines(lines)
             starts = set(found) | set(undecided)  # undecided: never glue
         for i, line in enumerate(lines):
-            if self.start is not None:
-                cont = i not in starts
-            else:
-                cont = self._continues(line)
+            cont = (i not in starts) if self.start is not None else self._continues(line)
             if cont and self._parts:
                 self._append(line, flags[i])
             else:

@@ -88,14 +88,20 @@ def map_exceptions(error: type[TransportError], what: str) -> Iterator[None]:
         raise error(f"{what}: {exc.strerror or exc}") from exc
 
 
-def _vsock_socket() -> socket.socket:
+@contextlib.contextmanager
+def _vsock_socket() -> Iterator[socket.socket]:
+    """A non-blocking vsock socket for the block to connect or bind; closed if it fails."""
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    for option in (socket.SO_VM_SOCKETS_BUFFER_MAX_SIZE, socket.SO_VM_SOCKETS_BUFFER_SIZE):
-        # The size is clamped to [min, max]: raise max first. Old kernels may refuse.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.AF_VSOCK, option, VSOCK_BUFFER)
-    sock.setblocking(False)
-    return sock
+    try:
+        for option in (socket.SO_VM_SOCKETS_BUFFER_MAX_SIZE, socket.SO_VM_SOCKETS_BUFFER_SIZE):
+            # The size is clamped to [min, max]: raise max first. Old kernels may refuse.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.AF_VSOCK, option, VSOCK_BUFFER)
+        sock.setblocking(False)
+        yield sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 async def open_connection(endpoint: Endpoint, *, timeout: float = 10.0,
@@ -108,12 +114,8 @@ async def open_connection(endpoint: Endpoint, *, timeout: float = 10.0,
                 return await asyncio.open_connection(endpoint.host, endpoint.port, limit=limit)
             if endpoint.scheme is Scheme.UNIX:
                 return await asyncio.open_unix_connection(endpoint.path, limit=limit)
-            sock = _vsock_socket()
-            try:
+            with _vsock_socket() as sock:
                 await asyncio.get_running_loop().sock_connect(sock, (endpoint.cid, endpoint.port))
-            except BaseException:
-                sock.close()
-                raise
             return await asyncio.open_connection(sock=sock, limit=limit)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -154,12 +156,8 @@ async def start_server(handler: Handler, endpoint: Endpoint, *, limit: int = STR
             if unix_mode is not None:
                 os.chmod(endpoint.path, unix_mode)
             return server
-        sock = _vsock_socket()
-        try:
+        with _vsock_socket() as sock:
             sock.bind((endpoint.cid, endpoint.port))
-        except BaseException:
-            sock.close()
-            raise
         return await asyncio.start_server(handler, sock=sock, limit=limit, backlog=backlog)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -218,7 +216,7 @@ class Connection:
         self.peer = peer_of(writer)
         self.name = name or self.peer.address
 
-    async def receive(self, session: Session) -> None:
+    async def receive(self, session: Session[Any]) -> None:
         """Wait for bytes, or the session's next deadline, and hand either over.
 
         Whatever the session has to send then (a PONG, even a refusing one; a
@@ -243,7 +241,7 @@ class Connection:
         finally:
             self._flush(session)
 
-    def _flush(self, session: Session) -> None:
+    def _flush(self, session: Session[Any]) -> None:
         out = session.data_to_send()
         if out and not self.writer.is_closing():
             self.writer.write(out)
@@ -258,11 +256,6 @@ class Connection:
         """Wait until the transport's buffer is below its high-water mark."""
         with map_exceptions(WriteError, f"write to {self.name}"):
             await self.writer.drain()
-
-    async def send(self, data: bytes) -> None:
-        """``write`` then ``drain``."""
-        self.write(data)
-        await self.drain()
 
     async def close(self) -> None:
         """Close and wait for the transport to finish; never raises transport errors."""

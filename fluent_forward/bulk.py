@@ -22,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from .wire import read_header
+
 __all__ = ["BULK_MIN_BYTES", "BulkFrame", "bulk_start"]
 
 #: Payloads from this size on are gathered here; smaller frames are cheap either way.
@@ -32,7 +34,6 @@ _OPTIONS_STEP = 4096
 #: Reads smaller than this are copied into one buffer rather than kept apart: a peer
 #: that sends a frame a byte at a time must not make the relay hold an object per byte.
 _SMALL_READ = 16 * 1024
-_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 #: The most bytes the headers take: array, str8 tag of 255 bytes, bin32 header.
 _HEAD_MAX = 1 + 2 + 255 + 5
 
@@ -117,20 +118,13 @@ def bulk_start(data: memoryview) -> BulkFrame | None:
     head = data[:_HEAD_MAX]
     if len(head) < 2 or head[0] not in (0x92, 0x93):
         return None
-    b = head[1]
-    if 0xA0 <= b <= 0xBF:
-        tag_at, tag_len = 2, b & 0x1F
-    elif b == 0xD9 and len(head) > 2:
-        tag_at, tag_len = 3, head[2]
-    else:
+    tag = read_header(head, 1)
+    if tag is None or tag[0] != "str" or tag[2] > 2:  # a fixstr or str8 tag only
         return None
-    at = tag_at + tag_len
-    width = _BIN_WIDTHS.get(head[at]) if at < len(head) else None
-    if width is None or at + 1 + width > len(head):
+    at = 1 + tag[2] + tag[1]
+    payload = read_header(head, at)
+    if payload is None or payload[0] != "bin" or payload[1] < BULK_MIN_BYTES:
         return None
-    size = int.from_bytes(head[at + 1:at + 1 + width], "big")
-    if size < BULK_MIN_BYTES:
-        return None
-    tag = bytes(head[tag_at:at]).decode("utf-8", "surrogateescape")
-    payload_at = at + 1 + width
-    return BulkFrame(tag, head[0] & 0x0F, payload_at, payload_at + size)
+    payload_at = at + payload[2]
+    tag_text = bytes(head[1 + tag[2]:at]).decode("utf-8", "surrogateescape")
+    return BulkFrame(tag_text, head[0] & 0x0F, payload_at, payload_at + payload[1])

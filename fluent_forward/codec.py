@@ -52,7 +52,7 @@ from .errors import (
     UsageError,
 )
 from .handshake import Helo, Ping, Pong, parse_helo, parse_ping, parse_pong
-from .wire import bin_header
+from .wire import bin_header, read_header
 
 __all__ = [
     "DEFAULT_MAX_DECOMPRESSED_BYTES",
@@ -263,8 +263,7 @@ class FrameDecoder:
         piece = view[0:0]
         if pos < end:
             if room <= 0:
-                raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
-                                    self.max_frame_bytes)
+                raise self._too_large()
             # Feed at most an object frame's limit at once, so a Message or Forward
             # frame is caught by _check_claim before it is all turned into objects.
             piece = view[pos:pos + min(room, self.max_object_frame_bytes)]
@@ -293,11 +292,15 @@ class FrameDecoder:
                 pos -= incomplete
         return pos
 
+    def _too_large(self, claimed: int | None = None) -> FrameTooLarge:
+        claim = "" if claimed is None else f" claims {claimed} bytes,"
+        return FrameTooLarge(f"frame{claim} over max_frame_bytes ({self.max_frame_bytes})",
+                             self.max_frame_bytes)
+
     def _start_bulk(self, head: memoryview) -> None:
         bulk = bulk_start(head)
         if bulk is not None and bulk.need > self.max_frame_bytes:
-            raise FrameTooLarge(f"frame claims {bulk.need} bytes, over max_frame_bytes "
-                                f"({self.max_frame_bytes})", self.max_frame_bytes)
+            raise self._too_large(bulk.need)
         if bulk is not None:
             self._bulk = bulk
             self._head = b""
@@ -311,8 +314,7 @@ class FrameDecoder:
             pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need,
                                  _options_unpacker)
         except OverflowError:
-            raise FrameTooLarge(f"frame over max_frame_bytes ({self.max_frame_bytes})",
-                                self.max_frame_bytes) from None
+            raise self._too_large() from None
         except Exception as exc:
             raise msgpack_error(exc, "frame", self.max_frame_bytes) from exc
         self._fed += pos - before
@@ -339,8 +341,7 @@ class FrameDecoder:
             self._head += bytes(piece[:_HEAD - len(self._head)])
         claimed = claimed_size(self._head)
         if claimed is not None and claimed > self.max_frame_bytes:
-            raise FrameTooLarge(f"frame claims {claimed} bytes, over max_frame_bytes "
-                                f"({self.max_frame_bytes})", self.max_frame_bytes)
+            raise self._too_large(claimed)
         if incomplete > self.max_object_frame_bytes and claimed is None and _object_mode(
                 self._head):
             raise FrameTooLarge(f"a Message or Forward frame over {self.max_object_frame_bytes} "
@@ -367,37 +368,20 @@ class FrameDecoder:
 
 
 _HEAD = 32
-
-
-def _header(buf: bytes, i: int) -> tuple[str, int, int] | None:
-    """(kind, length, header size) of the msgpack object at ``buf[i]``, if known."""
-    if i >= len(buf):
-        return None
-    b = buf[i]
-    sizes = {0xD9: ("raw", 1), 0xDA: ("raw", 2), 0xDB: ("raw", 4), 0xC4: ("raw", 1),
-             0xC5: ("raw", 2), 0xC6: ("raw", 4), 0xDC: ("array", 2), 0xDD: ("array", 4)}
-    if 0xA0 <= b <= 0xBF:
-        return ("raw", b & 0x1F, 1)
-    if 0x90 <= b <= 0x9F:
-        return ("array", b & 0x0F, 1)
-    if b in sizes:
-        kind, n = sizes[b]
-        if i + 1 + n > len(buf):
-            return None
-        return (kind, int.from_bytes(buf[i + 1:i + 1 + n], "big"), 1 + n)
-    return ("other", 0, 1)
+#: The header kinds of raw bytes: a tag or the entries may come as a str or a bin.
+_RAW = ("str", "bin")
 
 
 def _object_mode(head: bytes) -> bool:
     """Whether a frame starting with ``head`` is Message or Forward (not PackedForward)."""
-    top = _header(head, 0)
+    top = read_header(head, 0)
     if top is None or top[0] != "array":
         return True  # not an event frame at all: it will fail, it gets no big budget
-    tag = _header(head, top[2])
+    tag = read_header(head, top[2])
     if tag is None:
         return False  # cannot tell yet
-    second = _header(head, top[2] + tag[2] + tag[1])
-    return second is not None and second[0] != "raw"
+    second = read_header(head, top[2] + tag[2] + tag[1])
+    return second is not None and second[0] not in _RAW
 
 
 def claimed_size(head: bytes) -> int | None:
@@ -406,17 +390,17 @@ def claimed_size(head: bytes) -> int | None:
     Reads the top array header, the tag and the second element's header; None when
     those are not all there yet or the shape is another one.
     """
-    top = _header(head, 0)
+    top = read_header(head, 0)
     if top is None or top[0] != "array":
         return None
-    tag = _header(head, top[2])
-    if tag is None or tag[0] != "raw":
+    tag = read_header(head, top[2])
+    if tag is None or tag[0] not in _RAW:
         return None
     at = top[2] + tag[2] + tag[1]
-    second = _header(head, at)
+    second = read_header(head, at)
     if second is None:
         return at if at > len(head) else None
-    return at + second[2] + second[1] if second[0] == "raw" else None
+    return at + second[2] + second[1] if second[0] in _RAW else None
 
 
 # -- event parsing and entry validation --------------------------------------------

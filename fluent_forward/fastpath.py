@@ -31,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from .wire import array_header, str_header
+from .wire import array_header, read_header, str_header
 
 __all__ = [
     "BILLION",
@@ -291,15 +291,10 @@ def _first_entry_fields(data: bytes) -> tuple[bytes, bytes] | None:
             or type(entry[1]) is not dict or type(entry[1].get("log")) is not str):
         return None
     start = len(_ENTRY_HEAD) + _STR_AT
-    b = data[start]
-    if 0xA0 <= b <= 0xBF:
-        end = start + 1 + (b & 0x1F)
-    elif b == 0xD9:
-        end = start + 2 + data[start + 1]
-    elif b == 0xDA:
-        end = start + 3 + int.from_bytes(data[start + 1:start + 3], "big")
-    else:
+    line = read_header(data, start)
+    if line is None or line[0] != "str" or line[2] > 3:
         return None  # str32: a line of 64 KiB or more is not this path's business
+    end = start + line[2] + line[1]
     if end > up.tell():
         return None
     return data[len(_ENTRY_HEAD) + _MAP_AT:start], data[end:up.tell()]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeAlias
+from typing import Generic, TypeAlias, TypeVar
 
 from .codec import Ack, EventFrame, Frame, FrameDecoder, Heartbeat, Role
 from .errors import (
@@ -91,10 +91,12 @@ class Acked:
 
 
 ServerEvent: TypeAlias = "EventFrame | Opened"
+#: What a session hands its I/O layer: ``ServerEvent``s or ``Acked``s.
+E = TypeVar("E")
 
 
-class Session:
-    """What both roles share: the decoder, outgoing bytes, the peer clock, errors."""
+class Session(Generic[E]):
+    """What both roles share: the decoder, outgoing bytes, events, the peer clock, errors."""
 
     def __init__(self, decoder: FrameDecoder, *, now: float, name: str) -> None:
         self.decoder = decoder
@@ -102,10 +104,16 @@ class Session:
         self.state = State.OPEN
         self.bytes_in = 0
         self._out: list[bytes] = []
+        self._events: list[E] = []
         # The peer clock: seconds spent waiting on the peer since the session began.
         self._peer = 0.0
         self._waiting_since: float | None = now
         self._heard = 0.0  # peer clock when bytes last came
+
+    def events(self) -> list[E]:
+        """Events since the last call, in the order they came."""
+        events, self._events = self._events, []
+        return events
 
     def data_to_send(self) -> bytes:
         """Bytes to write now (maybe none)."""
@@ -177,8 +185,9 @@ class Session:
         raise NotImplementedError
 
 
-class ServerSession(Session):
-    """The accepting side: send HELO, judge PING, pass event frames on.
+class ServerSession(Session[ServerEvent]):
+    """The accepting side: send HELO, judge PING, pass event frames on (its events:
+    ``Opened`` once, then ``EventFrame``s).
 
     Args:
         decoder: a ``Role.SERVER`` decoder with the connection's limits.
@@ -208,16 +217,10 @@ class ServerSession(Session):
         #: Acks the I/O layer still owes the client: a client waiting for them is not
         #: idle, so the idle timer starts again while any are owed.
         self.owed = 0
-        self._events: list[ServerEvent] = []
         self._frame_began: float | None = None  # peer clock at a partial frame's first byte
         if handshake is not None:
             self._out.append(handshake.helo())
             self.state = State.AWAIT_PING
-
-    def events(self) -> list[ServerEvent]:
-        """Events since the last call: ``Opened`` once, then ``EventFrame``s."""
-        events, self._events = self._events, []
-        return events
 
     def _receive(self, data: bytes, now: float) -> None:
         began = self._frame_began if self.decoder.buffered else None
@@ -227,9 +230,8 @@ class ServerSession(Session):
         self._frame_began = (None if not self.decoder.buffered
                              else began if began is not None and not frames else self._peer)
         for frame in frames:
-            if self.state is State.AWAIT_PING:
-                if self._greet(frame):
-                    continue
+            if self.state is State.AWAIT_PING and self._greet(frame):
+                continue  # the PING, answered
             if isinstance(frame, EventFrame):
                 self._events.append(frame)
             elif not isinstance(frame, Heartbeat):
@@ -282,8 +284,9 @@ class _Sent:
     seq: int
 
 
-class ClientSession(Session):
-    """The connecting side: answer HELO, check PONG, send batches, match acks.
+class ClientSession(Session[Acked]):
+    """The connecting side: answer HELO, check PONG, send batches, match acks (its
+    events: an ``Acked`` per chunk acked).
 
     Args:
         handshake: our side of the handshake.
@@ -323,7 +326,6 @@ class ClientSession(Session):
         #: outlives connections and keeps the batches to resend.
         self.in_flight: InFlight[_Sent] = InFlight()
         self._sends = 0
-        self._events: list[Acked] = []
         self._sent = now  # wall clock of our last write, for keepalives
         wait = (handshake_timeout if require_handshake or handshake.expects_helo
                 else handshake_wait)
@@ -351,11 +353,6 @@ class ClientSession(Session):
         else:
             self._out.append(frame)
         self._sent = now
-
-    def events(self) -> list[Acked]:
-        """Acks since the last call, in the order they came."""
-        events, self._events = self._events, []
-        return events
 
     def _receive(self, data: bytes, now: float) -> None:
         awaiting_pong = self.state is State.AWAIT_PONG

@@ -37,9 +37,6 @@ class InFlight(Generic[B]):
     def __len__(self) -> int:
         return len(self._batches)
 
-    def __contains__(self, chunk: object) -> bool:
-        return chunk in self._batches
-
     def __iter__(self) -> Iterator[B]:
         return iter(self._batches.values())
 

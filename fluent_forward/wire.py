@@ -1,4 +1,4 @@
-"""msgpack headers and binary layouts, written once for every encoder (pure).
+"""msgpack headers and binary layouts, written and read once for every codec (pure).
 
 The encoders here write msgpack by hand where a packer would cost more than the
 work (the agent's per-line path, the relay's entries, handshake strs that must stay
@@ -15,6 +15,7 @@ __all__ = [
     "STR_HEADERS",
     "array_header",
     "bin_header",
+    "read_header",
     "str_header",
 ]
 
@@ -53,3 +54,31 @@ def array_header(n: int) -> bytes:
     if n < 0x10000:
         return b"\xdc" + n.to_bytes(2, "big")
     return b"\xdd" + n.to_bytes(4, "big")
+
+
+#: The headers ``read_header`` tells apart whose length follows the type byte:
+#: (kind, bytes of the length).
+_SIZED = {0xD9: ("str", 1), 0xDA: ("str", 2), 0xDB: ("str", 4), 0xC4: ("bin", 1),
+          0xC5: ("bin", 2), 0xC6: ("bin", 4), 0xDC: ("array", 2), 0xDD: ("array", 4)}
+
+
+def read_header(buf: bytes | memoryview, i: int) -> tuple[str, int, int] | None:
+    """(kind, length, header size) of the msgpack object at ``buf[i]``.
+
+    The kind is ``"str"``, ``"bin"``, ``"array"`` or ``"other"`` (length 0, a header
+    of one byte: the frame readers need no more of those). None while the header is
+    not all in ``buf``.
+    """
+    if i >= len(buf):
+        return None
+    b = buf[i]
+    if 0xA0 <= b <= 0xBF:
+        return ("str", b & 0x1F, 1)
+    if 0x90 <= b <= 0x9F:
+        return ("array", b & 0x0F, 1)
+    if b in _SIZED:
+        kind, n = _SIZED[b]
+        if i + 1 + n > len(buf):
+            return None
+        return (kind, int.from_bytes(buf[i + 1:i + 1 + n], "big"), 1 + n)
+    return ("other", 0, 1)

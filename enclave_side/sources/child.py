@@ -214,12 +214,10 @@ class PipeSource(asyncio.Protocol):
         # most a quarter of its cap: under drop_oldest a piece whose records cannot fit
         # even in an empty buffer is dropped whole, and a small --buffer-size must not
         # lose whole reads for it.
+        # (A read within one piece is fed as it is: a slice of all of a bytes is itself.)
         step = max(self.buffer.max_bytes // 4, 4096)
-        if len(data) <= step:
-            self.stream.feed(data)
-        else:
-            for at in range(0, len(data), step):
-                self.stream.feed(data[at:at + step])
+        for at in range(0, len(data), step):
+            self.stream.feed(data[at:at + step])
         assert self.transport is not None
         if self.policy is Overflow.BLOCK and not self.buffer.has_room() and not self.paused:
             self.paused = True

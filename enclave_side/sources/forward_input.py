@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 
 from fluent_forward.aio import Connection, Ending, ForwardServer, bound_port, ending_of
-from fluent_forward.codec import DEFAULT_MAX_FRAME_BYTES, EventFrame, FrameDecoder, Role, encode_ack
+from fluent_forward.codec import EventFrame, FrameDecoder, Role, encode_ack
 from fluent_forward.endpoints import Endpoint, Scheme
 from fluent_forward.entries import split_entries
 from fluent_forward.errors import ProtocolError, TransportError
@@ -36,10 +36,9 @@ __all__ = ["ForwardInputServer", "ForwardInputStats", "check_listen"]
 
 log = logging.getLogger(__name__)
 
-#: Largest frame a local client may send, and what a gzip frame may inflate to.
-MAX_FRAME_BYTES = DEFAULT_MAX_FRAME_BYTES
+#: What a local client's gzip frame may inflate to (its frames: the codec's default
+#: limit; its handshake: the session's default timeout).
 MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
-HANDSHAKE_TIMEOUT = 10.0
 
 
 def check_listen(endpoint: Endpoint) -> str | None:
@@ -87,7 +86,7 @@ class ForwardInputServer(ForwardServer):
         reason = check_listen(endpoint)
         if reason is not None:
             raise ValueError(reason)
-        super().__init__(endpoint, unix_mode=0o660)
+        super().__init__(endpoint)  # a Unix socket's mode: 0660
         self.buffer = buffer
         self.pipeline = pipeline
         self.shared_key = shared_key
@@ -112,10 +111,9 @@ class ForwardInputServer(ForwardServer):
         # No HELO without a key: fluent-logger and Fluent Bit without one expect none.
         hs = (ServerHandshake(hostname=self.hostname, shared_key=self.shared_key)
               if self.shared_key is not None else None)
-        session = ServerSession(FrameDecoder(Role.SERVER, max_frame_bytes=MAX_FRAME_BYTES,
+        session = ServerSession(FrameDecoder(Role.SERVER,
                                              max_decompressed_bytes=MAX_DECOMPRESSED_BYTES),
-                                hs, required=True, handshake_timeout=HANDSHAKE_TIMEOUT,
-                                now=asyncio.get_running_loop().time())
+                                hs, required=True, now=asyncio.get_running_loop().time())
         self.stats.connections += 1
         try:
             while True:
@@ -160,5 +158,6 @@ class ForwardInputServer(ForwardServer):
                 for part, n in split_entries(entries, self.batch_bytes):
                     self.buffer.add(tag, part, n)
         if frame.chunk is not None:
-            await conn.send(encode_ack(frame.chunk))
+            conn.write(encode_ack(frame.chunk))
+            await conn.drain()
             st.acks += 1

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from fluent_forward.entries import EventTime, pack_entry
@@ -25,8 +23,6 @@ from ..buffer import Buffer
 from ..processing import Pipeline
 
 __all__ = ["KmsgSource", "parse_kmsg_line"]
-
-log = logging.getLogger(__name__)
 
 #: Syslog severities, as the agent's level names.
 SEVERITIES = ("critical", "critical", "critical", "error", "warning", "notice", "info",
@@ -58,7 +54,7 @@ class KmsgSource:
     """Poll the kernel log and buffer its records (tag ``<agent tag>.kmsg`` by default)."""
 
     def __init__(self, path: str, tag: str, buffer: Buffer, *, pipeline: Pipeline | None,
-                 poll_interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 poll_interval: float) -> None:
         self.path = path
         self.tag = tag
         self.buffer = buffer
