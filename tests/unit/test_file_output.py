@@ -12,9 +12,11 @@ import errno
 import json
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from fluent_forward.entries import EventTime, pack_entry
 from parent_side.outputs import FileOutput, RelayBatch
@@ -56,27 +58,31 @@ def fsync(monkeypatch: pytest.MonkeyPatch) -> GatedFsync:
     return gate
 
 
+@pytest_asyncio.fixture
+async def out(tmp_path: Path) -> AsyncIterator[FileOutput]:
+    """A started file output on ``tmp_path/out.jsonl``, closed after the test."""
+    output = FileOutput(str(tmp_path / "out.jsonl"))
+    await output.start()
+    yield output
+    await output.close(1.0)
+
+
 def batch(text: str) -> RelayBatch:
     return RelayBatch("enclave.x.app", pack_entry(EventTime(1, 0), {"log": text}), 1)
 
 
 async def test_a_batch_is_acked_only_after_its_fsync_returns(
-        tmp_path: Path, fsync: GatedFsync) -> None:
-    out = FileOutput(str(tmp_path / "out.jsonl"))
-    await out.start()
+        tmp_path: Path, fsync: GatedFsync, out: FileOutput) -> None:
     done = await out.submit(batch("one"))
     await fsync.wait_entered()
     assert not done.done(), "acked while the fsync still runs"
     assert json.loads((tmp_path / "out.jsonl").read_text())["record"] == {"log": "one"}
     fsync.release()
     await asyncio.wait_for(done, DEADLINE)
-    await out.close(1.0)
 
 
 async def test_batches_written_during_an_fsync_share_the_next(
-        tmp_path: Path, fsync: GatedFsync) -> None:
-    out = FileOutput(str(tmp_path / "out.jsonl"))
-    await out.start()
+        tmp_path: Path, fsync: GatedFsync, out: FileOutput) -> None:
     first = await out.submit(batch("a"))
     await fsync.wait_entered()
     later = [await out.submit(batch(t)) for t in "bcd"]
@@ -93,9 +99,7 @@ async def test_batches_written_during_an_fsync_share_the_next(
 
 
 async def test_an_fsync_error_fails_its_batches_and_the_next_fsync_goes_on(
-        tmp_path: Path, fsync: GatedFsync) -> None:
-    out = FileOutput(str(tmp_path / "out.jsonl"))
-    await out.start()
+        tmp_path: Path, fsync: GatedFsync, out: FileOutput) -> None:
     fsync.fail_next = OSError(errno.EIO, "Input/output error")
     failed = await out.submit(batch("lost?"))
     await fsync.wait_entered()
@@ -106,12 +110,9 @@ async def test_an_fsync_error_fails_its_batches_and_the_next_fsync_goes_on(
     await fsync.wait_entered()
     fsync.release()
     await asyncio.wait_for(ok, DEADLINE)
-    await out.close(1.0)
 
 
-async def test_close_waits_for_the_fsync_in_flight(tmp_path: Path, fsync: GatedFsync) -> None:
-    out = FileOutput(str(tmp_path / "out.jsonl"))
-    await out.start()
+async def test_close_waits_for_the_fsync_in_flight(fsync: GatedFsync, out: FileOutput) -> None:
     done = await out.submit(batch("x"))
     await fsync.wait_entered()
     closing = asyncio.create_task(out.close(1.0))
