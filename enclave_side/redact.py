@@ -198,8 +198,7 @@ class Redactor:
             if undecided:
                 self.timeouts += len(undecided)
                 blank = _R % f"{custom.name}:timeout".encode()
-                flat = list(flat)
-                for i in undecided:
+                for i in undecided:  # sub_lines gave a list of its own, to change
                     flat[i] = blank
         if not changed:
             return lines
