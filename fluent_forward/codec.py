@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
 
-import msgpack
-
 from .bulk import BulkFrame, bulk_start
 from .entries import (
     DEFAULT_MAX_ENTRIES,
@@ -180,12 +178,6 @@ _HANDSHAKE_PARSERS: dict[str, Callable[[Any], Helo | Pong]] = {"HELO": parse_hel
                                                                "PONG": parse_pong}
 
 
-def _options_unpacker(max_bytes: int) -> msgpack.Unpacker:
-    """For the few bytes of a gathered frame's options: a small buffer to start with
-    (a megabyte allocated per frame would cost more than the frame)."""
-    return unpacker(max_bytes, 4096)
-
-
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes) -> list[Frame]``, bytes split anywhere.
 
@@ -217,7 +209,7 @@ class FrameDecoder:
         self._fed = 0
         self._frame_start = 0  # stream offset where the incomplete frame began
         self._base = 0  # stream offset of the Unpacker's tell() == 0
-        self._head = b""  # the first bytes of the incomplete frame, for claimed_size()
+        self._head = b""  # the first bytes of the incomplete frame, for _read_head()
         self._bulk: BulkFrame | None = None  # a large PackedForward frame being gathered
         self._broken = False
 
@@ -311,8 +303,7 @@ class FrameDecoder:
         assert bulk is not None
         before = pos
         try:
-            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need,
-                                 _options_unpacker)
+            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need)
         except OverflowError:
             raise self._too_large() from None
         except Exception as exc:
@@ -339,11 +330,10 @@ class FrameDecoder:
             self._head = bytes(piece[len(piece) - incomplete:][:_HEAD])
         elif len(self._head) < _HEAD:
             self._head += bytes(piece[:_HEAD - len(self._head)])
-        claimed = claimed_size(self._head)
+        claimed, object_mode = _read_head(self._head)
         if claimed is not None and claimed > self.max_frame_bytes:
             raise self._too_large(claimed)
-        if incomplete > self.max_object_frame_bytes and claimed is None and _object_mode(
-                self._head):
+        if incomplete > self.max_object_frame_bytes and object_mode:
             raise FrameTooLarge(f"a Message or Forward frame over {self.max_object_frame_bytes} "
                                 "bytes; send large batches as PackedForward",
                                 self.max_object_frame_bytes)
@@ -372,35 +362,27 @@ _HEAD = 32
 _RAW = ("str", "bin")
 
 
-def _object_mode(head: bytes) -> bool:
-    """Whether a frame starting with ``head`` is Message or Forward (not PackedForward)."""
+def _read_head(head: bytes) -> tuple[int | None, bool]:
+    """What a frame starting with ``head`` says of itself, from its top array header,
+    its tag and its second element's header: the least size it claims, ``[tag,
+    str/bin, ...]`` (None when those are not all there yet or the shape is another
+    one), and whether it is Message or Forward, not PackedForward (False while that
+    cannot be told yet; True for what is no event frame at all: it will fail, it gets
+    no big budget)."""
     top = read_header(head, 0)
     if top is None or top[0] != "array":
-        return True  # not an event frame at all: it will fail, it gets no big budget
+        return None, True
     tag = read_header(head, top[2])
     if tag is None:
-        return False  # cannot tell yet
-    second = read_header(head, top[2] + tag[2] + tag[1])
-    return second is not None and second[0] not in _RAW
-
-
-def claimed_size(head: bytes) -> int | None:
-    """The least size a frame starting with ``head`` claims: ``[tag, str/bin, ...]``.
-
-    Reads the top array header, the tag and the second element's header; None when
-    those are not all there yet or the shape is another one.
-    """
-    top = read_header(head, 0)
-    if top is None or top[0] != "array":
-        return None
-    tag = read_header(head, top[2])
-    if tag is None or tag[0] not in _RAW:
-        return None
+        return None, False
+    raw_tag = tag[0] in _RAW
     at = top[2] + tag[2] + tag[1]
     second = read_header(head, at)
     if second is None:
-        return at if at > len(head) else None
-    return at + second[2] + second[1] if second[0] in _RAW else None
+        return (at if raw_tag and at > len(head) else None), False
+    if second[0] not in _RAW:
+        return None, True
+    return (at + second[2] + second[1] if raw_tag else None), False
 
 
 # -- event parsing and entry validation --------------------------------------------
