@@ -117,7 +117,6 @@ async def open_connection(endpoint: Endpoint, *, timeout: float = 10.0,
             with _vsock_socket() as sock:
                 await asyncio.get_running_loop().sock_connect(sock, (endpoint.cid, endpoint.port))
             return await asyncio.open_connection(sock=sock, limit=limit)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _prepare_unix_path(path: str) -> None:
@@ -159,7 +158,6 @@ async def start_server(handler: Handler, endpoint: Endpoint, *, limit: int = STR
         with _vsock_socket() as sock:
             sock.bind((endpoint.cid, endpoint.port))
         return await asyncio.start_server(handler, sock=sock, limit=limit, backlog=backlog)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def bound_port(server: asyncio.Server) -> int:
