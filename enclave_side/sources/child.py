@@ -119,10 +119,10 @@ class Reaper:
 
 
 def _pty() -> tuple[int, int]:
-    """A pseudo-terminal in raw mode: (master, slave)."""
+    """A pseudo-terminal in raw mode: (master, slave), neither inherited (as ``openpty``
+    makes them)."""
     master, slave = os.openpty()
     tty.setraw(slave)  # no \n -> \r\n, no echo, no line editing
-    os.set_inheritable(master, False)
     return master, slave
 
 

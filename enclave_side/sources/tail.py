@@ -50,7 +50,7 @@ from ..config import FileSource
 from ..processing import Pipeline
 from .stream import LineStream
 
-__all__ = ["FollowedFile", "TailSource", "compatible"]
+__all__ = ["FollowedFile", "TailSource"]
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,6 @@ MAX_REMEMBERED = 4096
 MAX_COPIES = 64
 
 Key = tuple[int, int]
-
-
-def compatible(a: bytes, b: bytes) -> bool:
-    """Whether two fingerprints may be of the same file (one is a prefix of the other)."""
-    n = min(len(a), len(b))
-    return a[:n] == b[:n]
 
 
 def _path_of(fd: int, key: Key) -> str | None:
@@ -350,7 +344,9 @@ class TailSource:
         origin, offset = path, 0
         if mem is not None:
             del self.remembered[key]
-            if compatible(fp, mem.fingerprint) and st.st_size >= mem.offset:
+            # One file's fingerprints agree: the shorter is a prefix of the longer.
+            same = fp[:len(mem.fingerprint)] == mem.fingerprint[:len(fp)]
+            if same and st.st_size >= mem.offset:
                 origin, offset = mem.origin, mem.offset  # the same file, grown
             else:
                 self.stats.inode_reuses += 1
