@@ -276,15 +276,12 @@ class Pipeline:
     def _redact_read(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Redaction alone: lines in, lines out, packed in one run as the fast path does."""
         assert self.redactor is not None
-        if all(type(i) is bytes for i in items):
-            lines: list[bytes] = items  # type: ignore[assignment]
-            out: list[Item] = self.redactor.lines(lines)  # type: ignore[assignment]
-            return self._encoder(None).encode(out, ns), len(items)
-        plain = [i if isinstance(i, bytes) else i[0] for i in items]
-        redacted = self.redactor.lines(plain)
-        mixed: list[Item] = [r if isinstance(i, bytes) else (r, i[1])
-                             for i, r in zip(items, redacted, strict=True)]
-        return self._encoder(None).encode(mixed, ns), len(items)
+        lines = [i if isinstance(i, bytes) else i[0] for i in items]
+        redacted = self.redactor.lines(lines)
+        if redacted is not lines:  # a line changed; a flagged one keeps its flags
+            items = [r if isinstance(i, bytes) else (r, i[1])
+                     for i, r in zip(items, redacted, strict=True)]
+        return self._encoder(None).encode(items, ns), len(items)
 
     def flush_due(self, now: float, force: bool = False) -> tuple[bytes, int]:
         """A multiline record whose time is up (or any, with ``force``)."""
