@@ -51,7 +51,6 @@ __all__ = [
     "PeerAddress",
     "map_exceptions",
     "open_connection",
-    "bound_port",
     "ending_of",
     "first_error",
     "peer_of",
@@ -158,11 +157,6 @@ async def start_server(handler: Handler, endpoint: Endpoint, *, limit: int = STR
         with _vsock_socket() as sock:
             sock.bind((endpoint.cid, endpoint.port))
         return await asyncio.start_server(handler, sock=sock, limit=limit, backlog=backlog)
-
-
-def bound_port(server: asyncio.Server) -> int:
-    """The port a TCP or vsock server is bound to (useful after listening on port 0)."""
-    return int(server.sockets[0].getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
