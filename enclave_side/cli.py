@@ -83,19 +83,27 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
 
 def parse_args(argv: Sequence[str] | None = None,
                environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Parse the command line into an ``AgentConfig``; exit 2 with a message on error."""
+    """Parse the command line into an ``AgentConfig``; exit 2 with a message on error.
+
+    ``--check-config`` is answered here, as argparse answers ``--help``: the effective
+    configuration printed as JSON, then exit 0.
+    """
     parser = build_parser()
     env = os.environ if environ is None else environ
     options, command = _split_command(sys.argv[1:] if argv is None else argv)
-    path, _ = config_path(options, env, ENV_PREFIX, check=True)
+    path, check = config_path(options, env, ENV_PREFIX, check=True)
     try:
         defaults, sources = load_config_file(path) if path else ({}, {})
         parser.set_defaults(**defaults)
         apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX, env)
         ns = parser.parse_args(options)
-        return _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, sources)
+        config = _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, sources)
     except (ConfigError, SigningError) as exc:
         parser.error(str(exc))
+    if check:
+        sys.stdout.write(json.dumps(effective(config), indent=2) + "\n")
+        parser.exit()
+    return config
 
 
 def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, ...],
@@ -127,10 +135,6 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent; return the app's exit status."""
     config = parse_args(argv)
-    options, _ = _split_command(sys.argv[1:] if argv is None else argv)
-    if config_path(options, os.environ, ENV_PREFIX, check=True)[1]:
-        sys.stdout.write(json.dumps(effective(config), indent=2) + "\n")
-        return 0
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="enclave-log-agent: %(levelname)s %(message)s")
     agent = Agent(config)
