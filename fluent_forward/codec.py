@@ -399,22 +399,23 @@ def parse_event(obj: Any, *, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRES
     if type(second) in (bytes, str):
         return _parse_packed(tag, obj, max_decompressed_bytes, max_entries)
     if type(second) is tuple:
-        if len(obj) > 3:
-            raise MalformedFrame("a Forward frame has at most 3 elements")
-        opts = _options(obj, 2)
+        opts = _options(obj, 2, "Forward")
         if len(second) > max_entries:
             raise TooManyEntries(f"frame carries {len(second)} entries, over max_entries "
                                  f"({max_entries})", max_entries)
         entries = b"".join(normal_entry(e) for e in second)
         return EventFrame(FrameKind.FORWARD, tag, entries, len(second), _chunk(opts))
-    if len(obj) < 3 or len(obj) > 4:
+    if len(obj) < 3:
         raise MalformedFrame("a Message frame is [tag, time, record, options?]")
-    opts = _options(obj, 3)
+    opts = _options(obj, 3, "Message")
     entry = packb((normal_time(second), check_record(obj[2])))
     return EventFrame(FrameKind.MESSAGE, tag, entry, 1, _chunk(opts))
 
 
-def _options(obj: tuple[Any, ...], index: int) -> dict[str, Any]:
+def _options(obj: tuple[Any, ...], index: int, mode: str) -> dict[str, Any]:
+    """The options map of a frame whose last element is at ``index``."""
+    if len(obj) > index + 1:
+        raise MalformedFrame(f"a {mode} frame has at most {index + 1} elements")
     if len(obj) <= index or obj[index] is None:  # nil options: Docker 18 sends them
         return {}
     opts = obj[index]
@@ -436,9 +437,7 @@ def _chunk(opts: dict[str, Any]) -> str | bytes | None:
 
 def _parse_packed(tag: str, obj: tuple[Any, ...], max_decompressed: int,
                   max_entries: int) -> EventFrame:
-    if len(obj) > 3:
-        raise MalformedFrame("a PackedForward frame has at most 3 elements")
-    opts = _options(obj, 2)
+    opts = _options(obj, 2, "PackedForward")
     payload = obj[1]
     if type(payload) is str:  # legacy PackedForward in a str: same bytes back
         payload = payload.encode("utf-8", "surrogateescape")
