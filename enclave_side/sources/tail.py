@@ -105,10 +105,6 @@ class FollowedFile:
     def parts_acked(self, parts: int) -> None:
         self.acked += parts
 
-    @property
-    def all_acked(self) -> bool:
-        return self.acked >= self.stream.adds
-
 
 @dataclass(slots=True)
 class _Remembered:
@@ -298,7 +294,7 @@ class TailSource:
             f.finished = True
         spec = self.specs[f.spec_index]
         if spec.delete_rotated and not f.deleted:
-            if not f.all_acked:
+            if f.acked < f.stream.adds:  # not all of it acked yet
                 return
             path = by_key.get(f.key) or _path_of(f.fd, f.key)
             if path is not None:
