@@ -240,10 +240,8 @@ class FrameDecoder:
         while True:
             if self._bulk is None and not self.buffered and self.role is Role.SERVER:
                 self._start_bulk(view[pos:])  # at a frame's first byte
-            if self._bulk is not None:
-                pos = self._take_bulk(view, pos, frames)
-            else:
-                pos = self._feed_piece(view, pos, end, frames)
+            pos = (self._take_bulk(view, pos, frames) if self._bulk is not None
+                   else self._feed_piece(view, pos, end, frames))
             if pos >= end:
                 return frames
 

@@ -347,10 +347,7 @@ class ClientSession(Session[Acked]):
                              f"{len(self.in_flight)} of {self.window} in flight")
         self._sends += 1
         self.in_flight.add(_Sent(chunk, self._sends))
-        if isinstance(frame, tuple):
-            self._out.extend(frame)
-        else:
-            self._out.append(frame)
+        self._out.extend(frame if isinstance(frame, tuple) else (frame,))
         self._sent = now
 
     def _receive(self, data: bytes, now: float) -> None:
