@@ -217,10 +217,7 @@ class Agent:
                        config_digest=config_digest(self.config), clock_ns=time.time_ns())
         source_tasks = await self._start_sources()
         try:
-            if self.config.command:
-                code = await self._supervise()
-            else:
-                code = await self._until_stopped()
+            code = await (self._supervise() if self.config.command else self._until_stopped())
             await self._stop_sources(source_tasks)
             if metrics:
                 # A metrics record every interval would keep the buffer from ever being

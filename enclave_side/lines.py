@@ -216,10 +216,7 @@ class EntryEncoder:
         return b"".join(parts)
 
     def _encode_one(self, head: bytes, item: Item) -> bytes:
-        if isinstance(item, bytes):
-            line, flags = item, 0
-        else:
-            line, flags = item
+        line, flags = (item, 0) if isinstance(item, bytes) else item
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:

@@ -162,10 +162,9 @@ class TailSource:
         while True:
             before = self.bytes_read
             busy = await self.poll()
-            if busy or self.bytes_read != before:
-                wait = min(ACTIVE_POLL, self.poll_interval)
-            else:
-                wait = min(wait * 2, self.poll_interval)
+            # After a poll that read something, soon; after an empty one, twice as late.
+            active = busy or self.bytes_read != before
+            wait = min(ACTIVE_POLL if active else wait * 2, self.poll_interval)
             await asyncio.sleep(0 if busy else wait)
 
     async def drain(self) -> None:
