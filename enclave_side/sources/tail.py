@@ -291,8 +291,7 @@ class TailSource:
         if not f.finished:
             f.stream.flush_all(eof=True)
             f.finished = True
-        spec = self.specs[f.spec_index]
-        if spec.delete_rotated and not f.deleted:
+        if self.specs[f.spec_index].delete_rotated and not f.deleted:
             if f.acked < f.stream.adds:  # not all of it acked yet
                 return
             path = by_key.get(f.key) or _path_of(f.fd, f.key)
@@ -349,13 +348,13 @@ class TailSource:
                          path)
         elif self.specs[index].copytruncate and len(fp) == self.fp_bytes:
             offset = self._copy_offset(fp, key, st.st_size)
-        spec = self.specs[index]
         fields = {"file": origin}
         f = FollowedFile(fd, key, origin, index, None, offset, fp, now)  # type: ignore[arg-type]
         f.stream = LineStream(self.tags[index], fields, self.buffer, policy=Overflow.BLOCK,
                               max_line_bytes=self.max_line_bytes,
                               pipeline=self.make_pipeline(index, fields),
-                              owner=f if spec.delete_rotated else None, clock=self._clock)
+                              owner=f if self.specs[index].delete_rotated else None,
+                              clock=self._clock)
         self.followed[key] = f
         self.stats.opened += 1
         log.info("following %s from offset %d", path, offset)
