@@ -48,9 +48,7 @@ def normalize_level(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     name = value.strip().lower()
-    if name in LEVELS:
-        return name
-    return _ALIASES.get(name)
+    return name if name in LEVELS else _ALIASES.get(name)
 
 
 #: With ``min_level`` and no ``level_regex``: logfmt ``level=x`` or an upper-case word.

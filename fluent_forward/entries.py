@@ -132,9 +132,7 @@ def validate_entries(data: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES,
     which gives the same answer for every input.
     """
     count = validate_fast(data, max_entries, count_hint)
-    if count is not None:
-        return data, count
-    return _validate_slow(data, max_entries)
+    return (data, count) if count is not None else _validate_slow(data, max_entries)
 
 
 def _validate_slow(data: bytes, max_entries: int) -> tuple[bytes, int]:
