@@ -30,6 +30,7 @@ from fluent_forward.handshake import ClientHandshake
 
 from .buffer import Buffer
 from .config import AgentConfig, Processing
+from .configfile import effective
 from .nsm import NsmError, attester
 from .patterns import UserPattern
 from .processing import Pipeline
@@ -55,18 +56,16 @@ class PipelineLogHandler(logging.Handler):
 
     On Nitro stderr is the console, which production enclaves do not have; this is
     how an operator learns that the agent had trouble. It never waits and never
-    evicts app records: when the buffer is full a diagnostic is dropped and counted.
+    evicts app records: when the buffer is full a diagnostic goes to stderr only.
     """
 
     def __init__(self, buffer: Buffer, level: int = logging.INFO) -> None:
         super().__init__(level)
         self.buffer = buffer
-        self.dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if not self.buffer.has_room():
-                self.dropped += 1
                 return
             entry = pack_entry(EventTime.from_ns(int(record.created * 1e9)), {
                 "log": record.getMessage(), "level": record.levelname.lower(),
@@ -77,16 +76,10 @@ class PipelineLogHandler(logging.Handler):
 
 
 def config_digest(config: AgentConfig) -> str:
-    """A short digest of the configuration, to tell runs apart; keys are left out (a
-    digest over a guessable config and a weak key would let the key be guessed)."""
-    def masked(key: str | None) -> str | None:
-        return "***" if key else None
-
-    shown = dataclasses.replace(
-        config, shared_key=masked(config.shared_key),
-        forward_inputs=tuple(dataclasses.replace(f, shared_key=masked(f.shared_key))
-                             for f in config.forward_inputs))
-    return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
+    """A short digest of the configuration, to tell runs apart; keys are left out, as
+    ``effective`` leaves them out (a digest over a guessable config and a weak key would
+    let the key be guessed)."""
+    return hashlib.sha256(json.dumps(effective(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _factory(source: PipeSource) -> Callable[[], PipeSource]:
@@ -224,10 +217,7 @@ class Agent:
                        config_digest=config_digest(self.config), clock_ns=time.time_ns())
         source_tasks = await self._start_sources()
         try:
-            if self.config.command:
-                code = await self._supervise()
-            else:
-                code = await self._until_stopped()
+            code = await (self._supervise() if self.config.command else self._until_stopped())
             await self._stop_sources(source_tasks)
             if metrics:
                 # A metrics record every interval would keep the buffer from ever being

@@ -83,7 +83,7 @@ class Batch:
     protected: bool = False
     sends: int = 0  # how many times it was written to a connection
     droppable: bool = False
-    owners: dict[AckWatcher, int] | None = None
+    owners: dict[AckWatcher, int] = field(default_factory=dict)
     signed: tuple[int, int, int] | None = None  # what the Sealer numbered
 
     @property
@@ -105,7 +105,7 @@ class _Open:
     count: int = 0
     since: float = 0.0
     reserved: int = 0  # room held for the frame around the entries
-    owners: dict[AckWatcher, int] | None = None
+    owners: dict[AckWatcher, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +210,6 @@ class Buffer:
         batch.count += count
         self.used += size
         if owner is not None:
-            if batch.owners is None:
-                batch.owners = {}
             batch.owners[owner] = batch.owners.get(owner, 0) + 1
         if batch.size >= self.batch_bytes:
             self._seal(key)
@@ -325,17 +323,15 @@ class Buffer:
         self.used -= batch.size
         self._acked += 1
         self._changed.set()
-        if batch.owners:
-            for owner, parts in batch.owners.items():
-                owner.parts_acked(parts)
+        for owner, parts in batch.owners.items():
+            owner.parts_acked(parts)
         return batch
 
     def requeue_unacked(self) -> int:
         """After a lost connection: put every unacked batch back in front, oldest first."""
         batches = self._unacked.take_all()
         self._queue.extendleft(reversed(batches))
-        if batches:
-            self._changed.set()
+        self._changed.set()  # (with none, a waiter wakes, looks, and waits again)
         return len(batches)
 
     @property

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -23,14 +22,14 @@ from typing import Any
 
 from fluent_forward import __version__
 from fluent_forward.codec import DEFAULT_MAX_FRAME_BYTES
-from fluent_forward.endpoints import Endpoint
 from nel_config.argv import Parser, add_options, apply_env_defaults, config_path, option_values
 from nel_config.options import STR, ConfigError, Option, repeated
 from nel_config.units import format_size
 
 from .agent import Agent
-from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource
-from .configfile import FileSettings, listen_endpoint, load_config_file, redact_names
+from .config import AGENT_OPTIONS, AgentConfig, FileSource, ForwardInput, KmsgSource, Redaction
+from .configfile import effective, listen_endpoint, load_config_file, redact_names
+from .redact import BUILTIN_RULES
 from .signing import SigningError, require_signing
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -53,8 +52,8 @@ SOURCES = (
            "(fluent-logger ...) on tcp://127.0.0.1:PORT or unix:///PATH (repeatable)"),
     Option("--kmsg", STR, "ship the kernel log (default path /dev/kmsg), tagged TAG.kmsg",
            const="/dev/kmsg", metavar="PATH"),
-    Option("--redact", STR, "redact with built-in rules: all, or a comma list of email, "
-           "card, ssn, aws_access_key_id, bearer, jwt", metavar="RULES"),
+    Option("--redact", STR, "redact with built-in rules: all, or a comma list of "
+           + ", ".join(BUILTIN_RULES), metavar="RULES"),
 )
 ALL_OPTIONS = (*REQUESTS, *AGENT_OPTIONS, *SOURCES)
 
@@ -84,25 +83,33 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
 
 def parse_args(argv: Sequence[str] | None = None,
                environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Parse the command line into an ``AgentConfig``; exit 2 with a message on error."""
+    """Parse the command line into an ``AgentConfig``; exit 2 with a message on error.
+
+    ``--check-config`` is answered here, as argparse answers ``--help``: the effective
+    configuration printed as JSON, then exit 0.
+    """
     parser = build_parser()
     env = os.environ if environ is None else environ
     options, command = _split_command(sys.argv[1:] if argv is None else argv)
-    path, _ = config_path(options, env, ENV_PREFIX, check=True)
+    path, check = config_path(options, env, ENV_PREFIX, check=True)
     try:
-        settings = load_config_file(path) if path else FileSettings()
-        parser.set_defaults(**settings.options)
+        defaults, sources = load_config_file(path) if path else ({}, {})
+        parser.set_defaults(**defaults)
         apply_env_defaults(parser, ALL_OPTIONS, ENV_PREFIX, env)
         ns = parser.parse_args(options)
-        return _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, settings)
+        config = _build(option_values(ns, AGENT_OPTIONS, parser), ns, command, sources)
     except (ConfigError, SigningError) as exc:
         parser.error(str(exc))
+    if check:
+        sys.stdout.write(json.dumps(effective(config), indent=2) + "\n")
+        parser.exit()
+    return config
 
 
 def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, ...],
-           settings: FileSettings) -> AgentConfig:
+           sources: dict[str, Any]) -> AgentConfig:
     """The configuration: the options' values, checked together, and the sources of the
-    file with those the flags add."""
+    file (by field) with those the flags add."""
     if values["batch_bytes"] >= DEFAULT_MAX_FRAME_BYTES:
         raise ConfigError(f"--batch-size must stay under {format_size(DEFAULT_MAX_FRAME_BYTES)}"
                           " (the relay's frame limit)")
@@ -110,50 +117,24 @@ def _build(values: dict[str, Any], ns: argparse.Namespace, command: tuple[str, .
         raise ConfigError("--buffer-size must be at least twice --batch-size")
     if values["sign"]:  # what it needs is installed: said now, in one line
         require_signing()
-    files = list(settings.files)
+    files = list(sources.get("files", ()))
     known = {f.path for f in files}
     files += [FileSource(path=g) for g in ns.file or () if g not in known]
-    forward = list(settings.forward)
+    forward = list(sources.get("forward_inputs", ()))
     forward += [ForwardInput(listen_endpoint(url, "--forward-listen"))
                 for url in ns.forward_listen or ()]
-    kmsg = settings.kmsg
+    sources.update(files=tuple(files), forward_inputs=tuple(forward))
     if ns.kmsg is not None:  # the flag names the device; the file's table the rest
-        kmsg = dataclasses.replace(kmsg or KmsgSource(), path=ns.kmsg)
-    redaction = settings.redaction
+        sources["kmsg"] = dataclasses.replace(sources.get("kmsg") or KmsgSource(), path=ns.kmsg)
     if ns.redact is not None:
-        redaction = dataclasses.replace(redaction, builtin=redact_names(ns.redact, "--redact"))
-    return AgentConfig(**values, command=command, stdout=settings.stdout,
-                       stderr=settings.stderr, files=tuple(files),
-                       forward_inputs=tuple(forward), kmsg=kmsg, redaction=redaction)
-
-
-def effective(config: AgentConfig) -> dict[str, Any]:
-    """The configuration as JSON-able data, secrets elided (a Forward input's key too)."""
-    secrets = {o.field for o in AGENT_OPTIONS if o.secret}
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Endpoint):
-            return str(value)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: "(set)" if f.name in secrets and getattr(value, f.name)
-                    else plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, enum.Enum):
-            return value.value
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        return value
-
-    data: dict[str, Any] = plain(config)
-    return data
+        sources["redaction"] = dataclasses.replace(sources.get("redaction", Redaction()),
+                                                   builtin=redact_names(ns.redact, "--redact"))
+    return AgentConfig(**values, **sources, command=command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent; return the app's exit status."""
     config = parse_args(argv)
-    options, _ = _split_command(sys.argv[1:] if argv is None else argv)
-    if config_path(options, os.environ, ENV_PREFIX, check=True)[1]:
-        sys.stdout.write(json.dumps(effective(config), indent=2) + "\n")
-        return 0
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="enclave-log-agent: %(levelname)s %(message)s")
     agent = Agent(config)

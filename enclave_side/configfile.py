@@ -10,8 +10,9 @@ anything but ``ConfigError``.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fluent_forward.endpoints import Endpoint, parse_endpoint
@@ -31,6 +32,7 @@ from nel_config.options import (
 from .config import (
     AGENT_OPTIONS,
     LEVELS,
+    AgentConfig,
     FileSource,
     ForwardInput,
     KmsgSource,
@@ -43,25 +45,12 @@ from .patterns import PatternError, UserPattern
 from .redact import BUILTIN_RULES
 from .sources.forward_input import check_listen
 
-__all__ = ["ConfigError", "FileSettings", "check_tag", "load_config_file", "parse_config",
+__all__ = ["ConfigError", "check_tag", "effective", "load_config_file", "parse_config",
            "redact_names"]
 
 T = TypeVar("T")
 #: Reads one TOML value (the key given for errors), or raises ``ConfigError``.
 Checker = Callable[[Any, str], Any]
-
-
-@dataclass(slots=True)
-class FileSettings:
-    """What a configuration file says: option values (by option key) and sources."""
-
-    options: dict[str, Any] = field(default_factory=dict)
-    stdout: Processing = field(default_factory=Processing)
-    stderr: Processing = field(default_factory=Processing)
-    files: list[FileSource] = field(default_factory=list)
-    forward: list[ForwardInput] = field(default_factory=list)
-    kmsg: KmsgSource | None = None
-    redaction: Redaction = field(default_factory=Redaction)
 
 
 def redact_names(value: Any, key: str) -> tuple[str, ...]:
@@ -220,20 +209,38 @@ def _redaction(v: Any) -> Redaction:
     return Redaction(**t, rules=tuple(rules))
 
 
-def parse_config(doc: Mapping[str, Any]) -> FileSettings:
-    """Check a parsed TOML document; return what it sets."""
+def parse_config(doc: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a parsed TOML document; return what it sets: option values (by option key)
+    and sources (by ``AgentConfig`` field)."""
     tables: dict[str, Callable[[Any], Any]] = {
         "stdout": lambda v: _processing(_values(v, "stdout", _PROCESSING), "stdout"),
         "stderr": lambda v: _processing(_values(v, "stderr", _PROCESSING), "stderr"),
         "file": _files, "forward": _forward, "kmsg": _kmsg, "redact": _redaction}
-    settings = FileSettings(options=file_values(doc, AGENT_OPTIONS, others=tables))
-    for key, value in doc.items():
-        if key in tables:
-            setattr(settings, {"file": "files", "redact": "redaction"}.get(key, key),
-                    tables[key](value))
-    return settings
+    options = file_values(doc, AGENT_OPTIONS, others=tables)
+    field_of = {"file": "files", "forward": "forward_inputs", "redact": "redaction"}
+    return options, {field_of.get(k, k): tables[k](v) for k, v in doc.items() if k in tables}
 
 
-def load_config_file(path: str) -> FileSettings:
+def load_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read and check ``path``; ``ConfigError`` says what is wrong and where."""
     return read_config(path, parse_config)
+
+
+def effective(config: AgentConfig) -> dict[str, Any]:
+    """The configuration as JSON-able data, secrets elided (a Forward input's key too)."""
+    secrets = {o.field for o in AGENT_OPTIONS if o.secret}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Endpoint):
+            return str(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: "(set)" if f.name in secrets and getattr(value, f.name)
+                    else plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    data: dict[str, Any] = plain(config)
+    return data

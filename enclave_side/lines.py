@@ -22,6 +22,7 @@ from fluent_forward.wire import STR_HEADERS, str_header
 
 __all__ = [
     "ESCAPED",
+    "FLAG_FIELDS",
     "PARTIAL",
     "TRUNCATED",
     "EntryEncoder",
@@ -34,6 +35,8 @@ __all__ = [
 TRUNCATED = 1  # the line was longer than max_line_bytes; the rest was dropped
 PARTIAL = 2  # the line had no newline yet when it was flushed
 ESCAPED = 4  # the line was not valid UTF-8 and is escaped
+#: Each flag and the field a record carries, true, when it is set.
+FLAG_FIELDS = ((TRUNCATED, "truncated"), (PARTIAL, "partial"), (ESCAPED, "escaped"))
 
 #: A line, or a line with flags (rare: over-long, partial, escaped).
 Item: TypeAlias = "bytes | tuple[bytes, int]"
@@ -213,10 +216,7 @@ class EntryEncoder:
         return b"".join(parts)
 
     def _encode_one(self, head: bytes, item: Item) -> bytes:
-        if isinstance(item, bytes):
-            line, flags = item, 0
-        else:
-            line, flags = item
+        line, flags = (item, 0) if isinstance(item, bytes) else item
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:
@@ -226,8 +226,7 @@ class EntryEncoder:
         body = head + str_header(len(line)) + line + self._tail
         if not flags:
             return body
-        extra = [name for bit, name in ((TRUNCATED, b"truncated"), (PARTIAL, b"partial"),
-                                        (ESCAPED, b"escaped")) if flags & bit]
+        extra = [name.encode() for bit, name in FLAG_FIELDS if flags & bit]
         # Same entry with a bigger map: bump the fixmap count, append the flags.
         body = body[:11] + bytes((body[11] + len(extra),)) + body[12:]
         return body + b"".join(str_header(len(k)) + k + b"\xc3" for k in extra)

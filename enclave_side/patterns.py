@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import Any
 
@@ -99,35 +99,13 @@ class UserPattern:
                     found[i] = m
         except TimeoutError:
             self.timeouts += 1
-            return self._line_by_line(lines)
-        undecided: list[int] = []
-        for i in recheck:
-            self._search_line(lines, i, found, undecided)
-        return found, undecided
+            found, recheck = {}, list(range(len(lines)))
 
-    def _line_by_line(self, lines: Sequence[bytes]) -> tuple[dict[int, Any], list[int]]:
-        found: dict[int, Any] = {}
-        undecided: list[int] = []
-        deadline = time.monotonic() + RETRY_BUDGET * self.timeout
-        for i in range(len(lines)):
-            if time.monotonic() >= deadline:
-                undecided.extend(range(i, len(lines)))
-                break
-            self._search_line(lines, i, found, undecided)
-        return found, undecided
-
-    def _search_line(self, lines: Sequence[bytes], i: int, found: dict[int, Any],
-                     undecided: list[int]) -> None:
-        """Line ``i`` alone: its match into ``found``, or into ``undecided`` if it ran
-        out of time."""
-        try:
+        def search(i: int) -> None:
             m = self.rx.search(lines[i], timeout=self.timeout)
-        except TimeoutError:
-            self.timeouts += 1
-            undecided.append(i)
-            return
-        if m is not None:
-            found[i] = m
+            if m is not None:
+                found[i] = m
+        return found, self._one_by_one(recheck, search)
 
     def sub_lines(self, repl: bytes, lines: list[bytes]) -> tuple[list[bytes], int, list[int]]:
         """Replace matches in each line: ``(lines, replacements, undecided line indexes)``.
@@ -147,17 +125,26 @@ class UserPattern:
             if len(split) == len(lines):
                 return split, n, []
         result = list(lines)
-        total = 0
+        counts = [0] * len(lines)
+
+        def sub(i: int) -> None:
+            result[i], counts[i] = self.rx.subn(repl, lines[i], timeout=self.timeout)
+        undecided = self._one_by_one(range(len(lines)), sub)
+        return result, sum(counts), undecided
+
+    def _one_by_one(self, indexes: Sequence[int], one: Callable[[int], None]) -> list[int]:
+        """``one(i)`` for each line index, each call under the time limit, all within
+        the retry budget; the undecided indexes: those that ran out of time, and those
+        the budget did not reach."""
         undecided: list[int] = []
         deadline = time.monotonic() + RETRY_BUDGET * self.timeout
-        for i, line in enumerate(lines):
+        for k, i in enumerate(indexes):
             if time.monotonic() >= deadline:
-                undecided.extend(range(i, len(lines)))
+                undecided.extend(indexes[k:])
                 break
             try:
-                result[i], n = self.rx.subn(repl, line, timeout=self.timeout)
-                total += n
+                one(i)
             except TimeoutError:
                 self.timeouts += 1
                 undecided.append(i)
-        return result, total, undecided
+        return undecided

@@ -17,7 +17,7 @@ import calendar
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from fluent_forward.entries import EventTime, iter_entries, pack_entry
 
 from .config import LEVELS, Processing
-from .lines import PARTIAL, TRUNCATED, EntryEncoder, Item, escape_line
+from .lines import FLAG_FIELDS, PARTIAL, TRUNCATED, EntryEncoder, Item, escape_line
 from .patterns import UserPattern
 from .redact import Redactor
 
@@ -48,9 +48,7 @@ def normalize_level(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     name = value.strip().lower()
-    if name in LEVELS:
-        return name
-    return _ALIASES.get(name)
+    return name if name in LEVELS else _ALIASES.get(name)
 
 
 #: With ``min_level`` and no ``level_regex``: logfmt ``level=x`` or an upper-case word.
@@ -208,10 +206,6 @@ class Multiline:
 # -- the pipeline -------------------------------------------------------------------------
 
 
-def _patterns(texts: Sequence[str], what: str, timeout: float) -> list[UserPattern]:
-    return [UserPattern(t, what=f"{what}[{i}]", timeout=timeout) for i, t in enumerate(texts)]
-
-
 class Pipeline:
     """One source's processing, from split lines (or records) to packed entries.
 
@@ -231,17 +225,18 @@ class Pipeline:
         p = processing
         self.fields = dict(fields)
         self.redactor = redactor
-        start = (UserPattern(p.multiline_start, what=f"{what}.multiline_start",
-                             timeout=pattern_timeout) if p.multiline_start else None)
+
+        def pattern(key: str, text: str) -> UserPattern:  # named in errors as configured
+            return UserPattern(text, what=f"{what}.{key}", timeout=pattern_timeout)
+        start = pattern("multiline_start", p.multiline_start) if p.multiline_start else None
         self.multiline = (Multiline(start, p.multiline_flush, max_record_bytes, clock)
                           if start is not None or p.multiline == "indent" else None)
         self.processing = processing
-        self.level_regex = (UserPattern(p.level_regex, what=f"{what}.level_regex",
-                                        timeout=pattern_timeout) if p.level_regex else None)
+        self.level_regex = pattern("level_regex", p.level_regex) if p.level_regex else None
         self.detect_levels = p.level_regex is not None or p.min_level is not None
         self.min_level = LEVELS[p.min_level] if p.min_level else None
-        self.include = _patterns(p.include, f"{what}.include", pattern_timeout)
-        self.exclude = _patterns(p.exclude, f"{what}.exclude", pattern_timeout)
+        self.include = [pattern(f"include[{i}]", t) for i, t in enumerate(p.include)]
+        self.exclude = [pattern(f"exclude[{i}]", t) for i, t in enumerate(p.exclude)]
         #: Levels or filters: records are judged one by one, not passed on as they are.
         self.filters = bool(self.detect_levels or self.include or self.exclude)
         self._encoders: dict[str | None, EntryEncoder] = {}
@@ -279,15 +274,12 @@ class Pipeline:
     def _redact_read(self, items: list[Item], ns: int) -> tuple[bytes, int]:
         """Redaction alone: lines in, lines out, packed in one run as the fast path does."""
         assert self.redactor is not None
-        if all(type(i) is bytes for i in items):
-            lines: list[bytes] = items  # type: ignore[assignment]
-            out: list[Item] = self.redactor.lines(lines)  # type: ignore[assignment]
-            return self._encoder(None).encode(out, ns), len(items)
-        plain = [i if isinstance(i, bytes) else i[0] for i in items]
-        redacted = self.redactor.lines(plain)
-        mixed: list[Item] = [r if isinstance(i, bytes) else (r, i[1])
-                             for i, r in zip(items, redacted, strict=True)]
-        return self._encoder(None).encode(mixed, ns), len(items)
+        lines = [i if isinstance(i, bytes) else i[0] for i in items]
+        redacted = self.redactor.lines(lines)
+        if redacted is not lines:  # a line changed; a flagged one keeps its flags
+            items = [r if isinstance(i, bytes) else (r, i[1])
+                     for i, r in zip(items, redacted, strict=True)]
+        return self._encoder(None).encode(items, ns), len(items)
 
     def flush_due(self, now: float, force: bool = False) -> tuple[bytes, int]:
         """A multiline record whose time is up (or any, with ``force``)."""
@@ -413,10 +405,7 @@ class Pipeline:
     def _pack_object(self, obj: dict[str, Any], flags: int, ns: int) -> bytes | None:
         for k, v in self.fields.items():
             obj.setdefault(k, v)
-        if flags & TRUNCATED:
-            obj["truncated"] = True
-        if flags & PARTIAL:
-            obj["partial"] = True
+        obj.update({name: True for bit, name in FLAG_FIELDS if flags & bit})
         try:
             return pack_entry(EventTime.from_ns(ns), obj)
         except (OverflowError, ValueError, TypeError):

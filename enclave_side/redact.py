@@ -58,17 +58,6 @@ _SHAPE = bytes(0x30 if 0x30 <= c <= 0x39 else c if c in (0x20, 0x2D, 0x0A) else 
                for c in range(256))
 
 
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """A digit-shape prefilter: ``needle in data.translate(_SHAPE, delete)``."""
-
-    needle: bytes
-    delete: bytes = b""
-
-    def __call__(self, data: bytes) -> bytes:
-        return data.translate(_SHAPE, self.delete)
-
-
 Span: TypeAlias = "tuple[int, int] | None"
 
 
@@ -81,12 +70,14 @@ class _Rule:
     name: str
     pattern: re.Pattern[bytes]
     literals: tuple[bytes, ...] = ()  # any of them in the data: the rule may match
-    shape: _Shape | None = None  # or: a digit-shape prefilter
+    # or a digit-shape prefilter: shape in data.translate(_SHAPE, delete)
+    shape: bytes = b""
+    delete: bytes = b""
     accept: Callable[[bytes, re.Match[bytes]], Span] | None = None
 
     def may_match(self, data: bytes) -> bool:
-        if self.shape is not None:
-            return self.shape.needle in self.shape(data)
+        if self.shape:
+            return self.shape in data.translate(_SHAPE, self.delete)
         return any(lit in data for lit in self.literals)
 
 
@@ -142,9 +133,9 @@ BUILTIN_RULES: dict[str, _Rule] = {r.name: r for r in (
     _Rule("email", re.compile(rb"@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])"),
           (b"@",), accept=_email),
     _Rule("card", re.compile(rb"[0-9](?:[ -]?[0-9]){12,18}(?![0-9])"),
-          shape=_Shape(b"0" * 13, b" -"), accept=_card),
+          shape=b"0" * 13, delete=b" -", accept=_card),
     _Rule("ssn", re.compile(rb"[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9-])"),
-          shape=_Shape(b"000-00-0000"), accept=_ssn),
+          shape=b"000-00-0000", accept=_ssn),
 )}
 
 
@@ -198,8 +189,7 @@ class Redactor:
             if undecided:
                 self.timeouts += len(undecided)
                 blank = _R % f"{custom.name}:timeout".encode()
-                flat = list(flat)
-                for i in undecided:
+                for i in undecided:  # sub_lines gave a list of its own, to change
                     flat[i] = blank
         if not changed:
             return lines
@@ -222,12 +212,11 @@ class Redactor:
         changed = False
         lines: list[bytes] | None = None
         for rule in self.rules:
-            if rule.shape is not None:
-                shaped = rule.shape(blob)
-                needle = rule.shape.needle
-                if needle not in shaped:
+            if rule.shape:
+                shaped = blob.translate(_SHAPE, rule.delete)
+                if rule.shape not in shaped:
                     continue
-                hits = [i for i, s in enumerate(shaped.split(b"\n")) if needle in s]
+                hits = [i for i, s in enumerate(shaped.split(b"\n")) if rule.shape in s]
             else:
                 present = [lit for lit in rule.literals if lit in blob]
                 if not present:

@@ -51,7 +51,6 @@ __all__ = [
     "PeerAddress",
     "map_exceptions",
     "open_connection",
-    "bound_port",
     "ending_of",
     "first_error",
     "peer_of",
@@ -117,7 +116,6 @@ async def open_connection(endpoint: Endpoint, *, timeout: float = 10.0,
             with _vsock_socket() as sock:
                 await asyncio.get_running_loop().sock_connect(sock, (endpoint.cid, endpoint.port))
             return await asyncio.open_connection(sock=sock, limit=limit)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _prepare_unix_path(path: str) -> None:
@@ -159,12 +157,6 @@ async def start_server(handler: Handler, endpoint: Endpoint, *, limit: int = STR
         with _vsock_socket() as sock:
             sock.bind((endpoint.cid, endpoint.port))
         return await asyncio.start_server(handler, sock=sock, limit=limit, backlog=backlog)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def bound_port(server: asyncio.Server) -> int:
-    """The port a TCP or vsock server is bound to (useful after listening on port 0)."""
-    return int(server.sockets[0].getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)

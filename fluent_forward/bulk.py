@@ -16,12 +16,12 @@ handed back is the one the Unpacker would have built: ``(tag, payload, options)`
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from .entries import unpacker
 from .wire import read_header
 
 __all__ = ["BULK_MIN_BYTES", "BulkFrame", "bulk_start"]
@@ -58,8 +58,7 @@ class BulkFrame:
     options: Any = None  # the Unpacker of the options map, once the payload is in
     options_fed: int = 0
 
-    def take(self, view: memoryview, pos: int, room: int,
-             unpacker: Callable[[int], msgpack.Unpacker]) -> tuple[int, tuple[Any, ...] | None]:
+    def take(self, view: memoryview, pos: int, room: int) -> tuple[int, tuple[Any, ...] | None]:
         """Take bytes from ``view[pos:]``: (where this frame's bytes end in it, the
         frame's object once complete, else None).
 
@@ -85,7 +84,9 @@ class BulkFrame:
         if self.elements == 2:
             return pos, (self.tag, self._payload())
         if self.options is None:
-            self.options = unpacker(max(room, 1))
+            # A buffer of one step to start with: a megabyte allocated per frame would
+            # cost more than the frame.
+            self.options = unpacker(max(room, 1), _OPTIONS_STEP)
         while True:
             try:
                 options = self.options.unpack()

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeAlias
 
-import msgpack
-
 from .bulk import BulkFrame, bulk_start
 from .entries import (
     DEFAULT_MAX_ENTRIES,
@@ -180,12 +178,6 @@ _HANDSHAKE_PARSERS: dict[str, Callable[[Any], Helo | Pong]] = {"HELO": parse_hel
                                                                "PONG": parse_pong}
 
 
-def _options_unpacker(max_bytes: int) -> msgpack.Unpacker:
-    """For the few bytes of a gathered frame's options: a small buffer to start with
-    (a megabyte allocated per frame would cost more than the frame)."""
-    return unpacker(max_bytes, 4096)
-
-
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes) -> list[Frame]``, bytes split anywhere.
 
@@ -217,7 +209,7 @@ class FrameDecoder:
         self._fed = 0
         self._frame_start = 0  # stream offset where the incomplete frame began
         self._base = 0  # stream offset of the Unpacker's tell() == 0
-        self._head = b""  # the first bytes of the incomplete frame, for claimed_size()
+        self._head = b""  # the first bytes of the incomplete frame, for _read_head()
         self._bulk: BulkFrame | None = None  # a large PackedForward frame being gathered
         self._broken = False
 
@@ -248,10 +240,8 @@ class FrameDecoder:
         while True:
             if self._bulk is None and not self.buffered and self.role is Role.SERVER:
                 self._start_bulk(view[pos:])  # at a frame's first byte
-            if self._bulk is not None:
-                pos = self._take_bulk(view, pos, frames)
-            else:
-                pos = self._feed_piece(view, pos, end, frames)
+            pos = (self._take_bulk(view, pos, frames) if self._bulk is not None
+                   else self._feed_piece(view, pos, end, frames))
             if pos >= end:
                 return frames
 
@@ -311,8 +301,7 @@ class FrameDecoder:
         assert bulk is not None
         before = pos
         try:
-            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need,
-                                 _options_unpacker)
+            pos, obj = bulk.take(view, pos, self.max_frame_bytes - bulk.need)
         except OverflowError:
             raise self._too_large() from None
         except Exception as exc:
@@ -339,11 +328,10 @@ class FrameDecoder:
             self._head = bytes(piece[len(piece) - incomplete:][:_HEAD])
         elif len(self._head) < _HEAD:
             self._head += bytes(piece[:_HEAD - len(self._head)])
-        claimed = claimed_size(self._head)
+        claimed, object_mode = _read_head(self._head)
         if claimed is not None and claimed > self.max_frame_bytes:
             raise self._too_large(claimed)
-        if incomplete > self.max_object_frame_bytes and claimed is None and _object_mode(
-                self._head):
+        if incomplete > self.max_object_frame_bytes and object_mode:
             raise FrameTooLarge(f"a Message or Forward frame over {self.max_object_frame_bytes} "
                                 "bytes; send large batches as PackedForward",
                                 self.max_object_frame_bytes)
@@ -372,35 +360,27 @@ _HEAD = 32
 _RAW = ("str", "bin")
 
 
-def _object_mode(head: bytes) -> bool:
-    """Whether a frame starting with ``head`` is Message or Forward (not PackedForward)."""
+def _read_head(head: bytes) -> tuple[int | None, bool]:
+    """What a frame starting with ``head`` says of itself, from its top array header,
+    its tag and its second element's header: the least size it claims, ``[tag,
+    str/bin, ...]`` (None when those are not all there yet or the shape is another
+    one), and whether it is Message or Forward, not PackedForward (False while that
+    cannot be told yet; True for what is no event frame at all: it will fail, it gets
+    no big budget)."""
     top = read_header(head, 0)
     if top is None or top[0] != "array":
-        return True  # not an event frame at all: it will fail, it gets no big budget
+        return None, True
     tag = read_header(head, top[2])
     if tag is None:
-        return False  # cannot tell yet
-    second = read_header(head, top[2] + tag[2] + tag[1])
-    return second is not None and second[0] not in _RAW
-
-
-def claimed_size(head: bytes) -> int | None:
-    """The least size a frame starting with ``head`` claims: ``[tag, str/bin, ...]``.
-
-    Reads the top array header, the tag and the second element's header; None when
-    those are not all there yet or the shape is another one.
-    """
-    top = read_header(head, 0)
-    if top is None or top[0] != "array":
-        return None
-    tag = read_header(head, top[2])
-    if tag is None or tag[0] not in _RAW:
-        return None
+        return None, False
+    raw_tag = tag[0] in _RAW
     at = top[2] + tag[2] + tag[1]
     second = read_header(head, at)
     if second is None:
-        return at if at > len(head) else None
-    return at + second[2] + second[1] if second[0] in _RAW else None
+        return (at if raw_tag and at > len(head) else None), False
+    if second[0] not in _RAW:
+        return None, True
+    return (at + second[2] + second[1] if raw_tag else None), False
 
 
 # -- event parsing and entry validation --------------------------------------------
@@ -417,22 +397,23 @@ def parse_event(obj: Any, *, max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRES
     if type(second) in (bytes, str):
         return _parse_packed(tag, obj, max_decompressed_bytes, max_entries)
     if type(second) is tuple:
-        if len(obj) > 3:
-            raise MalformedFrame("a Forward frame has at most 3 elements")
-        opts = _options(obj, 2)
+        opts = _options(obj, 2, "Forward")
         if len(second) > max_entries:
             raise TooManyEntries(f"frame carries {len(second)} entries, over max_entries "
                                  f"({max_entries})", max_entries)
         entries = b"".join(normal_entry(e) for e in second)
         return EventFrame(FrameKind.FORWARD, tag, entries, len(second), _chunk(opts))
-    if len(obj) < 3 or len(obj) > 4:
+    if len(obj) < 3:
         raise MalformedFrame("a Message frame is [tag, time, record, options?]")
-    opts = _options(obj, 3)
+    opts = _options(obj, 3, "Message")
     entry = packb((normal_time(second), check_record(obj[2])))
     return EventFrame(FrameKind.MESSAGE, tag, entry, 1, _chunk(opts))
 
 
-def _options(obj: tuple[Any, ...], index: int) -> dict[str, Any]:
+def _options(obj: tuple[Any, ...], index: int, mode: str) -> dict[str, Any]:
+    """The options map of a frame whose last element is at ``index``."""
+    if len(obj) > index + 1:
+        raise MalformedFrame(f"a {mode} frame has at most {index + 1} elements")
     if len(obj) <= index or obj[index] is None:  # nil options: Docker 18 sends them
         return {}
     opts = obj[index]
@@ -454,9 +435,7 @@ def _chunk(opts: dict[str, Any]) -> str | bytes | None:
 
 def _parse_packed(tag: str, obj: tuple[Any, ...], max_decompressed: int,
                   max_entries: int) -> EventFrame:
-    if len(obj) > 3:
-        raise MalformedFrame("a PackedForward frame has at most 3 elements")
-    opts = _options(obj, 2)
+    opts = _options(obj, 2, "PackedForward")
     payload = obj[1]
     if type(payload) is str:  # legacy PackedForward in a str: same bytes back
         payload = payload.encode("utf-8", "surrogateescape")

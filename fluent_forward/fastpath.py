@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from operator import attrgetter, itemgetter, sub
 from typing import Any
 
@@ -34,8 +34,6 @@ import msgpack
 from .wire import array_header, read_header, str_header
 
 __all__ = [
-    "BILLION",
-    "NANOS",
     "agent_shape_count",
     "decoded_count",
     "shape_ok",
@@ -46,8 +44,8 @@ __all__ = [
 _U32 = 0xFFFFFFFF
 #: The nanoseconds of an EventTime's 8 data bytes, and their bound: big-endian bytes
 #: compare as the numbers do, so one C-level max() checks them all.
-NANOS = itemgetter(slice(4, 8))
-BILLION = (1_000_000_000).to_bytes(4, "big")
+_NANOS = itemgetter(slice(4, 8))
+_BILLION = (1_000_000_000).to_bytes(4, "big")
 _first = itemgetter(0)
 _second = itemgetter(1)
 
@@ -118,20 +116,7 @@ def agent_shape_count(data: bytes, prefix: bytes, tail: bytes, max_entries: int
         sizes = b""
     if sizes and min(sizes) >= _STR_AT + 2 + 32:
         return n if _str8_columns_ok(pieces, prefix, sizes) else None
-    return n if _headers_ok(pieces, prefix) else None
-
-
-def _headers_ok(pieces: list[bytes], prefix: bytes) -> bool:
-    """Any line lengths: each piece's str header against its length, one by one."""
-    sizes = list(map(sub, map(len, pieces), itertools.repeat(_STR_AT)))
-    if min(sizes) < 1 or max(sizes) >= len(_BY_SIZE):
-        return False
-    headers = list(map(_BY_SIZE.__getitem__, sizes))
-    return (None not in headers
-            and all(map(bytes.startswith, pieces, headers, itertools.repeat(_STR_AT)))  # type: ignore[arg-type]
-            and all(map(bytes.startswith, pieces, itertools.repeat(prefix),
-                        itertools.repeat(_MAP_AT)))
-            and max(map(NANOS, pieces)) < BILLION)
+    return n if _pieces_ok(pieces, prefix, b"") else None
 
 
 def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes, masked: int = 0) -> bool:
@@ -161,7 +146,7 @@ def _pieces_ok(pieces: list[bytes], prefix: bytes, tail: bytes, masked: int = 0)
     if fixed and (b"".join(map(itemgetter(slice(-len(tail), -masked or None)), pieces))
                   != fixed * n):
         return False
-    return bool(max(map(NANOS, pieces)) < BILLION)
+    return bool(max(map(_NANOS, pieces)) < _BILLION)
 
 
 #: The field a signing agent (``--sign``) adds last to every record: a str of the same
@@ -238,7 +223,7 @@ def _signed_str8_count(data: bytes, prefix: bytes, tail: bytes, width: int,
         return None
     nanos_at = len(_ENTRY_HEAD) + 4
     if max(cols[nanos_at::_SIGNED_WIDTH]) >= 0x3B and max(map(
-            itemgetter(slice(width + nanos_at, width + nanos_at + 4)), pieces)) >= BILLION:
+            itemgetter(slice(width + nanos_at, width + nanos_at + 4)), pieces)) >= _BILLION:
         return None
     return n
 
@@ -266,7 +251,7 @@ def _str8_columns_ok(pieces: list[bytes], prefix: bytes, sizes: bytes) -> bool:
         return False
     # Nanoseconds below 1e9 (0x3B9ACA00): a first byte under 0x3B says so for nearly
     # every batch; otherwise compare them all.
-    return max(cols[0::_WIDTH]) < 0x3B or max(map(NANOS, pieces)) < BILLION
+    return max(cols[0::_WIDTH]) < 0x3B or max(map(_NANOS, pieces)) < _BILLION
 
 
 def _first_entry_fields(data: bytes) -> tuple[bytes, bytes] | None:
@@ -309,8 +294,6 @@ _FIRST_ENTRY_MAX = 64 * 1024
 
 #: Never returned by ``Unpacker.skip()``: ``iter(skip, _NEVER)`` runs until it raises.
 _NEVER = object()
-_START = attrgetter("start")
-_STOP = attrgetter("stop")
 
 
 def decoded_count(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
@@ -327,15 +310,16 @@ def decoded_count(data: bytes, max_entries: int, count_hint: int | None) -> int 
         n = _count_objects(data, max_entries)
         if n:
             items = _decode_exactly(data, n)
-    if items is None or not shape_ok(items, slice, _slices_ok):
+    if items is None or not shape_ok(items, slice, "start", "stop"):
         return None
     return len(items)
 
 
-def shape_ok(items: Sequence[Any], ext_type: type, exts_ok: Callable[[list[Any]], bool]
-             ) -> bool:
+def shape_ok(items: Sequence[Any], ext_type: type, code: str, data: str) -> bool:
     """Whether every entry is ``[time, map]`` or ``[[time, map], map]`` with a time that
-    needs no change: C-level passes over all of them."""
+    needs no change: C-level passes over all of them. Ext values are ``ext_type``s with
+    their type and bytes in the attributes ``code`` and ``data``: a time is an EventTime
+    (ext 0, 8 bytes) with nanoseconds below 1e9."""
     if not (set(map(type, items)) == {tuple} and set(map(len, items)) == {2}
             and set(map(type, map(_second, items))) == {dict}):
         return False
@@ -353,7 +337,10 @@ def shape_ok(items: Sequence[Any], ext_type: type, exts_ok: Callable[[list[Any]]
         if min(ints) < 0 or max(ints) > _U32:
             return False
     if ext_type in ttypes:
-        return exts_ok([t for t in times if type(t) is not int] if len(ttypes) > 1 else times)
+        exts = [t for t in times if type(t) is not int] if len(ttypes) > 1 else times
+        datas = list(map(attrgetter(data), exts))
+        return bool(set(map(attrgetter(code), exts)) == {0} and set(map(len, datas)) == {8}
+                    and max(map(_NANOS, datas)) < _BILLION)
     return True
 
 
@@ -390,13 +377,3 @@ def _ext(code: int, data: bytes) -> slice:
     if code < 0:
         raise ValueError("negative ext type")
     return slice(code, data)
-
-
-def _slices_ok(exts: list[slice]) -> bool:
-    """Ext times decoded as ``slice(code, data)``: all EventTimes, nanoseconds < 1e9."""
-    if set(map(_START, exts)) != {0}:
-        return False
-    datas = list(map(_STOP, exts))
-    if set(map(len, datas)) != {8}:
-        return False
-    return bool(max(map(NANOS, datas)) < BILLION)

@@ -90,9 +90,7 @@ class Pong:
 
 def _b(value: str | bytes) -> bytes:
     """Bytes of a str decoded with surrogateescape, or the bytes themselves."""
-    if isinstance(value, bytes):
-        return value
-    return value.encode("utf-8", "surrogateescape")
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 def shared_key_digest(salt: bytes, hostname: str, nonce: bytes, shared_key: str) -> str:

@@ -327,12 +327,11 @@ class ClientSession(Session[Acked]):
         self.in_flight: InFlight[_Sent] = InFlight()
         self._sends = 0
         self._sent = now  # wall clock of our last write, for keepalives
-        wait = (handshake_timeout if require_handshake or handshake.expects_helo
-                else handshake_wait)
-        self._helo_wait = wait
+        self._helo_wait = (handshake_timeout if require_handshake or handshake.expects_helo
+                           else handshake_wait)
         self._handshake_timeout = handshake_timeout
         self._phase_began = 0.0  # peer clock when the current handshake wait began
-        if wait > 0:
+        if self._helo_wait > 0:
             self.state = State.AWAIT_HELO
 
     @property
@@ -348,10 +347,7 @@ class ClientSession(Session[Acked]):
                              f"{len(self.in_flight)} of {self.window} in flight")
         self._sends += 1
         self.in_flight.add(_Sent(chunk, self._sends))
-        if isinstance(frame, tuple):
-            self._out.extend(frame)
-        else:
-            self._out.append(frame)
+        self._out.extend(frame if isinstance(frame, tuple) else (frame,))
         self._sent = now
 
     def _receive(self, data: bytes, now: float) -> None:

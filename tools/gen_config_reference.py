@@ -40,10 +40,7 @@ NO_VARIABLE = "(none)"
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     """The relay's subcommand parsers by name."""
-    for action in relay_cli.build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    raise AssertionError("enclave-log-relay has no subcommands")
+    return dict(relay_cli.build_parser().commands)
 
 
 def _rows(parser: argparse.ArgumentParser, prefix: str,
@@ -70,7 +67,6 @@ def _rows(parser: argparse.ArgumentParser, prefix: str,
 
 
 def generate() -> str:
-    relay = relay_cli.build_parser().commands["serve"]
     agent = agent_cli.build_parser()
     sub = subcommands()
     lines = [
@@ -78,7 +74,7 @@ def generate() -> str:
         "",
         "### The relay: `enclave-log-relay serve [OPTIONS]`",
         "",
-        *_rows(relay, relay_cli.ENV_PREFIX),
+        *_rows(sub["serve"], relay_cli.ENV_PREFIX),
         "",
         "### The relay's state: `enclave-log-relay status [OPTIONS]`",
         "",

@@ -88,8 +88,7 @@ class Reaper:
         asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self.reap)
 
     def uninstall(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
 
     def wait(self, pid: int) -> asyncio.Future[ExitStatus]:
         """A future for ``pid``'s exit status (done at once if it was reaped already)."""
@@ -119,10 +118,10 @@ class Reaper:
 
 
 def _pty() -> tuple[int, int]:
-    """A pseudo-terminal in raw mode: (master, slave)."""
+    """A pseudo-terminal in raw mode: (master, slave), neither inherited (as ``openpty``
+    makes them)."""
     master, slave = os.openpty()
     tty.setraw(slave)  # no \n -> \r\n, no echo, no line editing
-    os.set_inheritable(master, False)
     return master, slave
 
 

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from fluent_forward.aio import Connection, Ending, ForwardServer, bound_port, ending_of
+from fluent_forward.aio import Connection, Ending, ForwardServer, ending_of
 from fluent_forward.codec import EventFrame, FrameDecoder, Role, encode_ack
 from fluent_forward.endpoints import Endpoint, Scheme
 from fluent_forward.entries import split_entries
@@ -98,7 +98,7 @@ class ForwardInputServer(ForwardServer):
     def address(self) -> str:
         """The address clients use (the bound port when listening on port 0)."""
         if self.endpoint.scheme is Scheme.TCP and self.server is not None:
-            return f"tcp://{self.endpoint.host}:{bound_port(self.server)}"
+            return f"tcp://{self.endpoint.host}:{self.server.sockets[0].getsockname()[1]}"
         return str(self.endpoint)
 
     async def start(self) -> None:

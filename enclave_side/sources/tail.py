@@ -50,7 +50,7 @@ from ..config import FileSource
 from ..processing import Pipeline
 from .stream import LineStream
 
-__all__ = ["FollowedFile", "TailSource", "compatible"]
+__all__ = ["FollowedFile", "TailSource"]
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,6 @@ MAX_REMEMBERED = 4096
 MAX_COPIES = 64
 
 Key = tuple[int, int]
-
-
-def compatible(a: bytes, b: bytes) -> bool:
-    """Whether two fingerprints may be of the same file (one is a prefix of the other)."""
-    n = min(len(a), len(b))
-    return a[:n] == b[:n]
 
 
 def _path_of(fd: int, key: Key) -> str | None:
@@ -116,10 +110,6 @@ class FollowedFile:
 
     def parts_acked(self, parts: int) -> None:
         self.acked += parts
-
-    @property
-    def all_acked(self) -> bool:
-        return self.acked >= self.stream.adds
 
 
 @dataclass(slots=True)
@@ -178,10 +168,9 @@ class TailSource:
         while True:
             before = self.bytes_read
             busy = await self.poll()
-            if busy or self.bytes_read != before:
-                wait = min(ACTIVE_POLL, self.poll_interval)
-            else:
-                wait = min(wait * 2, self.poll_interval)
+            # After a poll that read something, soon; after an empty one, twice as late.
+            active = busy or self.bytes_read != before
+            wait = min(ACTIVE_POLL if active else wait * 2, self.poll_interval)
             await asyncio.sleep(0 if busy else wait)
 
     async def drain(self) -> None:
@@ -308,9 +297,8 @@ class TailSource:
         if not f.finished:
             f.stream.flush_all(eof=True)
             f.finished = True
-        spec = self.specs[f.spec_index]
-        if spec.delete_rotated and not f.deleted:
-            if not f.all_acked:
+        if self.specs[f.spec_index].delete_rotated and not f.deleted:
+            if f.acked < f.stream.adds:  # not all of it acked yet
                 return
             path = by_key.get(f.key) or _path_of(f.fd, f.key)
             if path is not None:
@@ -356,7 +344,9 @@ class TailSource:
         origin, offset = path, 0
         if mem is not None:
             del self.remembered[key]
-            if compatible(fp, mem.fingerprint) and st.st_size >= mem.offset:
+            # One file's fingerprints agree: the shorter is a prefix of the longer.
+            same = fp[:len(mem.fingerprint)] == mem.fingerprint[:len(fp)]
+            if same and st.st_size >= mem.offset:
                 origin, offset = mem.origin, mem.offset  # the same file, grown
             else:
                 self.stats.inode_reuses += 1
@@ -364,13 +354,13 @@ class TailSource:
                          path)
         elif self.specs[index].copytruncate and len(fp) == self.fp_bytes:
             offset = self._copy_offset(fp, key, st.st_size)
-        spec = self.specs[index]
         fields = {"file": origin}
         f = FollowedFile(fd, key, origin, index, None, offset, fp, now)  # type: ignore[arg-type]
         f.stream = LineStream(self.tags[index], fields, self.buffer, policy=Overflow.BLOCK,
                               max_line_bytes=self.max_line_bytes,
                               pipeline=self.make_pipeline(index, fields),
-                              owner=f if spec.delete_rotated else None, clock=self._clock)
+                              owner=f if self.specs[index].delete_rotated else None,
+                              clock=self._clock)
         self.followed[key] = f
         self.stats.opened += 1
         log.info("following %s from offset %d", path, offset)

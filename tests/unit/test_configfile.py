@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from enclave_side.cli import effective, parse_args
+from enclave_side.cli import parse_args
 from enclave_side.config import FileSource
-from enclave_side.configfile import ConfigError, parse_config
+from enclave_side.configfile import ConfigError, effective, parse_config
 from enclave_side.sources.kmsg import parse_kmsg_line
 from tests.helpers import PYTHON, env_for_subprocess
 

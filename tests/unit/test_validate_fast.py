@@ -294,11 +294,11 @@ def test_lines_of_32_to_240_bytes_take_the_column_check(
         monkeypatch: pytest.MonkeyPatch) -> None:
     data = agent_entries([b"x" * 32, b"y" * 150, b"z" * 240])
     no_other_path(monkeypatch)
-    headers_ok = fastpath._headers_ok
-    monkeypatch.setattr(fastpath, "_headers_ok", lambda *a: pytest.fail("not the columns"))
+    pieces_ok = fastpath._pieces_ok
+    monkeypatch.setattr(fastpath, "_pieces_ok", lambda *a: pytest.fail("not the columns"))
     assert validate_entries(data) == (data, 3)
     # one line of 241 bytes: its piece's size does not fit a byte, the general check
-    monkeypatch.setattr(fastpath, "_headers_ok", headers_ok)
+    monkeypatch.setattr(fastpath, "_pieces_ok", pieces_ok)
     data = agent_entries([b"x" * 32, b"z" * 241])
     assert validate_entries(data) == (data, 2)
 
