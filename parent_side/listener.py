@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 #: Chunks read but not yet acked, per connection, before the relay stops reading.
 MAX_PENDING_ACKS = 64
 
+#: A connection's chunks read, each with the futures of its batches, in the order read.
+Acks = asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
@@ -154,7 +157,7 @@ class Listener(ForwardServer):
         #: relay as batches leave. None: no sharing (a sink that tells nothing).
         self.fair = fair
         #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
-        self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] | None = None
+        self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] = lambda *_: None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
         #: Unix connections, since the test machines must not open AF_VSOCK sockets.
         self.peer_of = peer_of
@@ -172,13 +175,6 @@ class Listener(ForwardServer):
     def use_registry(self, registry: EnclaveRegistry | None) -> None:
         """Name new vsock peers from ``registry`` (None: by CID) from now on."""
         self.registry = registry
-
-    def peer_stats(self, ident: Identity) -> EnclaveStats:
-        st = self.stats.peers.get(ident.name)
-        if st is None:
-            st = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid,
-                                                             boots=self.runs)
-        return st
 
     async def _admit(self, writer: asyncio.StreamWriter) -> tuple[Identity, PeerAddress] | None:
         """Decide, before reading a byte, whether this peer may talk to us, and who it is."""
@@ -228,9 +224,10 @@ class Listener(ForwardServer):
                           ident: Identity, peer_address: PeerAddress) -> None:
         conn = Connection(reader, writer)
         conn.peer = peer_address
-        peer = self.peer_stats(ident)
-        if ident.enclave is not None:
-            peer.enclave_id, peer.debug = ident.enclave.enclave_id, ident.enclave.debug
+        peer = self.stats.peers.get(ident.name)
+        if peer is None:
+            peer = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid,
+                                                               boots=self.runs)
         self.stats.connections += 1
         self.stats.open_connections += 1
         peer.connections += 1
@@ -238,6 +235,7 @@ class Listener(ForwardServer):
         peer.connected_since = peer.last_seen = time.time()
         where = conn.peer.address
         if ident.enclave is not None:
+            peer.enclave_id, peer.debug = ident.enclave.enclave_id, ident.enclave.debug
             where += f", {ident.enclave.enclave_id}" + (", DEBUG MODE" if ident.enclave.debug
                                                         else "")
         log.info("%s connected (%s)", ident.name, where)
@@ -252,7 +250,7 @@ class Listener(ForwardServer):
             await conn.close()
             log.info("%s disconnected", ident.name)
             if greeted:  # every "connected" record gets its "disconnected"
-                self._lifecycle("disconnected", ident, peer)
+                self.on_lifecycle("disconnected", ident, peer)
 
     def _ended(self, exc: TransportError | ProtocolError | DeliveryFailed, ident: Identity,
                peer: EnclaveStats, address: str) -> None:
@@ -287,10 +285,6 @@ class Listener(ForwardServer):
         peer.last_error = error
         self._warn.warning(f"{ending_of(exc)}:{ident.name}", what, ident.name, address, error)
 
-    def _lifecycle(self, event: str, ident: Identity, peer: EnclaveStats) -> None:
-        if self.on_lifecycle is not None:
-            self.on_lifecycle(event, ident, peer)
-
     async def _serve(self, conn: Connection, ident: Identity, peer: EnclaveStats,
                      greeted: list[bool]) -> None:
         cfg = self.config
@@ -302,15 +296,12 @@ class Listener(ForwardServer):
                          max_entries=cfg.max_entries),
             hs, required=cfg.shared_key is not None, handshake_timeout=cfg.handshake_timeout,
             now=asyncio.get_running_loop().time(), name=ident.name)
-        acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]] = asyncio.Queue(
-            MAX_PENDING_ACKS)
+        acks: Acks = asyncio.Queue(MAX_PENDING_ACKS)
         await first_error(self._read_loop(conn, session, ident, peer, greeted, acks),
                           self._ack_loop(conn, session, peer, acks))
 
     async def _read_loop(self, conn: Connection, session: ServerSession, ident: Identity,
-                         peer: EnclaveStats, greeted: list[bool],
-                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-                         ) -> None:
+                         peer: EnclaveStats, greeted: list[bool], acks: Acks) -> None:
         while True:
             if self.fair is not None:  # over its share: wait for deliveries first
                 await self.fair.wait(ident.name)
@@ -330,7 +321,7 @@ class Listener(ForwardServer):
                         peer.claimed_hostname = event.ping.hostname
                         peer.agent_version = event.ping.version
                     greeted.append(True)
-                    self._lifecycle("connected", ident, peer)
+                    self.on_lifecycle("connected", ident, peer)
                 else:
                     if event.chunk is not None:
                         session.owed += 1  # until the ack loop writes its ack
@@ -342,15 +333,12 @@ class Listener(ForwardServer):
         if not rate:
             return None
         bucket = self._buckets.get(name)
-        if bucket is None:
+        if bucket is None or bucket.rate != rate:  # new, or a reload changed the rate
             bucket = self._buckets[name] = TokenBucket(rate, max(rate, 1 << 20))
-        elif bucket.rate != rate:
-            bucket.rate, bucket.burst = rate, max(rate, 1 << 20)
         return bucket
 
     async def _on_event(self, frame: EventFrame, ident: Identity, peer: EnclaveStats,
-                        acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-                        ) -> None:
+                        acks: Acks) -> None:
         cfg = self.config
         intake = take_frame(frame, ident, peer, now_ns=time.time_ns(),
                             stamp_records=cfg.stamp_records, restamp_time=cfg.restamp_time)
@@ -371,8 +359,7 @@ class Listener(ForwardServer):
                            ident.name, shown, tag_problem(tag), safe[:64])
 
     async def _ack_loop(self, conn: Connection, session: ServerSession, peer: EnclaveStats,
-                        acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-                        ) -> None:
+                        acks: Acks) -> None:
         while True:
             chunk, futures = await acks.get()
             for fut in futures:
