@@ -421,7 +421,7 @@ class Spool:
         for seg_id, offset in self.replay.positions(time.monotonic()):
             seg = self._segments.get(seg_id)
             if seg is not None:
-                entries.append(self.cursor.read_disk(seg, offset)[0])
+                entries.append(self.cursor.read_disk(seg, offset))
         return entries
 
     def _delete(self, seg: Segment, *, dropped: bool = False) -> None:

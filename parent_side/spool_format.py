@@ -154,8 +154,8 @@ def unpack_payload(segment: int, offset: int, payload: bytes) -> SpoolEntry:
                       FRAME.size + len(payload))
 
 
-def read_entry(seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
-    """The entry at ``offset`` of a committed segment, and its size on disk."""
+def read_entry(seg: Segment, offset: int) -> SpoolEntry:
+    """The entry at ``offset`` of a committed segment."""
     with open(seg.path, "rb") as f:
         f.seek(offset)
         length, crc = FRAME.unpack(f.read(FRAME.size))
@@ -163,7 +163,7 @@ def read_entry(seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
     if len(payload) != length or crc32(payload) != crc:
         # Checked at recovery and written by us since: the disk changed under us.
         raise SpoolError(f"spool {seg.path}: entry at {offset} is corrupt")
-    return unpack_payload(seg.id, offset, payload), FRAME.size + length
+    return unpack_payload(seg.id, offset, payload)
 
 
 @dataclass(slots=True, eq=False)
