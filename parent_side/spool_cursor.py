@@ -97,11 +97,12 @@ class Cursor:
 
     Args:
         segments: the spool's segments by id, oldest first.
-        cache_bytes: the read cache's size.
+        cache_bytes: keep up to this much of the newest entries in memory, so the
+            forwarder reads them without touching the disk.
     """
 
     def __init__(self, segments: collections.OrderedDict[int, Segment],
-                 cache_bytes: int) -> None:
+                 cache_bytes: int = 16 << 20) -> None:
         self.segments = segments
         self.at: tuple[int, int] = (0, 0)  # (segment id, offset); (0, 0): nothing spooled yet
         self.cache = ReadCache(cache_bytes)
