@@ -139,21 +139,17 @@ class Spool:
         """Create or lock the directory and recover what it holds."""
         self._dir_fd, self._lock_fd = lock_directory(self.path)
         self._commits.dir_fd = self._dir_fd
-        self._recover()
-        # A new segment's id must follow every id the acked mark may name.
         mark = read_mark(self._mark.path)
-        self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
-
-    def _recover(self) -> None:
         found = Recovery(self.path, self.stats)
-        found.run(read_mark(self._mark.path))
+        found.run(mark)
         for entry in found.entries:  # to recognise the batches agents resend
             self._remember(entry.boot_id, entry.seq, None, quiet=True)
         self._segments.update(found.segments)
-        if found.segments:
-            self.cursor.at = found.cursor
+        self.cursor.at = found.cursor  # (0, 0) if there is none
         if found.dir_dirty:
             os.fsync(self._dir_fd)
+        # A new segment's id must follow every id the acked mark may name.
+        self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
     # -- appending -------------------------------------------------------------------
 
