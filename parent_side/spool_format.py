@@ -202,22 +202,10 @@ def _writev_all(fd: int, parts: list[bytes]) -> None:
 def commit_group(writes: list[Write], dir_fd: int, starts: dict[int, int], *,
                  writev: Callable[[int, list[bytes]], None],
                  fsync: Callable[[int], None]) -> None:
-    """In the commit thread: frame the entries, write and sync them; on a failure,
-    cut what this group wrote off the files again (``starts``: fd -> size before) and
-    raise."""
-    try:
-        _write_group(writes, dir_fd, writev, fsync)
-    except OSError:
-        for fd, size in starts.items():
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)  # no half entry stays behind; frees the room
-        raise
-
-
-def _write_group(writes: list[Write], dir_fd: int, writev: Callable[[int, list[bytes]], None],
-                 fsync: Callable[[int], None]) -> None:
-    """Frame the entries (crc32 runs here, off the event loop, and without the
-    GIL), write everything with writev, then one fdatasync per file."""
+    """In the commit thread: frame the entries (crc32 runs here, off the event loop,
+    and without the GIL), write everything with writev, then one fdatasync per file.
+    On a failure, cut what this group wrote off the files again (``starts``: fd ->
+    size before) and raise."""
     by_fd: dict[int, list[bytes]] = {}
     for w in writes:
         parts = by_fd.setdefault(w.seg.fd, [])  # dicts keep order: segments in turn
@@ -227,8 +215,14 @@ def _write_group(writes: list[Write], dir_fd: int, writev: Callable[[int, list[b
                 crc = crc32(part, crc)
             parts.append(FRAME.pack(w.size - FRAME.size, crc))
         parts.extend(w.parts)
-    for fd, parts in by_fd.items():
-        writev(fd, parts)
-        fsync(fd)
-    if dir_fd >= 0:
-        os.fsync(dir_fd)
+    try:
+        for fd, parts in by_fd.items():
+            writev(fd, parts)
+            fsync(fd)
+        if dir_fd >= 0:
+            os.fsync(dir_fd)
+    except OSError:
+        for fd, size in starts.items():
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no half entry stays behind; frees the room
+        raise
