@@ -192,12 +192,10 @@ class Relay:
         """
         if self.spool is not None and forwarding is not None:
             await self._drain(self.spool, deadline)
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.gather(self._polling, return_exceptions=True)
-        if forwarding is not None:
-            forwarding.cancel()
-            await asyncio.gather(forwarding, return_exceptions=True)
+        for task in (self._polling, forwarding):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.output.close(self._grace(deadline))
         if self.spool is not None:
             await self.spool.close()
@@ -258,11 +256,10 @@ class Relay:
 
     async def _status_records(self) -> None:
         while True:
-            interval = self.config.status_interval  # a reload may change it, or turn it on
-            await asyncio.sleep(interval if interval > 0 else 1.0)
-            if self.config.status_interval <= 0:
-                continue
-            self.emit(STATUS_TAG, self.snapshot())
+            # Read each time: a reload may change it, or turn it on (0: off).
+            await asyncio.sleep(self.config.status_interval or 1.0)
+            if self.config.status_interval > 0:
+                self.emit(STATUS_TAG, self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
         """The relay's state: what ``status`` shows."""
@@ -276,9 +273,7 @@ class Relay:
                  "auth_failures": st.auth_failures, "timeouts": st.timeouts,
                  "refused": st.refused_cid + st.refused_limit, "reloads": self.reloads,
                  "fair_share": self.fair.status()}
-        spool: dict[str, Any] = {"mode": "memory-only"}
-        if self.spool is not None:
-            spool = {**self.spool.status(), "backlog": self.spool.backlog}
+        spool = self.spool.status() if self.spool is not None else {"mode": "memory-only"}
         upstream = {"kind": cfg.output.kind, **self.output.status()}
         enclaves = [p.snapshot() for p in sorted(st.peers.values(), key=lambda p: p.name)]
         return {"relay": relay, "enclaves": enclaves, "spool": spool, "upstream": upstream}

@@ -468,7 +468,7 @@ class Spool:
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
                 "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered,
-                "corrupt_bytes": st.corrupt_bytes_set_aside}
+                "corrupt_bytes": st.corrupt_bytes_set_aside, "backlog": self.backlog}
 
     async def wait_drained(self) -> None:
         """Return once every batch in the spool was acked downstream."""
