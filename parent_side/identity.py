@@ -182,7 +182,7 @@ class EnclaveRegistry:
     (CIDs are reused when enclaves restart, so a known CID is no proof either).
 
     Without nitro-cli (a dev box, a container without it) every lookup falls back to
-    the CID, and one warning says so.
+    the CID, and one warning says so (again only if it has run since).
 
     Args:
         command: the describe command, as argv.
@@ -199,12 +199,6 @@ class EnclaveRegistry:
     available: bool = True
     _last: float = -1e9
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _warned: bool = False
-
-    def reconfigure(self, command: tuple[str, ...], interval: float) -> None:
-        """Ask with ``command`` every ``interval`` from now on; try it even if the old
-        command could not run."""
-        self.command, self.interval, self.available = command, interval, True
 
     async def lookup(self, cid: int) -> EnclaveInfo | None:
         """The enclave at ``cid`` now, asking describe-enclaves again if the view is stale."""
@@ -220,11 +214,10 @@ class EnclaveRegistry:
                     *self.command, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
             except OSError as exc:
-                self.available = False
-                if not self._warned:
-                    self._warned = True
+                if self.available:  # once, not at every poll
                     log.warning("cannot run %s: %s; enclaves are named by their CID (cid-N) "
                                 "instead of their EnclaveName", self.command[0], exc.strerror)
+                self.available = False
                 return
             try:
                 async with asyncio.timeout(self.timeout):

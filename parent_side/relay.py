@@ -117,8 +117,7 @@ class Relay:
         await self.output.start()
         forwarding = (asyncio.create_task(self.forwarder.run(), name="forwarder")
                       if self.forwarder is not None else None)
-        self._polling = (asyncio.create_task(self.registry.poll(), name="describe-enclaves")
-                         if self.registry is not None else None)
+        self._poll_registry()
         try:
             await self.listener.start()
         except BaseException:
@@ -302,7 +301,8 @@ class Relay:
         if self.spool is not None:
             self.spool.reconfigure(replay_window=new.replay_window)
         logging.getLogger().setLevel(new.log_level.upper())
-        self._reload_registry(new)
+        if (new.nitro_cli, new.describe_interval) != (old.nitro_cli, old.describe_interval):
+            self._reload_registry(new)
         if _output_args(new) != _output_args(old):
             self._spawn(self._swap_output(make_output(**_output_args(new))))
         self.reloads += 1
@@ -320,20 +320,19 @@ class Relay:
         return EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
                                interval=config.describe_interval, on_terminated=self._terminated)
 
+    def _poll_registry(self) -> None:
+        """Ask describe-enclaves every interval, if the relay has a registry."""
+        if self.registry is not None:
+            self._polling = asyncio.create_task(self.registry.poll(), name="describe-enclaves")
+
     def _reload_registry(self, new: RelayConfig) -> None:
-        """Start, change or stop asking describe-enclaves, as the new configuration says."""
-        if self.registry is not None and new.nitro_cli:
-            self.registry.reconfigure((new.nitro_cli, "describe-enclaves"),
-                                      new.describe_interval)
-        elif self.registry is None and (registry := self._new_registry(new)) is not None:
-            self.registry = registry
-            self.listener.use_registry(registry)
-            self._polling = asyncio.get_running_loop().create_task(registry.poll())
-        elif self.registry is not None:  # and no nitro-cli now
-            self.registry = None
-            self.listener.use_registry(None)
-            if self._polling is not None:
-                self._polling.cancel()
+        """Ask describe-enclaves as the new configuration says (another command or
+        interval: a new registry, which asks at once), or stop asking."""
+        if self._polling is not None:
+            self._polling.cancel()
+        self.registry = self._new_registry(new)
+        self.listener.use_registry(self.registry)
+        self._poll_registry()
 
     async def _swap_output(self, new: Output) -> None:
         """Start the new output, route everything to it, then let the old one go.
