@@ -26,30 +26,21 @@ from fluent_forward.aio import (
     first_error,
     peer_of,
 )
-from fluent_forward.codec import (
-    DEFAULT_MAX_DECOMPRESSED_BYTES,
-    DEFAULT_MAX_FRAME_BYTES,
-    EventFrame,
-    FrameDecoder,
-    Role,
-    encode_ack,
-)
-from fluent_forward.conventions import IDLE_TIMEOUT
-from fluent_forward.endpoints import Endpoint
-from fluent_forward.entries import DEFAULT_MAX_ENTRIES
+from fluent_forward.codec import EventFrame, FrameDecoder, Role, encode_ack
 from fluent_forward.errors import ProtocolError, TransportError
 from fluent_forward.handshake import ServerHandshake
 from fluent_forward.session import Opened, ServerSession
 from fluent_forward.tags import tag_problem
 
-from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
+from .admission import Slots, refusal
+from .config import RelayConfig
 from .fairshare import FairShare
 from .forwarder import Sink
-from .identity import CidSet, EnclaveRegistry, Identity, identity_of
+from .identity import EnclaveRegistry, Identity, identity_of
 from .intake import EnclaveStats, take_frame
 from .runs import Runs
 
-__all__ = ["Listener", "ListenerConfig"]
+__all__ = ["Listener"]
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +49,6 @@ MAX_PENDING_ACKS = 64
 
 #: A connection's chunks read, each with the futures of its batches, in the order read.
 Acks = asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerConfig:
-    """What the listener needs from the relay's configuration."""
-
-    listen: Endpoint
-    hostname: str
-    shared_key: str | None = None
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
-    max_entries: int = DEFAULT_MAX_ENTRIES
-    handshake_timeout: float = 10.0
-    listen_mode: int | None = 0o660
-    allowed_cids: CidSet | None = None  # vsock peers outside it are refused; None: all
-    require_known_enclave: bool = False
-    max_connections: int = 256
-    max_connections_per_enclave: int = 8
-    reserved_connections: int = DEFAULT_RESERVED_CONNECTIONS  # for enclaves with none open
-    rate_limit: int = 0  # an operator's cap, bytes per second per enclave; 0: none
-    frame_timeout: float = 30.0  # a frame must complete within this of its first byte
-    idle_timeout: float = IDLE_TIMEOUT  # close after this long without a byte; 0: never
-    stamp_records: bool = False
-    restamp_time: bool = False
 
 
 @dataclass(slots=True)
@@ -141,9 +108,10 @@ class _RateLimitedLog:
 
 
 class Listener(ForwardServer):
-    """The relay's server side."""
+    """The relay's server side, configured by the relay's own ``RelayConfig``: a
+    listener option is declared once, there, like every other."""
 
-    def __init__(self, config: ListenerConfig, sink: Sink,
+    def __init__(self, config: RelayConfig, sink: Sink,
                  registry: EnclaveRegistry | None = None, *, runs: Runs | None = None,
                  fair: FairShare | None = None) -> None:
         super().__init__(config.listen, unix_mode=config.listen_mode)
@@ -165,7 +133,7 @@ class Listener(ForwardServer):
         self._buckets: dict[str, TokenBucket] = {}
         self._warn = _RateLimitedLog()
 
-    def reconfigure(self, config: ListenerConfig) -> None:
+    def reconfigure(self, config: RelayConfig) -> None:
         """Take a reloaded configuration: connections read it at their next frame.
 
         The endpoint and the socket's mode are those of the socket already bound.
@@ -181,7 +149,7 @@ class Listener(ForwardServer):
         cfg = self.config
         peer = self.peer_of(writer)
         cid = peer.cid
-        if cid is not None and cfg.allowed_cids is not None and cid not in cfg.allowed_cids:
+        if cid is not None and cid not in cfg.allowed_cids:
             self.stats.refused_cid += 1
             self._warn.warning(f"cid:{cid}", "refused a connection from CID %d: not in the "
                                "allow-list (%s; see --allow-cid)", cid, cfg.allowed_cids)

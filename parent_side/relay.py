@@ -27,7 +27,7 @@ from .fairshare import FairShare
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
 from .intake import EnclaveStats
-from .listener import Listener, ListenerConfig
+from .listener import Listener
 from .outputs import Output, RelayBatch, make_output
 from .spool import Spool
 from .status import AdminServer
@@ -42,12 +42,6 @@ STATUS_TAG = "relay.status"
 
 #: Fields a reload cannot change: they need a restart (declared in parent_side.config).
 _RESTART_ONLY = frozenset(o.field for o in SERVE_OPTIONS if o.restart and o.field)
-
-
-def _listener_config(config: RelayConfig) -> ListenerConfig:
-    """The listener's part of the configuration: its fields, taken by name."""
-    return ListenerConfig(**{f.name: getattr(config, f.name)
-                             for f in dataclasses.fields(ListenerConfig)})
 
 
 def _output_args(config: RelayConfig) -> dict[str, Any]:
@@ -94,7 +88,7 @@ class Relay:
         # Outages are what the spool is for: then the enclaves share its size.
         self.fair = FairShare(capacity=config.spool_bytes if self.spool is not None
                               else config.upstream_buffer_bytes)
-        self.listener = Listener(_listener_config(config), self.sink, self.registry,
+        self.listener = Listener(config, self.sink, self.registry,
                                  runs=self.spool.runs if self.spool is not None else None,
                                  fair=self.fair)
         self.listener.on_lifecycle = self._enclave_event
@@ -297,7 +291,7 @@ class Relay:
         changed = [f.name for f in dataclasses.fields(new)
                    if getattr(new, f.name) != getattr(old, f.name)]
         self.config = new
-        self.listener.reconfigure(_listener_config(new))
+        self.listener.reconfigure(new)
         if self.spool is not None:
             self.spool.reconfigure(replay_window=new.replay_window)
         logging.getLogger().setLevel(new.log_level.upper())
