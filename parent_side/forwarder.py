@@ -116,11 +116,10 @@ class Forwarder:
     again after a capped backoff; a ``PoisonFrame`` goes to the dead-letter file.
     """
 
-    def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0,
-                 on_delivered: Delivered) -> None:
+    def __init__(self, spool: Spool, output: Output, *, on_delivered: Delivered) -> None:
         self.spool = spool
         self.output = output
-        self.hint_interval = hint_interval
+        self.hint_interval = 1.0  # seconds between syncs of the acked mark
         self.on_delivered = on_delivered
         self.replays = 0
         self.replayed_records = 0
