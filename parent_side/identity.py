@@ -220,8 +220,7 @@ class EnclaveRegistry:
                 self.available = False
                 return
             try:
-                async with asyncio.timeout(self.timeout):
-                    out, err = await proc.communicate()
+                out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
