@@ -186,12 +186,9 @@ class Listener(ForwardServer):
         if admitted is None:
             writer.close()  # before a single byte is read
             return
-        await self._connection(reader, writer, *admitted)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          ident: Identity, peer_address: PeerAddress) -> None:
+        ident, address = admitted
         conn = Connection(reader, writer)
-        conn.peer = peer_address
+        conn.peer = address  # as the peer_of seam says
         peer = self.stats.peers.get(ident.name)
         if peer is None:
             peer = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid,
@@ -230,6 +227,7 @@ class Listener(ForwardServer):
             self._warn.warning(f"store:{ident.name}", "closing connection from %s: %s "
                                "(it will resend)", ident.name, error)
             return
+        what = "closing connection from %s (%s): %s"
         match ending_of(exc):
             case Ending.CLOSED:
                 partial = getattr(exc, "partial", 0)
@@ -243,10 +241,8 @@ class Listener(ForwardServer):
             case Ending.PROTOCOL:
                 self.stats.protocol_errors += 1
                 peer.protocol_errors += 1
-                what = "closing connection from %s (%s): %s"
             case Ending.TIMEOUT:
                 self.stats.timeouts += 1
-                what = "closing connection from %s (%s): %s"
             case Ending.TRANSPORT:
                 log.info("%s: %s", ident.name, error)
                 return
