@@ -84,11 +84,11 @@ class Relay:
             self.spool.gate.on_state = self._spool_state
         else:
             self.sink = DirectSink(self.output, on_delivered=self._delivered)
-        self.registry = self._new_registry(config)
+        self.registry: EnclaveRegistry | None = None  # run() makes it: _set_registry
         # Outages are what the spool is for: then the enclaves share its size.
         self.fair = FairShare(capacity=config.spool_bytes if self.spool is not None
                               else config.upstream_buffer_bytes)
-        self.listener = Listener(config, self.sink, self.registry,
+        self.listener = Listener(config, self.sink,
                                  runs=self.spool.runs if self.spool is not None else None,
                                  fair=self.fair)
         self.listener.on_lifecycle = self._enclave_event
@@ -111,7 +111,7 @@ class Relay:
         await self.output.start()
         forwarding = (asyncio.create_task(self.forwarder.run(), name="forwarder")
                       if self.forwarder is not None else None)
-        self._poll_registry()
+        self._set_registry(self.config)
         try:
             await self.listener.start()
         except BaseException:
@@ -296,7 +296,7 @@ class Relay:
             self.spool.reconfigure(replay_window=new.replay_window)
         logging.getLogger().setLevel(new.log_level.upper())
         if (new.nitro_cli, new.describe_interval) != (old.nitro_cli, old.describe_interval):
-            self._reload_registry(new)
+            self._set_registry(new)
         if _output_args(new) != _output_args(old):
             self._spawn(self._swap_output(make_output(**_output_args(new))))
         self.reloads += 1
@@ -314,19 +314,16 @@ class Relay:
         return EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
                                interval=config.describe_interval, on_terminated=self._terminated)
 
-    def _poll_registry(self) -> None:
-        """Ask describe-enclaves every interval, if the relay has a registry."""
-        if self.registry is not None:
-            self._polling = asyncio.create_task(self.registry.poll(), name="describe-enclaves")
-
-    def _reload_registry(self, new: RelayConfig) -> None:
-        """Ask describe-enclaves as the new configuration says (another command or
-        interval: a new registry, which asks at once), or stop asking."""
+    def _set_registry(self, config: RelayConfig) -> None:
+        """Ask describe-enclaves as ``config`` says, every interval (at start, or after
+        a reload that changed the command or the interval: a new registry, which asks
+        at once), or stop asking."""
         if self._polling is not None:
             self._polling.cancel()
-        self.registry = self._new_registry(new)
+        self.registry = self._new_registry(config)
         self.listener.use_registry(self.registry)
-        self._poll_registry()
+        if self.registry is not None:
+            self._polling = asyncio.create_task(self.registry.poll(), name="describe-enclaves")
 
     async def _swap_output(self, new: Output) -> None:
         """Start the new output, route everything to it, then let the old one go.
