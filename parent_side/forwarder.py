@@ -130,8 +130,7 @@ class Forwarder:
         hints = asyncio.create_task(self._hints())
         try:
             while True:
-                entry = await self.spool.next_entry()
-                await self._submit(entry)
+                await self._submit(await self.spool.next_entry())
         finally:
             self._stopping = True
             for task in (hints, *self._replaying):

@@ -122,10 +122,9 @@ def take_frame(frame: EventFrame, ident: Identity, stats: EnclaveStats, *, now_n
                 fields["claimed_hostname"] = stats.claimed_hostname
         entries = stamp_entries(entries, fields, restamp_ns=now_ns if restamp_time else None)
     safe = escape_tag(frame.tag)
-    escaped = None
-    if safe != frame.tag:
+    escaped = safe if safe != frame.tag else None
+    if escaped is not None:
         stats.tags_escaped += 1
-        escaped = safe
     tag = ident.tag_prefix + safe
     # Our agents' chunk ids name their run and batch; other clients' ids mean nothing
     # of the kind.

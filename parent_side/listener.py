@@ -269,9 +269,9 @@ class Listener(ForwardServer):
         while True:
             if self.fair is not None:  # over its share: wait for deliveries first
                 await self.fair.wait(ident.name)
-            cfg = self.config  # read again each time: a reload may have changed it
-            session.frame_timeout = cfg.frame_timeout
-            session.idle_timeout = cfg.idle_timeout or None  # 0: never
+            # Read again each time: a reload may have changed them.
+            session.frame_timeout = self.config.frame_timeout
+            session.idle_timeout = self.config.idle_timeout or None  # 0: never
             before = session.bytes_in
             await conn.receive(session)
             if session.bytes_in != before:
