@@ -172,8 +172,7 @@ class Relay:
         while spool.backlog > 0 and (grace := self._grace(deadline)) > 0:
             # Look again often: the output may go down meanwhile.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(grace, 0.1)):
-                    await spool.wait_drained()
+                await asyncio.wait_for(spool.wait_drained(), min(grace, 0.1))
         if spool.backlog:
             log.info("stopping with %d batches in the spool; they go out on the next start",
                      spool.backlog)

@@ -54,8 +54,7 @@ class AdminServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(5):
-                line = (await reader.readline())[:64].strip()
+            line = (await asyncio.wait_for(reader.readline(), 5))[:64].strip()
             if line == b"status":
                 reply = json.dumps(self.snapshot(), default=str)
             elif line == b"reload" and self.reload is not None:
