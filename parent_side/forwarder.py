@@ -35,12 +35,6 @@ __all__ = ["DirectSink", "Forwarder", "Sink", "SpoolSink"]
 log = logging.getLogger(__name__)
 
 
-def _retrieved(fut: asyncio.Future[None]) -> None:
-    """Mark a future's outcome as seen, so that asyncio does not log it as lost."""
-    if not fut.cancelled():
-        fut.exception()
-
-
 class Sink(Protocol):
     """Where the listener puts batches."""
 
@@ -158,7 +152,8 @@ class Forwarder:
     async def _replay(self, entries: list[SpoolEntry]) -> None:
         for entry in entries:
             fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
-            fut.add_done_callback(_retrieved)
+            # Its outcome retrieved, as the relay's own notices are: a copy is not retried.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _submit(self, entry: SpoolEntry) -> None:
         fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
