@@ -111,13 +111,13 @@ class Listener(ForwardServer):
     """The relay's server side, configured by the relay's own ``RelayConfig``: a
     listener option is declared once, there, like every other."""
 
-    def __init__(self, config: RelayConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None, *, runs: Runs | None = None,
+    def __init__(self, config: RelayConfig, sink: Sink, *, runs: Runs | None = None,
                  fair: FairShare | None = None) -> None:
         super().__init__(config.listen, unix_mode=config.listen_mode)
         self.config = config
         self.sink = sink
-        self.registry = registry
+        #: Who vsock peers are (describe-enclaves), if anyone says: ``use_registry``.
+        self.registry: EnclaveRegistry | None = None
         #: Where agent runs' sequences are followed and gaps found: the spool's, which
         #: follows runs across relay restarts, or (None) one of the listener's own.
         self.runs = runs if runs is not None else Runs()
