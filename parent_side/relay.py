@@ -305,24 +305,20 @@ class Relay:
         log.info("reloaded the configuration; %s", answer)
         return answer
 
-    def _new_registry(self, config: RelayConfig) -> EnclaveRegistry | None:
-        """Who the vsock peers are, from describe-enclaves (None: not vsock, or no
-        nitro-cli); identity from it matters only for vsock peers."""
-        if config.listen.scheme.value != "vsock" or not config.nitro_cli:
-            return None
-        return EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
-                               interval=config.describe_interval, on_terminated=self._terminated)
-
     def _set_registry(self, config: RelayConfig) -> None:
-        """Ask describe-enclaves as ``config`` says, every interval (at start, or after
-        a reload that changed the command or the interval: a new registry, which asks
-        at once), or stop asking."""
+        """Ask describe-enclaves who the vsock peers are, as ``config`` says, every
+        interval (at start, or after a reload that changed the command or the interval:
+        a new registry, which asks at once); or stop asking (not vsock, or no nitro-cli:
+        identity from it matters only for vsock peers)."""
         if self._polling is not None:
             self._polling.cancel()
-        self.registry = self._new_registry(config)
-        self.listener.use_registry(self.registry)
-        if self.registry is not None:
+        self.registry = None
+        if config.listen.scheme.value == "vsock" and config.nitro_cli:
+            self.registry = EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
+                                            interval=config.describe_interval,
+                                            on_terminated=self._terminated)
             self._polling = asyncio.create_task(self.registry.poll(), name="describe-enclaves")
+        self.listener.use_registry(self.registry)
 
     async def _swap_output(self, new: Output) -> None:
         """Start the new output, route everything to it, then let the old one go.
