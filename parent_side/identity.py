@@ -68,14 +68,9 @@ class CidSet:
         return isinstance(cid, int) and any(lo <= cid <= hi for lo, hi in self.ranges)
 
     def __str__(self) -> str:
-        parts = []
-        for lo, hi in self.ranges:
-            if lo == hi:
-                parts.append(str(lo))
-            elif hi == _U32:
-                parts.append(f"{lo}-")
-            else:
-                parts.append(f"{lo}-{hi}")
+        # As parse_cid_set reads them: 16, 16-20, 4- (4 and up).
+        parts = [str(lo) if lo == hi else f"{lo}-" + ("" if hi == _U32 else str(hi))
+                 for lo, hi in self.ranges]
         return ",".join(parts) or "none"
 
 
