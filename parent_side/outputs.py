@@ -262,12 +262,9 @@ class _Pending:
     chunk: str
     frame: tuple[bytes, ...]  # the frame's parts: the entries are sent without a copy
     count: int
+    size: int  # the frame's bytes
     done: asyncio.Future[None] = field(repr=False)
     failures: int = 0  # connections lost while it was the oldest unacked frame
-
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.frame))
 
 
 class UpstreamQueue:
@@ -306,7 +303,8 @@ class UpstreamQueue:
         self._seq += 1
         chunk = chunk_id(self.boot_id, self._seq)
         frame = packed_forward_parts(tag, entries, {"chunk": chunk, "size": count})
-        item = _Pending(self._seq, chunk, frame, count, asyncio.get_running_loop().create_future())
+        item = _Pending(self._seq, chunk, frame, count, sum(map(len, frame)),
+                        asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self.used += item.size
         self._changed.set()
