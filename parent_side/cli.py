@@ -172,11 +172,10 @@ def _serve(config: RelayConfig, args: list[str]) -> int:
     if warning is not None:
         log.warning("%s", warning)
 
-    def reload() -> RelayConfig:
-        return serve_config(args, os.environ, raising=True)
-
     try:
-        return asyncio.run(Relay(config, reload=reload).run())
+        # SIGHUP reads the same flags, the environment and the file again.
+        relay = Relay(config, reload=lambda: serve_config(args, os.environ, raising=True))
+        return asyncio.run(relay.run())
     except ConnectError as exc:
         log.error("%s (choose another address with --listen)", exc)
         return 1

@@ -53,7 +53,6 @@ class ConsoleOptions:
     admin_socket: str | None
     upstream_shared_key: str | None
     log_level: str
-    hostname: str = field(default_factory=local_hostname)
 
 
 #: ``enclave-log-relay console``'s options: --stdout, --interval and serve's options.
@@ -135,18 +134,17 @@ class Console:
                     stderr=asyncio.subprocess.DEVNULL)
             except OSError as exc:
                 log.error("cannot run %s console: %s", self.options.nitro_cli, exc.strerror)
-                await asyncio.sleep(next(delays))
-                continue
-            try:
-                assert proc.stdout is not None
-                while line := await proc.stdout.readline():
-                    self.write(enclave, line.rstrip(b"\r\n"), time.time_ns())
-            finally:
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                await proc.wait()
-            log.info("the console of %s ended; re-attaching while it runs", enclave.label)
+            else:
+                try:
+                    assert proc.stdout is not None
+                    while line := await proc.stdout.readline():
+                        self.write(enclave, line.rstrip(b"\r\n"), time.time_ns())
+                finally:
+                    if proc.returncode is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.kill()
+                    await proc.wait()
+                log.info("the console of %s ended; re-attaching while it runs", enclave.label)
             await asyncio.sleep(next(delays))
 
 
@@ -191,7 +189,7 @@ async def _run(options: ConsoleOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
     sender = None
     if options.output is not None:
-        output = make_output(options.output, hostname=options.hostname,
+        output = make_output(options.output, hostname=local_hostname(),
                              shared_key=options.upstream_shared_key, window=16,
                              max_queue_bytes=16 << 20, ack_timeout=60.0)
         await output.start()

@@ -35,12 +35,6 @@ __all__ = ["DirectSink", "Forwarder", "Sink", "SpoolSink"]
 log = logging.getLogger(__name__)
 
 
-def _retrieved(fut: asyncio.Future[None]) -> None:
-    """Mark a future's outcome as seen, so that asyncio does not log it as lost."""
-    if not fut.cancelled():
-        fut.exception()
-
-
 class Sink(Protocol):
     """Where the listener puts batches."""
 
@@ -116,11 +110,10 @@ class Forwarder:
     again after a capped backoff; a ``PoisonFrame`` goes to the dead-letter file.
     """
 
-    def __init__(self, spool: Spool, output: Output, *, hint_interval: float = 1.0,
-                 on_delivered: Delivered) -> None:
+    def __init__(self, spool: Spool, output: Output, *, on_delivered: Delivered) -> None:
         self.spool = spool
         self.output = output
-        self.hint_interval = hint_interval
+        self.hint_interval = 1.0  # seconds between syncs of the acked mark
         self.on_delivered = on_delivered
         self.replays = 0
         self.replayed_records = 0
@@ -131,8 +124,7 @@ class Forwarder:
         hints = asyncio.create_task(self._hints())
         try:
             while True:
-                entry = await self.spool.next_entry()
-                await self._submit(entry)
+                await self._submit(await self.spool.next_entry())
         finally:
             self._stopping = True
             for task in (hints, *self._replaying):
@@ -160,7 +152,8 @@ class Forwarder:
     async def _replay(self, entries: list[SpoolEntry]) -> None:
         for entry in entries:
             fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
-            fut.add_done_callback(_retrieved)
+            # Its outcome retrieved, as the relay's own notices are: a copy is not retried.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _submit(self, entry: SpoolEntry) -> None:
         fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))

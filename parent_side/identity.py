@@ -68,14 +68,9 @@ class CidSet:
         return isinstance(cid, int) and any(lo <= cid <= hi for lo, hi in self.ranges)
 
     def __str__(self) -> str:
-        parts = []
-        for lo, hi in self.ranges:
-            if lo == hi:
-                parts.append(str(lo))
-            elif hi == _U32:
-                parts.append(f"{lo}-")
-            else:
-                parts.append(f"{lo}-{hi}")
+        # As parse_cid_set reads them: 16, 16-20, 4- (4 and up).
+        parts = [str(lo) if lo == hi else f"{lo}-" + ("" if hi == _U32 else str(hi))
+                 for lo, hi in self.ranges]
         return ",".join(parts) or "none"
 
 
@@ -182,7 +177,7 @@ class EnclaveRegistry:
     (CIDs are reused when enclaves restart, so a known CID is no proof either).
 
     Without nitro-cli (a dev box, a container without it) every lookup falls back to
-    the CID, and one warning says so.
+    the CID, and one warning says so (again only if it has run since).
 
     Args:
         command: the describe command, as argv.
@@ -199,12 +194,6 @@ class EnclaveRegistry:
     available: bool = True
     _last: float = -1e9
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _warned: bool = False
-
-    def reconfigure(self, command: tuple[str, ...], interval: float) -> None:
-        """Ask with ``command`` every ``interval`` from now on; try it even if the old
-        command could not run."""
-        self.command, self.interval, self.available = command, interval, True
 
     async def lookup(self, cid: int) -> EnclaveInfo | None:
         """The enclave at ``cid`` now, asking describe-enclaves again if the view is stale."""
@@ -220,15 +209,13 @@ class EnclaveRegistry:
                     *self.command, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
             except OSError as exc:
-                self.available = False
-                if not self._warned:
-                    self._warned = True
+                if self.available:  # once, not at every poll
                     log.warning("cannot run %s: %s; enclaves are named by their CID (cid-N) "
                                 "instead of their EnclaveName", self.command[0], exc.strerror)
+                self.available = False
                 return
             try:
-                async with asyncio.timeout(self.timeout):
-                    out, err = await proc.communicate()
+                out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -22,10 +22,7 @@ from .identity import Identity, stamp_entries
 from .outputs import RelayBatch
 from .runs import Gap, Runs
 
-__all__ = ["UPSTREAM_SPLIT_BYTES", "EnclaveStats", "Gap", "Intake", "Submission", "take_frame"]
-
-#: Fluent Bit closes connections on frames over 6,144,000 bytes: split below that.
-UPSTREAM_SPLIT_BYTES = DEFAULT_MAX_FRAME_BYTES
+__all__ = ["EnclaveStats", "Gap", "Intake", "Submission", "take_frame"]
 
 
 @dataclass(slots=True)
@@ -104,8 +101,10 @@ class Intake:
 
 def take_frame(frame: EventFrame, ident: Identity, stats: EnclaveStats, *, now_ns: int,
                stamp_records: bool = False, restamp_time: bool = False,
-               split_bytes: int = UPSTREAM_SPLIT_BYTES) -> Intake:
-    """Count ``frame`` in ``stats`` and turn it into the batches to submit."""
+               split_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Intake:
+    """Count ``frame`` in ``stats`` and turn it into the batches to submit; a frame over
+    ``split_bytes`` is split (Fluent Bit closes connections on frames over 6,144,000
+    bytes, and our frame limit is below that)."""
     stats.frames += 1
     stats.records += frame.count
     stats.bytes_in += len(frame.entries)
@@ -123,10 +122,9 @@ def take_frame(frame: EventFrame, ident: Identity, stats: EnclaveStats, *, now_n
                 fields["claimed_hostname"] = stats.claimed_hostname
         entries = stamp_entries(entries, fields, restamp_ns=now_ns if restamp_time else None)
     safe = escape_tag(frame.tag)
-    escaped = None
-    if safe != frame.tag:
+    escaped = safe if safe != frame.tag else None
+    if escaped is not None:
         stats.tags_escaped += 1
-        escaped = safe
     tag = ident.tag_prefix + safe
     # Our agents' chunk ids name their run and batch; other clients' ids mean nothing
     # of the kind.
@@ -137,6 +135,4 @@ def take_frame(frame: EventFrame, ident: Identity, stats: EnclaveStats, *, now_n
     if len(entries) > split_bytes:
         return Intake([Submission(RelayBatch(tag, part, n))
                        for part, n in split_entries(entries, split_bytes)], gap, escaped)
-    if ids is None:
-        return Intake([Submission(RelayBatch(tag, entries, frame.count))], None, escaped)
-    return Intake([Submission(RelayBatch(tag, entries, frame.count), *ids)], gap, escaped)
+    return Intake([Submission(RelayBatch(tag, entries, frame.count), *(ids or ()))], gap, escaped)

@@ -26,59 +26,29 @@ from fluent_forward.aio import (
     first_error,
     peer_of,
 )
-from fluent_forward.codec import (
-    DEFAULT_MAX_DECOMPRESSED_BYTES,
-    DEFAULT_MAX_FRAME_BYTES,
-    EventFrame,
-    FrameDecoder,
-    Role,
-    encode_ack,
-)
-from fluent_forward.conventions import IDLE_TIMEOUT
-from fluent_forward.endpoints import Endpoint
-from fluent_forward.entries import DEFAULT_MAX_ENTRIES
+from fluent_forward.codec import EventFrame, FrameDecoder, Role, encode_ack
 from fluent_forward.errors import ProtocolError, TransportError
 from fluent_forward.handshake import ServerHandshake
 from fluent_forward.session import Opened, ServerSession
 from fluent_forward.tags import tag_problem
 
-from .admission import DEFAULT_RESERVED_CONNECTIONS, Slots, refusal
+from .admission import Slots, refusal
+from .config import RelayConfig
 from .fairshare import FairShare
 from .forwarder import Sink
-from .identity import CidSet, EnclaveRegistry, Identity, identity_of
+from .identity import EnclaveRegistry, Identity, identity_of
 from .intake import EnclaveStats, take_frame
 from .runs import Runs
 
-__all__ = ["Listener", "ListenerConfig"]
+__all__ = ["Listener"]
 
 log = logging.getLogger(__name__)
 
 #: Chunks read but not yet acked, per connection, before the relay stops reading.
 MAX_PENDING_ACKS = 64
 
-
-@dataclass(frozen=True, slots=True)
-class ListenerConfig:
-    """What the listener needs from the relay's configuration."""
-
-    listen: Endpoint
-    hostname: str
-    shared_key: str | None = None
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
-    max_entries: int = DEFAULT_MAX_ENTRIES
-    handshake_timeout: float = 10.0
-    listen_mode: int | None = 0o660
-    allowed_cids: CidSet | None = None  # vsock peers outside it are refused; None: all
-    require_known_enclave: bool = False
-    max_connections: int = 256
-    max_connections_per_enclave: int = 8
-    reserved_connections: int = DEFAULT_RESERVED_CONNECTIONS  # for enclaves with none open
-    rate_limit: int = 0  # an operator's cap, bytes per second per enclave; 0: none
-    frame_timeout: float = 30.0  # a frame must complete within this of its first byte
-    idle_timeout: float = IDLE_TIMEOUT  # close after this long without a byte; 0: never
-    stamp_records: bool = False
-    restamp_time: bool = False
+#: A connection's chunks read, each with the futures of its batches, in the order read.
+Acks = asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
 
 
 @dataclass(slots=True)
@@ -138,15 +108,16 @@ class _RateLimitedLog:
 
 
 class Listener(ForwardServer):
-    """The relay's server side."""
+    """The relay's server side, configured by the relay's own ``RelayConfig``: a
+    listener option is declared once, there, like every other."""
 
-    def __init__(self, config: ListenerConfig, sink: Sink,
-                 registry: EnclaveRegistry | None = None, *, runs: Runs | None = None,
+    def __init__(self, config: RelayConfig, sink: Sink, *, runs: Runs | None = None,
                  fair: FairShare | None = None) -> None:
         super().__init__(config.listen, unix_mode=config.listen_mode)
         self.config = config
         self.sink = sink
-        self.registry = registry
+        #: Who vsock peers are (describe-enclaves), if anyone says: ``use_registry``.
+        self.registry: EnclaveRegistry | None = None
         #: Where agent runs' sequences are followed and gaps found: the spool's, which
         #: follows runs across relay restarts, or (None) one of the listener's own.
         self.runs = runs if runs is not None else Runs()
@@ -154,7 +125,7 @@ class Listener(ForwardServer):
         #: relay as batches leave. None: no sharing (a sink that tells nothing).
         self.fair = fair
         #: Called with ("connected" | "disconnected", identity, stats) for lifecycle records.
-        self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] | None = None
+        self.on_lifecycle: Callable[[str, Identity, EnclaveStats], None] = lambda *_: None
         #: Who the kernel says the peer is. A seam: tests stand in vsock peers with
         #: Unix connections, since the test machines must not open AF_VSOCK sockets.
         self.peer_of = peer_of
@@ -162,7 +133,7 @@ class Listener(ForwardServer):
         self._buckets: dict[str, TokenBucket] = {}
         self._warn = _RateLimitedLog()
 
-    def reconfigure(self, config: ListenerConfig) -> None:
+    def reconfigure(self, config: RelayConfig) -> None:
         """Take a reloaded configuration: connections read it at their next frame.
 
         The endpoint and the socket's mode are those of the socket already bound.
@@ -173,19 +144,12 @@ class Listener(ForwardServer):
         """Name new vsock peers from ``registry`` (None: by CID) from now on."""
         self.registry = registry
 
-    def peer_stats(self, ident: Identity) -> EnclaveStats:
-        st = self.stats.peers.get(ident.name)
-        if st is None:
-            st = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid,
-                                                             boots=self.runs)
-        return st
-
     async def _admit(self, writer: asyncio.StreamWriter) -> tuple[Identity, PeerAddress] | None:
         """Decide, before reading a byte, whether this peer may talk to us, and who it is."""
         cfg = self.config
         peer = self.peer_of(writer)
         cid = peer.cid
-        if cid is not None and cfg.allowed_cids is not None and cid not in cfg.allowed_cids:
+        if cid is not None and cid not in cfg.allowed_cids:
             self.stats.refused_cid += 1
             self._warn.warning(f"cid:{cid}", "refused a connection from CID %d: not in the "
                                "allow-list (%s; see --allow-cid)", cid, cfg.allowed_cids)
@@ -222,15 +186,13 @@ class Listener(ForwardServer):
         if admitted is None:
             writer.close()  # before a single byte is read
             return
-        await self._connection(reader, writer, *admitted)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          ident: Identity, peer_address: PeerAddress) -> None:
+        ident, address = admitted
         conn = Connection(reader, writer)
-        conn.peer = peer_address
-        peer = self.peer_stats(ident)
-        if ident.enclave is not None:
-            peer.enclave_id, peer.debug = ident.enclave.enclave_id, ident.enclave.debug
+        conn.peer = address  # as the peer_of seam says
+        peer = self.stats.peers.get(ident.name)
+        if peer is None:
+            peer = self.stats.peers[ident.name] = EnclaveStats(ident.name, ident.cid,
+                                                               boots=self.runs)
         self.stats.connections += 1
         self.stats.open_connections += 1
         peer.connections += 1
@@ -238,6 +200,7 @@ class Listener(ForwardServer):
         peer.connected_since = peer.last_seen = time.time()
         where = conn.peer.address
         if ident.enclave is not None:
+            peer.enclave_id, peer.debug = ident.enclave.enclave_id, ident.enclave.debug
             where += f", {ident.enclave.enclave_id}" + (", DEBUG MODE" if ident.enclave.debug
                                                         else "")
         log.info("%s connected (%s)", ident.name, where)
@@ -252,7 +215,7 @@ class Listener(ForwardServer):
             await conn.close()
             log.info("%s disconnected", ident.name)
             if greeted:  # every "connected" record gets its "disconnected"
-                self._lifecycle("disconnected", ident, peer)
+                self.on_lifecycle("disconnected", ident, peer)
 
     def _ended(self, exc: TransportError | ProtocolError | DeliveryFailed, ident: Identity,
                peer: EnclaveStats, address: str) -> None:
@@ -264,6 +227,7 @@ class Listener(ForwardServer):
             self._warn.warning(f"store:{ident.name}", "closing connection from %s: %s "
                                "(it will resend)", ident.name, error)
             return
+        what = "closing connection from %s (%s): %s"
         match ending_of(exc):
             case Ending.CLOSED:
                 partial = getattr(exc, "partial", 0)
@@ -277,19 +241,13 @@ class Listener(ForwardServer):
             case Ending.PROTOCOL:
                 self.stats.protocol_errors += 1
                 peer.protocol_errors += 1
-                what = "closing connection from %s (%s): %s"
             case Ending.TIMEOUT:
                 self.stats.timeouts += 1
-                what = "closing connection from %s (%s): %s"
             case Ending.TRANSPORT:
                 log.info("%s: %s", ident.name, error)
                 return
         peer.last_error = error
         self._warn.warning(f"{ending_of(exc)}:{ident.name}", what, ident.name, address, error)
-
-    def _lifecycle(self, event: str, ident: Identity, peer: EnclaveStats) -> None:
-        if self.on_lifecycle is not None:
-            self.on_lifecycle(event, ident, peer)
 
     async def _serve(self, conn: Connection, ident: Identity, peer: EnclaveStats,
                      greeted: list[bool]) -> None:
@@ -302,21 +260,18 @@ class Listener(ForwardServer):
                          max_entries=cfg.max_entries),
             hs, required=cfg.shared_key is not None, handshake_timeout=cfg.handshake_timeout,
             now=asyncio.get_running_loop().time(), name=ident.name)
-        acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]] = asyncio.Queue(
-            MAX_PENDING_ACKS)
+        acks: Acks = asyncio.Queue(MAX_PENDING_ACKS)
         await first_error(self._read_loop(conn, session, ident, peer, greeted, acks),
                           self._ack_loop(conn, session, peer, acks))
 
     async def _read_loop(self, conn: Connection, session: ServerSession, ident: Identity,
-                         peer: EnclaveStats, greeted: list[bool],
-                         acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-                         ) -> None:
+                         peer: EnclaveStats, greeted: list[bool], acks: Acks) -> None:
         while True:
             if self.fair is not None:  # over its share: wait for deliveries first
                 await self.fair.wait(ident.name)
-            cfg = self.config  # read again each time: a reload may have changed it
-            session.frame_timeout = cfg.frame_timeout
-            session.idle_timeout = cfg.idle_timeout or None  # 0: never
+            # Read again each time: a reload may have changed them.
+            session.frame_timeout = self.config.frame_timeout
+            session.idle_timeout = self.config.idle_timeout or None  # 0: never
             before = session.bytes_in
             await conn.receive(session)
             if session.bytes_in != before:
@@ -330,7 +285,7 @@ class Listener(ForwardServer):
                         peer.claimed_hostname = event.ping.hostname
                         peer.agent_version = event.ping.version
                     greeted.append(True)
-                    self._lifecycle("connected", ident, peer)
+                    self.on_lifecycle("connected", ident, peer)
                 else:
                     if event.chunk is not None:
                         session.owed += 1  # until the ack loop writes its ack
@@ -342,15 +297,12 @@ class Listener(ForwardServer):
         if not rate:
             return None
         bucket = self._buckets.get(name)
-        if bucket is None:
+        if bucket is None or bucket.rate != rate:  # new, or a reload changed the rate
             bucket = self._buckets[name] = TokenBucket(rate, max(rate, 1 << 20))
-        elif bucket.rate != rate:
-            bucket.rate, bucket.burst = rate, max(rate, 1 << 20)
         return bucket
 
     async def _on_event(self, frame: EventFrame, ident: Identity, peer: EnclaveStats,
-                        acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-                        ) -> None:
+                        acks: Acks) -> None:
         cfg = self.config
         intake = take_frame(frame, ident, peer, now_ns=time.time_ns(),
                             stamp_records=cfg.stamp_records, restamp_time=cfg.restamp_time)
@@ -371,8 +323,7 @@ class Listener(ForwardServer):
                            ident.name, shown, tag_problem(tag), safe[:64])
 
     async def _ack_loop(self, conn: Connection, session: ServerSession, peer: EnclaveStats,
-                        acks: asyncio.Queue[tuple[str | bytes, list[asyncio.Future[None]]]]
-                        ) -> None:
+                        acks: Acks) -> None:
         while True:
             chunk, futures = await acks.get()
             for fut in futures:

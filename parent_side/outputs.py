@@ -21,13 +21,12 @@ import json
 import logging
 import os
 import stat
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from fluent_forward.aio import ForwardClient
 from fluent_forward.codec import packed_forward_parts
@@ -43,13 +42,11 @@ from .replay import RestartWatch
 __all__ = [
     "FileOutput",
     "ForwardOutput",
-    "JsonLinesOutput",
     "Output",
     "OutputError",
     "OutputSpec",
     "PoisonFrame",
     "RelayBatch",
-    "StdoutOutput",
     "format_batch",
     "parse_output",
 ]
@@ -181,62 +178,36 @@ def format_batch(tag: str, entries: bytes) -> bytes:
     return "\n".join(lines).encode("utf-8", "nel-json-escape")
 
 
-class JsonLinesOutput(Output):
-    """JSON lines to a stream, acked once written (and fsynced, for files)."""
+class FileOutput(Output):
+    """JSON lines appended to a file, or written to standard output (``path`` None: for
+    trying it out, and for journald); acked once written, and once fsynced too when
+    the file is a regular one.
 
-    def __init__(self) -> None:
-        self.records = 0
-        self.batches = 0
-
-    def _done(self) -> asyncio.Future[None]:
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-    def status(self) -> dict[str, Any]:
-        return {"records": self.records, "batches": self.batches}
-
-
-class StdoutOutput(JsonLinesOutput):
-    """JSON lines on standard output: for trying it out, and for journald."""
-
-    def __init__(self, stream: BinaryIO | None = None) -> None:
-        super().__init__()
-        self.stream = stream or sys.stdout.buffer
-
-    async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
-        self.stream.write(format_batch(batch.tag, batch.entries))
-        self.stream.flush()
-        self.records += batch.count
-        self.batches += 1
-        return self._done()
-
-
-class FileOutput(JsonLinesOutput):
-    """JSON lines appended to a file; acked after an fsync, fsyncs grouped.
-
-    fsync runs in one commit thread, off the event loop; batches written while one
-    fsync runs share the next.
+    fsync runs in one thread, off the event loop; batches written while one fsync runs
+    share the next.
     """
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(self, path: str | None) -> None:
         self.path = path
-        self._fd = -1
+        self.records = 0
+        self.batches = 0
+        self._fd = 1 if path is None else -1  # the file's: start() opens it
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._waiting: list[asyncio.Future[None]] = []
         self._syncer: asyncio.Task[None] | None = None
-        self._sync_needed = True
+        # fsync means nothing for a pipe or a device (/dev/null refuses it): a write is
+        # all there is to wait for there. Standard output is acked once written.
+        self._sync_needed = False
 
     async def start(self) -> None:
+        if self.path is None:
+            return
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                0o640)
         except OSError as exc:
             raise OutputError(f"--output file://{self.path}: cannot open: {exc.strerror}; "
                               "pick a writable path or --output stdout") from None
-        # fsync means nothing for a pipe or a device (/dev/null refuses it): a write is
-        # all there is to wait for there.
         self._sync_needed = stat.S_ISREG(os.fstat(self._fd).st_mode)
 
     async def submit(self, batch: RelayBatch) -> asyncio.Future[None]:
@@ -245,8 +216,6 @@ class FileOutput(JsonLinesOutput):
             data = data[os.write(self._fd, data):]
         self.records += batch.count
         self.batches += 1
-        if not self._sync_needed:
-            return self._done()
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append(fut)
         if self._syncer is None or self._syncer.done():
@@ -260,7 +229,8 @@ class FileOutput(JsonLinesOutput):
             waiting, self._waiting = self._waiting, []
             error: OSError | None = None
             try:
-                await loop.run_in_executor(self._executor, os.fsync, self._fd)
+                if self._sync_needed:
+                    await loop.run_in_executor(self._executor, os.fsync, self._fd)
             except OSError as exc:
                 error = exc
             for w in waiting:
@@ -274,10 +244,13 @@ class FileOutput(JsonLinesOutput):
     async def close(self, timeout: float) -> None:
         if self._syncer is not None:
             await self._syncer
-        if self._fd >= 0:
+        if self.path is not None and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         self._executor.shutdown(wait=True)
+
+    def status(self) -> dict[str, Any]:
+        return {"records": self.records, "batches": self.batches}
 
 
 # -- Fluent Bit's forward input -------------------------------------------------------
@@ -289,12 +262,9 @@ class _Pending:
     chunk: str
     frame: tuple[bytes, ...]  # the frame's parts: the entries are sent without a copy
     count: int
+    size: int  # the frame's bytes
     done: asyncio.Future[None] = field(repr=False)
     failures: int = 0  # connections lost while it was the oldest unacked frame
-
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.frame))
 
 
 class UpstreamQueue:
@@ -333,7 +303,8 @@ class UpstreamQueue:
         self._seq += 1
         chunk = chunk_id(self.boot_id, self._seq)
         frame = packed_forward_parts(tag, entries, {"chunk": chunk, "size": count})
-        item = _Pending(self._seq, chunk, frame, count, asyncio.get_running_loop().create_future())
+        item = _Pending(self._seq, chunk, frame, count, sum(map(len, frame)),
+                        asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self.used += item.size
         self._changed.set()
@@ -484,9 +455,7 @@ class ForwardOutput(Output):
 
 def make_output(spec: OutputSpec, **forward_options: Any) -> Output:
     """Build the output ``spec`` names."""
-    if spec.kind == "stdout":
-        return StdoutOutput()
-    if spec.kind == "file":
-        return FileOutput(spec.path)
+    if spec.kind != "forward":
+        return FileOutput(spec.path if spec.kind == "file" else None)
     assert spec.endpoint is not None
     return ForwardOutput(spec.endpoint, **forward_options)

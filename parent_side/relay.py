@@ -27,7 +27,7 @@ from .fairshare import FairShare
 from .forwarder import DirectSink, Forwarder, Sink, SpoolSink
 from .identity import TAG_ROOT, EnclaveInfo, EnclaveRegistry, Identity
 from .intake import EnclaveStats
-from .listener import Listener, ListenerConfig
+from .listener import Listener
 from .outputs import Output, RelayBatch, make_output
 from .spool import Spool
 from .status import AdminServer
@@ -42,12 +42,6 @@ STATUS_TAG = "relay.status"
 
 #: Fields a reload cannot change: they need a restart (declared in parent_side.config).
 _RESTART_ONLY = frozenset(o.field for o in SERVE_OPTIONS if o.restart and o.field)
-
-
-def _listener_config(config: RelayConfig) -> ListenerConfig:
-    """The listener's part of the configuration: its fields, taken by name."""
-    return ListenerConfig(**{f.name: getattr(config, f.name)
-                             for f in dataclasses.fields(ListenerConfig)})
 
 
 def _output_args(config: RelayConfig) -> dict[str, Any]:
@@ -90,11 +84,11 @@ class Relay:
             self.spool.gate.on_state = self._spool_state
         else:
             self.sink = DirectSink(self.output, on_delivered=self._delivered)
-        self.registry = self._new_registry(config)
+        self.registry: EnclaveRegistry | None = None  # run() makes it: _set_registry
         # Outages are what the spool is for: then the enclaves share its size.
         self.fair = FairShare(capacity=config.spool_bytes if self.spool is not None
                               else config.upstream_buffer_bytes)
-        self.listener = Listener(_listener_config(config), self.sink, self.registry,
+        self.listener = Listener(config, self.sink,
                                  runs=self.spool.runs if self.spool is not None else None,
                                  fair=self.fair)
         self.listener.on_lifecycle = self._enclave_event
@@ -117,8 +111,7 @@ class Relay:
         await self.output.start()
         forwarding = (asyncio.create_task(self.forwarder.run(), name="forwarder")
                       if self.forwarder is not None else None)
-        self._polling = (asyncio.create_task(self.registry.poll(), name="describe-enclaves")
-                         if self.registry is not None else None)
+        self._set_registry(self.config)
         try:
             await self.listener.start()
         except BaseException:
@@ -179,8 +172,7 @@ class Relay:
         while spool.backlog > 0 and (grace := self._grace(deadline)) > 0:
             # Look again often: the output may go down meanwhile.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(grace, 0.1)):
-                    await spool.wait_drained()
+                await asyncio.wait_for(spool.wait_drained(), min(grace, 0.1))
         if spool.backlog:
             log.info("stopping with %d batches in the spool; they go out on the next start",
                      spool.backlog)
@@ -192,12 +184,10 @@ class Relay:
         """
         if self.spool is not None and forwarding is not None:
             await self._drain(self.spool, deadline)
-        if self._polling is not None:
-            self._polling.cancel()
-            await asyncio.gather(self._polling, return_exceptions=True)
-        if forwarding is not None:
-            forwarding.cancel()
-            await asyncio.gather(forwarding, return_exceptions=True)
+        for task in (self._polling, forwarding):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.output.close(self._grace(deadline))
         if self.spool is not None:
             await self.spool.close()
@@ -258,11 +248,10 @@ class Relay:
 
     async def _status_records(self) -> None:
         while True:
-            interval = self.config.status_interval  # a reload may change it, or turn it on
-            await asyncio.sleep(interval if interval > 0 else 1.0)
-            if self.config.status_interval <= 0:
-                continue
-            self.emit(STATUS_TAG, self.snapshot())
+            # Read each time: a reload may change it, or turn it on (0: off).
+            await asyncio.sleep(self.config.status_interval or 1.0)
+            if self.config.status_interval > 0:
+                self.emit(STATUS_TAG, self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
         """The relay's state: what ``status`` shows."""
@@ -276,9 +265,7 @@ class Relay:
                  "auth_failures": st.auth_failures, "timeouts": st.timeouts,
                  "refused": st.refused_cid + st.refused_limit, "reloads": self.reloads,
                  "fair_share": self.fair.status()}
-        spool: dict[str, Any] = {"mode": "memory-only"}
-        if self.spool is not None:
-            spool = {**self.spool.status(), "backlog": self.spool.backlog}
+        spool = self.spool.status() if self.spool is not None else {"mode": "memory-only"}
         upstream = {"kind": cfg.output.kind, **self.output.status()}
         enclaves = [p.snapshot() for p in sorted(st.peers.values(), key=lambda p: p.name)]
         return {"relay": relay, "enclaves": enclaves, "spool": spool, "upstream": upstream}
@@ -303,11 +290,12 @@ class Relay:
         changed = [f.name for f in dataclasses.fields(new)
                    if getattr(new, f.name) != getattr(old, f.name)]
         self.config = new
-        self.listener.reconfigure(_listener_config(new))
+        self.listener.reconfigure(new)
         if self.spool is not None:
             self.spool.reconfigure(replay_window=new.replay_window)
         logging.getLogger().setLevel(new.log_level.upper())
-        self._reload_registry(new)
+        if (new.nitro_cli, new.describe_interval) != (old.nitro_cli, old.describe_interval):
+            self._set_registry(new)
         if _output_args(new) != _output_args(old):
             self._spawn(self._swap_output(make_output(**_output_args(new))))
         self.reloads += 1
@@ -317,28 +305,20 @@ class Relay:
         log.info("reloaded the configuration; %s", answer)
         return answer
 
-    def _new_registry(self, config: RelayConfig) -> EnclaveRegistry | None:
-        """Who the vsock peers are, from describe-enclaves (None: not vsock, or no
-        nitro-cli); identity from it matters only for vsock peers."""
-        if config.listen.scheme.value != "vsock" or not config.nitro_cli:
-            return None
-        return EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
-                               interval=config.describe_interval, on_terminated=self._terminated)
-
-    def _reload_registry(self, new: RelayConfig) -> None:
-        """Start, change or stop asking describe-enclaves, as the new configuration says."""
-        if self.registry is not None and new.nitro_cli:
-            self.registry.reconfigure((new.nitro_cli, "describe-enclaves"),
-                                      new.describe_interval)
-        elif self.registry is None and (registry := self._new_registry(new)) is not None:
-            self.registry = registry
-            self.listener.use_registry(registry)
-            self._polling = asyncio.get_running_loop().create_task(registry.poll())
-        elif self.registry is not None:  # and no nitro-cli now
-            self.registry = None
-            self.listener.use_registry(None)
-            if self._polling is not None:
-                self._polling.cancel()
+    def _set_registry(self, config: RelayConfig) -> None:
+        """Ask describe-enclaves who the vsock peers are, as ``config`` says, every
+        interval (at start, or after a reload that changed the command or the interval:
+        a new registry, which asks at once); or stop asking (not vsock, or no nitro-cli:
+        identity from it matters only for vsock peers)."""
+        if self._polling is not None:
+            self._polling.cancel()
+        self.registry = None
+        if config.listen.scheme.value == "vsock" and config.nitro_cli:
+            self.registry = EnclaveRegistry((config.nitro_cli, "describe-enclaves"),
+                                            interval=config.describe_interval,
+                                            on_terminated=self._terminated)
+            self._polling = asyncio.create_task(self.registry.poll(), name="describe-enclaves")
+        self.listener.use_registry(self.registry)
 
     async def _swap_output(self, new: Output) -> None:
         """Start the new output, route everything to it, then let the old one go.

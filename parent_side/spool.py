@@ -86,17 +86,11 @@ class Spool:
         full: what to do at the cap.
         segment_bytes: start a new segment past this size.
         commit_delay: wait at most this long to group appends into one fdatasync.
-        commit_bytes: commit at once when this much is waiting.
-        cache_bytes: keep up to this much of the newest entries in memory, so the
-            forwarder reads them without touching the disk.
-        dedup_boots, dedup_window: follow up to ``dedup_boots`` agent runs (``runs``,
-            where gaps in their sequences are found) and remember their last
-            ``dedup_window`` sequence numbers, to ack a resent batch without spooling
-            it twice.
+        dedup_boots: follow up to this many agent runs (``runs``, where gaps in their
+            sequences are found), and remember their last sequence numbers
+            (``spool_dedup``), to ack a resent batch without spooling it twice.
         fsync: the sync function (a test seam).
         writev: writes a list of buffers to a file descriptor, all of them (a test seam).
-        reserve_bytes: disk space left to others; the spool blocks before it takes it
-            (None: 2% of the filesystem, at most 64 MiB).
         retry_interval: seconds between attempts to write again after the disk refused
             a write (full, over quota, or failing).
         replay_window: keep batches this many seconds after downstream acked them, to
@@ -105,20 +99,17 @@ class Spool:
 
     def __init__(self, path: str, *, max_bytes: int = 1 << 30, full: Overflow = Overflow.BLOCK,
                  segment_bytes: int = 32 << 20, commit_delay: float = 0.002,
-                 commit_bytes: int = 256 << 10, cache_bytes: int = 16 << 20,
-                 dedup_boots: int = DEFAULT_RUNS, dedup_window: int = 4096,
-                 fsync: Callable[[int], None] = os.fdatasync,
+                 dedup_boots: int = DEFAULT_RUNS, fsync: Callable[[int], None] = os.fdatasync,
                  writev: Callable[[int, list[bytes]], None] = _writev_all,
-                 reserve_bytes: int | None = None, retry_interval: float = 1.0,
-                 replay_window: float = 0.0) -> None:
+                 retry_interval: float = 1.0, replay_window: float = 0.0) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.full = full
-        self.segment_bytes = max(min(segment_bytes, max_bytes // 4), 64 << 10)
-        self._commits = CommitQueue(delay=commit_delay, max_bytes=commit_bytes,
-                                    writev=writev, fsync=fsync, done=self._committed)
+        self.segment_bytes = segment_bytes  # at most a quarter of the cap: _segment_limit
+        self._commits = CommitQueue(delay=commit_delay, writev=writev, fsync=fsync,
+                                    done=self._committed)
         self.retry_interval = retry_interval
-        self.room = DiskRoom(path, reserve=reserve_bytes)
+        self.room = DiskRoom(path)
         self._mark = AckedMark(os.path.join(path, "acked"))
         self.gate = Gate(path, retry_interval=retry_interval, details=self._room_details)
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -131,14 +122,14 @@ class Spool:
         self._dir_fd = -1
         self._changed = asyncio.Event()
         #: Forwarding: where reading got, newest entries cached, entries out for ack.
-        self.cursor = Cursor(self._segments, cache_bytes)
+        self.cursor = Cursor(self._segments)
         #: The agent runs followed, seeded from disk at open: the relay's one sequence
         #: tracker (the listener shares it), so a gap is counted here across restarts.
         self.runs = Runs(dedup_boots)
         self.runs.on_gap = self._gap
         #: Duplicates: recent (boot, seq) -> the future of the append that stored it
         #: (None: recovered from disk, so durable).
-        self.resent = Resent(self.runs, dedup_window)
+        self.resent = Resent(self.runs)
         self._dropped_batches = 0
         self._closed = False
 
@@ -148,21 +139,17 @@ class Spool:
         """Create or lock the directory and recover what it holds."""
         self._dir_fd, self._lock_fd = lock_directory(self.path)
         self._commits.dir_fd = self._dir_fd
-        self._recover()
-        # A new segment's id must follow every id the acked mark may name.
         mark = read_mark(self._mark.path)
-        self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
-
-    def _recover(self) -> None:
         found = Recovery(self.path, self.stats)
-        found.run(read_mark(self._mark.path))
+        found.run(mark)
         for entry in found.entries:  # to recognise the batches agents resend
             self._remember(entry.boot_id, entry.seq, None, quiet=True)
         self._segments.update(found.segments)
-        if found.segments:
-            self.cursor.at = found.cursor
+        self.cursor.at = found.cursor  # (0, 0) if there is none
         if found.dir_dirty:
             os.fsync(self._dir_fd)
+        # A new segment's id must follow every id the acked mark may name.
+        self._last_seg_id = max([*self._segments, mark[0] if mark else 0])
 
     # -- appending -------------------------------------------------------------------
 
@@ -421,7 +408,7 @@ class Spool:
         for seg_id, offset in self.replay.positions(time.monotonic()):
             seg = self._segments.get(seg_id)
             if seg is not None:
-                entries.append(self.cursor.read_disk(seg, offset)[0])
+                entries.append(self.cursor.read_disk(seg, offset))
         return entries
 
     def _delete(self, seg: Segment, *, dropped: bool = False) -> None:
@@ -481,7 +468,7 @@ class Spool:
                 "appended_batches": st.appended_batches, "acked_batches": st.acked_batches,
                 "duplicates": st.duplicate_batches, "gaps": st.gap_batches,
                 "dropped_records": st.dropped_records, "dead_lettered": st.dead_lettered,
-                "corrupt_bytes": st.corrupt_bytes_set_aside}
+                "corrupt_bytes": st.corrupt_bytes_set_aside, "backlog": self.backlog}
 
     async def wait_drained(self) -> None:
         """Return once every batch in the spool was acked downstream."""

@@ -43,7 +43,7 @@ class CommitQueue:
             succeeded), its writes and their futures.
     """
 
-    def __init__(self, *, delay: float, max_bytes: int,
+    def __init__(self, *, delay: float, max_bytes: int = 256 << 10,
                  writev: Callable[[int, list[bytes]], None], fsync: Callable[[int], None],
                  done: Callable[[BaseException | None, list[Write], Futures], None]) -> None:
         self.delay = delay

@@ -97,17 +97,18 @@ class Cursor:
 
     Args:
         segments: the spool's segments by id, oldest first.
-        cache_bytes: the read cache's size.
+        cache_bytes: keep up to this much of the newest entries in memory, so the
+            forwarder reads them without touching the disk.
     """
 
     def __init__(self, segments: collections.OrderedDict[int, Segment],
-                 cache_bytes: int) -> None:
+                 cache_bytes: int = 16 << 20) -> None:
         self.segments = segments
         self.at: tuple[int, int] = (0, 0)  # (segment id, offset); (0, 0): nothing spooled yet
         self.cache = ReadCache(cache_bytes)
         self.out = Outstanding()
 
-    def read_disk(self, seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
+    def read_disk(self, seg: Segment, offset: int) -> SpoolEntry:
         """An entry read back from its segment file (one place, so tests can count
         the reads that missed the cache)."""
         return read_entry(seg, offset)
@@ -126,15 +127,14 @@ class Cursor:
         if offset >= seg.committed:
             if seg.sealed and seg.committed == seg.size and seg_id != next(reversed(
                     self.segments)):
-                nxt = next((sid for sid in self.segments if sid > seg_id), None)
-                if nxt is not None:
-                    self.at = (nxt, HEADER.size)
-                    passed(seg)
-                    return self.read(passed)
+                # Not the newest, so a newer one follows (ids only grow): go on there.
+                self.at = (next(sid for sid in self.segments if sid > seg_id), HEADER.size)
+                passed(seg)
+                return self.read(passed)
             return None
         entry = self.cache.take(seg_id, offset)
         if entry is None:
-            entry = self.read_disk(seg, offset)[0]
+            entry = self.read_disk(seg, offset)
         self.at = (seg_id, entry.end)
         return entry
 
@@ -147,12 +147,12 @@ class Cursor:
         records = batches = 0
         offset = HEADER.size
         while offset < seg.committed:
-            entry, size = self.read_disk(seg, offset)
+            entry = self.read_disk(seg, offset)
             unread = self.at[0] < seg.id or (self.at[0] == seg.id and offset >= self.at[1])
             if unread or self.out.unacked((seg.id, offset)):
                 records += entry.count
                 batches += 1
-            offset += size
+            offset = entry.end
         return records, batches
 
     def mark(self) -> tuple[int, int] | None:

@@ -21,7 +21,7 @@ Key = tuple[bytes, int]
 class Resent:
     """Recent (boot id, seq) pairs of the runs in ``runs``, ``window`` more than 8 a run."""
 
-    def __init__(self, runs: Runs, window: int) -> None:
+    def __init__(self, runs: Runs, window: int = 4096) -> None:
         self.runs = runs
         self.window = window
         self.recent: collections.OrderedDict[Key, asyncio.Future[None] | None] = (

@@ -154,8 +154,8 @@ def unpack_payload(segment: int, offset: int, payload: bytes) -> SpoolEntry:
                       FRAME.size + len(payload))
 
 
-def read_entry(seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
-    """The entry at ``offset`` of a committed segment, and its size on disk."""
+def read_entry(seg: Segment, offset: int) -> SpoolEntry:
+    """The entry at ``offset`` of a committed segment."""
     with open(seg.path, "rb") as f:
         f.seek(offset)
         length, crc = FRAME.unpack(f.read(FRAME.size))
@@ -163,7 +163,7 @@ def read_entry(seg: Segment, offset: int) -> tuple[SpoolEntry, int]:
     if len(payload) != length or crc32(payload) != crc:
         # Checked at recovery and written by us since: the disk changed under us.
         raise SpoolError(f"spool {seg.path}: entry at {offset} is corrupt")
-    return unpack_payload(seg.id, offset, payload), FRAME.size + length
+    return unpack_payload(seg.id, offset, payload)
 
 
 @dataclass(slots=True, eq=False)
@@ -202,22 +202,10 @@ def _writev_all(fd: int, parts: list[bytes]) -> None:
 def commit_group(writes: list[Write], dir_fd: int, starts: dict[int, int], *,
                  writev: Callable[[int, list[bytes]], None],
                  fsync: Callable[[int], None]) -> None:
-    """In the commit thread: frame the entries, write and sync them; on a failure,
-    cut what this group wrote off the files again (``starts``: fd -> size before) and
-    raise."""
-    try:
-        _write_group(writes, dir_fd, writev, fsync)
-    except OSError:
-        for fd, size in starts.items():
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)  # no half entry stays behind; frees the room
-        raise
-
-
-def _write_group(writes: list[Write], dir_fd: int, writev: Callable[[int, list[bytes]], None],
-                 fsync: Callable[[int], None]) -> None:
-    """Frame the entries (crc32 runs here, off the event loop, and without the
-    GIL), write everything with writev, then one fdatasync per file."""
+    """In the commit thread: frame the entries (crc32 runs here, off the event loop,
+    and without the GIL), write everything with writev, then one fdatasync per file.
+    On a failure, cut what this group wrote off the files again (``starts``: fd ->
+    size before) and raise."""
     by_fd: dict[int, list[bytes]] = {}
     for w in writes:
         parts = by_fd.setdefault(w.seg.fd, [])  # dicts keep order: segments in turn
@@ -227,8 +215,14 @@ def _write_group(writes: list[Write], dir_fd: int, writev: Callable[[int, list[b
                 crc = crc32(part, crc)
             parts.append(FRAME.pack(w.size - FRAME.size, crc))
         parts.extend(w.parts)
-    for fd, parts in by_fd.items():
-        writev(fd, parts)
-        fsync(fd)
-    if dir_fd >= 0:
-        os.fsync(dir_fd)
+    try:
+        for fd, parts in by_fd.items():
+            writev(fd, parts)
+            fsync(fd)
+        if dir_fd >= 0:
+            os.fsync(dir_fd)
+    except OSError:
+        for fd, size in starts.items():
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no half entry stays behind; frees the room
+        raise

@@ -29,6 +29,7 @@ from .spool_format import (
     Segment,
     SpoolEntry,
     SpoolStats,
+    _writev_all,
     check_header,
     crc32,
     segment_ids,
@@ -121,9 +122,7 @@ def rewrite(path: str, data: bytes) -> None:
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _writev_all(fd, [data])
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -192,15 +191,14 @@ class Recovery:
             self.stats.torn_bytes_cut += len(data) - scan.end
             log.warning("spool %s: cut %d bytes of a torn or corrupt tail at offset %d",
                         seg.path, len(data) - scan.end, scan.end)
-            if not scan.holes:
-                with open(seg.path, "r+b") as f:
-                    f.truncate(scan.end)
-                    os.fsync(f.fileno())
         if scan.holes:
             skip_to = self._set_aside_holes(seg, data, scan, skip_to)
-            seg.size = seg.committed = os.path.getsize(seg.path)
-            return skip_to
-        seg.size = seg.committed = scan.end
+        elif scan.end < len(data):
+            with open(seg.path, "r+b") as f:
+                f.truncate(scan.end)
+                os.fsync(f.fileno())
+        # The header and the intact entries, one after the other: what the file holds now.
+        seg.size = seg.committed = HEADER.size + sum(e.size for e in scan.entries)
         return skip_to
 
     def _set_aside_holes(self, seg: Segment, data: bytes, scan: Scan,

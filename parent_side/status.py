@@ -54,8 +54,7 @@ class AdminServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(5):
-                line = (await reader.readline())[:64].strip()
+            line = (await asyncio.wait_for(reader.readline(), 5))[:64].strip()
             if line == b"status":
                 reply = json.dumps(self.snapshot(), default=str)
             elif line == b"reload" and self.reload is not None:
@@ -81,14 +80,11 @@ class AdminServer:
 
 def query(path: str, request: str = "status", timeout: float = 5.0) -> Snapshot:
     """Ask the relay at ``path``; raise OSError if nobody answers."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, s.makefile("rb") as reply:
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(request.encode() + b"\n")
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-    result: Snapshot = json.loads(b"".join(chunks))
+        result: Snapshot = json.loads(reply.read())  # the relay closes once it is written
     return result
 
 

@@ -52,13 +52,11 @@ class Notifier:
         """Read ``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC`` and ``$WATCHDOG_PID``."""
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET") or None
-        interval = None
         usec = env.get("WATCHDOG_USEC", "")
         watchdog_pid = env.get("WATCHDOG_PID", "")
         ours = not watchdog_pid or watchdog_pid == str(os.getpid() if pid is None else pid)
-        if address and usec.isdigit() and int(usec) > 0 and ours:
-            interval = int(usec) / 2_000_000
-        return cls(address, interval)
+        watched = address and usec.isdigit() and int(usec) > 0 and ours
+        return cls(address, int(usec) / 2_000_000 if watched else None)
 
     def notify(self, *assignments: str) -> bool:
         """Send ``KEY=VALUE`` assignments in one datagram; True if it was sent."""

@@ -25,7 +25,8 @@ from fluent_forward.codec import EventFrame, FrameDecoder, Role
 from fluent_forward.endpoints import parse_endpoint
 from fluent_forward.entries import iter_entries
 from fluent_forward.errors import ProtocolError
-from parent_side.listener import Listener, ListenerConfig
+from parent_side.config import RelayConfig
+from parent_side.listener import Listener
 from parent_side.outputs import RelayBatch
 
 settings.register_profile("ci", max_examples=200, deadline=None,
@@ -140,9 +141,9 @@ async def serve_once(listener: Listener, data: bytes) -> None:
 @pytest.mark.parametrize("kind", ["bytes", "frames"])
 def test_a_relay_connection_takes_anything_and_memory_stays_bounded(kind: str) -> None:
     loop = asyncio.new_event_loop()
-    listener = Listener(ListenerConfig(listen=parse_endpoint("unix:///unused"),
-                                       hostname="relay", max_frame_bytes=1 << 16,
-                                       handshake_timeout=5, frame_timeout=5), Recorder())
+    listener = Listener(RelayConfig(listen=parse_endpoint("unix:///unused"),
+                                    hostname="relay", max_frame_bytes=1 << 16,
+                                    handshake_timeout=5, frame_timeout=5), Recorder())
     strategy = (st.binary(max_size=4096) if kind == "bytes"
                 else st.lists(wrong_frames(), min_size=1, max_size=4).map(b"".join))
     tracemalloc.start()

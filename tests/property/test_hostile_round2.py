@@ -37,7 +37,8 @@ from fluent_forward.entries import EventTime, iter_entries, pack_entry
 from fluent_forward.errors import MalformedFrame
 from fluent_forward.tags import TAG_MAX_LENGTH, escape_tag, tag_problem
 from parent_side.admission import Slots, refusal
-from parent_side.listener import Listener, ListenerConfig
+from parent_side.config import RelayConfig
+from parent_side.listener import Listener
 from parent_side.outputs import RelayBatch
 from parent_side.spool import Spool
 from parent_side.spool_format import FRAME, HEADER
@@ -101,8 +102,8 @@ def test_a_connection_reset_with_acks_unread_leaves_nothing_allocated() -> None:
     with the transport and the connection's frames: each dead connection pinned its
     decoder's buffer and queued acks until the cyclic collector ran (under the chunk-id
     attack, hundreds of megabytes, for as long as no collection came)."""
-    listener = Listener(ListenerConfig(listen=parse_endpoint("unix:///unused"),
-                                       hostname="relay", handshake_timeout=5, frame_timeout=5),
+    listener = Listener(RelayConfig(listen=parse_endpoint("unix:///unused"),
+                                    hostname="relay", handshake_timeout=5, frame_timeout=5),
                         Recorder())
     loop = asyncio.new_event_loop()
     loop.run_until_complete(die_with_unread_acks(listener, 10, 1 << 20))  # warm up
@@ -256,8 +257,8 @@ def test_a_relay_forwards_only_tags_that_follow_the_rule_and_counts_the_rest(
 
 
 async def relay_tags(tags: list[str]) -> None:
-    listener = Listener(ListenerConfig(listen=parse_endpoint("unix:///unused"),
-                                       hostname="relay"), TagRecorder())
+    listener = Listener(RelayConfig(listen=parse_endpoint("unix:///unused"),
+                                    hostname="relay"), TagRecorder())
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=ours)
     handler = asyncio.ensure_future(listener._handle(reader, writer))
