@@ -54,7 +54,9 @@ __all__ = [
     "ending_of",
     "first_error",
     "peer_of",
+    "retrieved",
     "start_server",
+    "start_task",
 ]
 
 #: Bytes asked of the kernel per read: big enough that a busy stream costs one
@@ -66,6 +68,23 @@ STREAM_LIMIT = 1024 * 1024
 VSOCK_BUFFER = 1024 * 1024
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def start_task(tasks: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task held in ``tasks`` until it ends: the event loop keeps only
+    a weak reference to a task, so one nobody holds may be collected before it ends."""
+    task = asyncio.get_running_loop().create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
+def retrieved(fut: asyncio.Future[Any]) -> None:
+    """A done-callback for an outcome nobody waits for: reading it keeps asyncio from
+    logging "exception was never retrieved" (a connection that waited for it may be
+    gone, or the outcome changes nothing, as for a notice sent on a best-effort basis)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 @contextlib.contextmanager

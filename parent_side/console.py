@@ -154,7 +154,8 @@ class _Sender:
     def __init__(self, output: Output) -> None:
         self.output = output
         self.queue: asyncio.Queue[RelayBatch] = asyncio.Queue(10_000)
-        self.dropped = 0
+        self.dropped = 0  # lines the queue had no room for
+        self.failed = 0  # lines the output took and then failed
 
     def write(self, enclave: EnclaveInfo, line: bytes, ns: int) -> None:
         record = {"log": line.decode("utf-8", "backslashreplace"), "stream": "console",
@@ -165,13 +166,30 @@ class _Sender:
         except asyncio.QueueFull:
             # The output is far behind: the console must never block, so drop, counted.
             self.dropped += 1
-            if self.dropped in (1, 100, 10_000) or self.dropped % 100_000 == 0:
+            if _worth_a_line(self.dropped):
                 log.warning("the output is behind: %d console lines dropped so far",
                             self.dropped)
 
     async def run(self) -> None:
         while True:
-            await self.output.submit(await self.queue.get())
+            sent = await self.output.submit(await self.queue.get())
+            sent.add_done_callback(self._sent)
+
+    def _sent(self, fut: asyncio.Future[None]) -> None:
+        # Read whatever the outcome: an unread failure is logged by asyncio as "never
+        # retrieved", once a line. A console line is not retried (it is not spooled).
+        if fut.cancelled() or fut.exception() is None:
+            return
+        self.failed += 1
+        if _worth_a_line(self.failed):
+            log.warning("the output failed %d console lines so far: %s", self.failed,
+                        str(fut.exception()))
+
+
+def _worth_a_line(n: int) -> bool:
+    """Count ``n`` of a repeated event is logged: the first, the 100th, the 10,000th,
+    then every 100,000th."""
+    return n in (1, 100, 10_000) or n % 100_000 == 0
 
 
 def _stdout_line(enclave: EnclaveInfo, line: bytes, ns: int) -> None:

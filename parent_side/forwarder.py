@@ -24,6 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
+from fluent_forward.aio import retrieved, start_task
 from fluent_forward.retry import backoff
 
 from .outputs import Output, PoisonFrame, RelayBatch
@@ -58,6 +59,7 @@ class DirectSink:
     def __init__(self, output: Output, *, on_delivered: Delivered) -> None:
         self.output = output
         self.on_delivered = on_delivered
+        self._resending: set[asyncio.Task[None]] = set()  # referenced, or GC may end them
 
     async def submit(self, batch: RelayBatch, boot_id: bytes | None,
                      seq: int | None) -> asyncio.Future[None]:
@@ -74,7 +76,7 @@ class DirectSink:
         if outer.done():
             return
         if inner.cancelled():
-            asyncio.get_running_loop().create_task(self._send(batch, outer))
+            start_task(self._resending, self._send(batch, outer))
             return
         exc = inner.exception()
         if isinstance(exc, PoisonFrame):
@@ -118,7 +120,9 @@ class Forwarder:
         self.replays = 0
         self.replayed_records = 0
         self._stopping = False
-        self._replaying: set[asyncio.Task[None]] = set()
+        # Replays and retries: referenced (asyncio keeps only a weak reference to a
+        # task), and cancelled when the forwarder stops; the spool keeps their entries.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         hints = asyncio.create_task(self._hints())
@@ -127,9 +131,10 @@ class Forwarder:
                 await self._submit(await self.spool.next_entry())
         finally:
             self._stopping = True
-            for task in (hints, *self._replaying):
+            tasks = (hints, *self._tasks)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(hints, *self._replaying, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def replay(self) -> None:
         """Fluent Bit restarted: send again what it acked within the replay window,
@@ -145,15 +150,12 @@ class Forwarder:
                     "acked in the last %gs (--replay-window), in case it lost them: "
                     "duplicates rather than loss", len(entries), records,
                     self.spool.replay.seconds)
-        task = asyncio.get_running_loop().create_task(self._replay(entries))
-        self._replaying.add(task)
-        task.add_done_callback(self._replaying.discard)
+        start_task(self._tasks, self._replay(entries))
 
     async def _replay(self, entries: list[SpoolEntry]) -> None:
         for entry in entries:
             fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
-            # Its outcome retrieved, as the relay's own notices are: a copy is not retried.
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            fut.add_done_callback(retrieved)  # a copy is not retried
 
     async def _submit(self, entry: SpoolEntry) -> None:
         fut = await self.output.submit(RelayBatch(entry.tag, entry.entries, entry.count))
@@ -162,7 +164,7 @@ class Forwarder:
     def _done(self, entry: SpoolEntry, fut: asyncio.Future[None]) -> None:
         if fut.cancelled():
             if not self._stopping:  # the output was replaced (reload): send it again
-                asyncio.get_running_loop().create_task(self._retry(entry, at_once=True))
+                start_task(self._tasks, self._retry(entry, at_once=True))
             return  # shutting down: the entry stays in the spool for next time
         exc = fut.exception()
         if exc is None:
@@ -173,7 +175,7 @@ class Forwarder:
         else:
             log.warning("output failed a batch of %d records (%s); retrying", entry.count,
                         str(exc))
-            asyncio.get_running_loop().create_task(self._retry(entry))
+            start_task(self._tasks, self._retry(entry))
 
     async def _retry(self, entry: SpoolEntry, *, at_once: bool = False) -> None:
         delays = backoff(initial=0.5, maximum=30.0)

@@ -16,10 +16,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from fluent_forward import __version__
+from fluent_forward.aio import retrieved, start_task
 from fluent_forward.entries import EventTime, pack_entry
 
 from .config import SERVE_OPTIONS, RelayConfig
@@ -196,7 +197,7 @@ class Relay:
 
     def emit(self, tag: str, record: dict[str, Any]) -> None:
         """Send one record of the relay's own through the spool, without waiting."""
-        self._spawn(self.sink.submit(_own_batch(tag, record), None, None))
+        start_task(self._tasks, self.sink.submit(_own_batch(tag, record), None, None))
 
     def _spool_state(self, state: str, details: dict[str, Any]) -> None:
         """The spool stopped or resumed taking batches: a ``relay.lifecycle`` record."""
@@ -206,16 +207,11 @@ class Relay:
             return
         # The spool takes nothing now: this notice goes to the output directly (it is
         # not durable, but it is seen as soon as the output is).
-        self._spawn(self._notice(_own_batch(LIFECYCLE_TAG, record)))
+        start_task(self._tasks, self._notice(_own_batch(LIFECYCLE_TAG, record)))
 
     async def _notice(self, batch: RelayBatch) -> None:
         fut = await self.output.submit(batch)
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        fut.add_done_callback(retrieved)
 
     def _enclave_event(self, event: str, ident: Identity, peer: EnclaveStats) -> None:
         record: dict[str, Any] = {"event": f"enclave_{event}", "enclave": ident.name,
@@ -297,7 +293,7 @@ class Relay:
         if (new.nitro_cli, new.describe_interval) != (old.nitro_cli, old.describe_interval):
             self._set_registry(new)
         if _output_args(new) != _output_args(old):
-            self._spawn(self._swap_output(make_output(**_output_args(new))))
+            start_task(self._tasks, self._swap_output(make_output(**_output_args(new))))
         self.reloads += 1
         answer = "changed: " + (", ".join(changed) or "nothing")
         if kept:

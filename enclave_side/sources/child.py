@@ -30,6 +30,7 @@ import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fluent_forward.aio import start_task
 from fluent_forward.conventions import Overflow
 
 from ..buffer import Buffer
@@ -202,6 +203,7 @@ class PipeSource(asyncio.Protocol):
         self.napping = False  # letting the pipe fill after a short read
         self.naps = 0
         self._finished = False
+        self._waiting: set[asyncio.Task[None]] = set()  # for room in the buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -221,7 +223,7 @@ class PipeSource(asyncio.Protocol):
         if self.policy is Overflow.BLOCK and not self.buffer.has_room() and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-            asyncio.get_running_loop().create_task(self._resume_when_room())
+            start_task(self._waiting, self._resume_when_room())
         elif self.nap and len(data) < NAP_BELOW and not self.napping:
             self.napping = True
             self.naps += 1
