@@ -56,6 +56,7 @@ from bench.fluentbit import (
     agent_into_fluent_bit,
     find_fluent_bit,
     fluent_bit_two_hops,
+    in_page_cache,
     ours_into_fluent_bit,
 )
 from bench.procs import ROOT
@@ -277,6 +278,7 @@ async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
 
 async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: int
                            ) -> dict[str, float]:
+    in_page_cache(data_file)
     sink = FluentBitSink(binary, d, sc._free_port())
     try:
         await sink.start()
