@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
+from fluent_forward.aio import until
 from fluent_forward.codec import encode_packed_forward
 from fluent_forward.conventions import DIAG_TAG, Overflow, chunk_id, drop_report
 from fluent_forward.entries import EventTime, pack_entry
@@ -163,9 +164,7 @@ class Buffer:
     async def wait_for_room(self, below: int | None = None) -> None:
         """Return once the buffer holds less than ``below`` bytes (default: its cap)."""
         limit = self.max_bytes if below is None else min(below, self.max_bytes)
-        while self.used >= limit:
-            self._changed.clear()
-            await self._changed.wait()
+        await until(self._changed, lambda: self.used < limit)
 
     def add(self, tag: str, entries: bytes, count: int, *,
             policy: Overflow = Overflow.BLOCK, protected: bool = False,
@@ -341,9 +340,7 @@ class Buffer:
 
     async def wait_empty(self) -> None:
         """Return once everything was acked."""
-        while not self.empty:
-            self._changed.clear()
-            await self._changed.wait()
+        await until(self._changed, lambda: self.empty)
 
     def stats(self) -> BufferStats:
         return BufferStats(self.used, self.max_bytes,

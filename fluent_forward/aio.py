@@ -57,6 +57,7 @@ __all__ = [
     "retrieved",
     "start_server",
     "start_task",
+    "until",
 ]
 
 #: Bytes asked of the kernel per read: big enough that a busy stream costs one
@@ -77,6 +78,14 @@ def start_task(tasks: set[asyncio.Task[Any]], coro: Coroutine[Any, Any, Any]) ->
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return task
+
+
+async def until(changed: asyncio.Event, done: Callable[[], bool]) -> None:
+    """Return once ``done()``, looking again each time ``changed`` is set (whoever
+    changes what ``done`` reads sets it)."""
+    while not done():
+        changed.clear()
+        await changed.wait()
 
 
 def retrieved(fut: asyncio.Future[Any]) -> None:

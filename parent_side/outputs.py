@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluent_forward.aio import ForwardClient
+from fluent_forward.aio import ForwardClient, until
 from fluent_forward.codec import packed_forward_parts
 from fluent_forward.conventions import chunk_id
 from fluent_forward.endpoints import Endpoint, parse_endpoint
@@ -297,9 +297,7 @@ class UpstreamQueue:
         self.acked_records = 0
 
     async def put(self, tag: str, entries: bytes, count: int) -> asyncio.Future[None]:
-        while self.used >= self.max_bytes:
-            self._changed.clear()
-            await self._changed.wait()
+        await until(self._changed, lambda: self.used < self.max_bytes)
         self._seq += 1
         chunk = chunk_id(self.boot_id, self._seq)
         frame = packed_forward_parts(tag, entries, {"chunk": chunk, "size": count})
@@ -381,9 +379,7 @@ class UpstreamQueue:
         self._changed.set()
 
     async def wait_empty(self) -> None:
-        while self.depth:
-            self._changed.clear()
-            await self._changed.wait()
+        await until(self._changed, lambda: not self.depth)
 
 
 class ForwardOutput(Output):

@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fluent_forward.aio import until
 from fluent_forward.conventions import Overflow
 
 from .replay import ReplayWindow
@@ -472,9 +473,7 @@ class Spool:
 
     async def wait_drained(self) -> None:
         """Return once every batch in the spool was acked downstream."""
-        while self.backlog > 0:
-            self._changed.clear()
-            await self._changed.wait()
+        await until(self._changed, lambda: self.backlog <= 0)
 
     @property
     def backlog(self) -> int:
@@ -493,9 +492,7 @@ class Spool:
             self._retry_timer.cancel()
             self._retry_timer = None
         self._commits.start()  # if anything waits and no commit runs
-        while self._commits.busy:
-            self._changed.clear()
-            await self._changed.wait()
+        await until(self._changed, lambda: not self._commits.busy)
         with contextlib.suppress(OSError):
             self.write_hint()
         for seg in self._segments.values():
