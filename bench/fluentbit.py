@@ -265,16 +265,22 @@ async def fluent_bit_two_hops(binary: str, tmp: Path, data_file: Path, n: int,
 
 
 async def ours_into_fluent_bit(tmp: Path, data_file: Path, n: int, sink: FluentBitSink,
-                               relay_extra: Sequence[str] = ()) -> dict[str, float]:
-    """One run of our agent (tail) -> relay (default options) into ``sink`` (started)."""
+                               relay_extra: Sequence[str] = (), profile: Path | None = None
+                               ) -> dict[str, float]:
+    """One run of our agent (tail) -> relay (default options) into ``sink`` (started);
+    with ``profile``, py-spy samples both into that directory."""
     listen = f"tcp://127.0.0.1:{sc._free_port()}"
     relay = Proc.python("relay", sc.relay_args(listen, sink.url, tmp / "spool", *relay_extra),
                         log=tmp / "relay.log")
     started = [relay]
+    if profile is not None:
+        relay.profile(profile / f"{tmp.name}-relay.txt")
 
     def start() -> Proc:
         started.append(Proc.python("agent", sc.agent_args(listen, "--file", str(data_file)),
                                    log=tmp / "agent.log"))
+        if profile is not None:
+            started[-1].profile(profile / f"{tmp.name}-agent.txt")
         return started[-1]
 
     try:

@@ -223,7 +223,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.runs):
                 print(f"side by side into a Fluent Bit sink, run {r + 1} of {args.runs}",
                       flush=True)
-                await _side_by_side(binary, tmp_root, data_file, n, results, errors, r)
+                await _side_by_side(binary, tmp_root, data_file, n, results, errors, r,
+                                    args.profile)
     finally:
         for sink, _ in sinks.values():
             await sink.close()
@@ -251,13 +252,15 @@ _PIPELINES = (("vs.fluentbit", "Fluent Bit's two hops"),
 
 
 async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
-                        results: Results, errors: list[str], run: int) -> None:
+                        results: Results, errors: list[str], run: int,
+                        profile: Path | None = None) -> None:
     """One run of each pipeline into a fresh real Fluent Bit sink, one after the other
     (which goes first alternates run by run); their ratios, when both ran."""
     figures: dict[str, dict[str, float]] = {}
     for key, what in _PIPELINES[::-1] if run % 2 else _PIPELINES:
         d = Path(tempfile.mkdtemp(prefix=key, dir=tmp_root))
-        got = await _guarded(what, errors, _into_fluent_bit(key, binary, d, data_file, n))
+        got = await _guarded(what, errors,
+                             _into_fluent_bit(key, binary, d, data_file, n, profile))
         if got is not None:
             figures[key] = got
             results.add(key, got)
@@ -276,8 +279,8 @@ async def _side_by_side(binary: str, tmp_root: Path, data_file: Path, n: int,
         print("  vs.agent: " + ", ".join(f"{k} {v:,.2f}" for k, v in got.items()), flush=True)
 
 
-async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: int
-                           ) -> dict[str, float]:
+async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: int,
+                           profile: Path | None = None) -> dict[str, float]:
     in_page_cache(data_file)
     sink = FluentBitSink(binary, d, sc._free_port())
     try:
@@ -286,7 +289,7 @@ async def _into_fluent_bit(key: str, binary: str, d: Path, data_file: Path, n: i
             return await fluent_bit_two_hops(binary, d, data_file, n, sink)
         if key == "vs.agent":
             return await agent_into_fluent_bit(d, data_file, n, sink)
-        return await ours_into_fluent_bit(d, data_file, n, sink)
+        return await ours_into_fluent_bit(d, data_file, n, sink, profile=profile)
     finally:
         await sink.stop()
 
