@@ -19,13 +19,18 @@ unchanged, and the tests hold them to that.
    ext types as ``slice(code, data)`` instead of msgpack's ``ExtType`` (whose
    constructor is four times slower), then ``shape_ok`` checks them with ``map``/``set``
    passes.
+
+Before all of these, when the package was built with its C extension (pip builds it
+where a C compiler is found), ``_entrycheck.count`` walks the bytes once and answers
+for nearly every batch from any client, about ten times cheaper than (1); its header
+lists what it leaves to the paths here. Without it, (1) and (2) answer as before.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import attrgetter, itemgetter, sub
 from typing import Any
 
@@ -33,9 +38,16 @@ import msgpack
 
 from .wire import array_header, read_header, str_header
 
+c_count: Callable[[bytes, int], int | None] | None
+try:
+    from ._entrycheck import count as c_count
+except ImportError:  # built without a C compiler: the Python paths answer alone
+    c_count = None
+
 __all__ = [
     "agent_shape_count",
     "decoded_count",
+    "entry_check",
     "shape_ok",
     "signed_shape_count",
     "validate_fast",
@@ -50,8 +62,17 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 
 
+def entry_check() -> str:
+    """Which check answers first: "c" (the extension) or "python" (built without it)."""
+    return "c" if c_count is not None else "python"
+
+
 def validate_fast(data: bytes, max_entries: int, count_hint: int | None) -> int | None:
     """The entry count if every entry is valid as it is; None: ask the slow path."""
+    if c_count is not None:
+        n = c_count(data, max_entries)
+        if n is not None:
+            return n
     # The first entry says which of our agent's shapes to try, without a search of the
     # whole batch: a signing agent's records end with sig_seq (the plain shape would
     # fail on them only at its last check). That entry is decoded once, for both

@@ -52,8 +52,11 @@ def build(output: Path = DEFAULT_OUTPUT) -> Path:
     with tempfile.TemporaryDirectory(prefix="nel-pyz-") as tmp:
         staging = Path(tmp)
         for package in PACKAGES:
+            # Not the relay's C entry check, its source or its build (a zip cannot load
+            # an extension; the agent's fast path is Python either way).
             shutil.copytree(ROOT / package, staging / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so",
+                                                          "*.c", "*.pyi"))
         (staging / "__main__.py").write_text(MAIN, encoding="utf-8")
         zipapp.create_archive(staging, output, interpreter=INTERPRETER, compressed=True)
     output.chmod(0o755)

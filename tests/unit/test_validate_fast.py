@@ -5,9 +5,16 @@ entries with ext times as ``slice`` objects; whenever it cannot say "valid as it
 the entry-by-entry path (``_validate_slow``) decides. These tests pin the edges where
 the two could differ: wrong hints, limits, key rules, ext shapes, time ranges, and, as a
 property, any entries at all (with or without a hint) get the same verdict.
+
+Every test runs twice: with the C entry check (``_entrycheck``, when the package was
+built with it) answering first, and without it, as a relay installed without a C
+compiler runs: the Python paths alone.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -23,6 +30,19 @@ ENTRY_INT = b"\x92\x05\x81\xa1a\xa1b"
 #: nanoseconds 999,999,999 (the largest valid) and 1,000,000,000 (one past it)
 ET_MAX_NS = b"\xd7\x00\x00\x00\x00\x01\x3b\x9a\xc9\xff"
 ET_1E9_NS = b"\xd7\x00\x00\x00\x00\x01\x3b\x9a\xca\x00"
+
+
+@pytest.fixture(autouse=True, params=["python", "c"])
+def entry_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[str]:
+    if request.param == "python":
+        monkeypatch.setattr(fastpath, "c_count", None)
+    elif fastpath.c_count is None:
+        why = "the package was built without its C extension (no C compiler at install)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}; under CI=true this test must run")
+        pytest.skip(why)
+    yield request.param
 
 
 def both(data: bytes, hint: int | None = None, max_entries: int = 1000) -> object:
