@@ -22,6 +22,7 @@ from typing import Any
 from fluent_forward import __version__
 from fluent_forward.aio import retrieved, start_task
 from fluent_forward.entries import EventTime, pack_entry
+from fluent_forward.fastpath import entry_check
 
 from .config import SERVE_OPTIONS, RelayConfig
 from .fairshare import FairShare
@@ -127,9 +128,14 @@ class Relay:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         cfg = self.config
         log.info("listening on %s, output %s", cfg.listen, cfg.output)
+        if entry_check() != "c":
+            log.info("entry check: Python (installed without a C compiler; the C check "
+                     "costs about 0.3 CPU us a line less: install gcc and Python's headers, "
+                     "then reinstall)")
         self.emit(LIFECYCLE_TAG, {"event": "relay_start", "version": __version__,
                                   "hostname": cfg.hostname, "listen": str(cfg.listen),
-                                  "output": str(cfg.output), "spool": cfg.spool or "none"})
+                                  "output": str(cfg.output), "spool": cfg.spool or "none",
+                                  "entry_check": entry_check()})
         status = asyncio.create_task(self._status_records(), name="status-records")
         self.ready.set()
         self.notifier.ready(f"listening on {cfg.listen}, output {cfg.output}")
@@ -254,7 +260,8 @@ class Relay:
         st = self.listener.stats
         cfg = self.config
         relay: dict[str, Any] = {
-                 "version": __version__, "hostname": cfg.hostname, "pid": os.getpid(),
+                 "version": __version__, "entry_check": entry_check(),
+                 "hostname": cfg.hostname, "pid": os.getpid(),
                  "uptime_s": round(time.time() - self.started, 1), "listen": str(cfg.listen),
                  "output": str(cfg.output), "connections_open": st.open_connections,
                  "connections": st.connections, "protocol_errors": st.protocol_errors,

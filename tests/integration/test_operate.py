@@ -14,6 +14,7 @@ import pytest
 from fluent_forward.codec import encode_packed_forward
 from fluent_forward.conventions import chunk_id
 from fluent_forward.entries import EventTime, pack_entry
+from fluent_forward.fastpath import entry_check
 from fluent_forward.handshake import ClientHandshake
 from parent_side import cli as relay_cli
 from parent_side.status import format_table, json_lines, query
@@ -63,6 +64,7 @@ async def test_status_shows_each_enclave_the_spool_and_upstream(
     assert enclaves["payments"]["enclave_id"] == "i-0abc-enc0001"
     assert enclaves["debug_box"]["connected"] is False and enclaves["debug_box"]["debug"] is True
     assert snap["spool"]["backlog"] == 0 and snap["upstream"]["kind"] == "file"
+    assert snap["relay"]["entry_check"] in ("c", "python")
 
     # The command itself, as a user and as Fluent Bit's exec input run it.
     table = await asyncio.to_thread(run_status, admin)
@@ -147,6 +149,7 @@ async def test_lifecycle_records_follow_enclaves_and_the_relay(
     (disc,) = relay_records(out, "enclave_disconnected")
     (term,) = relay_records(out, "enclave_terminated")
     assert start["version"] and conn["enclave"] == "payments" and conn["cid"] == 16
+    assert start["entry_check"] == entry_check()  # "c" unless built without a compiler
     assert conn["enclave_id"] == "i-0abc-enc0001" and conn["claimed_hostname"] == "honest"
     assert disc["records_in"] == 1
     assert term["enclave_id"] == "i-0abc-enc0001"
