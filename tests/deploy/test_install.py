@@ -115,6 +115,24 @@ def test_the_version_has_one_source(dists: tuple[Path, Path]) -> None:
         f"nitro_enclave_logs-{__version__}.dist-info/METADATA").decode()
 
 
+def test_pip_builds_the_c_entry_check_where_there_is_a_compiler(
+        dists: tuple[Path, Path], venv: Path, tmp_path: Path) -> None:
+    """The sdist carries the C source; a build with a C compiler puts the extension in the
+    wheel and the installed relay uses it; without one, the relay runs the Python check
+    (test_validate_fast.py holds both to the same verdicts)."""
+    with tarfile.open(dists[1]) as tf:
+        assert any(n.endswith("/fluent_forward/_entrycheck.c") for n in tf.getnames())
+    built = [n for n in wheel_names(dists[0])
+             if n.startswith("fluent_forward/_entrycheck.") and n.endswith(".so")]
+    used = run([str(venv / "bin" / "python"), "-c",
+                "from fluent_forward.fastpath import entry_check; print(entry_check())"],
+               "entry_check", cwd=tmp_path).strip()
+    if shutil.which("cc") is None:
+        assert (built, used) == ([], "python")
+    else:
+        assert len(built) == 1 and used == "c"
+
+
 @pytest.mark.parametrize("command", ["enclave-log-agent", "enclave-log-relay"])
 def test_installed_commands_print_the_version(venv: Path, tmp_path: Path, command: str) -> None:
     out = run([str(venv / "bin" / command), "--version"], f"{command} --version", cwd=tmp_path)
@@ -220,19 +238,21 @@ def test_the_parent_images_copy_and_pip_install_give_a_working_relay(
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target)
-    installs = 0
-    for step in steps:
-        if step.keyword == "RUN" and step.argument.startswith("pip install"):
-            argv = step.argument.split("&&")[0].split()
-            args = [str(image) + a if a.startswith("/") else a for a in argv[2:]]
-            run([PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                 *args, "--no-index", "--find-links", str(dependency_wheels(tmp_path / "w"))],
-                f"the image's {step.argument}")
-            installs += 1
-    assert installs == 1, "the image installs the project with one pip install"
+    # The pip install in the image's RUN chains (apt-get installs a compiler around it).
+    pips = [part.split() for step in steps if step.keyword == "RUN"
+            for part in map(str.strip, step.argument.split("&&"))
+            if part.startswith("pip install")]
+    assert len(pips) == 1, "the image installs the project with one pip install"
+    args = [str(image) + a if a.startswith("/") else a for a in pips[0][2:]]
+    run([PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         *args, "--no-index", "--find-links", str(dependency_wheels(tmp_path / "w"))],
+        f"the image's {' '.join(pips[0])}")
     out = run([str(venv / "bin" / "enclave-log-relay"), "--version"], "the image's relay",
               cwd=tmp_path)
     assert out.strip() == f"enclave-log-relay {__version__}"
+    # What the image installs before its pip install: a C compiler, for the entry check.
+    assert any("apt-get install" in s.argument and " gcc " in s.argument for s in steps
+               if s.keyword == "RUN")
 
 
 def test_every_command_the_wheel_declares_starts_from_the_venv(
