@@ -133,6 +133,31 @@ def test_pip_builds_the_c_entry_check_where_there_is_a_compiler(
         assert len(built) == 1 and used == "c"
 
 
+def test_without_a_compiler_the_wheel_builds_and_the_relay_runs_the_python_check(
+        dists: tuple[Path, Path], tmp_path: Path) -> None:
+    """The extension is optional: the sdist built where the compiler fails (CC=false)
+    gives a wheel without it, which installs, and whose relay runs the Python check."""
+    out = tmp_path / "dist"
+    result = subprocess.run(
+        [PYTHON, "-m", "build", "--no-isolation", "--wheel", "--outdir", str(out),
+         str(dists[1])], capture_output=True, text=True, timeout=300,
+        env={**subprocess_env(), "CC": "false"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("*.whl")
+    assert not [n for n in wheel_names(wheel) if n.endswith(".so")]
+    house = wheelhouse(wheel, tmp_path / "wheels")
+    venv = tmp_path / "venv"
+    run([PYTHON, "-m", "venv", "--without-pip", str(venv)], "python -m venv")
+    run([PYTHON, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--no-index", "--find-links", str(house), "nitro-enclave-logs"], "pip install")
+    used = run([str(venv / "bin" / "python"), "-c",
+                "from fluent_forward.fastpath import entry_check; print(entry_check())"],
+               "entry_check", cwd=tmp_path).strip()
+    assert used == "python"
+    version = run([str(venv / "bin" / "enclave-log-relay"), "--version"], "relay", cwd=tmp_path)
+    assert version.strip() == f"enclave-log-relay {__version__}"
+
+
 @pytest.mark.parametrize("command", ["enclave-log-agent", "enclave-log-relay"])
 def test_installed_commands_print_the_version(venv: Path, tmp_path: Path, command: str) -> None:
     out = run([str(venv / "bin" / command), "--version"], f"{command} --version", cwd=tmp_path)
