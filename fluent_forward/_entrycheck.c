@@ -221,7 +221,7 @@ static PyObject *count(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
     while (c.p < c.end) {
-        if (n == max_entries || !skip_entry(&c)) {
+        if (n >= max_entries || !skip_entry(&c)) {
             ok = 0;
             break;
         }

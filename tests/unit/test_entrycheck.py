@@ -90,6 +90,7 @@ def test_a_batch_at_max_entries_is_counted_one_over_is_not(count: Count) -> None
     assert count(data, 3) == 3
     assert count(data, 2) is None  # the slow path names it: TooManyEntries
     assert count(data, 0) is None
+    assert count(data, -1) is None
     assert count(b"", 0) == 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +29,11 @@ def module_names() -> list[str]:
         if Path(pkg.__file__ or "").read_text().strip():
             names.append(package)
         for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
-            if info.name.rsplit(".", 1)[-1] != "__main__":
+            # Compiled extensions (the C entry check) have no Python source to read;
+            # tests/unit/test_entrycheck.py covers that one.
+            spec = importlib.util.find_spec(info.name)
+            if (info.name.rsplit(".", 1)[-1] != "__main__" and spec is not None
+                    and str(spec.origin).endswith(".py")):
                 names.append(info.name)
     return names
 
