@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint unit bench vsock-image vsock-test clean agent-pyz config-reference
 
-$(STAMP): pyproject.toml
+# The C entry check is built by this install (editable: next to its source), so a
+# change to it reinstalls too.
+$(STAMP): pyproject.toml fluent_forward/_entrycheck.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nitro-enclave-logs needs Python 3.11 or newer: run make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
