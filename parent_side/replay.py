@@ -15,7 +15,8 @@ socket names its listener's pid, SO_PEERCRED) or came only after a connect attem
 refused (TCP names no pid). A clean restart replays too: the wire cannot tell a clean
 end from an abrupt one, and the window bounds the cost.
 
-The window yields to the cap: a spool that needs room releases it first.
+The window yields to the cap: a spool that needs room releases its oldest batches first,
+a segment at a time.
 """
 
 from __future__ import annotations
@@ -56,12 +57,22 @@ class ReplayWindow:
                 freed.append(segment)
         return freed
 
-    def release(self) -> list[int]:
-        """Let go of everything (the spool needs the room); return the segments held."""
-        held = list(self._holds)
-        self._acked.clear()
-        self._holds.clear()
-        return held
+    def release_oldest(self) -> list[int]:
+        """Let go of the oldest batches, up to the first segment that frees (the spool
+        needs room); return the segments now free, none once the window is empty.
+
+        The oldest only, not the whole window: at the cap, giving up every held segment
+        at once deleted a gigabyte of them in one turn of the event loop (a quarter of a
+        second during which no connection was served), and threw away a window the spool
+        had room for minus one segment."""
+        freed: list[int] = []
+        while self._acked and not freed:
+            _, segment, _ = self._acked.popleft()
+            self._holds[segment] -= 1
+            if self._holds[segment] <= 0:
+                del self._holds[segment]
+                freed.append(segment)
+        return freed
 
     def positions(self, now: float) -> list[tuple[int, int]]:
         """(segment, offset) of every batch acked within the window, oldest ack first."""

@@ -392,9 +392,11 @@ class Spool:
         self._free_held(self.replay.expire(time.monotonic()))
 
     def _release_replay(self) -> bool:
-        """Give up the replay window for room; True if that freed a segment."""
+        """Give up the replay window's oldest batches for room, until a segment goes;
+        True if one did."""
         before = len(self._segments)
-        self._free_held(self.replay.release())
+        while len(self._segments) == before and len(self.replay):
+            self._free_held(self.replay.release_oldest())
         return len(self._segments) < before
 
     def _free_held(self, segments: list[int]) -> None:

@@ -23,7 +23,12 @@ def test_the_window_keeps_what_was_acked_within_it_and_holds_its_segments() -> N
     assert w.positions(now=105.5) == [(1, 80), (2, 16)]  # (1, 16) left the window
     assert w.expire(now=106.5) == [1]  # segment 1 holds nothing within it any more
     assert not w.held(1) and w.held(2)
-    assert w.release() == [2] and len(w) == 0
+    w.add(2, 80, now=105.0)
+    w.add(3, 16, now=105.0)
+    # Room needed: the oldest batches go, up to the first segment that frees.
+    assert w.release_oldest() == [2] and w.held(3) and len(w) == 1
+    assert w.release_oldest() == [3] and len(w) == 0
+    assert w.release_oldest() == []
 
 
 def test_a_window_of_zero_keeps_nothing() -> None:
@@ -88,4 +93,9 @@ async def test_the_window_yields_when_the_spool_needs_room(spool_dir: Path) -> N
             while spool.backlog:
                 spool.ack(await within(spool.next_entry(), "an entry"))  # type: ignore[arg-type]
     assert spool.size <= spool.limit
+    # It gave up the oldest of the window for room, not all of it: what is left of the
+    # window is the newest acked batches.
+    kept = [entry_number(e.entries) for e in spool.replayable()]
+    assert kept and kept == list(range(40_000 - len(kept), 40_000))
+    assert spool.size > spool.limit - 2 * spool._segment_limit(), "the window kept its room"
     await spool.close()
