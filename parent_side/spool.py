@@ -78,6 +78,11 @@ __all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
 
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class Spool:
     """A durable FIFO of batches.
 
@@ -122,6 +127,7 @@ class Spool:
         self._lock_fd = -1
         self._dir_fd = -1
         self._changed = asyncio.Event()
+        self._unlinking: set[asyncio.Future[None]] = set()  # segments being deleted
         #: Forwarding: where reading got, newest entries cached, entries out for ack.
         self.cursor = Cursor(self._segments)
         #: The agent runs followed, seeded from disk at open: the relay's one sequence
@@ -422,14 +428,35 @@ class Spool:
             log.warning("spool full: dropped segment %d (%d records not yet delivered)",
                         seg.id, unsent)
         seg.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(seg.path)
+        self._unlink(seg.path)
         del self._segments[seg.id]
         self.cursor.out.forget(seg.id)
-        self._commits.dir_dirty = True
-        with contextlib.suppress(RuntimeError):  # no loop: close() syncs the directory
-            self._commits.schedule()
         self._changed.set()
+
+    def _unlink(self, path: str) -> None:
+        """Delete a segment file in a worker thread; the directory is synced by the next
+        commit after it is gone (a segment back after a crash is resent: duplicates).
+
+        Not on the event loop: unlinking a 32 MiB segment just written takes 9 ms here
+        (freeing its pages), and a relay taking 190 MB/s deletes six segments a second:
+        every connection stood still 9 ms at a time, 5 % of the time."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: here and now; close() syncs the directory
+            _unlink_quietly(path)
+            self._commits.dir_dirty = True
+            return
+        fut = loop.run_in_executor(None, _unlink_quietly, path)
+        self._unlinking.add(fut)
+        fut.add_done_callback(self._unlinked)
+
+    def _unlinked(self, fut: asyncio.Future[None]) -> None:
+        self._unlinking.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("spool: could not delete a segment: %s", fut.exception())
+        self._commits.dir_dirty = True
+        if not self._closed:
+            self._commits.schedule()
 
     def _write_mark(self) -> None:
         """Record how far downstream acked, so a restart resends only what was in flight."""
@@ -493,6 +520,7 @@ class Spool:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
+        await asyncio.gather(*self._unlinking, return_exceptions=True)
         self._commits.start()  # if anything waits and no commit runs
         await until(self._changed, lambda: not self._commits.busy)
         with contextlib.suppress(OSError):

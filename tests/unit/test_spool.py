@@ -95,6 +95,25 @@ async def test_appends_are_grouped_into_few_fsyncs(spool_dir: Path) -> None:
     await spool.close()
 
 
+async def test_acked_segments_are_deleted_off_the_event_loop(
+        spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freeing a full segment's pages takes milliseconds: not in the event loop's turn."""
+    threads: list[int] = []
+    unlink = os.unlink
+
+    def recorded(path: str) -> None:
+        threads.append(threading.get_ident())
+        unlink(path)
+    monkeypatch.setattr(os, "unlink", recorded)
+    spool = Spool(str(spool_dir), segment_bytes=1, max_bytes=1 << 30)
+    spool.open()
+    await fill(spool, 3000)
+    assert await drain(spool, 3000) == list(range(3000))
+    await wait_until(lambda: len(list(spool_dir.glob("*.seg"))) == 1, "the acked segments to go")
+    assert threads and threading.get_ident() not in threads
+    await spool.close()
+
+
 async def test_entries_come_out_in_order_and_acked_segments_are_deleted(spool_dir: Path) -> None:
     spool = Spool(str(spool_dir), segment_bytes=1, max_bytes=1 << 30)  # min segment: 64 KiB
     spool.open()
@@ -102,9 +121,9 @@ async def test_entries_come_out_in_order_and_acked_segments_are_deleted(spool_di
     segments = len(list(spool_dir.glob("*.seg")))
     assert segments > 2, "the test needs several segments"
     assert await drain(spool, 3000) == list(range(3000))
-    # Only the active segment may remain once everything was acked.
-    await asyncio.sleep(0)
-    assert len(list(spool_dir.glob("*.seg"))) == 1
+    # Only the active segment may remain once everything was acked (deleted by a
+    # worker thread, off the event loop).
+    await wait_until(lambda: len(list(spool_dir.glob("*.seg"))) == 1, "the acked segments to go")
     assert spool.backlog == 0
     await spool.close()
 
