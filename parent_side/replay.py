@@ -48,13 +48,9 @@ class ReplayWindow:
 
     def expire(self, now: float) -> list[int]:
         """Let go of batches acked before the window; return the segments now free."""
-        freed = []
+        freed: list[int] = []
         while self._acked and self._acked[0][0] < now - self.seconds:
-            _, segment, _ = self._acked.popleft()
-            self._holds[segment] -= 1
-            if self._holds[segment] <= 0:
-                del self._holds[segment]
-                freed.append(segment)
+            freed += self._let_go()
         return freed
 
     def release_oldest(self) -> list[int]:
@@ -67,12 +63,17 @@ class ReplayWindow:
         had room for minus one segment."""
         freed: list[int] = []
         while self._acked and not freed:
-            _, segment, _ = self._acked.popleft()
-            self._holds[segment] -= 1
-            if self._holds[segment] <= 0:
-                del self._holds[segment]
-                freed.append(segment)
+            freed += self._let_go()
         return freed
+
+    def _let_go(self) -> list[int]:
+        """Drop the oldest batch; its segment if that held nothing else."""
+        _, segment, _ = self._acked.popleft()
+        self._holds[segment] -= 1
+        if self._holds[segment] > 0:
+            return []
+        del self._holds[segment]
+        return [segment]
 
     def positions(self, now: float) -> list[tuple[int, int]]:
         """(segment, offset) of every batch acked within the window, oldest ack first."""

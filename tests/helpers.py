@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import msgpack
+import pytest
 
 #: Every timeout in the tests is a multiple of this.
 MS = 0.001
@@ -127,3 +128,16 @@ def unpack_all(data: bytes) -> list[object]:
     up = msgpack.Unpacker(raw=False)
     up.feed(data)
     return list(up)
+
+
+def c_entry_check() -> Callable[[bytes, int], int | None]:
+    """The C entry check (``fastpath.c_count``); the test skips without it (a build with
+    no C compiler), and fails instead under CI=true, where it must have been built."""
+    from fluent_forward import fastpath
+
+    if fastpath.c_count is None:
+        why = "the package was built without its C extension (no C compiler at install)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}; under CI=true this test must run")
+        pytest.skip(why)
+    return fastpath.c_count
