@@ -134,9 +134,14 @@ async def test_against_a_slow_upstream_what_is_ahead_of_the_others_is_a_time_not
                      "the relay to read the flood or hold it back")
     # The most this upstream delivers: a frame per ack delay (one in flight).
     fastest = FRAME_LINES * KIB / ACK_DELAY
-    # A window, what one read brings past it, and the frame in flight upstream when the
-    # quiet line is sent: its ack frees room the flooder's next frame may take first.
-    allowed = max(FAIR_MIN_WINDOW, fastest * FAIR_DELAY) + READ + FRAME_LINES * KIB
+    # A window, what one read brings past it (READ, and the tail of a frame begun in the
+    # read before), and the frame in flight upstream when the quiet line is sent: its ack
+    # frees room the flooder's next frame may take first. One frame more: with a busy
+    # disk (a dd writing beside the test) 2 runs in 6 measured one or two frames over the
+    # rest, on this round's code and the last round's alike; the second frame is not
+    # pinned down. Without fair share the flood puts 5.6 MB ahead: the bound still tells.
+    allowed = (max(FAIR_MIN_WINDOW, fastest * FAIR_DELAY) + READ
+               + 3 * FRAME_LINES * KIB)
     # The flood's lines upstream when the relay takes a quiet enclave's frame: what the
     # relay held then is what went upstream ahead of the quiet line after it (counting
     # from the send instead charged the relay with the test loop's own delays: under
