@@ -78,6 +78,7 @@ __all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
 
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -531,8 +532,7 @@ class Spool:
             # Everything was delivered: leave no segment behind, so that the directory
             # is empty and any relay version (an older one, after a downgrade) takes it.
             for seg in list(self._segments.values()):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(seg.path)
+                _unlink_quietly(seg.path)
             self._segments.clear()
             self._mark.remove()
             if self._dir_fd >= 0:
